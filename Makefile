@@ -1,0 +1,30 @@
+# nmkit: the two commands of the README are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.nmkit-installed
+PYTEST_ARGS ?= -m "not slow" -n 2 --dist loadgroup
+
+.PHONY: install demo test test-slow bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# Exactly this torch: a looser range pulls a multi-GB CUDA build.
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/nmkit demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache
