@@ -1,0 +1,110 @@
+"""Model bundles: one directory with safetensors weights and a JSON description (no pickle anywhere).
+
+``bundle.json`` holds the network (name, options, input size), preprocessing, label names, bundle name and
+version, the training configuration and data summary, validation metrics and provenance. Loading builds
+the network from that description and loads the weights with ``safetensors`` (never unpickles).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..provenance import library_versions, provenance
+from .nets import build_network
+from .preprocess import Preprocessing
+
+BUNDLE_FORMAT = "nmkit-bundle/1"
+WEIGHTS = "model.safetensors"
+DESCRIPTION = "bundle.json"
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle, ready for inference."""
+
+    path: Path
+    model: nn.Module
+    description: dict[str, Any]
+    preprocessing: Preprocessing
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.description["labels"].items()}
+
+    @property
+    def name(self) -> str:
+        return self.description.get("name", self.path.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.description.get("version", "0"))
+
+    @property
+    def n_classes(self) -> int:
+        return 1 + max(self.labels)
+
+
+def write_bundle(out_dir: str | Path, model: nn.Module, config: Any, prep: Preprocessing, validation: dict[str, Any] | None = None,
+                 data_summary: dict[str, Any] | None = None, name: str | None = None, version: str = "1.0.0") -> Path:
+    """Write weights + description; returns the bundle folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(model.state_dict(), out_dir / WEIGHTS)
+    img_size = prep.target_size if prep.spatial_dims == 2 else prep.patch_size
+    labels = {str(k): v for k, v in config.labels.items()}
+    description = {
+        "format": BUNDLE_FORMAT,
+        "name": name or out_dir.name,
+        "version": version,
+        "network": {"name": config.network, "spatial_dims": prep.spatial_dims, "in_channels": 1, "out_channels": 1 + max(config.labels),
+                    "img_size": list(img_size) if img_size else None, "options": dict(config.network_options)},
+        "preprocessing": prep.to_dict(),
+        "labels": labels,
+        "training": config.to_dict(),
+        "training_data": data_summary or {},
+        "validation": validation or {},
+        "provenance": provenance(config=config.to_dict(), libraries=library_versions()),
+    }
+    (out_dir / DESCRIPTION).write_text(json.dumps(description, indent=2, default=str))
+    return out_dir
+
+
+def load_bundle(path: str | Path, device: str | torch.device | None = None) -> Bundle:
+    """Build the network described in ``bundle.json`` and load its safetensors weights."""
+    path = Path(path)
+    desc_path = path / DESCRIPTION
+    if not desc_path.exists():
+        raise InputError(path, f"not a model bundle ({DESCRIPTION} missing)")
+    description = json.loads(desc_path.read_text())
+    if description.get("format") != BUNDLE_FORMAT:
+        raise InputError(desc_path, f"unknown bundle format {description.get('format')!r}")
+    net = description["network"]
+    model = build_network(net["name"], net["spatial_dims"], net["in_channels"], net["out_channels"], img_size=net.get("img_size"),
+                          **dict(net.get("options") or {}))
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise InputError(path, f"{WEIGHTS} missing")
+    model.load_state_dict(load_weights(weights))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    return Bundle(path=path, model=model, description=description, preprocessing=Preprocessing.from_dict(description["preprocessing"]))

@@ -1,0 +1,81 @@
+"""Inference: whole-image 2D prediction or sliding-window 3D, optional test-time flips, post-processing."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from ..io.image import Image, Mask
+from .preprocess import Preprocessing, normalise
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, array: np.ndarray, prep: Preprocessing, device: torch.device | str,
+                          n_classes: int, flips: Sequence[int] = ()) -> np.ndarray:
+    """Class probabilities (C, *spatial) at the image's native grid. ``flips``: spatial axes for test-time flips."""
+    device = torch.device(device)
+    x = torch.from_numpy(normalise(array, prep))[None, None].to(device)
+    native = tuple(array.shape)
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        if prep.spatial_dims == 2:
+            small = nn.functional.interpolate(t, size=tuple(prep.target_size), mode="bilinear", align_corners=False) \
+                if tuple(t.shape[2:]) != tuple(prep.target_size) else t
+            logits = model(small)
+            if tuple(logits.shape[2:]) != native:
+                logits = nn.functional.interpolate(logits, size=native, mode="bilinear", align_corners=False)
+            return torch.softmax(logits, 1)
+        from monai.inferers import sliding_window_inference
+
+        logits = sliding_window_inference(t, roi_size=tuple(prep.patch_size), sw_batch_size=2, predictor=model, overlap=0.25, mode="gaussian")
+        return torch.softmax(logits, 1)
+
+    probs = run(x)
+    for axis in flips:
+        dim = 2 + (axis % prep.spatial_dims)
+        probs = probs + torch.flip(run(torch.flip(x, (dim,))), (dim,))
+    probs = probs / (1 + len(flips))
+    return probs[0].cpu().numpy()
+
+
+def predict_array(model: nn.Module, array: np.ndarray, prep: Preprocessing, device: torch.device | str, n_classes: int,
+                  flips: Sequence[int] = ()) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    labels = predict_probabilities(model, array, prep, device, n_classes, flips).argmax(0)
+    if was_training:
+        model.train()
+    return labels.astype(np.uint8)
+
+
+def largest_component(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """Keep only the largest connected component of each label value."""
+    out = labels.copy()
+    for value in values:
+        comp, n = ndimage.label(labels == value)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            out[(comp != int(sizes.argmax())) & (labels == value)] = 0
+    return out
+
+
+def predict_image(bundle, image: Image, flips: Sequence[int] = (), keep_largest: bool = False) -> Mask:
+    """Segment one image with a loaded bundle; returns a label map on the image's own grid."""
+    from .data import squeeze_planar
+
+    image2 = squeeze_planar(image)
+    device = next(bundle.model.parameters()).device
+    labels = predict_array(bundle.model, image2.array, bundle.preprocessing, device, bundle.n_classes, flips)
+    if keep_largest:
+        labels = largest_component(labels, list(bundle.labels))
+    if image2 is not image:  # back onto the caller's (one-slice 3D) grid
+        labels = labels[None]
+    mask = Mask.like(image, labels, labels=bundle.labels)
+    mask.meta.update({"model_name": bundle.name, "model_version": bundle.version,
+                      "SeriesInstanceUID": image.meta.get("SeriesInstanceUID"), "source_files": image.meta.get("source_files")})
+    return mask
