@@ -226,3 +226,24 @@ def stack_slices(files: Iterable[str | Path], modality_override: str | None = No
     image.meta["SOPInstanceUIDs"] = [str(ds.SOPInstanceUID) for _, ds in datasets if "SOPInstanceUID" in ds]
     image.meta["source_files"] = [str(p) for p, _ in datasets]
     return image, [ds for _, ds in datasets]
+
+
+def radiopharmaceutical_meta(ds: Dataset) -> dict:
+    """Tracer and radionuclide facts (PT and NM) from the Radiopharmaceutical Information Sequence."""
+    seq = getattr(ds, "RadiopharmaceuticalInformationSequence", None)
+    if not seq:
+        return {}
+    rp = seq[0]
+    out: dict = {}
+    for kw in ("Radiopharmaceutical", "RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
+               "RadiopharmaceuticalStartDateTime", "RadionuclidePositronFraction"):
+        value = getattr(rp, kw, None)
+        if value not in (None, ""):
+            out[kw] = float(value) if isinstance(value, (pydicom.valuerep.DSfloat, pydicom.valuerep.IS, float, int)) else str(value)
+    for kw, key in (("RadionuclideCodeSequence", "Radionuclide"), ("RadiopharmaceuticalCodeSequence", "RadiopharmaceuticalCode")):
+        codes = getattr(rp, kw, None)
+        if codes:
+            meaning = getattr(codes[0], "CodeMeaning", "")
+            if meaning:
+                out[key] = str(meaning)
+    return out
