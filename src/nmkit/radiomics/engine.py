@@ -1,0 +1,106 @@
+"""Radiomics orchestration: one ROI in, one flat ``{mirp_tag: value}`` dict out, plus tidy tables.
+
+``extract(image, mask, config)`` runs the IBSI-1 processing chain (``preprocess``) once and then each requested
+feature family. Texture families come from ``nmkit.radiomics.texture.compute_texture`` (2D / 2.5D / 3D
+aggregations as the config's ``dims`` asks). Feature keys are the mirp-style tags used by the IBSI reference
+table; ``names.describe(tag)`` gives the IBSI name, code and the PyRadiomics equivalent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..io.image import Image, Mask
+from .config import RadiomicsConfig
+from .preprocess import ProcessedROI, discretise, process
+
+log = logging.getLogger(__name__)
+
+
+def as_config(config: RadiomicsConfig | Mapping[str, Any] | str) -> RadiomicsConfig:
+    """A ``RadiomicsConfig`` from an object, a dict, a preset name or a YAML path."""
+    if isinstance(config, RadiomicsConfig):
+        return config
+    if isinstance(config, str):
+        from .presets import load_config
+
+        return load_config(config)
+    return RadiomicsConfig.from_dict(config)
+
+
+def texture_levels(roi: ProcessedROI, config: RadiomicsConfig) -> tuple[np.ndarray, int]:
+    """Grey-level image (int32, 0 outside the intensity mask) and Ng for texture and intensity histogram."""
+    lv, ng = discretise(roi.values, config.discretisation, config.reseg_range)
+    levels = np.zeros(roi.image.shape, dtype=np.int32)
+    levels[roi.int_mask] = lv
+    return levels, ng
+
+
+def features_from_roi(roi: ProcessedROI, config: RadiomicsConfig) -> dict[str, float]:
+    """Every requested family on an already processed ROI."""
+    from . import intensity
+
+    fams = set(config.families)
+    out: dict[str, float] = {}
+    values = roi.values
+    if "morphology" in fams:
+        from .morphology import morphology_features
+
+        out.update(morphology_features(roi))
+    if "local_intensity" in fams:
+        from .local_intensity import local_intensity_features
+
+        out.update(local_intensity_features(roi))
+    if "intensity_statistics" in fams:
+        out.update(intensity.statistics_features(values))
+    levels = ng = None
+    if fams & {"intensity_histogram", "texture"}:
+        levels, ng = texture_levels(roi, config)
+    if "intensity_histogram" in fams:
+        out.update(intensity.histogram_features(levels[roi.int_mask], ng))
+    if "intensity_volume_histogram" in fams:
+        out.update(intensity.ivh_features(values, config.ivh, config.reseg_range, config.ivh_use_reseg_range))
+    if "texture" in fams:
+        try:
+            from .texture import compute_texture
+        except ImportError:  # the texture module is developed separately; the rest still works without it
+            log.warning("nmkit.radiomics.texture is not available: texture features skipped")
+        else:
+            dims = ("2D", "2.5D") if config.dims == "2D" else ("3D",)
+            out.update(compute_texture(levels, roi.morph_mask, ng, roi.spacing, dims=dims))
+    return out
+
+
+def extract(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig | Mapping[str, Any] | str,
+            label: int | str | None = None, diagnostics: bool = False) -> dict[str, float]:
+    """IBSI-1 features of one ROI (``label`` of ``mask``; any foreground when None) as ``{mirp_tag: value}``."""
+    cfg = as_config(config)
+    roi = process(image, mask, cfg, label=label)
+    out = features_from_roi(roi, cfg)
+    if diagnostics:
+        out.update({f"diag_{k}": v for k, v in roi.diagnostics.items() if np.isscalar(v)})
+    return out
+
+
+def long_table(features: Mapping[str, float], **ids: Any):
+    """Tidy long table: one row per feature with its IBSI name/code, family and the ids given (e.g. patient_id)."""
+    import pandas as pd
+
+    from .names import describe
+
+    rows = []
+    for tag, value in features.items():
+        d = describe(tag)
+        rows.append({**ids, "feature": tag, "ibsi_name": d["name"], "ibsi_code": d["code"], "family": d["family"],
+                     "aggregation": d["aggregation"], "pyradiomics": d["pyradiomics"], "value": value})
+    return pd.DataFrame(rows)
+
+
+def wide_table(records: list[Mapping[str, Any]]):
+    """Wide table: one row per ROI, one column per feature (ids first)."""
+    import pandas as pd
+
+    return pd.DataFrame(list(records))

@@ -1,0 +1,126 @@
+"""IBSI-1 intensity statistics (on intensities), intensity histogram (on grey levels) and intensity-volume
+histogram features. All operate on the 1D set of voxel values inside the intensity mask."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import Discretisation
+
+
+def _moments(x: np.ndarray, prefix: str) -> dict[str, float]:
+    """The 18 first-order statistics shared by ``stat_`` and (on grey levels) ``ih_`` features."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = float(x.mean())
+    dev = x - mean
+    var = float((dev ** 2).mean())
+    sd = var ** 0.5
+    p10, p25, p50, p75, p90 = (float(v) for v in np.percentile(x, [10, 25, 50, 75, 90]))
+    f = {
+        "mean": mean,
+        "var": var,
+        "skew": float((dev ** 3).mean() / var ** 1.5) if var > 0 else 0.0,
+        "kurt": float((dev ** 4).mean() / var ** 2 - 3.0) if var > 0 else 0.0,
+        "median": p50,
+        "min": float(x.min()),
+        "p10": p10,
+        "p90": p90,
+        "max": float(x.max()),
+        "iqr": p75 - p25,
+        "range": float(x.max() - x.min()),
+        "mad": float(np.abs(dev).mean()),
+    }
+    robust = x[(x >= p10) & (x <= p90)]
+    f["rmad"] = float(np.abs(robust - robust.mean()).mean())
+    f["medad"] = float(np.abs(x - p50).mean())
+    f["cov"] = sd / mean if mean != 0 else float("nan")
+    f["qcod"] = (p75 - p25) / (p75 + p25) if (p75 + p25) != 0 else float("nan")
+    return {f"{prefix}_{k}": v for k, v in f.items()}
+
+
+def statistics_features(values: np.ndarray) -> dict[str, float]:
+    """Intensity statistics (``stat_*``, 18 features)."""
+    x = np.asarray(values, dtype=np.float64)
+    f = _moments(x, "stat")
+    f["stat_energy"] = float((x * x).sum())
+    f["stat_rms"] = float(np.sqrt((x * x).mean()))
+    return f
+
+
+def histogram_features(levels: np.ndarray, n_levels: int) -> dict[str, float]:
+    """Intensity histogram features (``ih_*``, 23) on discretised grey levels 1..Ng."""
+    lv = np.asarray(levels, dtype=np.int64)
+    f = _moments(lv, "ih")
+    ng = max(int(n_levels), int(lv.max()))
+    counts = np.bincount(lv, minlength=ng + 1)[1:].astype(np.float64)  # index 0 -> grey level 1
+    p = counts / counts.sum()
+    modes = np.flatnonzero(counts == counts.max()) + 1
+    mean = f["ih_mean"]
+    f["ih_mode"] = float(modes[np.argmin(np.abs(modes - mean))])  # ties: the one closest to the mean
+    nz = p[p > 0]
+    f["ih_entropy"] = float(-(nz * np.log2(nz)).sum())
+    f["ih_uniformity"] = float((p * p).sum())
+    if ng > 1:
+        grad = np.empty(ng)
+        grad[0] = counts[1] - counts[0]
+        grad[-1] = counts[-1] - counts[-2]
+        if ng > 2:
+            grad[1:-1] = (counts[2:] - counts[:-2]) / 2.0
+    else:
+        grad = np.zeros(1)
+    f["ih_max_grad"] = float(grad.max())
+    f["ih_max_grad_g"] = float(np.argmax(grad) + 1)
+    f["ih_min_grad"] = float(grad.min())
+    f["ih_min_grad_g"] = float(np.argmin(grad) + 1)
+    return f
+
+
+def ivh_features(values: np.ndarray, disc: Discretisation, reseg_range=None, use_reseg_range: bool = True) -> dict[str, float]:
+    """Intensity-volume histogram features (``ivh_*``) following IBSI's three cases.
+
+    * ``none`` (discrete calibrated, e.g. CT): grey levels are the intensities, w = 1, range G = the
+      re-segmentation range (upper bound the ROI max when open) or [min, max] of the ROI.
+    * ``FBS`` (continuous calibrated, e.g. PET): bins of ``bin_width`` from the re-segmentation lower bound
+      (or ROI min); grey levels are bin centres; G = [x_min + w/2, x_max - w/2].
+    * ``FBN`` (arbitrary units): ``n_bins`` bins between ROI min and max; G = [1, Ng], w = 1.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    lo_r = hi_r = None
+    if use_reseg_range and reseg_range is not None:
+        lo_r, hi_r = reseg_range
+    if disc.method == "none":
+        xd = np.round(x)
+        g_min = lo_r if lo_r is not None else float(xd.min())
+        g_max = hi_r if hi_r is not None else float(xd.max())
+        w = 1.0
+    elif disc.method == "FBS":
+        w = float(disc.bin_width)
+        x_min = disc.min if disc.min is not None else (lo_r if lo_r is not None else float(x.min()))
+        x_max = hi_r if hi_r is not None else float(x.max())
+        bins = np.floor((x - x_min) / w) + 1
+        xd = x_min + (bins - 0.5) * w
+        g_min, g_max = x_min + 0.5 * w, x_max - 0.5 * w
+    else:
+        n = int(disc.n_bins)
+        lo, hi = float(x.min()), float(x.max())
+        xd = np.ones_like(x) if hi == lo else np.clip(np.floor(n * (x - lo) / (hi - lo)) + 1, 1, n)
+        g_min, g_max, w = 1.0, float(n), 1.0
+    n_steps = int(round((g_max - g_min) / w)) + 1
+    grid = g_min + np.arange(n_steps) * w  # every discretised intensity in G, present or not
+    sorted_x = np.sort(xd)
+    nu = 1.0 - np.searchsorted(sorted_x, grid - 1e-9 * max(1.0, w), side="left") / len(sorted_x)
+    gamma = (grid - g_min) / (g_max - g_min) if g_max > g_min else np.zeros_like(grid)
+
+    def v_at(frac: float) -> float:
+        ok = gamma >= frac - 1e-12
+        return float(nu[ok].max()) if ok.any() else 0.0
+
+    def i_at(frac: float) -> float:
+        ok = nu <= frac + 1e-12
+        return float(grid[ok].min()) if ok.any() else float(g_max + w)
+
+    f = {"ivh_v10": v_at(0.10), "ivh_v90": v_at(0.90), "ivh_i10": i_at(0.10), "ivh_i90": i_at(0.90)}
+    f["ivh_diff_v10_v90"] = f["ivh_v10"] - f["ivh_v90"]
+    f["ivh_diff_i10_i90"] = f["ivh_i10"] - f["ivh_i90"]
+    f["ivh_auc"] = float(np.trapezoid(nu, gamma)) if len(grid) > 1 else 0.0
+    return f

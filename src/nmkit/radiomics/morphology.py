@@ -1,0 +1,142 @@
+"""IBSI-1 morphological features (3D, always on the morphological mask; integrated intensity and the spatial
+autocorrelation indices use intensities of the intensity mask).
+
+The surface mesh comes from marching cubes (scikit-image) on the zero-padded mask at level 0.5, in physical mm.
+Moran's I and Geary's C are exact over all voxel pairs with inverse-distance weights: on a regular grid the pair
+sums are correlations with the kernel 1/|d| (0 at d = 0), evaluated by zero-padded FFT, which is mathematically
+identical to the O(N^2) double sum but takes milliseconds for ROIs of 10^5 voxels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .preprocess import ProcessedROI
+
+
+def mesh(mask: np.ndarray, spacing_xyz: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (n, 3) in mm, ordered (z, y, x) like the array, and triangle faces (m, 3)."""
+    from skimage.measure import marching_cubes
+
+    padded = np.pad(mask.astype(np.float32), 1)
+    sp = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
+    verts, faces, _n, _v = marching_cubes(padded, level=0.5, spacing=sp, allow_degenerate=True)
+    verts = verts - np.asarray(sp)  # undo the one-voxel padding so vertices sit in crop coordinates
+    return verts, faces
+
+
+def mesh_volume_area(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    cross = np.cross(b - a, c - a)
+    area = 0.5 * float(np.linalg.norm(cross, axis=1).sum())
+    volume = abs(float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum()) / 6.0)
+    return volume, area
+
+
+def _ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> float:
+    """IBSI approximation of the surface area of an ellipsoid with semi-axes a >= b >= c (Legendre series)."""
+    from scipy.special import eval_legendre
+
+    alpha = math.sqrt(max(0.0, 1.0 - b * b / (a * a)))
+    beta = math.sqrt(max(0.0, 1.0 - c * c / (a * a)))
+    if alpha * beta == 0:
+        # degenerate: fall back on the sphere-like limit of the series' first term
+        return 4.0 * math.pi * a * b
+    x = (alpha ** 2 + beta ** 2) / (2.0 * alpha * beta)
+    total = sum((alpha * beta) ** v / (1.0 - 4.0 * v * v) * eval_legendre(v, x) for v in range(terms + 1))
+    return 4.0 * math.pi * a * b * float(total)
+
+
+def _inverse_distance_kernel(shape: tuple[int, int, int], spacing_zyx: np.ndarray) -> np.ndarray:
+    """1/|d| on the lattice of offsets -(n-1)..(n-1) per axis, 0 at the centre."""
+    axes = [np.arange(-(n - 1), n) * s for n, s in zip(shape, spacing_zyx)]
+    dz, dy, dx = np.meshgrid(*axes, indexing="ij", sparse=True)
+    d = np.sqrt(dz * dz + dy * dy + dx * dx)
+    with np.errstate(divide="ignore"):
+        k = 1.0 / d
+    k[tuple(n - 1 for n in shape)] = 0.0
+    return k
+
+
+def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float, float]:
+    """Exact Moran's I and Geary's C over all voxel pairs of ``mask`` with weights 1/distance (mm)."""
+    from scipy.signal import fftconvolve
+
+    idx = np.nonzero(mask)
+    sl = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+    m = mask[sl].astype(np.float64)
+    x = np.where(mask[sl], image[sl], 0.0).astype(np.float64)
+    n = float(m.sum())
+    if n < 2:
+        return float("nan"), float("nan")
+    mu = x[m > 0].mean()
+    dev = (x - mu) * m
+    sp = np.asarray([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]], dtype=float)
+    k = _inverse_distance_kernel(m.shape, sp)  # symmetric, so convolution == correlation
+    km = fftconvolve(m, k, mode="same")
+    kd = fftconvolve(dev, k, mode="same")
+    w_sum = float((m * km).sum())
+    ss = float((dev * dev).sum())
+    if ss == 0 or w_sum == 0:
+        return float("nan"), float("nan")
+    moran = n / w_sum * float((dev * kd).sum()) / ss
+    # sum_ij w_ij (x_i - x_j)^2 = 2 sum_i dev_i^2 (K*m)_i - 2 sum_i dev_i (K*dev)_i  (deviations cancel the mean)
+    pair = 2.0 * float((dev * dev * km).sum()) - 2.0 * float((dev * kd).sum())
+    geary = (n - 1.0) * pair / (2.0 * w_sum * ss)
+    return moran, geary
+
+
+def morphology_features(roi: ProcessedROI) -> dict[str, float]:
+    """All IBSI morphological features (mirp tags: ``morph_*``)."""
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
+
+    sp = roi.spacing
+    sp_zyx = np.asarray([sp[2], sp[1], sp[0]], dtype=float)
+    morph = roi.morph_mask
+    verts, faces = mesh(morph, sp)
+    volume, area = mesh_volume_area(verts, faces)
+    n_vox = int(morph.sum())
+    vol_approx = n_vox * float(np.prod(sp))
+    f: dict[str, float] = {}
+    f["morph_volume"] = volume
+    f["morph_vol_approx"] = vol_approx
+    f["morph_area_mesh"] = area
+    f["morph_av"] = area / volume
+    f["morph_comp_1"] = volume / (math.sqrt(math.pi) * area ** 1.5)
+    f["morph_comp_2"] = 36.0 * math.pi * volume ** 2 / area ** 3
+    f["morph_sph_dispr"] = area / (36.0 * math.pi * volume ** 2) ** (1.0 / 3.0)
+    f["morph_sphericity"] = (36.0 * math.pi * volume ** 2) ** (1.0 / 3.0) / area
+    f["morph_asphericity"] = (area ** 3 / (36.0 * math.pi * volume ** 2)) ** (1.0 / 3.0) - 1.0
+    # centre of mass shift: geometric (morphological mask) vs intensity-weighted (intensity mask)
+    pos_m = np.argwhere(morph) * sp_zyx
+    pos_i = np.argwhere(roi.int_mask) * sp_zyx
+    w = roi.image[roi.int_mask]
+    com_geo = pos_m.mean(axis=0)
+    com_int = (pos_i * w[:, None]).sum(axis=0) / w.sum() if w.sum() != 0 else np.full(3, np.nan)
+    f["morph_com"] = float(np.linalg.norm(com_geo - com_int))
+    hull = ConvexHull(verts)
+    hv = verts[hull.vertices]
+    f["morph_diam"] = float(pdist(hv).max()) if len(hv) > 1 else 0.0
+    # PCA on voxel centre positions of the morphological mask
+    cov = np.cov(pos_m.T) if n_vox > 1 else np.zeros((3, 3))
+    lam = np.sort(np.clip(np.linalg.eigvalsh(cov), 0, None))[::-1]
+    l1, l2, l3 = (float(v) for v in lam)
+    f["morph_pca_maj_axis"] = 4.0 * math.sqrt(l1)
+    f["morph_pca_min_axis"] = 4.0 * math.sqrt(l2)
+    f["morph_pca_least_axis"] = 4.0 * math.sqrt(l3)
+    f["morph_pca_elongation"] = math.sqrt(l2 / l1) if l1 > 0 else float("nan")
+    f["morph_pca_flatness"] = math.sqrt(l3 / l1) if l1 > 0 else float("nan")
+    ext = verts.max(axis=0) - verts.min(axis=0)
+    f["morph_vol_dens_aabb"] = volume / float(np.prod(ext))
+    f["morph_area_dens_aabb"] = area / float(2.0 * (ext[0] * ext[1] + ext[0] * ext[2] + ext[1] * ext[2]))
+    a, b, c = 2.0 * math.sqrt(l1), 2.0 * math.sqrt(l2), 2.0 * math.sqrt(l3)
+    f["morph_vol_dens_aee"] = 3.0 * volume / (4.0 * math.pi * a * b * c) if a * b * c > 0 else float("nan")
+    f["morph_area_dens_aee"] = area / _ellipsoid_area(a, b, c) if a * b * c > 0 else float("nan")
+    f["morph_vol_dens_conv_hull"] = volume / float(hull.volume)
+    f["morph_area_dens_conv_hull"] = area / float(hull.area)
+    f["morph_integ_int"] = float(w.mean()) * volume
+    f["morph_moran_i"], f["morph_geary_c"] = moran_geary(roi.image, roi.int_mask, sp)
+    return f

@@ -1,0 +1,55 @@
+"""Named radiomics presets (``presets/*.yaml`` shipped with nmkit) and user YAML configuration files.
+
+Shipped: ``ibsi-digital-phantom``, ``ibsi-a`` .. ``ibsi-e`` (IBSI-1 reference configurations, see
+ibsi1_configs.md) and ``lifex-pet`` (LIFEx-like PET settings, documented in its YAML file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .config import RadiomicsConfig
+
+PRESET_DIR = Path(__file__).with_name("presets")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(path, f"cannot read radiomics config: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(path, "a radiomics config must be a YAML mapping")
+    return data
+
+
+def load_config(name_or_path: str | Path) -> RadiomicsConfig:
+    """A preset by name (``ibsi-c``; case-insensitive, ``_`` == ``-``) or a user YAML file.
+
+    A user file may start from a preset with ``base: ibsi-c`` and override keys."""
+    text = str(name_or_path)
+    key = text.lower().replace("_", "-")
+    if (PRESET_DIR / f"{key}.yaml").is_file() and not Path(text).is_file():
+        data = _read_yaml(PRESET_DIR / f"{key}.yaml")
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(path, f"no such radiomics config file or preset (presets: {', '.join(available_presets())})")
+        data = _read_yaml(path)
+        base = data.pop("base", None)
+        if base is not None:
+            merged = load_config(base).to_dict()
+            merged.update(data)
+            data = merged
+    try:
+        return RadiomicsConfig.from_dict(data)
+    except TypeError as exc:
+        raise InputError(text, f"invalid radiomics config: {exc}") from exc
