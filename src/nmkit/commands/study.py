@@ -1,0 +1,77 @@
+"""`nmkit study learning-curve|compare`: how many labelled images are enough; which network/loss is best."""
+
+from __future__ import annotations
+
+import argparse
+
+from .train import parse_labels
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="learning curves and network/loss comparisons")
+    ss = p.add_subparsers(dest="study", metavar="STUDY")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("manifest", help="dataset manifest CSV (image, mask, split)")
+        q.add_argument("--out", required=True)
+        q.add_argument("--network", default="unet")
+        q.add_argument("--loss", default="dice-ce")
+        q.add_argument("--size", type=int, nargs="+", default=[128, 128])
+        q.add_argument("--normalisation", default="counts")
+        q.add_argument("--epochs", type=int, default=30)
+        q.add_argument("--batch-size", type=int, default=8)
+        q.add_argument("--seed", type=int, default=1)
+        q.add_argument("--labels", nargs="+", default=["1=roi"])
+        q.add_argument("--test-limit", type=int, default=None, help="evaluate on at most N test cases")
+
+    lc = ss.add_parser("learning-curve", help="Dice vs number of training images, with bootstrap CIs")
+    common(lc)
+    lc.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400, 800])
+    lc.add_argument("--repeats", type=int, default=1)
+    lc.set_defaults(func=run_learning_curve)
+    cp = ss.add_parser("compare", help="several networks/losses: Dice, HD95, ASSD, parameters, training time")
+    common(cp)
+    cp.add_argument("--variants", nargs="+", default=["unet:dice-ce", "attention-unet:dice-ce", "hrnet:dice-ce", "unet:dice-boundary"],
+                    help="NETWORK:LOSS pairs")
+    cp.add_argument("--limit", type=int, default=None, help="training cases to use")
+    cp.set_defaults(func=run_compare)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def _setup(args: argparse.Namespace):
+    from ..segment.data import load_split, read_manifest
+    from ..segment.preprocess import Preprocessing
+    from ..segment.train import TrainConfig
+
+    table = read_manifest(args.manifest)
+    dims = len(args.size)
+    prep = Preprocessing(normalisation=args.normalisation, spatial_dims=dims, target_size=tuple(args.size) if dims == 2 else None,
+                         patch_size=tuple(args.size) if dims == 3 else None)
+    config = TrainConfig(network=args.network, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         labels=parse_labels(args.labels))
+    return table, prep, config, load_split(table, "val"), load_split(table, "test", args.test_limit)
+
+
+def run_learning_curve(args: argparse.Namespace) -> int:
+    from ..segment.data import load_split
+    from ..segment.study import learning_curve
+
+    table, prep, config, val, test = _setup(args)
+    train_cases = load_split(table, "train", max(args.sizes))
+    summary = learning_curve(train_cases, val, test, args.sizes, prep, config, args.out, repeats=args.repeats)
+    print(summary.to_string(index=False))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..segment.data import load_split
+    from ..segment.study import compare
+
+    table, prep, config, val, test = _setup(args)
+    variants = []
+    for item in args.variants:
+        network, _, loss = item.partition(":")
+        variants.append({"network": network, "loss": loss or args.loss})
+    summary = compare(variants, load_split(table, "train", args.limit), val, test, prep, config, args.out)
+    print(summary.to_string(index=False))
+    return 0
