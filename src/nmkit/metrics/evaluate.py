@@ -1,0 +1,165 @@
+"""Per-structure, per-case evaluation tables: overlap + surface (+ optional lesion-wise) metrics on real spacing.
+
+``evaluate_pair`` compares one predicted ``Mask`` with one true ``Mask`` on the same grid (spacing comes from the
+masks; a ``GeometryError`` is raised when the grids differ) and returns one row per structure.
+``evaluate_cases`` does that for many cases and returns a ``pandas.DataFrame``; cases that fail are logged and
+skipped (their errors are kept in ``DataFrame.attrs["skipped"]``). ``pair_files`` matches NIfTI files of two
+folders by name, for ``nmkit evaluate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import GeometryError, InputError, NmkitError
+from ..io.image import Mask
+from .lesion import lesion_metrics
+from .overlap import overlap_metrics
+from .surface import surface_distances
+
+log = logging.getLogger(__name__)
+
+
+def _layer(mask: Mask, value: int) -> np.ndarray:
+    """Boolean layer of label ``value`` (empty when the mask does not hold that label)."""
+    if mask.overlapping:
+        if value in mask.labels:
+            return mask.binary(value)
+        return np.zeros(mask.spatial_shape, bool)
+    if mask.array.dtype == bool:
+        return mask.array.copy() if value == 1 else np.zeros(mask.spatial_shape, bool)
+    return mask.array == value
+
+
+def _structures(truth: Mask, pred: Mask, labels: Mapping[int, str] | Sequence[int | str] | None) -> dict[int, str]:
+    if labels is None:
+        names = {**{int(v): n for v, n in pred.labels.items()}, **{int(v): n for v, n in truth.labels.items()}}
+        return dict(sorted(names.items()))
+    if isinstance(labels, Mapping):
+        return {int(v): str(n) for v, n in labels.items()}
+    out: dict[int, str] = {}
+    for item in labels:
+        value = truth.label_value(item) if isinstance(item, str) else int(item)
+        out[value] = truth.labels.get(value, pred.labels.get(value, f"label_{value}"))
+    return out
+
+
+def evaluate_pair(pred: Mask, truth: Mask, labels: Mapping[int, str] | Sequence[int | str] | None = None,
+                  tolerance_mm: float = 2.0, method: str = "surface-distance", percentile: float = 95.0,
+                  lesions: bool = False, connectivity: int | None = None, lesion_match: str = "overlap",
+                  lesion_threshold: float = 0.1) -> list[dict[str, Any]]:
+    """Metrics per structure between a predicted and a true mask on the same grid.
+
+    ``labels``: ``{value: name}``, or a list of values/names; default: every label of either mask.
+    Each row holds ``structure``, ``label``, the overlap metrics (``overlap.overlap_metrics``), the surface
+    metrics (``surface.surface_metrics``: hd, hd95, assd, msd each way, nsd at ``tolerance_mm``), ``missed``
+    (truth present, prediction shares no voxel with it) and, with ``lesions=True``, the lesion-wise summary.
+    """
+    if not isinstance(pred, Mask) or not isinstance(truth, Mask):
+        raise TypeError("evaluate_pair takes two nmkit Mask objects")
+    if not pred.same_grid(truth):
+        raise GeometryError(f"prediction and truth are on different grids: prediction {pred.geometry()} vs truth {truth.geometry()}; "
+                            "resample the prediction onto the truth first (nmkit.io.image.resample_to)")
+    rows = []
+    for value, name in _structures(truth, pred, labels).items():
+        p, t = _layer(pred, value), _layer(truth, value)
+        row: dict[str, Any] = {"structure": name, "label": value}
+        row.update(overlap_metrics(p, t, truth.spacing))
+        sd = surface_distances(p, t, truth.spacing, method=method)
+        row.update(sd.summary(tolerance_mm=tolerance_mm, percentile=percentile))
+        row["missed"] = bool(t.any() and not (p & t).any())
+        if lesions:
+            row.update(lesion_metrics(p, t, truth.spacing, connectivity=connectivity, match=lesion_match, threshold=lesion_threshold).summary)
+        row["surface_method"] = method
+        row["tolerance_mm"] = tolerance_mm
+        rows.append(row)
+    return rows
+
+
+CaseSource = tuple[str, Any, Any]
+
+
+def _load(item: Any, reader: Callable[[Any], Mask]) -> Mask:
+    return item if isinstance(item, Mask) else reader(item)
+
+
+def evaluate_cases(cases: Iterable[CaseSource] | Mapping[str, tuple[Any, Any]], reader: Callable[[Any], Mask] | None = None,
+                   **options: Any):
+    """Evaluate many cases: ``cases`` yields ``(case_id, pred, truth)`` (Masks or file paths) or is a mapping
+    ``case_id -> (pred, truth)``. Returns a DataFrame with one row per case and structure; keyword ``options`` go
+    to :func:`evaluate_pair`. Bad cases (unreadable files, different grids) are logged and skipped and listed in
+    ``df.attrs["skipped"]`` as ``{case: reason}``.
+    """
+    import pandas as pd
+
+    if reader is None:
+        from ..io.volume_files import read_label_map as reader  # type: ignore[assignment]
+    items = [(k, v[0], v[1]) for k, v in cases.items()] if isinstance(cases, Mapping) else list(cases)
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for case_id, pred, truth in items:
+        try:
+            pm, tm = _load(pred, reader), _load(truth, reader)
+            for row in evaluate_pair(pm, tm, **options):
+                rows.append({"case": case_id, **row})
+        except (NmkitError, OSError, KeyError, ValueError) as exc:
+            log.warning("skipping case %s: %s", case_id, exc)
+            skipped[str(case_id)] = str(exc)
+    df = pd.DataFrame(rows)
+    df.attrs["skipped"] = skipped
+    return df
+
+
+def summarise(df) -> dict[str, Any]:
+    """Per-structure means/medians of the main metrics and the share of structures missed over all cases."""
+    if df.empty:
+        return {"n_rows": 0}
+    out: dict[str, Any] = {"n_cases": int(df["case"].nunique()) if "case" in df else 1, "n_rows": int(len(df))}
+    present = df[df["volume_truth_ml"] > 0]
+    out["missed_share"] = float(present["missed"].mean()) if len(present) else float("nan")
+    for col in ("dice", "iou", "hd95", "assd", "nsd"):
+        if col in df:
+            vals = df[col].replace([np.inf, -np.inf], np.nan)
+            out[f"{col}_mean"] = float(vals.mean())
+            out[f"{col}_median"] = float(vals.median())
+    return out
+
+
+def pair_files(pred: str | Path, truth: str | Path) -> list[tuple[str, Path, Path]]:
+    """Match prediction and truth volume files by name.
+
+    Each argument is a file or a folder. Two folders: files with the same name (case ids = name without the
+    volume suffix); unmatched files are logged. Two files: one pair.
+    """
+    from ..io.volume_files import VOLUME_SUFFIXES, is_volume_file
+
+    pred, truth = Path(pred), Path(truth)
+    for p in (pred, truth):
+        if not p.exists():
+            raise InputError(p, "does not exist")
+
+    def case_id(path: Path) -> str:
+        name = path.name
+        for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+    if pred.is_file() and truth.is_file():
+        return [(case_id(truth), pred, truth)]
+    if pred.is_file() != truth.is_file():
+        raise InputError(pred if pred.is_file() else truth, "give two files or two folders (--pred and --truth)")
+    preds = {case_id(p): p for p in sorted(pred.iterdir()) if p.is_file() and is_volume_file(p)}
+    truths = {case_id(p): p for p in sorted(truth.iterdir()) if p.is_file() and is_volume_file(p)}
+    for missing in sorted(set(truths) - set(preds)):
+        log.warning("no prediction for truth case %s (%s)", missing, truths[missing])
+    for extra in sorted(set(preds) - set(truths)):
+        log.warning("no truth for prediction %s (%s)", extra, preds[extra])
+    pairs = [(c, preds[c], truths[c]) for c in sorted(set(preds) & set(truths))]
+    if not pairs:
+        raise InputError(truth, f"no file names in common with {pred}")
+    return pairs
