@@ -186,6 +186,8 @@ def suv_factors(datasets: Sequence[Dataset], kind: str = "bw", path: str | Path 
         details.update(height_m=height, sex=sex, lbm_formula=lbm_formula)
 
     if units == "GML":  # already SUVbw: only the SUL conversion needs anything
+        if kind == "bw":
+            missing = []
         if missing:
             raise MissingTagError(path, missing, f"SUV {kind}")
         factor = 1.0
