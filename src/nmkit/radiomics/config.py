@@ -53,6 +53,7 @@ class RadiomicsConfig:
     families: tuple[str, ...] = ("morphology", "local_intensity", "intensity_statistics", "intensity_histogram",
                                  "intensity_volume_histogram", "texture")
     round_input: bool = False  # NIfTI CT input: round intensities to integers before processing (IBSI note)
+    texture_dims: tuple[str, ...] | None = None  # texture aggregations; default ("2D", "2.5D") for 2D, ("3D",) for 3D
 
     def __post_init__(self) -> None:
         if self.dims not in ("2D", "3D"):
@@ -72,6 +73,11 @@ class RadiomicsConfig:
             lo, hi = self.reseg_range
             self.reseg_range = (None if lo is None else float(lo), None if hi is None else float(hi))
         self.families = tuple(self.families)
+        if self.texture_dims is not None:
+            self.texture_dims = tuple(self.texture_dims)
+            bad = set(self.texture_dims) - {"2D", "2.5D", "3D"}
+            if bad:
+                raise InputError(None, f"texture_dims must be among 2D, 2.5D, 3D; got {sorted(bad)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RadiomicsConfig":
@@ -84,6 +90,8 @@ class RadiomicsConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["families"] = list(self.families)
+        if self.texture_dims is not None:
+            out["texture_dims"] = list(self.texture_dims)
         if self.new_spacing is not None:
             out["new_spacing"] = list(self.new_spacing)
         if self.reseg_range is not None:

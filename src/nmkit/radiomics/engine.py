@@ -69,7 +69,7 @@ def features_from_roi(roi: ProcessedROI, config: RadiomicsConfig) -> dict[str, f
         except ImportError:  # the texture module is developed separately; the rest still works without it
             log.warning("nmkit.radiomics.texture is not available: texture features skipped")
         else:
-            dims = ("2D", "2.5D") if config.dims == "2D" else ("3D",)
+            dims = config.texture_dims or (("2D", "2.5D") if config.dims == "2D" else ("3D",))
             out.update(compute_texture(levels, roi.morph_mask, ng, roi.spacing, dims=dims))
     return out
 
