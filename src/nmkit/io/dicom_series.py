@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from ..errors import DicomReadError
 from .image import Image
@@ -54,10 +55,24 @@ class SeriesFiles:
     number_of_frames: int = 1
 
 
+def _dcmread(path: str | Path, force: bool = False, **kwargs) -> Dataset:
+    """``pydicom.dcmread``; a file without the 128-byte preamble/meta header (old archives, raw datasets) is
+    accepted only when a forced read finds a SOPClassUID and a Modality or Rows in it, so other files are not misread."""
+    try:
+        return pydicom.dcmread(str(path), force=force, **kwargs)
+    except InvalidDicomError:
+        if force:
+            raise
+        ds = pydicom.dcmread(str(path), force=True, **kwargs)
+        if not (getattr(ds, "SOPClassUID", None) and (getattr(ds, "Modality", None) or getattr(ds, "Rows", None))):
+            raise
+        return ds
+
+
 def read_header(path: str | Path, force: bool = False) -> Dataset:
     """Read a DICOM header (no pixel data); raise ``DicomReadError`` naming the file on failure."""
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True, force=force)
+        return _dcmread(path, force=force, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types for broken files
         raise DicomReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
 
@@ -65,7 +80,7 @@ def read_header(path: str | Path, force: bool = False) -> Dataset:
 def read_dataset(path: str | Path, force: bool = False) -> Dataset:
     """Read a full DICOM dataset; raise ``DicomReadError`` naming the file on failure."""
     try:
-        return pydicom.dcmread(str(path), force=force)
+        return _dcmread(path, force=force)
     except Exception as exc:
         raise DicomReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
 
@@ -87,8 +102,12 @@ def scan_series(root: str | Path) -> dict[str, SeriesFiles]:
     series: dict[str, SeriesFiles] = {}
     for path in iter_dicom_files(root):
         try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=[
+            ds = _dcmread(path, stop_before_pixels=True, specific_tags=[
                 "SeriesInstanceUID", "Modality", "SeriesDescription", "SOPClassUID", "StudyInstanceUID", "PatientID", "NumberOfFrames"])
+            try:
+                n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            except (TypeError, ValueError):
+                n_frames = 1  # malformed value: the reader reports it when the file is read
         except Exception as exc:
             log.debug("skipping %s: %s", path, exc)
             continue
@@ -101,7 +120,7 @@ def scan_series(root: str | Path) -> dict[str, SeriesFiles]:
             entry = series[uid] = SeriesFiles(
                 series_uid=uid, modality=str(getattr(ds, "Modality", "") or ""), description=str(getattr(ds, "SeriesDescription", "") or ""),
                 sop_class_uid=str(getattr(ds, "SOPClassUID", "") or ""), study_uid=str(getattr(ds, "StudyInstanceUID", "") or ""),
-                patient_id=str(getattr(ds, "PatientID", "") or ""), number_of_frames=int(getattr(ds, "NumberOfFrames", 1) or 1))
+                patient_id=str(getattr(ds, "PatientID", "") or ""), number_of_frames=n_frames)
         entry.files.append(path)
     return series
 

@@ -36,7 +36,8 @@ ENHANCED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.128.1": "PT",  # Legacy Converted Enhanced PET
 }
 NON_IMAGE_MODALITIES = {"RTSTRUCT", "SEG", "SR", "RTPLAN", "RTRECORD", "PR", "KO", "REG", "DOC", "RWV", "FID", "PLAN", "AU", "ECG",
-                        "HD", "RTDOSE"}
+                        "HD"}
+RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.481.", "1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.66",
                           "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.9.", "1.2.840.10008.5.1.4.1.1.104.")
 SUV_CHOICES = (None, "bw", "lbm")
@@ -64,6 +65,8 @@ def is_image_series(modality: str, sop_class_uid: str) -> bool:
     """False for structure sets, segmentations, reports, plans and other non-image objects."""
     if modality.upper() in NON_IMAGE_MODALITIES:
         return False
+    if sop_class_uid == RT_DOSE_STORAGE or modality.upper() == "RTDOSE":
+        return True
     return not any(sop_class_uid.startswith(p) for p in NON_IMAGE_SOP_PREFIXES)
 
 
@@ -101,7 +104,9 @@ def read_image(path: str | Path, series_uid: str | None = None, suv: str | None 
 
     series = scan_series(path)
     if not series:
-        raise DicomReadError(path, "no readable DICOM file found" if path.is_dir() else "not a readable DICOM file")
+        if path.is_dir():
+            raise DicomReadError(path, "no readable DICOM file found")
+        return _read_single_unscanned(path, suv, lbm_formula)
     if series_uid is not None:
         if series_uid not in series:
             raise DicomReadError(path, f"series {series_uid} not found; series here: {_describe(series)}")
@@ -109,6 +114,10 @@ def read_image(path: str | Path, series_uid: str | None = None, suv: str | None 
     else:
         images = {u: s for u, s in series.items() if is_image_series(s.modality, s.sop_class_uid)}
         if not images:
+            if path.is_file():
+                only = next(iter(series.values()))
+                raise DicomReadError(path, f"a {only.modality or only.sop_class_uid} object, not an image"
+                                     + (" (read it with the ROI readers)" if only.modality in ("SEG", "RTSTRUCT") else ""))
             raise DicomReadError(path, f"no image series found (only {_describe(series)})")
         if len(images) > 1:
             raise DicomReadError(path, f"{len(images)} image series found; choose one with series_uid: {_describe(images)}")
@@ -116,6 +125,18 @@ def read_image(path: str | Path, series_uid: str | None = None, suv: str | None 
     if not is_image_series(chosen.modality, chosen.sop_class_uid):
         raise DicomReadError(chosen.files[0], f"series {chosen.series_uid} is a {chosen.modality or chosen.sop_class_uid} object, not an image")
     return read_series_files(chosen.files, suv=suv, lbm_formula=lbm_formula)
+
+
+def _read_single_unscanned(path: Path, suv: str | None, lbm_formula: str) -> Image:
+    """A single file the folder scan skipped: say precisely why, or read it when it is an image after all."""
+    from .dicom_series import read_header
+
+    header = read_header(path)  # raises a DicomReadError with pydicom's reason for unreadable files
+    if "DirectoryRecordSequence" in header:
+        raise DicomReadError(path, "a DICOMDIR (index of a DICOM medium), not an image; read the folder it indexes")
+    if not getattr(header, "SOPClassUID", None) and not getattr(header, "Modality", None):
+        raise DicomReadError(path, "no SOPClassUID, Modality or SeriesInstanceUID: not a DICOM image object")
+    return read_series_files([path], suv=suv, lbm_formula=lbm_formula)
 
 
 def read_images(folder: str | Path, suv: str | None = None) -> dict[str, Image]:
@@ -164,6 +185,13 @@ def _read_series_files(files: list[Path], suv: str | None, lbm_formula: str) -> 
         if len(files) > 1:
             raise DicomReadError(files[0].parent, f"NM series with {len(files)} multi-frame files; read each file on its own")
         return read_nm(files[0])
+    if sop == RT_DOSE_STORAGE or modality == "RTDOSE":
+        if len(files) > 1:
+            raise DicomReadError(files[0].parent, f"RTDOSE series with {len(files)} files; read each file on its own")
+        return read_rtdose(files[0])
+    if (sop in ENHANCED_SOP_CLASSES and "PerFrameFunctionalGroupsSequence" not in header) and len(files) == 1:
+        log.warning("%s: enhanced object without per-frame functional groups; frames kept as 2D images", files[0])
+        return read_plain(files[0])
     if sop in ENHANCED_SOP_CLASSES or "PerFrameFunctionalGroupsSequence" in header:
         if len(files) > 1:
             raise DicomReadError(files[0].parent, f"enhanced multi-frame series with {len(files)} files; read each file on its own")
@@ -221,8 +249,13 @@ def read_plain(path: Path) -> Image:
     else:
         arr = rescale(ds, arr)
     spacing, assumed = None, False
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    measures = shared[0].get("PixelMeasuresSequence") if shared else None
+    sources = [measures[0]] if measures else []
     for kw in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
         value = getattr(ds, kw, None)
+        if value is None and kw == "PixelSpacing" and sources:
+            value = getattr(sources[0], "PixelSpacing", None)
         if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
             spacing = (float(value[1]), float(value[0]))
             break
@@ -304,3 +337,49 @@ def read_enhanced(path: Path) -> tuple[Image, list]:
     image = Image(array=volume, spacing=(spacing[1], spacing[0], abs(z)), origin=tuple(positions[order[0]]),
                   direction=tuple(np.stack([row, col, normal]).T.ravel()), modality=str(getattr(ds, "Modality", "") or ""), meta=meta)
     return image, [ds] * n
+
+
+def read_rtdose(path: Path) -> Image:
+    """An RT Dose grid (e.g. a dosimetry result) in Gy: frames at ImagePositionPatient + GridFrameOffsetVector
+    along the slice normal, values times DoseGridScaling. Offsets may be relative (first 0) or absolute."""
+    from .dicom_series import dataset_meta, pixel_array, read_dataset
+
+    ds = read_dataset(path)
+    arr = pixel_array(ds, path)
+    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if arr.ndim == 2:
+        arr = arr[None]
+    missing = [kw for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if getattr(ds, kw, None) in (None, "")]
+    if n > 1 and not getattr(ds, "GridFrameOffsetVector", None):
+        missing.append("GridFrameOffsetVector")
+    if missing:
+        raise DicomReadError(path, f"RT Dose without {', '.join(missing)}; cannot place the dose grid")
+    iop = np.array(ds.ImageOrientationPatient, float)
+    row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    normal = np.cross(row, col)
+    offsets = np.array([float(v) for v in ds.GridFrameOffsetVector], float) if n > 1 else np.zeros(1)
+    if len(offsets) != n:
+        raise DicomReadError(path, f"GridFrameOffsetVector has {len(offsets)} values for {n} frames")
+    ipp = np.array(ds.ImagePositionPatient, float)
+    if offsets[0] != 0 and np.isclose(offsets[0], ipp @ normal, atol=1e-3):
+        offsets = offsets - offsets[0]  # absolute offsets (type 2 in PS3.3 C.8.8.3.2)
+    order = np.argsort(offsets, kind="stable")
+    offsets = offsets[order]
+    if n > 1:
+        gaps = np.diff(offsets)
+        if np.any(np.isclose(gaps, 0)):
+            raise DicomReadError(path, "GridFrameOffsetVector repeats an offset")
+        z = float(np.median(gaps))
+        if np.max(np.abs(gaps - z)) > max(0.01 * z, 1e-3):
+            log.warning("%s: non-uniform dose grid spacing; using the median %.4f mm", path, z)
+    else:
+        z = float(getattr(ds, "SliceThickness", 1) or 1)
+    scaling = float(getattr(ds, "DoseGridScaling", 1) or 1)
+    volume = (arr[order].astype(np.float64) * scaling).astype(np.float32)
+    ps = [float(v) for v in ds.PixelSpacing]
+    meta = dataset_meta(ds)
+    meta.update(source_files=[str(path)], DoseType=str(getattr(ds, "DoseType", "")), DoseSummationType=str(getattr(ds, "DoseSummationType", "")),
+                DoseGridScaling=scaling)
+    units = str(getattr(ds, "DoseUnits", "GY") or "GY").upper()
+    return Image(array=volume, spacing=(ps[1], ps[0], abs(z)), origin=tuple(ipp + offsets[0] * normal),
+                 direction=tuple(np.stack([row, col, normal]).T.ravel()), modality="RTDOSE", units={"GY": "Gy"}.get(units, units.lower()), meta=meta)
