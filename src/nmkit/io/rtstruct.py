@@ -110,8 +110,13 @@ def read_rtstruct(path: str | Path | Dataset, reference: Image, roi_names: Seque
     if check_frame_of_reference and image_for and rt_for and image_for not in rt_for:
         raise DicomReadError(where, f"structure set frame of reference {', '.join(sorted(rt_for))} does not match the image's "
                                     f"FrameOfReferenceUID {image_for} (series {reference.meta.get('SeriesInstanceUID', '?')})")
-    contours_by_roi = {int(item.ReferencedROINumber): item for item in getattr(ds, "ROIContourSequence", [])
-                       if getattr(item, "ReferencedROINumber", None) is not None}
+    if "ROIContourSequence" not in ds:
+        raise DicomReadError(where, "RTSTRUCT has no ROIContourSequence (3006,0039): no contours at all (truncated or incomplete file?)")
+    contours_by_roi = {}
+    for n, item in enumerate(ds.ROIContourSequence):
+        if getattr(item, "ReferencedROINumber", None) is None:
+            raise DicomReadError(where, f"ROIContourSequence item {n} has no ReferencedROINumber (3006,0084) (truncated or incomplete file?)")
+        contours_by_roi[int(item.ReferencedROINumber)] = item
     nz, ny, nx = reference.spatial_shape
     numbers = list(names)
     layers = np.zeros((len(numbers), nz, ny, nx), dtype=bool)
