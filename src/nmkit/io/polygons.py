@@ -20,7 +20,8 @@ JSON format ``nmkit-polygons/1``::
 * ``coordinates == "pixel"``: ``points`` are ``[x, y]`` with ``x`` = column, ``y`` = row, in pixel units,
   pixel centres at integer positions (so ``[0, 0]`` is the centre of the first pixel).
 * ``coordinates == "patient"``: ``points`` are ``[x, y, z]`` in millimetres (DICOM LPS patient coordinates);
-  they must lie in the plane of the image (or of the frame) they were drawn on.
+  they must lie in the plane of the image (or of the frame) they were drawn on. For a 2D reference image,
+  whose geometry is in-plane only, ``x, y`` are its 2D physical coordinates and ``z`` is ignored (written as 0).
 * ``frame`` is the 0-based frame (slice) index for multi-frame or 3D references; 0 for a 2D image.
   Several entries with the same ``name`` and ``frame`` are XOR-combined (holes); entries with the same
   ``name`` on different frames build one multi-frame ROI.
@@ -208,7 +209,8 @@ def read_polygons(path: str | Path, reference: Image, roi_names: Sequence[str] |
         frame = int(roi.get("frame", 0))
         pts = np.asarray(roi["points"], dtype=float)
         if doc["coordinates"] == "patient":
-            idx = reference.physical_to_index(pts)
+            # a 2D reference has in-plane physical coordinates only: its (x, y) are the points' first two values
+            idx = reference.physical_to_index(pts if reference.ndim_spatial == 3 else pts[:, :2])
             if reference.ndim_spatial == 3:
                 k = idx[:, 2]
                 if np.max(np.abs(k - frame)) > PLANE_TOLERANCE:
@@ -254,8 +256,8 @@ def write_polygons(mask: Mask, path: str | Path, image: str = "", coordinates: s
         for frame, plane in enumerate(frames):
             for poly in mask_to_polygons(plane):
                 if coordinates == "patient":
-                    if mask.ndim_spatial == 2:
-                        pts = mask.index_to_physical(poly)
+                    if mask.ndim_spatial == 2:  # triplets as the format requires; z = 0 in the image's own plane
+                        pts = np.column_stack([mask.index_to_physical(poly), np.zeros(len(poly))])
                     else:
                         pts = mask.index_to_physical(np.column_stack([poly, np.full(len(poly), float(frame))]))
                 else:
