@@ -223,45 +223,55 @@ def read_case(counts: np.ndarray, spacing: float, params: dict[str, Any], style:
     c1, r1 = to_px([tc[0] + half_w, tc[1] + half_h])
     r0, r1 = int(max(r0, 0)), int(min(r1, n - 1)) + 1
     c0, c1 = int(max(c0, 0)), int(min(c1, n - 1)) + 1
-    box = np.zeros(shape, dtype=bool)
-    box[r0:r1, c0:c1] = True
-    peak = float(img[box].max())
-    background = float(np.percentile(img[box], 10))
+    sub = img[r0:r1, c0:c1]  # everything below works in the neck box (pixel offsets r0, c0)
+    peak = float(sub.max())
+    background = float(np.percentile(sub, 10))
     level = background + style.threshold * (peak - background)
-    above = (img > level) & box
-    labels, _ = ndimage.label(above)
+    labels, _ = ndimage.label(sub > level)
+    bh, bw = labels.shape
+
+    def blob_at(col: int, row: int, search_mm: float) -> int:
+        """Label under a click (box coordinates), else the nearest blob within ``search_mm``."""
+        col, row = min(max(col, 0), bw - 1), min(max(row, 0), bh - 1)
+        lab = int(labels[row, col])
+        if lab == 0 and search_mm > 0:
+            win = int(round(search_mm / spacing))
+            ra, ca = max(row - win, 0), max(col - win, 0)
+            near = labels[ra : row + win + 1, ca : col + win + 1]
+            if near.any():
+                rr, cc = np.nonzero(near)
+                k = int(np.argmin((rr + ra - row) ** 2 + (cc + ca - col) ** 2))
+                lab = int(near[rr[k], cc[k]])
+        return lab
+
     chosen: set[int] = set()
-    for click in clicks:
-        col, row = np.clip(np.round(click).astype(int), 0, n - 1)
-        lab = labels[row, col]
-        if lab == 0:  # clicked just outside: take the nearest blob within ~10 mm
-            win = int(round(10.0 / spacing))
-            sub = labels[max(row - win, 0) : row + win + 1, max(col - win, 0) : col + win + 1]
-            if sub.any():
-                rr, cc = np.nonzero(sub)
-                k = int(np.argmin((rr - min(row, win)) ** 2 + (cc - min(col, win)) ** 2))
-                lab = sub[rr[k], cc[k]]
-        if lab:
-            chosen.add(int(lab))
+    for click in clicks:  # clicked just outside a blob: take the nearest one within ~10 mm
+        chosen.add(blob_at(int(round(click[0])) - c0, int(round(click[1])) - r0, 10.0))
     for nod in params.get("nodules", []):  # a reported hot nodule belongs to the gland outline too
-        col, row = np.clip(np.round(to_px(nod["centre_mm"])).astype(int), 0, n - 1)
-        if labels[row, col]:
-            chosen.add(int(labels[row, col]))
-    gland = np.isin(labels, sorted(chosen)) if chosen else np.zeros(shape, dtype=bool)
-    gland = ndimage.binary_fill_holes(gland)
+        col, row = np.round(to_px(nod["centre_mm"])).astype(int)
+        chosen.add(blob_at(int(col) - c0, int(row) - r0, 0.0))
+    chosen.discard(0)
+    gland_box = np.isin(labels, sorted(chosen)) if chosen else np.zeros(labels.shape, dtype=bool)
+    gland_box = ndimage.binary_fill_holes(gland_box)
     if not style.include_isthmus:
-        gland = _cut_isthmus(gland, float(np.mean([c[0] for c in clicks])), spacing)
+        gland_box = _cut_isthmus(gland_box, float(np.mean([c[0] for c in clicks])) - c0, spacing)
+    gland = np.zeros(shape, dtype=bool)
+    gland[r0:r1, c0:c1] = gland_box
 
     rois: list[dict[str, Any]] = []
-    if gland.any():
-        # signed distance in mm (+ inside); its zero level runs half-way between inside and outside pixel centres
-        inside = ndimage.distance_transform_edt(gland) * spacing
-        outside = ndimage.distance_transform_edt(~gland) * spacing
-        field = np.where(gland, inside - 0.5 * spacing, -(outside - 0.5 * spacing))
+    if gland_box.any():
+        # signed distance in mm (+ inside); its zero level runs half-way between inside and outside pixel
+        # centres. Padding leaves room for a positive margin where the gland touches the box.
+        pad = int(math.ceil(max(style.margin_mm, 0.0) / spacing)) + 2
+        g = np.pad(gland_box, pad)
+        inside = ndimage.distance_transform_edt(g) * spacing
+        outside = ndimage.distance_transform_edt(~g) * spacing
+        field = np.where(g, inside - 0.5 * spacing, -(outside - 0.5 * spacing))
+        offset = np.array([c0 - pad, r0 - pad], dtype=float)
         for poly in _contours(field, -style.margin_mm):
             if abs(_polygon_area(poly)) * spacing * spacing < 20.0:  # specks under 20 mm^2 are not drawn
                 continue
-            rois.append({"name": "thyroid", "frame": 0, "points": _hand_drawn(poly, spacing, style, rng)})
+            rois.append({"name": "thyroid", "frame": 0, "points": _hand_drawn(poly + offset, spacing, style, rng)})
 
     for k, nod in enumerate(params.get("nodules", []), start=1):
         ellipse = _nodule_ellipse(img, to_px(nod["centre_mm"]) + rng.normal(0, 0.5 * style.click_sd_mm / spacing, 2),

@@ -112,16 +112,37 @@ def _superellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, a: float, 
     return (np.abs(xr / width) ** p + np.abs(yr / b) ** p) ** (1.0 / p)
 
 
+def _shape_radius(coords: np.ndarray, cx: float, cy: float, a: float, b: float, angle: float, p: float = 2.0,
+                  taper: float = 0.0) -> np.ndarray:
+    """:func:`_superellipse` on the square grid ``coords`` x ``coords``, evaluated only in the shape's bounding
+    window (``inf`` elsewhere) - a few times faster for small organs on a 256x256 grid."""
+    n = len(coords)
+    r = np.full((n, n), np.inf)
+    reach = 1.05 * math.hypot(1.5 * a, b)
+    cols = np.nonzero(np.abs(coords - cx) <= reach)[0]
+    rows = np.nonzero(np.abs(coords - cy) <= reach)[0]
+    if len(cols) == 0 or len(rows) == 0:
+        return r
+    rs, cs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    yy, xx = np.meshgrid(coords[rs], coords[cs], indexing="ij")
+    r[rs, cs] = _superellipse(xx, yy, cx, cy, a, b, angle, p, taper)
+    return r
+
+
 def _dome(r: np.ndarray) -> np.ndarray:
     """Projected thickness profile of an ellipsoid, 1 at the centre, 0 at and beyond r = 1."""
     return np.sqrt(np.clip(1.0 - r * r, 0.0, None))
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    """Zero-mean, unit-SD smooth random field (tissue heterogeneity)."""
-    from scipy.ndimage import gaussian_filter
-
-    f = gaussian_filter(rng.standard_normal(shape), sigma_px, mode="wrap")
+    """Zero-mean, unit-SD smooth random field (tissue heterogeneity): white noise low-passed by a Gaussian of
+    ``sigma_px`` in the Fourier domain (periodic, two FFTs - far cheaper than a wide kernel)."""
+    noise = rng.standard_normal(shape)
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.rfftfreq(shape[1])[None, :]
+    transfer = np.exp(-2.0 * (math.pi * sigma_px) ** 2 * (kx * kx + ky * ky))
+    f = np.fft.irfft2(np.fft.rfft2(noise) * transfer, s=shape)
+    f = f - f.mean()
     sd = f.std()
     return f / sd if sd > 0 else f
 
@@ -144,8 +165,17 @@ def blur(activity: np.ndarray, spacing_mm: float, collimator: str, isotope: str)
     fwhm, tail, tail_fwhm = psf_parameters(collimator, isotope)
     to_sigma = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)) * spacing_mm)
     out = (1.0 - tail) * gaussian_filter(activity, fwhm * to_sigma, mode="constant", truncate=4.0)
-    if tail > 0:
-        out += tail * gaussian_filter(activity, tail_fwhm * to_sigma, mode="constant", truncate=3.0)
+    if tail > 0:  # the broad tail is computed on a 4x coarser grid (it has no fine detail) and upsampled
+        from scipy.ndimage import zoom
+
+        rows, cols = activity.shape
+        if rows % 4 == 0 and cols % 4 == 0:
+            small = activity.reshape(rows // 4, 4, cols // 4, 4).mean(axis=(1, 3))
+            small = gaussian_filter(small, tail_fwhm * to_sigma / 4, mode="constant", truncate=3.0)
+            wide = zoom(small, 4, order=1, grid_mode=True, mode="grid-constant")
+        else:
+            wide = gaussian_filter(activity, tail_fwhm * to_sigma, mode="constant", truncate=3.0)
+        out += tail * wide
     return out
 
 
@@ -240,7 +270,7 @@ def simulate_thyroid(
         angle = -sign * tilt  # upper poles diverge laterally
         p = rng.uniform(2.0, 2.6)
         taper = rng.uniform(0.05, 0.25)
-        r = _superellipse(x, y, lx, ly, width / 2, length / 2, angle, p, taper)
+        r = _shape_radius(coords, lx, ly, width / 2, length / 2, angle, p, taper)
         region[side] = r < 1.0
         thickness = np.maximum(thickness, depth * _dome(r))
         lobes[side] = dict(centre_mm=[lx, ly], length_mm=length, width_mm=width, depth_mm=depth,
@@ -252,7 +282,7 @@ def simulate_thyroid(
         iy = cy + rng.uniform(0.05, 0.25) * 0.5 * (lobes["left"]["length_mm"] + lobes["right"]["length_mm"]) / 2
         height = rng.uniform(4, 12) * enlarge
         idepth = rng.uniform(3, 7)
-        r_i = _superellipse(x, y, cx0, iy, half_span, height / 2, 0.0, 4.0)
+        r_i = _shape_radius(coords, cx0, iy, half_span, height / 2, 0.0, 4.0)
         region["isthmus"] = (r_i < 1.0) & ~region["right"] & ~region["left"]
         thickness = np.maximum(thickness, idepth * _dome(r_i))
         isthmus_info.update(centre_mm=[cx0, iy], height_mm=height, depth_mm=idepth)
@@ -309,13 +339,13 @@ def simulate_thyroid(
         for gland, (dx, dy, a, b, rel) in {"submandibular": (rng.uniform(30, 40), rng.uniform(-60, -50), 14, 9, 1.0),
                                            "parotid": (rng.uniform(50, 60), rng.uniform(-95, -85), 15, 24, 0.9)}.items():
             gx, gy = cx0 + sign * dx, cy + dy
-            r = _superellipse(x, y, gx, gy, a, b, 0.0, 2.0)
+            r = _shape_radius(coords, gx, gy, a, b, 0.0, 2.0)
             salivary += sal_peak * rel * rng.uniform(0.85, 1.15) * _dome(r) ** 0.5
             salivary_info.append(dict(gland=gland, side="right" if sign < 0 else "left", centre_mm=[gx, gy]))
     show_mediastinum = bool(rng.random() < 0.4) if mediastinum is None else bool(mediastinum)
     medi = np.zeros((n, n))
     if show_mediastinum:
-        r = _superellipse(x, y, cx0 + rng.uniform(-5, 5), cy + rng.uniform(75, 95), rng.uniform(30, 45), rng.uniform(25, 35), 0.0)
+        r = _shape_radius(coords, cx0 + rng.uniform(-5, 5), cy + rng.uniform(75, 95), rng.uniform(30, 45), rng.uniform(25, 35), 0.0)
         medi = rng.uniform(1.0, 2.0) * _dome(r)
 
     activity = background + vessels + salivary + medi + gland_activity
