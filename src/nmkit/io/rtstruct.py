@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -225,9 +224,9 @@ def write_rtstruct(mask: Mask, reference: Image, path: str | Path, roi_names: Se
     ds.SOPInstanceUID = file_meta.MediaStorageSOPInstanceUID
     ds.Modality = "RTSTRUCT"
     ds.SpecificCharacterSet = "ISO_IR 192"
-    for kw in ("PatientID", "PatientName", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyDescription"):
-        if meta.get(kw):
-            setattr(ds, kw, meta[kw])
+    ds.StudyInstanceUID = meta["StudyInstanceUID"]
+    if meta.get("StudyDescription"):
+        ds.StudyDescription = meta["StudyDescription"]
     ds.PatientName = meta.get("PatientName", "")
     ds.PatientID = meta.get("PatientID", "")
     ds.PatientBirthDate = ""
