@@ -42,15 +42,15 @@ _N2D = len(_IN_PLANE)
 class _Neighbourhood:
     """The cropped, zero-padded grey levels and the neighbour grey levels of every ROI voxel."""
 
-    flat: np.ndarray  # padded grey levels, flattened
+    flat: np.ndarray  # padded grey levels, flattened (uint8/uint16)
     shape: tuple[int, int, int]  # padded shape
     idx: np.ndarray  # flat indices of ROI voxels (ascending)
-    centre: np.ndarray  # grey level of each ROI voxel (int64)
-    zslot: np.ndarray  # slice index (0-based, within the crop) of each ROI voxel
+    centre: np.ndarray  # grey level of each ROI voxel, same dtype as ``flat``
+    zslot: np.ndarray  # slice index (0-based, within the crop) of each ROI voxel (intp)
     n_slices: int
     offsets: np.ndarray  # flat offsets of the used directions
-    plus: np.ndarray  # (Nv, n_dir) neighbour grey level at +direction (0 = outside ROI)
-    minus: np.ndarray  # (Nv, n_dir) neighbour grey level at -direction
+    plus: np.ndarray  # (n_dir, Nv) neighbour grey level at +direction (0 = outside ROI)
+    minus: np.ndarray  # (n_dir, Nv) neighbour grey level at -direction
     morph: np.ndarray  # padded morphological mask (bool)
 
 
@@ -80,96 +80,130 @@ def _neighbourhood(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, th
     sl = tuple(slice(ix[0], ix[-1] + 1) for ix in nz)
     dtype = np.uint8 if n_levels < 256 else (np.uint16 if n_levels < 65536 else np.int64)
     padded = np.pad(levels[sl].astype(dtype), 1)
-    morph = np.pad(morph_mask[sl].astype(bool), 1)
+    morph = np.pad(morph_mask[sl], 1)
     shape = padded.shape
     flat = padded.ravel()
     idx = np.flatnonzero(flat)
-    strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
+    strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.intp)
     dirs = _DIRECTIONS if three_d else _IN_PLANE
-    offsets = np.asarray(dirs, dtype=np.int64) @ strides
-    plus = flat[idx[:, None] + offsets[None, :]]
-    minus = flat[idx[:, None] - offsets[None, :]]
+    offsets = np.asarray(dirs, dtype=np.intp) @ strides
+    plus = np.empty((len(dirs), idx.size), dtype=dtype)
+    minus = np.empty_like(plus)
+    for k, o in enumerate(offsets):
+        np.take(flat, idx + o, out=plus[k])
+        np.take(flat, idx - o, out=minus[k])
     zslot = idx // strides[0] - 1
-    return _Neighbourhood(flat, shape, idx, flat[idx].astype(np.int64), zslot, shape[0] - 2, offsets, plus,
-                          minus, morph)
+    return _Neighbourhood(flat, shape, idx, flat[idx], zslot, shape[0] - 2, offsets, plus, minus, morph)
 
 
 # ----- matrices --------------------------------------------------------------------------------------------
 
 def _glcm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Symmetric GLCMs: per (slice, in-plane direction) ``(S, 4, Ng, Ng)`` and, for 3D, per direction ``(13, Ng, Ng)``."""
+    """Symmetric GLCMs per (slice, in-plane direction) ``(S, 4, Ng, Ng)`` and, for 3D, per direction ``(13, Ng, Ng)``.
+
+    Pairs whose neighbour lies outside the ROI (level 0) land in row/column 0, which is dropped.
+    """
     lv = ng + 1
     ns = nb.n_slices
-    a = nb.centre
-    b = nb.plus[:, :_N2D]
-    valid = b > 0
-    code = ((nb.zslot[:, None] * _N2D + np.arange(_N2D)[None, :]) * lv + a[:, None]) * lv + b
-    m2 = np.bincount(code[valid], minlength=ns * _N2D * lv * lv).reshape(ns, _N2D, lv, lv)[:, :, 1:, 1:]
+    centre = nb.centre.astype(np.intp)
+    base = (nb.zslot * lv + centre) * lv
+    m2 = np.stack([np.bincount(base + nb.plus[d], minlength=ns * lv * lv) for d in range(_N2D)])
+    m2 = m2.reshape(_N2D, ns, lv, lv).swapaxes(0, 1)[:, :, 1:, 1:]
     m2 = m2 + m2.swapaxes(-1, -2)
     m3 = None
     if three_d:
-        nc = len(_CROSS)
-        b = nb.plus[:, _N2D:]
-        valid = b > 0
-        code = (np.arange(nc)[None, :] * lv + a[:, None]) * lv + b
-        mc = np.bincount(code[valid], minlength=nc * lv * lv).reshape(nc, lv, lv)[:, 1:, 1:]
+        base = centre * lv
+        mc = np.stack([np.bincount(base + nb.plus[d], minlength=lv * lv) for d in range(_N2D, len(_DIRECTIONS))])
+        mc = mc.reshape(-1, lv, lv)[:, 1:, 1:]
         mc = mc + mc.swapaxes(-1, -2)
         m3 = np.concatenate([m2.sum(0), mc], axis=0)
     return m2, m3
 
 
-def _run_lengths(nb: _Neighbourhood, dir_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """All runs along the given direction columns: (direction column, grey level, slice, length) per run."""
-    starts_r, starts_d = np.nonzero(nb.minus[:, dir_cols] != nb.centre[:, None].astype(nb.minus.dtype))
-    d = dir_cols[starts_d]
-    lvl = nb.centre[starts_r]
-    pos = nb.idx[starts_r] + nb.offsets[d]
-    step = nb.offsets[d]
-    length = np.ones(len(starts_r), dtype=np.int64)
-    active = np.arange(len(starts_r))
-    flat = nb.flat
-    while active.size:
-        same = flat[pos[active]] == lvl[active]
-        active = active[same]
-        length[active] += 1
-        pos[active] += step[active]
-    return d, lvl, nb.zslot[starts_r], length
+def _runs_along(flat: np.ndarray, step: int, with_start: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Every run along flat offset ``step`` of the zero-padded array: (flat index of its first voxel, level, length).
+
+    Reshaping the flat array to ``(K, step)`` and transposing lists each arithmetic progression
+    ``r, r + step, r + 2 step, ...`` contiguously. Thanks to the one-voxel zero frame, two consecutive non-zero
+    members of a progression are always geometric neighbours along the direction, so runs are simply the
+    maximal constant non-zero segments of that sequence (a zero row keeps progressions apart).
+    """
+    n = flat.size
+    k = -(-n // step) + 1
+    ext = np.zeros(k * step, dtype=flat.dtype)
+    ext[:n] = flat
+    seq = ext.reshape(k, step).T.ravel()
+    bounds = np.flatnonzero(seq[1:] != seq[:-1]) + 1
+    first = np.empty(bounds.size + 1, dtype=np.intp)
+    first[0] = 0
+    first[1:] = bounds
+    length = np.diff(first, append=seq.size)
+    level = seq[first]
+    keep = level > 0
+    length, level = length[keep], level[keep]
+    start = None
+    if with_start:
+        first = first[keep]
+        start = first // k + (first % k) * step
+    return start, level, length
 
 
 def _glrlm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """GLRLMs per (slice, in-plane direction) ``(S, 4, Ng, Nr)`` and, for 3D, per direction ``(13, Ng, Nr)``."""
     lv = ng + 1
     ns = nb.n_slices
-    cols = np.arange(len(_DIRECTIONS) if three_d else _N2D)
-    d, lvl, z, length = _run_lengths(nb, cols)
-    nr = int(length.max()) + 1 if length.size else 2
-    inp = d < _N2D
-    code = ((z[inp] * _N2D + d[inp]) * lv + lvl[inp]) * nr + length[inp]
-    m2 = np.bincount(code, minlength=ns * _N2D * lv * nr).reshape(ns, _N2D, lv, nr)[:, :, 1:, 1:]
+    slab = nb.shape[1] * nb.shape[2]
+    runs = [_runs_along(nb.flat, int(o), d < _N2D) for d, o in enumerate(nb.offsets[: len(_DIRECTIONS) if three_d else _N2D])]
+    nr = max(int(r[2].max()) if r[2].size else 1 for r in runs) + 1
+    m2 = np.stack([np.bincount(((start // slab - 1) * lv + level) * nr + length, minlength=ns * lv * nr)
+                   for start, level, length in runs[:_N2D]])
+    m2 = m2.reshape(_N2D, ns, lv, nr).swapaxes(0, 1)[:, :, 1:, 1:]
     m3 = None
     if three_d:
-        nc = len(_CROSS)
-        cr = ~inp
-        code = ((d[cr] - _N2D) * lv + lvl[cr]) * nr + length[cr]
-        mc = np.bincount(code, minlength=nc * lv * nr).reshape(nc, lv, nr)[:, 1:, 1:]
-        m3 = np.concatenate([m2.sum(0), mc], axis=0)
+        mc = np.stack([np.bincount(level.astype(np.intp) * nr + length, minlength=lv * nr)
+                       for _, level, length in runs[_N2D:]])
+        m3 = np.concatenate([m2.sum(0), mc.reshape(-1, lv, nr)[:, 1:, 1:]], axis=0)
     return m2, m3
 
 
 def _zones(nb: _Neighbourhood, three_d: bool) -> tuple[np.ndarray, int]:
     """Zone label (0..n-1) of every ROI voxel: connected voxels of equal grey level (8- or 26-connected)."""
-    from scipy.sparse import coo_matrix
+    try:
+        from skimage.measure import label
+    except ImportError:  # pragma: no cover - exercised only without scikit-image
+        return _zones_graph(nb, three_d)
+    grid = nb.flat.reshape(nb.shape)
+    if three_d:
+        lab, n_zones = label(grid, background=0, connectivity=3, return_num=True)
+        lab = lab.ravel()
+    else:
+        lab = np.zeros(grid.shape, dtype=np.intp)
+        n_zones = 0
+        for z in range(1, grid.shape[0] - 1):
+            sl, n = label(grid[z], background=0, connectivity=2, return_num=True)
+            lab[z] = np.where(sl > 0, sl + n_zones, 0)
+            n_zones += n
+        lab = lab.ravel()
+    return lab[nb.idx] - 1, int(n_zones)
+
+
+def _zones_graph(nb: _Neighbourhood, three_d: bool) -> tuple[np.ndarray, int]:
+    """Zones as connected components of the "equal grey level neighbour" graph (scipy only, slower)."""
+    from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = nb.idx.size
-    ncols = len(_DIRECTIONS) if three_d else _N2D
-    rows, cols = np.nonzero(nb.plus[:, :ncols] == nb.centre[:, None].astype(nb.plus.dtype))
-    cmap = np.full(nb.flat.size, -1, dtype=np.int64)
+    ndir = len(_DIRECTIONS) if three_d else _N2D
+    eq = (nb.plus[:ndir] == nb.centre[None, :]).T  # (Nv, ndir): row-major edges sorted by source voxel
+    rows, cols = np.nonzero(eq)
+    cmap = np.full(nb.flat.size, -1, dtype=np.intp)
     cmap[nb.idx] = np.arange(n)
     other = cmap[nb.idx[rows] + nb.offsets[cols]]
-    graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, other)), shape=(n, n)).tocsr()
+    indptr = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    graph = csr_matrix((np.ones(rows.size, dtype=np.int8), other, indptr), shape=(n, n))
     n_zones, labels = connected_components(graph, directed=True, connection="weak")
-    return labels, n_zones
+    return labels, int(n_zones)
 
 
 def _edge_distance(nb: _Neighbourhood, three_d: bool) -> np.ndarray:
@@ -183,7 +217,7 @@ def _edge_distance(nb: _Neighbourhood, three_d: bool) -> np.ndarray:
         structure[1] = ndimage.generate_binary_structure(2, 1)
     dist = ndimage.distance_transform_cdt(nb.morph, metric=structure)
     # intensity-mask voxels outside the morphological mask (not expected) are treated as on the edge
-    return np.maximum(dist.ravel()[nb.idx], 1)
+    return np.maximum(dist.ravel()[nb.idx], 1).astype(np.intp)
 
 
 def _zone_matrices(nb: _Neighbourhood, ng: int, three_d: bool, want_dzm: bool
@@ -192,40 +226,37 @@ def _zone_matrices(nb: _Neighbourhood, ng: int, three_d: bool, want_dzm: bool
     lv = ng + 1
     labels, nzone = _zones(nb, three_d)
     size = np.bincount(labels, minlength=nzone)
-    zlvl = np.empty(nzone, dtype=np.int64)
+    zlvl = np.empty(nzone, dtype=np.intp)
     zlvl[labels] = nb.centre
     ns = 1 if three_d else nb.n_slices
-    zslice = np.zeros(nzone, dtype=np.int64)
+    zslice = np.zeros(nzone, dtype=np.intp)
     if not three_d:
         zslice[labels] = nb.zslot
+    row = zslice * lv + zlvl
     nsz = int(size.max()) + 1
-    szm = np.bincount((zslice * lv + zlvl) * nsz + size, minlength=ns * lv * nsz).reshape(ns, lv, nsz)[:, 1:, 1:]
+    szm = np.bincount(row * nsz + size, minlength=ns * lv * nsz).reshape(ns, lv, nsz)[:, 1:, 1:]
     dzm = None
     if want_dzm:
         dist = _edge_distance(nb, three_d)
-        zdist = np.full(nzone, np.iinfo(np.int64).max, dtype=np.int64)
+        zdist = np.full(nzone, np.iinfo(np.intp).max, dtype=np.intp)
         np.minimum.at(zdist, labels, dist)
         nd = int(zdist.max()) + 1
-        dzm = np.bincount((zslice * lv + zlvl) * nd + zdist, minlength=ns * lv * nd).reshape(ns, lv, nd)[:, 1:, 1:]
+        dzm = np.bincount(row * nd + zdist, minlength=ns * lv * nd).reshape(ns, lv, nd)[:, 1:, 1:]
     return szm, dzm
-
-
-def _neighbour_cols(three_d: bool) -> slice:
-    return slice(None) if three_d else slice(0, _N2D)
 
 
 def _ngtdm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndarray, np.ndarray]:
     """NGTDM ``s`` and ``n`` per slice ``(S, Ng)`` (2D neighbourhoods) or ``(1, Ng)`` (3D)."""
     lv = ng + 1
-    c = _neighbour_cols(three_d)
-    plus = nb.plus[:, c]
-    minus = nb.minus[:, c]
-    total = plus.sum(1, dtype=np.int64) + minus.sum(1, dtype=np.int64)
-    count = (plus > 0).sum(1) + (minus > 0).sum(1)
+    ndir = len(_DIRECTIONS) if three_d else _N2D
+    plus, minus = nb.plus[:ndir], nb.minus[:ndir]
+    total = plus.sum(0, dtype=np.int64) + minus.sum(0, dtype=np.int64)
+    count = np.count_nonzero(plus, axis=0) + np.count_nonzero(minus, axis=0)
     valid = count > 0
-    diff = np.abs(nb.centre[valid] - total[valid] / count[valid])
+    centre = nb.centre[valid].astype(np.intp)
+    diff = np.abs(centre - total[valid] / count[valid])
     ns = 1 if three_d else nb.n_slices
-    code = (0 if three_d else nb.zslot[valid]) * lv + nb.centre[valid]
+    code = centre if three_d else nb.zslot[valid] * lv + centre
     s = np.bincount(code, weights=diff, minlength=ns * lv).reshape(ns, lv)[:, 1:]
     n = np.bincount(code, minlength=ns * lv).reshape(ns, lv)[:, 1:]
     return s, n
@@ -234,12 +265,13 @@ def _ngtdm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndar
 def _ngldm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> np.ndarray:
     """NGLDM ``(S, Ng, Nn)`` per slice (2D) or ``(1, Ng, Nn)`` (3D), alpha 0, Chebyshev distance 1."""
     lv = ng + 1
-    c = _neighbour_cols(three_d)
-    ctr = nb.centre[:, None].astype(nb.plus.dtype)
-    dep = 1 + (nb.plus[:, c] == ctr).sum(1) + (nb.minus[:, c] == ctr).sum(1)
-    nn = 27 if three_d else 9
+    ndir = len(_DIRECTIONS) if three_d else _N2D
+    ctr = nb.centre[None, :]
+    dep = 1 + np.count_nonzero(nb.plus[:ndir] == ctr, axis=0) + np.count_nonzero(nb.minus[:ndir] == ctr, axis=0)
+    nn = 2 * ndir + 1
     ns = 1 if three_d else nb.n_slices
-    code = ((0 if three_d else nb.zslot) * lv + nb.centre) * (nn + 1) + dep
+    centre = nb.centre.astype(np.intp)
+    code = (centre if three_d else nb.zslot * lv + centre) * (nn + 1) + dep
     return np.bincount(code, minlength=ns * lv * (nn + 1)).reshape(ns, lv, nn + 1)[:, 1:, 1:]
 
 

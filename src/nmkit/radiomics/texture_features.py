@@ -131,31 +131,35 @@ def runlike_features(counts: np.ndarray, n_voxels: np.ndarray, family: str) -> d
     ``counts``: ``(K, Ng, Nj)`` with column ``c`` holding run length / zone size / distance / dependence
     ``j = c + 1``. ``n_voxels``: ``(K,)`` voxel counts N_v of the (merged) matrices.
     """
-    counts = np.asarray(counts, dtype=float)
-    k, ng, nj = counts.shape
+    counts = np.asarray(counts)
+    used = np.flatnonzero(counts.any(axis=(0, 1)))  # zone sizes are sparse: keep only occurring columns
+    counts = counts[:, :, used].astype(float)
+    k, ng, _ = counts.shape
     ns = counts.sum(axis=(1, 2))
-    i2 = np.arange(1, ng + 1, dtype=float) ** 2
-    j = np.arange(1, nj + 1, dtype=float)
+    g = np.arange(1, ng + 1, dtype=float)
+    i2 = g**2
+    j = used + 1.0
     j2 = j**2
     ri = counts.sum(2)  # per grey level
     rj = counts.sum(1)  # per run length / size / distance / dependence
-    p = counts / ns[:, None, None]
-    pi = p.sum(2)
-    pj = p.sum(1)
-    g = np.arange(1, ng + 1, dtype=float)
-    mu_i = pi @ g
-    mu_j = pj @ j
     inv_i2 = 1.0 / i2
     inv_j2 = 1.0 / j2
+    low_j = counts @ inv_j2  # (K, Ng)
+    high_j = counts @ j2
+    pi = ri / ns[:, None]
+    pj = rj / ns[:, None]
+    mu_i = pi @ g
+    mu_j = pj @ j
+    flat_p = counts.reshape(k, -1) / ns[:, None]
     values = (
         (rj @ inv_j2) / ns,
         (rj @ j2) / ns,
         (ri @ inv_i2) / ns,
         (ri @ i2) / ns,
-        np.einsum("kij,i,j->k", counts, inv_i2, inv_j2) / ns,
-        np.einsum("kij,i,j->k", counts, i2, inv_j2) / ns,
-        np.einsum("kij,i,j->k", counts, inv_i2, j2) / ns,
-        np.einsum("kij,i,j->k", counts, i2, j2) / ns,
+        (low_j @ inv_i2) / ns,
+        (low_j @ i2) / ns,
+        (high_j @ inv_i2) / ns,
+        (high_j @ i2) / ns,
         (ri**2).sum(1) / ns,
         (ri**2).sum(1) / ns**2,
         (rj**2).sum(1) / ns,
@@ -163,11 +167,11 @@ def runlike_features(counts: np.ndarray, n_voxels: np.ndarray, family: str) -> d
         ns / np.asarray(n_voxels, dtype=float),
         (pi * (g[None, :] - mu_i[:, None]) ** 2).sum(1),
         (pj * (j[None, :] - mu_j[:, None]) ** 2).sum(1),
-        -_xlog2x(p.reshape(k, -1)).sum(1),
+        -_xlog2x(flat_p).sum(1),
     )
     out = dict(zip(RUNLIKE_NAMES[family], values))
     if family == "ngl":
-        out["dc_energy"] = (p.reshape(k, -1) ** 2).sum(1)
+        out["dc_energy"] = (flat_p**2).sum(1)
     return out
 
 
