@@ -33,6 +33,8 @@ META_KEYWORDS = (
     "SliceThickness", "SOPClassUID",
 )
 
+NO_SERIES_UID_PREFIX = "no-series-uid:"
+
 SKIP_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
     "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
@@ -113,8 +115,12 @@ def scan_series(root: str | Path) -> dict[str, SeriesFiles]:
             continue
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         if not uid:
-            log.debug("skipping %s: no SeriesInstanceUID", path)
-            continue
+            if not (getattr(ds, "SOPClassUID", None) or getattr(ds, "Modality", None)):
+                log.debug("skipping %s: no SeriesInstanceUID, SOPClassUID or Modality", path)
+                continue
+            # emptied by some anonymisers: files of one folder and modality are taken as one series
+            uid = f"{NO_SERIES_UID_PREFIX}{path.parent}:{getattr(ds, 'Modality', '') or ''}"
+            log.warning("%s: empty SeriesInstanceUID; grouping it with the %s files of its folder", path, getattr(ds, "Modality", "") or "other")
         entry = series.get(uid)
         if entry is None:
             entry = series[uid] = SeriesFiles(
