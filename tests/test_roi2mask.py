@@ -127,3 +127,17 @@ def test_load_rois_dispatches_and_label_map_names_come_from_sidecar(tmp_path):
     (tmp_path / "bad.json").write_text('{"1": 5}')
     with pytest.raises(InputError, match="bad.json"):
         read_named_label_map(path, labels=tmp_path / "bad.json")
+
+
+def test_roi2mask_finds_re_exported_series_by_frame_of_reference(external_data, tmp_path):
+    # the STS RTSTRUCTs name a series UID the shipped (re-exported) PET images no longer carry; they share the frame of reference
+    root = need(external_data, "pet_sts/sts_images/STS_002/PET/dicom")
+    expected = read_label_map(need(external_data, "pet_sts/sts_images_flat/nifti/STS_002_PET_mask.nii.gz"))
+    shutil.copytree(root, tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["roi2mask", str(tmp_path / "in"), str(out), "--roi", "GTV_Mass_PET"]) == 0
+    rows = _read_csv(out / "roi_summary.csv")
+    assert [r["roi_name"] for r in rows] == ["GTV_Mass_PET"]
+    mask = read_label_map(rows[0]["mask_file"])
+    assert mask.same_grid(expected)
+    np.testing.assert_array_equal(mask.binary(), expected.binary())

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RoiKind = Literal["rtstruct", "seg", "polygons", "labelmap"]
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+NON_IMAGE_MODALITIES = {"RTSTRUCT", "SEG", "SR", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG"}
 
 
 def _volume_stem(path: Path) -> str:
@@ -154,6 +155,25 @@ def referenced_series_uid(path: str | Path) -> str | None:
     return None
 
 
+def roi_frame_of_reference(path: str | Path) -> str | None:
+    """The FrameOfReferenceUID an RTSTRUCT or SEG is defined in, if stated."""
+    import pydicom
+
+    kind = detect_roi_kind(path)
+    if kind not in ("rtstruct", "seg"):
+        return None
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:
+        return None
+    if kind == "rtstruct":
+        from .rtstruct import frame_of_reference_uids
+
+        uids = sorted(frame_of_reference_uids(ds))
+        return uids[0] if uids else None
+    return str(getattr(ds, "FrameOfReferenceUID", "") or "") or None
+
+
 def load_rois(path: str | Path, reference: Image | None = None, roi_names: Sequence[str] | None = None) -> Mask:
     """Read any supported ROI file as a ``Mask`` on the grid of ``reference``.
 
@@ -249,6 +269,27 @@ class _ImageCache:
             self.images[uid] = _read_series(entry.files)
         return self.images[uid]
 
+    def by_frame_of_reference(self, for_uid: str, where: Path) -> tuple[Image, str]:
+        """The one image series in the folder sharing ``for_uid`` (used when the referenced series UID is absent,
+        e.g. after a re-export gave the images new UIDs); an error when none or several match."""
+        import pydicom
+
+        matches = []
+        for uid, entry in self.series.items():
+            if entry.modality.upper() in NON_IMAGE_MODALITIES:
+                continue
+            try:
+                ds = pydicom.dcmread(str(entry.files[0]), stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
+            except Exception:
+                continue
+            if str(getattr(ds, "FrameOfReferenceUID", "") or "") == for_uid:
+                matches.append(uid)
+        if len(matches) != 1:
+            found = "no image series" if not matches else f"{len(matches)} image series ({', '.join(sorted(matches))})"
+            raise InputError(where, f"the referenced image series is not in {self.root} and {found} share(s) its frame of reference {for_uid}")
+        log.info("%s: referenced series not found; using series %s with the same frame of reference", where, matches[0])
+        return self.by_series(matches[0], where), matches[0]
+
     def sop_file(self, sop_uid: str) -> Path | None:
         if self._sop_index is None:
             import pydicom
@@ -280,9 +321,12 @@ def _reference_for(path: Path, kind: RoiKind, cache: _ImageCache) -> tuple[Image
     """The image an ROI file refers to, its series UID and a short name for its output folder."""
     if kind in ("rtstruct", "seg"):
         uid = referenced_series_uid(path)
-        if not uid:
-            raise InputError(path, "the ROI file does not name the image series it refers to")
-        image = cache.by_series(uid, path)
+        if uid and uid in cache.series:
+            return cache.by_series(uid, path), uid, uid
+        for_uid = roi_frame_of_reference(path)
+        if not for_uid:
+            raise InputError(path, "the ROI file names neither an image series in the folder nor a frame of reference")
+        image, uid = cache.by_frame_of_reference(for_uid, path)
         return image, uid, uid
     doc = json.loads(path.read_text(encoding="utf-8"))
     ref = str(doc.get("image", "") or "")
