@@ -185,3 +185,28 @@ def test_nifti_and_bad_arguments(external_data, tmp_path):
     (tmp_path / "notes.dcm").write_text("not dicom")
     with pytest.raises(DicomReadError, match="notes.dcm"):
         read_image(tmp_path / "notes.dcm")
+
+
+# ----- nmkit info ----------------------------------------------------------------------------------
+def _info(argv: list[str]) -> int:
+    import argparse
+
+    from nmkit.commands import info
+
+    parser = argparse.ArgumentParser()
+    info.register(parser.add_subparsers())
+    args = parser.parse_args(["info", *argv])
+    return args.func(args)
+
+
+def test_info_command_lists_series(external_data, capsys):
+    folder = need(external_data, "pet_sts/sts_images/STS_001/PET/dicom")
+    assert _info([str(folder), "--suv", "bw"]) == 0
+    out = capsys.readouterr().out
+    assert "PT" in out and "size 41x43x59" in out and "spacing 4.6875x4.6875x3.27 mm" in out and "units g/ml" in out
+    assert "RTSTRUCT" in out and "not an image" in out
+    assert _info([str(need(external_data, "nm_tomo_projections/NM")), "--json"]) == 0
+    import json
+
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 2 and all(r["frames"] == 360 and r["units"] == "counts" for r in records)
