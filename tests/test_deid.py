@@ -336,3 +336,24 @@ def test_ct_rtstruct_ibsi_phantom(external_data: Path, tmp_path: Path):
     mask_in = read_rtstruct(series_in["RTSTRUCT"].files[0], ct_in)
     mask_out = read_rtstruct(series_out["RTSTRUCT"].files[0], ct_out)
     assert mask_in.voxel_count() > 1000 and np.array_equal(mask_in.array, mask_out.array)
+
+
+def test_safe_private_option_and_burned_in_flag(tmp_path: Path):
+    from nmkit.io.deid import Deidentifier
+
+    paths = _ct_slices(tmp_path / "in", generate_uid(), "20200101", n=1)
+    ds = pydicom.dcmread(paths[0])
+    block = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+    block.add_new(0x00, "DS", "0.000551")  # SUV scale factor: safe, and needed for Philips SUV
+    block.add_new(0x01, "LO", "Jane Doe")  # not on the safe list
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(paths[0])
+    kept = Deidentifier(SALT, DeidOptions(keep_safe_private=True)).deidentify(pydicom.dcmread(paths[0]))
+    private = {(e.tag.group, e.tag.element & 0xFF): e.value for e in kept if e.tag.is_private and e.tag.element > 0xFF}
+    assert private == {(0x7053, 0x00): "0.000551"}
+    assert "113111" in {i.CodeValue for i in kept.DeidentificationMethodCodeSequence}
+    dropped = Deidentifier(SALT).deidentify(pydicom.dcmread(paths[0]))
+    assert not any(e.tag.is_private for e in dropped)
+    result = anonymize_tree(tmp_path / "in", tmp_path / "out", tmp_path / "map.csv", SALT)[0]
+    assert result.burned_in_annotation == "YES"  # flagged, not fixed: pixels are kept as they are
+    assert pydicom.dcmread(result.output).PixelData == pydicom.dcmread(paths[0]).PixelData

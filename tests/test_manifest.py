@@ -97,6 +97,7 @@ def test_manifest_from_catalog_links_roi_files(archive, tmp_path: Path):  # noqa
     seg_row = df.set_index("series_uid").loc[archive["P3_psma"]]
     assert seg_row.roi_format == "seg" and seg_row.reader == "READER^B"
     assert df.set_index("series_uid").loc[archive["P2_pet"]].roi == ""
+    assert (df["mask"] == "").all()  # RTSTRUCT/SEG are not label maps: convert with roi2mask first
     only = manifest_from_catalog(db, require_roi=True)
     assert set(only.series_uid) == {archive["P1_pet"], archive["P3_psma"]}
     all_images = manifest_from_catalog(db)
@@ -120,6 +121,7 @@ def test_manifest_from_nifti_pairs(tmp_path: Path):
     assert flat.patient_id.tolist() == ["case01", "case02", "case03"]
     assert flat.roi.str.endswith("case01_PET_mask.nii.gz").tolist() == [True, False, False]
     assert flat.roi.tolist()[2] == "" and flat.modality.tolist() == ["PT", "PT", "CT"]
+    assert flat["mask"].tolist() == flat.roi.tolist() and flat.case_id[0] == "case01_PET_image"
     nn = manifest_from_nifti(tmp_path / "nn")
     assert nn.patient_id.tolist() == ["liver_007"] and nn.roi[0].endswith("labels/liver_007.nii.gz")
     with pytest.raises(InputError, match="no image files"):

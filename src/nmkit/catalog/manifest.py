@@ -6,6 +6,8 @@ A manifest is a table (CSV or JSON) with one row per image and the columns ``MAN
 * ``image``: a folder holding exactly the series' DICOM files, or ``;``-separated files, or a NIfTI/NRRD file;
   ``image_format``: ``dicom`` or ``nifti``;
 * ``roi``: ``;``-separated ROI files (RTSTRUCT/SEG/label maps), ``roi_format``: ``rtstruct``/``seg``/``nifti``;
+* ``mask``: the ROI when it already is a label map (NIfTI/NRRD), the column that ``nmkit.segment`` and
+  ``nmkit.radiomics`` manifests read (convert RTSTRUCT/SEG first with ``nmkit roi2mask``); ``case_id``;
 * ``reader``: who drew the ROI (SEG ContentCreatorName, RTSTRUCT ROIInterpreter/OperatorsName), when known;
 * ``split`` (and ``fold`` after ``assign_folds``).
 
@@ -28,8 +30,8 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["patient_id", "study_uid", "series_uid", "modality", "image", "image_format", "roi", "roi_format",
-                    "reader", "split"]
+MANIFEST_COLUMNS = ["case_id", "patient_id", "study_uid", "series_uid", "modality", "image", "image_format", "roi",
+                    "roi_format", "mask", "reader", "split"]
 ROI_MODALITIES = ("RTSTRUCT", "SEG")
 NON_IMAGE_MODALITIES = ROI_MODALITIES + ("SR", "PR", "RTPLAN", "RTDOSE", "REG", "KO", "DOC")
 
@@ -37,6 +39,9 @@ NON_IMAGE_MODALITIES = ROI_MODALITIES + ("SR", "PR", "RTPLAN", "RTDOSE", "REG", 
 def _frame(rows: list[dict[str, Any]]):
     import pandas as pd
 
+    for row in rows:
+        row.setdefault("case_id", row["series_uid"])
+        row.setdefault("mask", row["roi"] if row["roi_format"] in ("nifti", "nrrd") else "")
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     return df.fillna("")
 

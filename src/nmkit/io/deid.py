@@ -644,6 +644,8 @@ class Deidentifier:
         elif modality in BURNED_IN_MODALITIES and burned != "NO":
             result.burned_in_annotation = f"likely ({modality})"
         ts = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in getattr(ds, "file_meta", Dataset()) else pydicom.uid.ExplicitVRLittleEndian
+        if ts == pydicom.uid.DeflatedExplicitVRLittleEndian:
+            ts = pydicom.uid.ExplicitVRLittleEndian  # deflate only compresses the dataset encoding, not pixels
         self.deidentify(ds)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
