@@ -82,18 +82,31 @@ def _write_mask(array: np.ndarray, geometry: dict[str, Any], path: Path) -> None
     write_volume(mask, path)
 
 
+def simulate_case(seed: int, index: int, n_readers: int = 3) -> tuple[dict[str, Any], Any, list[tuple[Any, list[dict[str, Any]]]]]:
+    """In memory: (plan, :class:`~nmkit.phantoms.thyroid.ThyroidCase`, [(reader style, rois), ...]) of one case.
+
+    Streams: ``SeedSequence([seed, index]).spawn(2 + n_readers)`` -> plan, simulation, one per reader.
+    """
+    from .readers import default_readers, read_case
+    from .thyroid import simulate_thyroid
+
+    plan = case_plan(seed, index)
+    streams = np.random.SeedSequence([seed, index]).spawn(2 + n_readers)
+    case = simulate_thyroid(np.random.default_rng(streams[1]), plan["pathology"], plan["isotope"], plan["collimator"],
+                            plan["total_counts"])
+    reads = [(style, read_case(case.counts, case.spacing[0], case.params, style, np.random.default_rng(stream)))
+             for style, stream in zip(default_readers(n_readers), streams[2:])]
+    return plan, case, reads
+
+
 def make_case(out: str | Path, seed: int, index: int, n_readers: int = 3) -> dict[str, Any]:
     """Simulate, write and read one case; returns its ``cases.csv`` row (``status`` 'ok' or the error)."""
     from .nm_dicom import deterministic_uid, planar_image_geometry, write_nm_planar
-    from .readers import default_readers, label_map, polygon_document, read_case, rois_to_masks
-    from .thyroid import simulate_thyroid
+    from .readers import label_map, polygon_document, rois_to_masks
 
     out = Path(out)
     name = case_name(index)
-    plan = case_plan(seed, index)
-    streams = np.random.SeedSequence([seed, index]).spawn(2 + n_readers)  # [plan, simulation, reader 1..n]
-    case = simulate_thyroid(np.random.default_rng(streams[1]), plan["pathology"], plan["isotope"], plan["collimator"],
-                            plan["total_counts"])
+    plan, case, reads = simulate_case(seed, index, n_readers)
     patient_id = f"THY{seed}-{index:05d}"
     info = dict(patient_name=f"Phantom^Thyroid{index:05d}", patient_id=patient_id, sex=plan["sex"],
                 birth_date=plan["birth_date"], study_uid=deterministic_uid(seed, index, "study"),
@@ -122,8 +135,7 @@ def make_case(out: str | Path, seed: int, index: int, n_readers: int = 3) -> dic
     _write_mask(lobes, geometry, out / "truth" / f"{name}_lobes.nii.gz")
     _write_mask(nodules, geometry, out / "truth" / f"{name}_nodules.nii.gz")
 
-    for style, stream in zip(default_readers(n_readers), streams[2:]):
-        rois = read_case(case.counts, case.spacing[0], case.params, style, np.random.default_rng(stream))
+    for style, rois in reads:
         doc = polygon_document(rois, dicom_rel, style.name)
         roi_path = out / "rois" / style.name / f"{name}.json"
         roi_path.parent.mkdir(parents=True, exist_ok=True)

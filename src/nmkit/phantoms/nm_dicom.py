@@ -32,6 +32,7 @@ from .. import __version__
 from ..errors import DicomReadError, InputError
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
+_UID_NAMESPACE = __import__("uuid").uuid5(__import__("uuid").NAMESPACE_URL, "https://nmkit/phantoms/uids")
 
 #: isotope -> (photopeak keV, half-life s, CID 18 code, CID 18 meaning, agent code (CID 25), agent meaning, agent name)
 ISOTOPE_INFO: dict[str, tuple[float, float, str, str, str, str, str]] = {
@@ -46,10 +47,15 @@ COLLIMATOR_INFO = {  # (CollimatorType defined term, CollimatorGridName by isoto
 
 
 def deterministic_uid(*parts: Any) -> str:
-    """A DICOM UID (2.25 form) derived from ``parts`` (e.g. seed, case, 'series'): same parts, same UID."""
-    from pydicom.uid import generate_uid
+    """A DICOM UID (2.25 form) derived from ``parts`` (e.g. seed, case, 'series'): same parts, same UID.
 
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    The UUID is a name-based (version 5) UUID of the parts in an nmkit namespace, so it is reproducible
+    across runs and machines, unlike pydicom's ``generate_uid(prefix=None)`` which is random.
+    """
+    import uuid
+
+    name = "\x1f".join(str(p) for p in parts)
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
 def _code(value: str, scheme: str, meaning: str):

@@ -22,7 +22,8 @@ Model (all lengths in mm, image plane = coronal plane seen from the front):
   gland-to-background ratio for an 18 mm deep lobe: normal 6-15, Graves 20-50 (gland enlarged 1.25-1.5x),
   multinodular goitre 6-15 with 2-5 mixed nodules and strong heterogeneity (enlarged 1.2-1.5x),
   toxic (autonomous) hot nodule 20-45 with the remaining gland suppressed to 0.2-1.2, cold nodules 1-3
-  photopenic nodules (0-30 % of gland uptake) in a normal gland, thyroiditis 0.8-2.0 (gland faint, about as
+  photopenic nodules of 12-22 mm (scintigraphy is done for nodules >= 1 cm; 0-30 % of gland uptake) in a
+  normal gland, nodules never overlap, thyroiditis 0.8-2.0 (gland faint, about as
   bright as the neck vessels, while the salivary glands stay bright).
 * Nodules are spheres inside the lobe: along each ray the nodule replaces gland tissue over its chord, so a
   cold nodule in a 15 mm deep lobe is strongly but not completely photopenic (tissue in front/behind remains),
@@ -209,7 +210,7 @@ def _pathology_plan(rng: np.random.Generator, pathology: str) -> dict[str, Any]:
     elif pathology == "cold_nodules":
         plan["gland_to_background"] = rng.uniform(6, 15)
         for _ in range(int(rng.integers(1, 4))):
-            plan["nodules"].append(("cold", rng.uniform(5, 10), rng.uniform(0.0, 0.3)))
+            plan["nodules"].append(("cold", rng.uniform(6, 11), rng.uniform(0.0, 0.3)))
     elif pathology == "thyroiditis":
         plan.update(gland_to_background=rng.uniform(0.8, 2.0), heterogeneity=0.25)
     else:
@@ -297,15 +298,21 @@ def simulate_thyroid(
     nodules: list[dict[str, Any]] = []
     nodule_masks: dict[str, np.ndarray] = {}
     gland_mask = region["right"] | region["left"] | region["isthmus"]
-    for k, (kind, radius, rel_uptake) in enumerate(plan["nodules"], start=1):
-        side = ("right", "left")[int(rng.integers(0, 2))]
-        lobe = lobes[side]
-        radius = min(radius * min(enlarge, 1.2), 0.45 * lobe["width_mm"])
-        along = rng.uniform(-0.3, 0.3) * lobe["length_mm"]
-        across = rng.uniform(-0.15, 0.15) * lobe["width_mm"]
-        ang = math.radians(lobe["tilt_deg"])
-        ncx = lobe["centre_mm"][0] + across * math.cos(ang) - along * math.sin(ang)
-        ncy = lobe["centre_mm"][1] + across * math.sin(ang) + along * math.cos(ang)
+    for kind, radius, rel_uptake in plan["nodules"]:
+        for _attempt in range(20):  # nodules do not overlap each other
+            side = ("right", "left")[int(rng.integers(0, 2))]
+            lobe = lobes[side]
+            r_try = min(radius * min(enlarge, 1.2), 0.45 * lobe["width_mm"])
+            along = rng.uniform(-0.3, 0.3) * lobe["length_mm"]
+            across = rng.uniform(-0.15, 0.15) * lobe["width_mm"]
+            ang = math.radians(lobe["tilt_deg"])
+            ncx = lobe["centre_mm"][0] + across * math.cos(ang) - along * math.sin(ang)
+            ncy = lobe["centre_mm"][1] + across * math.sin(ang) + along * math.cos(ang)
+            if all(math.hypot(ncx - o["centre_mm"][0], ncy - o["centre_mm"][1]) > r_try + o["radius_mm"] + 1.0 for o in nodules):
+                break
+        else:
+            continue  # no room left in the lobes for this nodule
+        radius = r_try
         rr = np.hypot(x - ncx, y - ncy)
         chord = 2.0 * np.sqrt(np.clip(radius * radius - rr * rr, 0.0, None))
         inside = rr < radius
@@ -315,7 +322,7 @@ def simulate_thyroid(
         else:
             replaced = np.minimum(chord, thickness)
             gland_activity = gland_activity - conc_gland * replaced * hetero.clip(0.2) + conc_gland * rel_uptake * chord
-        name = f"nodule_{k}"
+        name = f"nodule_{len(nodules) + 1}"
         nodule_masks[name] = inside
         gland_mask = gland_mask | inside
         nodules.append(dict(name=name, kind=kind, lobe=side, centre_mm=[ncx, ncy], radius_mm=radius,
