@@ -1,0 +1,119 @@
+"""IBSI processing steps on small synthetic images where the right answer is known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nmkit.errors import InputError
+from nmkit.io.image import Image, Mask
+from nmkit.radiomics.config import Discretisation, RadiomicsConfig
+from nmkit.radiomics.preprocess import _axis_grid, discretise, process, resegment
+
+
+def test_interpolation_grid_is_centre_aligned():
+    # 60 slices of 3 mm -> ceil(180 / 2) = 90 slices of 2 mm; grid centres coincide
+    g = _axis_grid(60, 3.0, 2.0)
+    assert len(g) == 90
+    assert g.mean() == pytest.approx((60 - 1) / 2)
+    assert np.diff(g) == pytest.approx(np.full(89, 2 / 3))
+    # 204 x 0.977 mm -> ceil(99.65) = 100 voxels (IBSI CT phantom)
+    assert len(_axis_grid(204, 0.977, 2.0)) == 100
+    assert np.array_equal(_axis_grid(5, 2.0, None), np.arange(5))
+
+
+def _ramp_image(shape=(12, 14, 16), spacing=(1.0, 1.0, 1.0), origin=(10.0, -5.0, 3.0)):
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    arr = 3.0 * x + 2.0 * y + 1.0 * z  # linear: trilinear interpolation is exact
+    img = Image(arr, spacing=spacing, origin=origin)
+    m = np.zeros(shape, np.uint8)
+    m[3:9, 4:10, 5:12] = 1
+    return img, Mask.like(img, m)
+
+
+def test_trilinear_resampling_is_exact_on_linear_image_and_keeps_geometry():
+    img, mask = _ramp_image()
+    cfg = RadiomicsConfig(new_spacing=(1.5, 1.5, 1.5), image_interpolation="linear")
+    roi = process(img, mask, cfg)
+    assert roi.spacing == (1.5, 1.5, 1.5)
+    # every resampled voxel value equals the linear function at its physical position
+    kk, jj, ii = np.meshgrid(*[np.arange(n) for n in roi.image.shape], indexing="ij")
+    phys = np.stack([ii, jj, kk], -1) * 1.5 + np.asarray(roi.origin)
+    old_idx = img.physical_to_index(phys)
+    expected = 3 * old_idx[..., 0] + 2 * old_idx[..., 1] + old_idx[..., 2]
+    inside = (old_idx >= 0).all(-1) & (old_idx <= np.array(img.size) - 1).all(-1)
+    np.testing.assert_allclose(roi.image[inside], expected[inside], atol=1e-9)
+    # the ROI keeps its physical volume approximately (252 mm^3 -> whole 1.5 mm voxels)
+    assert roi.morph_mask.sum() * 1.5 ** 3 == pytest.approx(252, rel=0.3)
+
+
+def test_in_plane_resampling_keeps_slices():
+    img, mask = _ramp_image(spacing=(0.8, 0.8, 3.0))
+    roi = process(img, mask, RadiomicsConfig(new_spacing=(2.0, 2.0, None)))
+    assert roi.spacing == (2.0, 2.0, 3.0)
+    assert roi.morph_mask.any(axis=(1, 2)).sum() == 6  # the six ROI slices survive unchanged
+
+
+def test_resegmentation_changes_only_intensity_mask():
+    img = np.array([[[-1200.0, -50.0, 10.0, 20.0, 30.0, 500.0]]])
+    morph = np.ones_like(img, bool)
+    im = resegment(img, morph, (-1000, 400), None)
+    assert im.tolist() == [[[False, True, True, True, True, False]]]
+    assert morph.all()
+    vals = np.r_[np.full(50, 10.0), 1000.0]  # one outlier far beyond 3 SD
+    im = resegment(vals.reshape(1, 1, -1), np.ones((1, 1, 51), bool), None, 3.0)
+    assert im.sum() == 50 and not im[0, 0, -1]
+
+
+def test_discretisation_fbs_and_fbn():
+    x = np.array([-1000.0, -976.0, -975.0, 0.0, 399.0])
+    lv, ng = discretise(x, Discretisation(method="FBS", bin_width=25), reseg_range=(-1000, 400))
+    assert lv.tolist() == [1, 1, 2, 41, 56] and ng == 56
+    lv, ng = discretise(np.array([0.0, 0.5, 1.0, 2.0]), Discretisation(method="FBN", n_bins=4))
+    assert lv.tolist() == [1, 2, 3, 4] and ng == 4  # maximum maps to the top bin
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    img, mask = _ramp_image()
+    with pytest.raises(InputError, match="empty"):
+        process(img, Mask.like(img, np.zeros(img.array.shape, np.uint8)), RadiomicsConfig())
+    with pytest.raises(InputError, match="re-segmentation"):
+        process(img, mask, RadiomicsConfig(reseg_range=(1e6, None)))
+    with pytest.raises(InputError, match="unknown radiomics config keys"):
+        RadiomicsConfig.from_dict({"bin_count": 3})
+    with pytest.raises(InputError, match="FBS"):
+        Discretisation(method="FBS")
+
+
+def test_presets_and_user_yaml(tmp_path):
+    from nmkit.radiomics.presets import available_presets, load_config
+
+    assert {"ibsi-a", "ibsi-b", "ibsi-c", "ibsi-d", "ibsi-e", "ibsi-digital-phantom", "lifex-pet"} <= set(available_presets())
+    c = load_config("IBSI_C")
+    assert c.new_spacing == (2.0, 2.0, 2.0) and c.reseg_range == (-1000.0, 400.0)
+    assert c.discretisation.method == "FBS" and c.ivh.bin_width == 2.5
+    e = load_config("ibsi-e")
+    assert e.image_interpolation == "cubic" and e.outlier_sigma == 3 and e.ivh.n_bins == 1000
+    user = tmp_path / "pet.yaml"
+    user.write_text("base: lifex-pet\nname: my-pet\ndiscretisation: {method: FBN, n_bins: 64}\n")
+    u = load_config(user)
+    assert u.name == "my-pet" and u.discretisation.n_bins == 64 and u.new_spacing == (2.0, 2.0, 2.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(InputError, match="mapping"):
+        load_config(bad)
+
+
+def test_lifex_pet_preset_on_sarcoma(external_data):
+    from conftest import need
+    from nmkit.io.volume_files import read_label_map, read_volume
+    from nmkit.radiomics.engine import extract
+
+    folder = need(external_data, "pet_sts/sts_images_flat/nifti")
+    img = read_volume(folder / "STS_002_PET_image.nii.gz")
+    img = img.with_array(img.array.astype(np.float64))
+    f = extract(img, read_label_map(folder / "STS_002_PET_mask.nii.gz"), "lifex-pet")
+    assert 0 < f["stat_mean"] < f["loc_peak_glob"] <= f["stat_max"]
+    assert f["ih_max"] <= np.ceil(f["stat_max"] / 0.3125)  # FBS 20/64 SUV bins from 0
+    assert 0 < f["ivh_v10"] <= 1 and f["ivh_i10"] >= f["ivh_i90"]
+    assert "cm_contrast_3D_avg" in f
