@@ -685,7 +685,7 @@ def anonymize_tree(src: str | Path, out_dir: str | Path, map_path: str | Path, s
         raise InputError(src, "input folder does not exist")
     if _inside(map_path, out_dir):
         raise InputError(map_path, f"the mapping file must be kept outside the output folder {out_dir}")
-    if out_dir.exists() and _inside(out_dir, src) and out_dir.resolve() != src.resolve():
+    if src.is_dir() and _inside(out_dir, src):
         raise InputError(out_dir, "the output folder must not be inside the input folder")
     deid = Deidentifier(salt, options, DeidMapping.load(map_path))
     paths = list(files) if files is not None else list(iter_dicom_files(src))
