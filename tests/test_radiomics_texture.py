@@ -82,9 +82,10 @@ def _spec_tables(root: Path, section: str) -> list[dict[tuple[int, int], float]]
     return tables
 
 
-def _as_table(m: np.ndarray) -> dict[tuple[int, int], float]:
-    """Non-zero entries of a (Ng, Nj) matrix with 1-based grey level and column value."""
-    return {(int(i) + 1, int(j) + 1): float(m[i, j]) for i, j in zip(*np.nonzero(m))}
+def _as_table(m: np.ndarray, cols: np.ndarray | None = None) -> dict[tuple[int, int], float]:
+    """Non-zero entries of a (Ng, Nj) matrix with 1-based grey level and column value (default: index + 1)."""
+    cols = np.arange(1, m.shape[1] + 1) if cols is None else cols
+    return {(int(i) + 1, int(cols[j])): float(m[i, j]) for i, j in zip(*np.nonzero(m))}
 
 
 # ----- IBSI digital phantom --------------------------------------------------------------------------------
@@ -113,12 +114,12 @@ def test_digital_phantom_matrices_match_ibsi_tables(external_data, phantom):
     r2, r3 = tx._glrlm_matrices(nb, 6, three_d=True)
     assert _as_table(r3.sum(0)) == _spec_tables(external_data, "Grey level run length matrix (3D, merged)")[0]
 
-    szm3, dzm3 = tx._zone_matrices(nb, 6, three_d=True, want_dzm=True)
-    assert _as_table(szm3[0]) == _spec_tables(external_data, "Grey level size zone matrix (3D)")[0]
-    assert _as_table(dzm3[0]) == _spec_tables(external_data, "Grey level distance zone matrix (3D)")[0]
-    szm2, dzm2 = tx._zone_matrices(nb, 6, three_d=False, want_dzm=True)
-    assert [_as_table(m) for m in szm2] == _spec_tables(external_data, "Grey level size zone matrix (2D)")
-    assert [_as_table(m) for m in dzm2] == _spec_tables(external_data, "Grey level distance zone matrix (2D)")
+    (szm3, s3), (dzm3, d3) = tx._zone_matrices(nb, 6, three_d=True, want_dzm=True)
+    assert _as_table(szm3[0], s3) == _spec_tables(external_data, "Grey level size zone matrix (3D)")[0]
+    assert _as_table(dzm3[0], d3) == _spec_tables(external_data, "Grey level distance zone matrix (3D)")[0]
+    (szm2, s2), (dzm2, d2) = tx._zone_matrices(nb, 6, three_d=False, want_dzm=True)
+    assert [_as_table(m, s2) for m in szm2] == _spec_tables(external_data, "Grey level size zone matrix (2D)")
+    assert [_as_table(m, d2) for m in dzm2] == _spec_tables(external_data, "Grey level distance zone matrix (2D)")
 
     assert [_as_table(m) for m in tx._ngldm_matrices(nb, 6, three_d=False)] == _spec_tables(
         external_data, "Neighbouring grey level dependence matrix (2D)")
@@ -200,13 +201,21 @@ def test_run_lengths_match_brute_force_walk():
 def test_zones_match_scipy_label_per_grey_level():
     levels, mask = _random_volume(7)
     nb = tx._neighbourhood(levels, mask, 4, three_d=True)
-    szm3, _ = tx._zone_matrices(nb, 4, three_d=True, want_dzm=False)
-    expected = np.zeros_like(szm3[0])
+    (szm3, sizes), _ = tx._zone_matrices(nb, 4, three_d=True, want_dzm=False)
+    expected: dict[tuple[int, int], float] = {}
     for g in range(1, 5):
         lab, n = ndimage.label(levels == g, structure=np.ones((3, 3, 3)))
         for size in np.bincount(lab.ravel())[1:]:
-            expected[g - 1, size - 1] += 1
-    np.testing.assert_array_equal(szm3[0], expected)
+            expected[(g, int(size))] = expected.get((g, int(size)), 0) + 1
+    assert _as_table(szm3[0], sizes) == expected
+    # the scipy-only fallback (no scikit-image) finds the same zones, in 3D and per slice
+    for three_d in (True, False):
+        lab_a, n_a = tx._zones(nb, three_d)
+        lab_b, n_b = tx._zones_graph(nb, three_d)
+        assert n_a == n_b
+        # same partition: a one-to-one correspondence between the two labellings
+        pairs = np.unique(np.stack([lab_a, lab_b]), axis=1)
+        assert pairs.shape[1] == n_a
 
 
 def test_glcm_counts_every_neighbour_pair_once_per_direction():

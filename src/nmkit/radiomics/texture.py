@@ -221,8 +221,12 @@ def _edge_distance(nb: _Neighbourhood, three_d: bool) -> np.ndarray:
 
 
 def _zone_matrices(nb: _Neighbourhood, ng: int, three_d: bool, want_dzm: bool
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """GLSZM and GLDZM: ``(S, Ng, Nz)``/``(S, Ng, Nd)`` per slice (2D zones) or ``(1, ...)`` for 3D zones."""
+                   ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """GLSZM and GLDZM per slice (2D zones, ``(S, Ng, U)``) or for the volume (3D zones, ``(1, Ng, U)``).
+
+    Zone sizes are sparse (a few sizes up to the ROI size), so each matrix comes with the zone size / distance
+    of each of its ``U`` columns: ``(matrix, column_values)``.
+    """
     lv = ng + 1
     labels, nzone = _zones(nb, three_d)
     size = np.bincount(labels, minlength=nzone)
@@ -233,15 +237,19 @@ def _zone_matrices(nb: _Neighbourhood, ng: int, three_d: bool, want_dzm: bool
     if not three_d:
         zslice[labels] = nb.zslot
     row = zslice * lv + zlvl
-    nsz = int(size.max()) + 1
-    szm = np.bincount(row * nsz + size, minlength=ns * lv * nsz).reshape(ns, lv, nsz)[:, 1:, 1:]
+
+    def matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cols, col = np.unique(values, return_inverse=True)
+        m = np.bincount(row * cols.size + col, minlength=ns * lv * cols.size).reshape(ns, lv, cols.size)
+        return m[:, 1:], cols
+
+    szm = matrix(size)
     dzm = None
     if want_dzm:
         dist = _edge_distance(nb, three_d)
         zdist = np.full(nzone, np.iinfo(np.intp).max, dtype=np.intp)
         np.minimum.at(zdist, labels, dist)
-        nd = int(zdist.max()) + 1
-        dzm = np.bincount(row * nd + zdist, minlength=ns * lv * nd).reshape(ns, lv, nd)[:, 1:, 1:]
+        dzm = matrix(zdist)
     return szm, dzm
 
 
@@ -300,9 +308,10 @@ def _glcm(out: dict[str, float], m2: np.ndarray, m3: np.ndarray | None, dims: tu
         _emit(out, "cm", "3D_comb", glcm_features(_nonempty(m3.sum(0)[None])))
 
 
-def _runlike(out: dict[str, float], family: str, m: np.ndarray, nv: np.ndarray, suffix: str) -> None:
+def _runlike(out: dict[str, float], family: str, m: np.ndarray, nv: np.ndarray, suffix: str,
+             j_values: np.ndarray | None = None) -> None:
     keep = m.reshape(m.shape[0], -1).sum(1) > 0
-    _emit(out, family, suffix, runlike_features(m[keep], nv[keep], family))
+    _emit(out, family, suffix, runlike_features(m[keep], nv[keep], family, j_values))
 
 
 def _glrlm(out: dict[str, float], m2: np.ndarray, m3: np.ndarray | None, nv_slice: np.ndarray,
@@ -380,14 +389,14 @@ def compute_texture(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, s
         nvz = np.array([nb.idx.size]) if is3d else nv_slice
         s_ng, n_ng = _ngtdm_matrices(nb, ng, is3d)
         dep = _ngldm_matrices(nb, ng, is3d)
-        for family, m in (("szm", szm), ("dzm", dzm)):
+        for family, (m, cols) in (("szm", szm), ("dzm", dzm)):
             if is3d:
-                _runlike(out, family, m, nvz, "3D")
+                _runlike(out, family, m, nvz, "3D", cols)
             else:
                 if "2D" in dims:
-                    _runlike(out, family, m, nvz, "2D")
+                    _runlike(out, family, m, nvz, "2D", cols)
                 if "2.5D" in dims:
-                    _runlike(out, family, m.sum(0)[None], np.array([nvz.sum()]), "2_5D")
+                    _runlike(out, family, m.sum(0)[None], np.array([nvz.sum()]), "2_5D", cols)
         if is3d:
             _ngtdm(out, s_ng, n_ng, "3D")
             _runlike(out, "ngl", dep, nvz, "3D")

@@ -19,8 +19,8 @@ __all__ = ["glcm_features", "runlike_features", "ngtdm_features"]
 def _xlog2x(p: np.ndarray) -> np.ndarray:
     """p * log2(p) with 0 log 0 = 0."""
     out = np.zeros_like(p)
-    nz = p > 0
-    out[nz] = p[nz] * np.log2(p[nz])
+    np.log2(p, out=out, where=p > 0)
+    out *= p
     return out
 
 
@@ -32,53 +32,56 @@ def _safe_div(num: np.ndarray, den: np.ndarray, fill: float = 0.0) -> np.ndarray
     return out
 
 
+def _dot(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Contract the last axis with a vector without BLAS: for these tiny stacks a threaded BLAS call costs
+    far more (and stalls on a busy machine) than a plain multiply-and-sum."""
+    return (a * v).sum(-1)
+
+
+def _group_sum(flat: np.ndarray, key: np.ndarray, n_keys: int) -> np.ndarray:
+    """``out[k, c] = sum(flat[k, key == c])`` for a stack ``(K, M)``, via one sorted ``reduceat``."""
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.searchsorted(sorted_key, np.arange(n_keys))
+    present = np.bincount(key, minlength=n_keys) > 0
+    out = np.zeros((flat.shape[0], n_keys))
+    out[:, present] = np.add.reduceat(flat[:, order], starts[present], axis=1)
+    return out
+
+
 def glcm_features(counts: np.ndarray) -> dict[str, np.ndarray]:
     """The 25 IBSI GLCM features of a stack of symmetric co-occurrence matrices ``(K, Ng, Ng)``.
 
-    Matrices must be non-empty (the caller drops empty ones before averaging).
+    Matrices must be non-empty (the caller drops empty ones before averaging). Symmetry is used: the marginal
+    entropies HXY1 and HXY2 of the information correlations both equal 2 HX, and the cluster features depend
+    on ``i + j`` only, so they are evaluated on the sum distribution.
     """
     counts = np.asarray(counts, dtype=float)
     k, ng, _ = counts.shape
-    p = counts / counts.sum(axis=(1, 2), keepdims=True)
+    flat = counts.reshape(k, -1)
+    flat = flat / flat.sum(1, keepdims=True)
     g = np.arange(1, ng + 1, dtype=float)
-    gi = g[:, None]
-    gj = g[None, :]
-    pi = p.sum(axis=2)  # row marginal == column marginal (symmetric)
-    mu = pi @ g
-    var = pi @ (g**2) - mu**2
-    var = np.maximum(var, 0.0)
+    gi = np.repeat(g, ng)
+    gj = np.tile(g, ng)
+    pi = flat.reshape(k, ng, ng).sum(2)  # row marginal == column marginal (symmetric)
+    mu = _dot(pi, g)
+    var = np.maximum(_dot(pi, g**2) - mu**2, 0.0)
 
-    flat = p.reshape(k, -1)
-    absdiff = np.abs(gi - gj).astype(int).ravel()
-    sums = (gi + gj).astype(int).ravel()
-    pd = np.zeros((k, ng))
-    ps = np.zeros((k, 2 * ng + 1))
-    # one-hot projections (tiny matrices: Ng^2 x Ng), done as matrix products over the stack
-    onehot_d = np.zeros((ng * ng, ng))
-    onehot_d[np.arange(ng * ng), absdiff] = 1.0
-    onehot_s = np.zeros((ng * ng, 2 * ng + 1))
-    onehot_s[np.arange(ng * ng), sums] = 1.0
-    pd = flat @ onehot_d
-    ps = flat @ onehot_s
+    pd = _group_sum(flat, np.abs(gi - gj).astype(np.intp), ng)  # p_{i-j}, k = 0..Ng-1
+    ps = _group_sum(flat, (gi + gj).astype(np.intp), 2 * ng + 1)  # p_{i+j}, k = 0..2Ng (0, 1 empty)
     kd = np.arange(ng, dtype=float)
     ks = np.arange(2 * ng + 1, dtype=float)
 
-    diff_avg = pd @ kd
-    diff_var = ((kd[None, :] - diff_avg[:, None]) ** 2 * pd).sum(1)
-    sum_avg = ps @ ks
-    sum_var = ((ks[None, :] - sum_avg[:, None]) ** 2 * ps).sum(1)
+    diff_avg = _dot(pd, kd)
+    diff_var = _dot(pd, (kd[None, :] - diff_avg[:, None]) ** 2)
+    sum_avg = _dot(ps, ks)
+    sum_var = _dot(ps, (ks[None, :] - sum_avg[:, None]) ** 2)
+    dev = ks[None, :] - 2.0 * mu[:, None]  # i + j - 2 mu
+    dev2 = dev * dev
 
     hxy = -_xlog2x(flat).sum(1)
     hx = -_xlog2x(pi).sum(1)
-    pipj = pi[:, :, None] * pi[:, None, :]
-    log_pipj = np.zeros_like(pipj)
-    np.log2(pipj, out=log_pipj, where=pipj > 0)
-    hxy1 = -(p * log_pipj).sum(axis=(1, 2))
-    hxy2 = -(pipj * log_pipj).sum(axis=(1, 2))
-
-    ij = (gi * gj).ravel()
-    auto_corr = flat @ ij
-    dev = (gi + gj)[None, :, :] - 2.0 * mu[:, None, None]
+    auto_corr = _dot(flat, gi * gj)
     inv_var_w = np.zeros(ng)
     inv_var_w[1:] = 1.0 / kd[1:] ** 2
 
@@ -93,22 +96,23 @@ def glcm_features(counts: np.ndarray) -> dict[str, np.ndarray]:
         "sum_avg": sum_avg,
         "sum_var": sum_var,
         "sum_entr": -_xlog2x(ps).sum(1),
-        "energy": (flat**2).sum(1),
-        "contrast": pd @ kd**2,
+        "energy": (flat * flat).sum(1),
+        "contrast": _dot(pd, kd**2),
         "dissimilarity": diff_avg,
-        "inv_diff": pd @ (1.0 / (1.0 + kd)),
-        "inv_diff_norm": pd @ (1.0 / (1.0 + kd / ng)),
-        "inv_diff_mom": pd @ (1.0 / (1.0 + kd**2)),
-        "inv_diff_mom_norm": pd @ (1.0 / (1.0 + (kd / ng) ** 2)),
-        "inv_var": pd @ inv_var_w,
+        "inv_diff": _dot(pd, 1.0 / (1.0 + kd)),
+        "inv_diff_norm": _dot(pd, 1.0 / (1.0 + kd / ng)),
+        "inv_diff_mom": _dot(pd, 1.0 / (1.0 + kd**2)),
+        "inv_diff_mom_norm": _dot(pd, 1.0 / (1.0 + (kd / ng) ** 2)),
+        "inv_var": _dot(pd, inv_var_w),
         # a single grey level has no spread: correlation is undefined, reported as 0 (documented choice)
         "corr": _safe_div(auto_corr - mu**2, var),
         "auto_corr": auto_corr,
-        "clust_tend": (dev**2 * p).sum(axis=(1, 2)),
-        "clust_shade": (dev**3 * p).sum(axis=(1, 2)),
-        "clust_prom": (dev**4 * p).sum(axis=(1, 2)),
-        "info_corr1": _safe_div(hxy - hxy1, hx),
-        "info_corr2": np.sqrt(np.maximum(0.0, 1.0 - np.exp(-2.0 * (hxy2 - hxy)))),
+        "clust_tend": (ps * dev2).sum(1),
+        "clust_shade": (ps * dev2 * dev).sum(1),
+        "clust_prom": (ps * dev2 * dev2).sum(1),
+        # HXY1 = HXY2 = 2 HX for a symmetric joint distribution
+        "info_corr1": _safe_div(hxy - 2.0 * hx, hx),
+        "info_corr2": np.sqrt(np.maximum(0.0, 1.0 - np.exp(-2.0 * (2.0 * hx - hxy)))),
     }
 
 
@@ -125,41 +129,44 @@ RUNLIKE_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-def runlike_features(counts: np.ndarray, n_voxels: np.ndarray, family: str) -> dict[str, np.ndarray]:
+def runlike_features(counts: np.ndarray, n_voxels: np.ndarray, family: str,
+                     j_values: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The 16 GLRLM-style features shared by GLRLM, GLSZM, GLDZM and NGLDM (plus NGLDM's energy).
 
     ``counts``: ``(K, Ng, Nj)`` with column ``c`` holding run length / zone size / distance / dependence
-    ``j = c + 1``. ``n_voxels``: ``(K,)`` voxel counts N_v of the (merged) matrices.
+    ``j_values[c]`` (default ``c + 1``). ``n_voxels``: ``(K,)`` voxel counts N_v of the (merged) matrices.
     """
     counts = np.asarray(counts)
-    used = np.flatnonzero(counts.any(axis=(0, 1)))  # zone sizes are sparse: keep only occurring columns
+    if j_values is None:
+        j_values = np.arange(1, counts.shape[2] + 1)
+    used = np.flatnonzero(counts.any(axis=(0, 1)))  # keep only occurring columns
     counts = counts[:, :, used].astype(float)
     k, ng, _ = counts.shape
     ns = counts.sum(axis=(1, 2))
     g = np.arange(1, ng + 1, dtype=float)
     i2 = g**2
-    j = used + 1.0
+    j = np.asarray(j_values, dtype=float)[used]
     j2 = j**2
     ri = counts.sum(2)  # per grey level
     rj = counts.sum(1)  # per run length / size / distance / dependence
     inv_i2 = 1.0 / i2
     inv_j2 = 1.0 / j2
-    low_j = counts @ inv_j2  # (K, Ng)
-    high_j = counts @ j2
+    low_j = _dot(counts, inv_j2)  # (K, Ng)
+    high_j = _dot(counts, j2)
     pi = ri / ns[:, None]
     pj = rj / ns[:, None]
-    mu_i = pi @ g
-    mu_j = pj @ j
+    mu_i = _dot(pi, g)
+    mu_j = _dot(pj, j)
     flat_p = counts.reshape(k, -1) / ns[:, None]
     values = (
-        (rj @ inv_j2) / ns,
-        (rj @ j2) / ns,
-        (ri @ inv_i2) / ns,
-        (ri @ i2) / ns,
-        (low_j @ inv_i2) / ns,
-        (low_j @ i2) / ns,
-        (high_j @ inv_i2) / ns,
-        (high_j @ i2) / ns,
+        _dot(rj, inv_j2) / ns,
+        _dot(rj, j2) / ns,
+        _dot(ri, inv_i2) / ns,
+        _dot(ri, i2) / ns,
+        _dot(low_j, inv_i2) / ns,
+        _dot(low_j, i2) / ns,
+        _dot(high_j, inv_i2) / ns,
+        _dot(high_j, i2) / ns,
         (ri**2).sum(1) / ns,
         (ri**2).sum(1) / ns**2,
         (rj**2).sum(1) / ns,
