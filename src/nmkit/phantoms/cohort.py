@@ -140,7 +140,8 @@ def make_case(out: str | Path, seed: int, index: int, n_readers: int = 3) -> dic
         roi_path = out / "rois" / style.name / f"{name}.json"
         roi_path.parent.mkdir(parents=True, exist_ok=True)
         roi_path.write_text(json.dumps(doc, separators=(",", ":")))
-        labels, _ = label_map(rois_to_masks(rois, case.counts.shape), case.counts.shape)
+        # rasterise the points as saved (rounded to 0.01 px) so the JSON and the NIfTI agree pixel for pixel
+        labels, _ = label_map(rois_to_masks(doc["rois"], case.counts.shape), case.counts.shape)
         _write_mask(labels, geometry, out / "masks" / style.name / f"{name}.nii.gz")
 
     return dict(case=name, patient_id=patient_id, pathology=plan["pathology"], isotope=plan["isotope"],
