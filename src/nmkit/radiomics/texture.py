@@ -7,9 +7,11 @@ column ``mirp_tag`` of the IBSI 1 reference table (``cm_joint_max_2D_avg``, ``rl
 
 Why it is fast without a compiler: the ROI is cropped and padded by one voxel, so the neighbour of a voxel
 along a direction is a constant offset in the flattened array. All 26 neighbour grey levels of all ROI voxels
-are gathered once; co-occurrence, run, neighbourhood difference and dependence matrices for every slice and
-direction are then single ``np.bincount`` calls, zones are connected components of the "same grey level"
-neighbour graph, and features are evaluated on stacks of matrices at once (see ``texture_features``).
+are gathered once; co-occurrence, neighbourhood difference and dependence matrices for every slice and
+direction are then single ``np.bincount`` calls; runs are constant segments of the array read along each
+direction's stride; zones are labelled with scikit-image's multi-valued ``label`` when it is installed (else
+as connected components of the "same grey level" neighbour graph with scipy); features are evaluated on stacks
+of matrices at once without BLAS (see ``texture_features``). No compilation step, so no first-use delay.
 
 IBSI settings implemented: symmetric GLCM at Chebyshev distance 1; GLRLM along the 13 (3D) / 4 (2D)
 directions; GLSZM/GLDZM zones linked with 26- (3D) / 8-connectivity (2D); GLDZM distance to the edge of the
@@ -153,7 +155,7 @@ def _glrlm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndar
     lv = ng + 1
     ns = nb.n_slices
     slab = nb.shape[1] * nb.shape[2]
-    runs = [_runs_along(nb.flat, int(o), d < _N2D) for d, o in enumerate(nb.offsets[: len(_DIRECTIONS) if three_d else _N2D])]
+    runs = [_runs_along(nb.flat, int(o), d < _N2D) for d, o in enumerate(nb.offsets)]
     nr = max(int(r[2].max()) if r[2].size else 1 for r in runs) + 1
     m2 = np.stack([np.bincount(((start // slab - 1) * lv + level) * nr + length, minlength=ns * lv * nr)
                    for start, level, length in runs[:_N2D]])
