@@ -23,12 +23,20 @@ def sphere_kernel(spacing_xyz, radius_mm: float = PEAK_RADIUS_MM) -> np.ndarray:
 
 def local_mean(image: np.ndarray, spacing_xyz, radius_mm: float = PEAK_RADIUS_MM, support: np.ndarray | None = None) -> np.ndarray:
     """Mean of ``image`` within a sphere around every voxel (only voxels in ``support``, default all, count)."""
-    from scipy.signal import fftconvolve
+    from scipy import fft
 
     k = sphere_kernel(spacing_xyz, radius_mm).astype(np.float64)
     sup = np.ones(image.shape) if support is None else support.astype(np.float64)
-    num = fftconvolve(np.where(sup > 0, image, 0.0).astype(np.float64), k, mode="same")
-    den = fftconvolve(sup, k, mode="same")
+    # linear convolution by zero-padded rFFT ("same" crop); the sphere is symmetric so no flip is needed
+    size = tuple(fft.next_fast_len(n + kn - 1, real=True) for n, kn in zip(image.shape, k.shape))
+    kf = fft.rfftn(k, size, workers=-1)
+    crop = tuple(slice(kn // 2, kn // 2 + n) for n, kn in zip(image.shape, k.shape))
+
+    def conv(a: np.ndarray) -> np.ndarray:
+        return fft.irfftn(fft.rfftn(a, size, workers=-1) * kf, size, workers=-1)[crop]
+
+    num = conv(np.where(sup > 0, image, 0.0).astype(np.float64))
+    den = conv(sup)
     with np.errstate(invalid="ignore", divide="ignore"):
         return num / np.maximum(np.round(den), 1.0)
 

@@ -49,20 +49,28 @@ def _ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> float:
     return 4.0 * math.pi * a * b * float(total)
 
 
-def _inverse_distance_kernel(shape: tuple[int, int, int], spacing_zyx: np.ndarray) -> np.ndarray:
-    """1/|d| on the lattice of offsets -(n-1)..(n-1) per axis, 0 at the centre."""
-    axes = [np.arange(-(n - 1), n) * s for n, s in zip(shape, spacing_zyx)]
+def _inverse_distance_kernel_fft(shape: tuple[int, ...], spacing_zyx: np.ndarray):
+    """rFFT of the circular kernel 1/|d| (0 at d = 0) on a grid of size >= 2n - 1 per axis and that grid size.
+
+    With that size, circular convolution equals linear convolution for every pair of voxels in the array."""
+    from scipy import fft
+
+    size = tuple(fft.next_fast_len(2 * n - 1, real=True) for n in shape)
+    axes = []
+    for n_fft, s in zip(size, spacing_zyx):
+        i = np.arange(n_fft)
+        axes.append(np.where(i <= n_fft // 2, i, i - n_fft) * s)
     dz, dy, dx = np.meshgrid(*axes, indexing="ij", sparse=True)
-    d = np.sqrt(dz * dz + dy * dy + dx * dx)
-    with np.errstate(divide="ignore"):
-        k = 1.0 / d
-    k[tuple(n - 1 for n in shape)] = 0.0
-    return k
+    d2 = dz * dz + dy * dy + dx * dx
+    d2[0, 0, 0] = 1.0
+    k = 1.0 / np.sqrt(d2)
+    k[0, 0, 0] = 0.0
+    return fft.rfftn(k, workers=-1), size
 
 
 def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float, float]:
     """Exact Moran's I and Geary's C over all voxel pairs of ``mask`` with weights 1/distance (mm)."""
-    from scipy.signal import fftconvolve
+    from scipy import fft
 
     idx = np.nonzero(mask)
     sl = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
@@ -74,16 +82,18 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
     mu = x[m > 0].mean()
     dev = (x - mu) * m
     sp = np.asarray([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]], dtype=float)
-    k = _inverse_distance_kernel(m.shape, sp)  # symmetric, so convolution == correlation
-    km = fftconvolve(m, k, mode="same")
-    kd = fftconvolve(dev, k, mode="same")
+    kf, size = _inverse_distance_kernel_fft(m.shape, sp)
+    crop = tuple(slice(0, s) for s in m.shape)
+    km = fft.irfftn(fft.rfftn(m, size, workers=-1) * kf, size, workers=-1)[crop]  # sum_j w_ij m_j
+    kd = fft.irfftn(fft.rfftn(dev, size, workers=-1) * kf, size, workers=-1)[crop]  # sum_j w_ij dev_j
     w_sum = float((m * km).sum())
     ss = float((dev * dev).sum())
     if ss == 0 or w_sum == 0:
         return float("nan"), float("nan")
-    moran = n / w_sum * float((dev * kd).sum()) / ss
+    cross = float((dev * kd).sum())
+    moran = n / w_sum * cross / ss
     # sum_ij w_ij (x_i - x_j)^2 = 2 sum_i dev_i^2 (K*m)_i - 2 sum_i dev_i (K*dev)_i  (deviations cancel the mean)
-    pair = 2.0 * float((dev * dev * km).sum()) - 2.0 * float((dev * kd).sum())
+    pair = 2.0 * float((dev * dev * km).sum()) - 2.0 * cross
     geary = (n - 1.0) * pair / (2.0 * w_sum * ss)
     return moran, geary
 
