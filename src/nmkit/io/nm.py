@@ -108,7 +108,9 @@ def _view_name(detector_item: Dataset) -> str:
     if not codes:
         return ""
     meaning = str(getattr(codes[0], "CodeMeaning", "") or "").strip().lower()
-    return _VIEW_ABBREVIATIONS.get(meaning, meaning.upper().replace(" ", "_"))
+    # Standard code meanings read "Anterior projection", "Left lateral projection", ...
+    base = meaning[: -len(" projection")] if meaning.endswith(" projection") else meaning
+    return _VIEW_ABBREVIATIONS.get(base, meaning.upper().replace(" ", "_"))
 
 
 def _frames(ds: Dataset, path: Path) -> np.ndarray:
