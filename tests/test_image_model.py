@@ -62,3 +62,15 @@ def test_bad_geometry_is_refused():
     img = oblique_image()
     with pytest.raises(GeometryError):
         Mask.like(img, np.zeros((2, 2, 2), np.uint8))
+
+
+def test_input_errors_survive_pickling_across_process_pools():
+    import pickle
+
+    from nmkit.errors import DicomReadError, MissingTagError
+
+    err = pickle.loads(pickle.dumps(MissingTagError("/data/pt/1.dcm", ["PatientWeight", "RadionuclideTotalDose"], "SUV")))
+    assert isinstance(err, MissingTagError) and err.tags == ["PatientWeight", "RadionuclideTotalDose"]
+    assert "/data/pt/1.dcm" in str(err) and "PatientWeight" in str(err)
+    err2 = pickle.loads(pickle.dumps(DicomReadError("/x.dcm", "no pixel data")))
+    assert type(err2) is DicomReadError and err2.path == "/x.dcm" and err2.problem == "no pixel data"

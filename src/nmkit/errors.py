@@ -18,6 +18,9 @@ class InputError(NmkitError):
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}{problem}")
 
+    def __reduce__(self):  # picklable across process pools (the default would call __init__ with one argument)
+        return (_rebuild_input_error, (type(self), self.path, self.problem, dict(self.__dict__)))
+
 
 class DicomReadError(InputError):
     """A DICOM file or series that cannot be turned into an image or ROI."""
@@ -30,6 +33,13 @@ class MissingTagError(DicomReadError):
         tags = [tags] if isinstance(tags, str) else list(tags)
         self.tags = tags
         super().__init__(path, f"missing DICOM attribute(s) {', '.join(tags)} needed for {purpose}")
+
+
+def _rebuild_input_error(cls: type, path: str | None, problem: str, state: dict) -> InputError:
+    error = InputError.__new__(cls)
+    InputError.__init__(error, path, problem)
+    error.__dict__.update(state)
+    return error
 
 
 class GeometryError(NmkitError):
