@@ -25,9 +25,12 @@ the other surface over the total area of both surfaces.
 Empty masks (documented convention): both empty -> distances 0 and NSD 1 (perfect agreement on "nothing");
 exactly one empty -> distances ``inf`` and NSD 0 (as ``surface_distance`` does).
 
-Speed: both masks are cropped to their joint bounding box (+1 voxel), surface points are found with a few
-array shifts, and the closest-point distances are found with one KD-tree per surface (only surface points are
-touched, no full-volume distance transform); all metrics reuse the same distances.
+Speed: both masks are cropped to their joint bounding box (+1 voxel), surface points are found with separable
+boolean passes (an OR and an AND per axis), points lying on both surfaces get distance 0 directly, and the others
+are matched with one exact KD-tree nearest-neighbour search per direction (``pykdtree`` when installed, else
+SciPy's ``cKDTree``): only surface points are touched, no full-volume distance transform, and all metrics reuse
+the same distances. Distances are recomputed from integer index differences times the spacing, as a distance
+transform computes them.
 
 Spacing is given in nmkit's physical order ``(x, y[, z])`` mm, as ``Image.spacing``; arrays are NumPy order
 ``(z, y, x)``.
@@ -103,54 +106,109 @@ def _axes_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
 def joint_bounding_box(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
     """Slices of the joint bounding box of two boolean masks, grown by ``margin`` voxels (clipped to the array)."""
     union = a | b
-    slices = []
+    slices: list[slice] = []
     for axis in range(union.ndim):
         proj = union.any(axis=tuple(i for i in range(union.ndim) if i != axis))
         idx = np.flatnonzero(proj)
         if idx.size == 0:
             return None
         slices.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, union.shape[axis])))
+        # the next projections only need the part of the union inside the box found so far
+        union = union[(slice(None),) * axis + (slices[-1],)]
     return tuple(slices)
 
 
-def _corner_codes(mask: np.ndarray) -> np.ndarray:
-    """Neighbourhood code of every voxel corner of ``mask`` (outside the array counts as background).
+def _corner_surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Surface corners of ``mask``: ``(points, neighbourhood codes, flat indices in the corner grid)``.
 
-    Output has shape ``mask.shape + 1``; corner ``c`` sees voxels ``c-1`` and ``c`` along every axis. The bit
-    weights are those of ``surface_distance`` (first voxel of the neighbourhood is the highest bit).
+    Corner ``c`` (index in the grid of corners, shape ``mask.shape + 1``) sees voxels ``c-1`` and ``c`` along every
+    axis (outside the array is background); it is on the surface when those 2^n voxels are neither all inside nor
+    all outside. Found with separable boolean passes (an OR and an AND per axis); the code (bit weights of
+    ``surface_distance``: first voxel of the neighbourhood is the highest bit) is gathered only at surface corners.
     """
     nd = mask.ndim
-    padded = np.pad(mask.astype(np.uint8), 1)
-    out_shape = tuple(s + 1 for s in mask.shape)
-    code = np.zeros(out_shape, dtype=np.uint8)
+    padded = np.pad(mask, 1)
+    any_in, all_in = padded, padded
+    for axis in range(nd):
+        lo = (slice(None),) * axis + (slice(None, -1),)
+        hi = (slice(None),) * axis + (slice(1, None),)
+        any_in = any_in[lo] | any_in[hi]
+        all_in = all_in[lo] & all_in[hi]
+    surface = any_in & ~all_in
+    flat_surface = np.flatnonzero(surface)
+    points = np.stack(np.unravel_index(flat_surface, surface.shape), axis=1)
+    flat = np.ravel_multi_index(tuple(points.T), padded.shape) if len(points) else np.zeros(0, np.int64)
+    strides = np.array([int(np.prod(padded.shape[i + 1:])) for i in range(nd)])
+    code = np.zeros(len(points), dtype=np.int64)
+    values = padded.ravel()
     nbits = 2**nd
     for bit, offset in enumerate(np.ndindex(*(2,) * nd)):
-        weight = 1 << (nbits - 1 - bit)
-        view = padded[tuple(slice(o, o + s) for o, s in zip(offset, out_shape))]
-        code |= view * np.uint8(weight)
-    return code
+        code |= values[flat + int(np.dot(offset, strides))].astype(np.int64) << (nbits - 1 - bit)
+    return points, code, flat_surface
 
 
-def _voxel_border(mask: np.ndarray) -> np.ndarray:
-    """Mask voxels removed by one face-connected erosion (image-border voxels count as border, like medpy/MONAI)."""
-    from scipy import ndimage
+def _voxel_surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels of ``mask`` with a face neighbour outside it (the array edge counts as outside, like medpy/MONAI's
+    erosion with border value 0): ``(points, flat indices)``."""
+    interior = mask.copy()
+    for axis in range(mask.ndim):
+        lo = (slice(None),) * axis + (slice(None, -1),)
+        hi = (slice(None),) * axis + (slice(1, None),)
+        interior[lo] &= mask[hi]
+        interior[hi] &= mask[lo]
+        interior[(slice(None),) * axis + (0,)] = False
+        interior[(slice(None),) * axis + (-1,)] = False
+    surface = mask & ~interior
+    flat = np.flatnonzero(surface)
+    return np.stack(np.unravel_index(flat, surface.shape), axis=1), flat
 
-    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0)
+
+def _sorted_member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``values`` in ``sorted_set`` (both ascending flat indices), by binary search."""
+    if len(sorted_set) == 0 or len(values) == 0:
+        return np.zeros(len(values), bool)
+    pos = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[pos] == values
 
 
-def _nearest_distances(points_from: np.ndarray, points_to: np.ndarray, spacing_axes: np.ndarray) -> np.ndarray:
-    """Euclidean distance (mm) from each integer grid point in ``points_from`` to the closest in ``points_to``."""
+def _nearest_index(points_to: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Index of the nearest point of ``points_to`` for each row of ``query`` (float64 mm coordinates).
+
+    Uses ``pykdtree`` (OpenMP, about 2-3x faster) when it is installed, else SciPy's ``cKDTree``; both are exact
+    nearest-neighbour searches, so the distances (recomputed below) do not depend on which one ran.
+    """
+    try:
+        from pykdtree.kdtree import KDTree
+    except ImportError:
+        KDTree = None
+    if KDTree is not None:
+        _, idx = KDTree(points_to, leafsize=16).query(query, k=1)
+        return np.asarray(idx, dtype=np.int64)
     from scipy.spatial import cKDTree
 
+    _, idx = cKDTree(points_to, leafsize=16, balanced_tree=False, compact_nodes=False).query(query, k=1, workers=-1)
+    return idx
+
+
+def _nearest_distances(points_from: np.ndarray, points_to: np.ndarray, spacing_axes: np.ndarray,
+                       on_other: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance (mm) from each integer grid point in ``points_from`` to the closest in ``points_to``.
+
+    ``on_other`` marks points of ``points_from`` that are themselves in ``points_to`` (distance 0, not searched).
+    """
     if len(points_from) == 0:
         return np.zeros(0)
     if len(points_to) == 0:
         return np.full(len(points_from), np.inf)
-    tree = cKDTree(points_to * spacing_axes, balanced_tree=False, compact_nodes=False)
-    _, idx = tree.query(points_from * spacing_axes, k=1, workers=-1)
-    # recompute from integer index differences so the value is the one a distance transform gives
-    delta = (points_from - points_to[idx]) * spacing_axes
-    return np.sqrt(np.einsum("ij,ij->i", delta, delta))
+    out = np.zeros(len(points_from))
+    todo = np.flatnonzero(~on_other) if on_other is not None else np.arange(len(points_from))
+    if len(todo):
+        query = points_from[todo]
+        idx = _nearest_index(points_to * spacing_axes, query * spacing_axes)
+        # recompute from integer index differences so the value is the one a distance transform gives
+        delta = (query - points_to[idx]) * spacing_axes
+        out[todo] = np.sqrt(np.einsum("ij,ij->i", delta, delta))
+    return out
 
 
 # ----- results -------------------------------------------------------------------------------------------------
@@ -285,26 +343,25 @@ def surface_distances(pred: Any, truth: Any, spacing: Sequence[float] | None = N
     if a.ndim not in (2, 3):
         raise GeometryError(f"surface metrics need 2D or 3D masks, got shape {a.shape}")
     sp = _axes_spacing(spacing, a.ndim)
-    pred_empty, truth_empty = not a.any(), not b.any()
     box = joint_bounding_box(a, b, margin=1)
     if box is None:
         z = np.zeros(0)
         return SurfaceDistances(z, z, z, z, method, True, True)
     a, b = a[box], b[box]
+    pred_empty, truth_empty = not a.any(), not b.any()
     spacing_arr = np.asarray(sp)
     if method == "surface-distance":
         table = _surfel_table(sp)
-        full = np.uint8(255) if a.ndim == 3 else np.uint8(15)
-        code_a, code_b = _corner_codes(a), _corner_codes(b)
-        pts_a = np.argwhere((code_a != 0) & (code_a != full))
-        pts_b = np.argwhere((code_b != 0) & (code_b != full))
-        w_a = table[code_a[tuple(pts_a.T)]]
-        w_b = table[code_b[tuple(pts_b.T)]]
+        pts_a, code_a, flat_a = _corner_surface(a)
+        pts_b, code_b, flat_b = _corner_surface(b)
+        w_a, w_b = table[code_a], table[code_b]
     else:
-        pts_a, pts_b = np.argwhere(_voxel_border(a)), np.argwhere(_voxel_border(b))
+        pts_a, flat_a = _voxel_surface(a)
+        pts_b, flat_b = _voxel_surface(b)
         w_a, w_b = np.ones(len(pts_a)), np.ones(len(pts_b))
-    d_ab = _nearest_distances(pts_a, pts_b, spacing_arr)
-    d_ba = _nearest_distances(pts_b, pts_a, spacing_arr)
+    # points lying on both surfaces are at distance 0 (flat indices are ascending): only the others are searched
+    d_ab = _nearest_distances(pts_a, pts_b, spacing_arr, _sorted_member(flat_a, flat_b))
+    d_ba = _nearest_distances(pts_b, pts_a, spacing_arr, _sorted_member(flat_b, flat_a))
     return SurfaceDistances(d_ab, d_ba, w_a, w_b, method, pred_empty, truth_empty)
 
 
