@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import GeometryError
 from ..io.image import Image, Mask, resample_to
 from .patient import patient_quality
 
@@ -75,6 +76,9 @@ def measure_cases(cases: Sequence[PairedCase], background: int | str | None = No
     for case in cases:
         try:
             a, b, m = align_case(case)
+            if not m.binary().any():
+                raise GeometryError(f"the ROI mask does not overlap reconstruction A's field of view "
+                                    f"(mask origin {case.mask.origin}, image origin {a.origin})")
             seg_dice = None
             if segmenter is not None:
                 seg_dice = dice(segmenter(a, m), segmenter(b, m))
