@@ -1,0 +1,256 @@
+"""The server's durable state in SQLite (WAL): received instances, series, jobs and what was sent.
+
+Job life cycle: ``queued`` -> ``running`` (a lease owned by one worker, extended by heartbeats) ->
+``done``; a failure puts the job back to ``queued`` with exponential back-off until ``max_attempts``
+is reached, then it is ``parked`` with the reason. A ``running`` job whose lease has expired (its
+server was killed) is claimed again, so a crash never loses work. The ``sent`` table holds one row
+per (job, output, destination): the sender checks it first, so a re-run never sends twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS received (
+    sop_uid TEXT NOT NULL, instance TEXT NOT NULL, series_uid TEXT NOT NULL, study_uid TEXT, path TEXT NOT NULL,
+    sop_class_uid TEXT, calling_ae TEXT, called_ae TEXT, received_at REAL NOT NULL, PRIMARY KEY (sop_uid, instance));
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT NOT NULL, instance TEXT NOT NULL, study_uid TEXT, first_at REAL, last_at REAL, n INTEGER DEFAULT 0,
+    revision INTEGER DEFAULT 0, queued_revision INTEGER DEFAULT -1, PRIMARY KEY (series_uid, instance));
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, instance TEXT NOT NULL, series_uid TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER DEFAULT 0,
+    next_try REAL DEFAULT 0, lease_owner TEXT, lease_until REAL, reason TEXT, model_version TEXT, shadow_version TEXT,
+    created REAL, last_image_at REAL, started REAL, finished REAL, result TEXT);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_try);
+CREATE TABLE IF NOT EXISTS sent (
+    job_id TEXT NOT NULL, output TEXT NOT NULL, destination TEXT NOT NULL, sop_uid TEXT, sent_at REAL,
+    PRIMARY KEY (job_id, output, destination));
+"""
+
+STATES = ("queued", "running", "done", "failed", "parked")
+
+
+@dataclass
+class Job:
+    id: str
+    instance: str
+    series_uid: str
+    state: str
+    attempts: int
+    lease_owner: str | None
+    model_version: str | None
+    shadow_version: str | None
+    created: float
+    last_image_at: float | None
+    reason: str | None = None
+    result: dict[str, Any] | None = None
+
+
+def job_id_for(instance: str, series_uid: str, revision: int) -> str:
+    """Deterministic job id without patient identifiers: instance + hash of the series UID + revision."""
+    h = hashlib.sha256(series_uid.encode()).hexdigest()[:16]
+    return f"{instance}-{h}-r{revision}"
+
+
+class Store:
+    """Thread-safe access to the server database (one SQLite connection per thread)."""
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._timeout = busy_timeout_s
+        with self.tx() as c:
+            c.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), timeout=self._timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction (takes the write lock at once, so claims never race)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        return list(self._conn().execute(sql, args))
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ----- reception ----------------------------------------------------------------------------
+    def record_received(self, *, sop_uid: str, instances: list[str], series_uid: str, study_uid: str, path: str,
+                        sop_class_uid: str, calling_ae: str, called_ae: str, when: float | None = None) -> None:
+        """Record a durably written file for each routed instance and touch its series (quiet-period clock)."""
+        when = time.time() if when is None else when
+        with self.tx() as c:
+            for inst in instances:
+                new = c.execute("INSERT OR IGNORE INTO received VALUES (?,?,?,?,?,?,?,?,?)",
+                                (sop_uid, inst, series_uid, study_uid, path, sop_class_uid, calling_ae, called_ae, when)).rowcount
+                if not new:  # a duplicate of an instance we already hold: nothing new to interpret
+                    continue
+                c.execute("""INSERT INTO series(series_uid, instance, study_uid, first_at, last_at, n, revision) VALUES (?,?,?,?,?,1,0)
+                             ON CONFLICT(series_uid, instance) DO UPDATE SET last_at=excluded.last_at, n=n+1,
+                             revision = CASE WHEN queued_revision = revision THEN revision + 1 ELSE revision END""",
+                          (series_uid, inst, study_uid, when, when))
+
+    def series_files(self, instance: str, series_uid: str) -> list[str]:
+        return [r["path"] for r in self.query("SELECT path FROM received WHERE instance=? AND series_uid=? ORDER BY path", (instance, series_uid))]
+
+    def enqueue_quiet_series(self, quiet_seconds: float, now: float | None = None) -> list[str]:
+        """Queue a job for every series with no new instance for ``quiet_seconds``; returns the new job ids."""
+        now = time.time() if now is None else now
+        created = []
+        with self.tx() as c:
+            rows = list(c.execute("SELECT * FROM series WHERE queued_revision < revision AND last_at <= ?", (now - quiet_seconds,)))
+            for r in rows:
+                jid = job_id_for(r["instance"], r["series_uid"], r["revision"])
+                c.execute("INSERT OR IGNORE INTO jobs(id, instance, series_uid, state, created, last_image_at, next_try) VALUES (?,?,?,?,?,?,0)",
+                          (jid, r["instance"], r["series_uid"], "queued", now, r["last_at"]))
+                c.execute("UPDATE series SET queued_revision=? WHERE series_uid=? AND instance=?", (r["revision"], r["series_uid"], r["instance"]))
+                created.append(jid)
+        return created
+
+    # ----- jobs ---------------------------------------------------------------------------------
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        return Job(id=row["id"], instance=row["instance"], series_uid=row["series_uid"], state=row["state"], attempts=row["attempts"],
+                   lease_owner=row["lease_owner"], model_version=row["model_version"], shadow_version=row["shadow_version"],
+                   created=row["created"], last_image_at=row["last_image_at"], reason=row["reason"],
+                   result=json.loads(row["result"]) if row["result"] else None)
+
+    def claim(self, owner: str, lease_seconds: float, max_attempts: int, now: float | None = None) -> Job | None:
+        """Take the oldest runnable job (queued and due, or running with an expired lease) under a lease."""
+        now = time.time() if now is None else now
+        with self.tx() as c:
+            # expired leases whose attempts are used up: park them (poison jobs that kill their server)
+            for r in c.execute("SELECT id, attempts FROM jobs WHERE state='running' AND lease_until < ? AND attempts >= ?", (now, max_attempts)).fetchall():
+                c.execute("UPDATE jobs SET state='parked', reason=?, finished=?, lease_owner=NULL WHERE id=?",
+                          (f"lease expired {r['attempts']} times (worker died during the job)", now, r["id"]))
+            row = c.execute("""SELECT * FROM jobs WHERE (state='queued' AND next_try <= ?) OR (state='running' AND lease_until < ?)
+                               ORDER BY created, id LIMIT 1""", (now, now)).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE jobs SET state='running', lease_owner=?, lease_until=?, attempts=attempts+1, started=? WHERE id=?",
+                      (owner, now + lease_seconds, now, row["id"]))
+            row = c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone()
+        return self._job(row)
+
+    def heartbeat(self, job_ids: list[str], owner: str, lease_seconds: float) -> None:
+        if not job_ids:
+            return
+        until = time.time() + lease_seconds
+        with self.tx() as c:
+            c.executemany("UPDATE jobs SET lease_until=? WHERE id=? AND lease_owner=? AND state='running'", [(until, j, owner) for j in job_ids])
+
+    def set_versions(self, job_id: str, model_version: str | None, shadow_version: str | None) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE jobs SET model_version=?, shadow_version=? WHERE id=?", (model_version, shadow_version, job_id))
+
+    def complete(self, job_id: str, owner: str, result: dict[str, Any]) -> bool:
+        with self.tx() as c:
+            n = c.execute("UPDATE jobs SET state='done', finished=?, result=?, lease_owner=NULL, reason=NULL WHERE id=? AND lease_owner=? AND state='running'",
+                          (time.time(), json.dumps(result, default=str), job_id, owner)).rowcount
+        return n == 1
+
+    def fail(self, job_id: str, owner: str, reason: str, max_attempts: int, retry_base_seconds: float, permanent: bool = False) -> str:
+        """Back to the queue with exponential back-off, or parked after ``max_attempts`` (or when ``permanent``)."""
+        now = time.time()
+        with self.tx() as c:
+            row = c.execute("SELECT attempts FROM jobs WHERE id=? AND lease_owner=?", (job_id, owner)).fetchone()
+            if row is None:
+                return "lost"
+            if permanent or row["attempts"] >= max_attempts:
+                c.execute("UPDATE jobs SET state='parked', reason=?, finished=?, lease_owner=NULL WHERE id=?", (reason, now, job_id))
+                return "parked"
+            delay = retry_base_seconds * 2 ** (row["attempts"] - 1)
+            c.execute("UPDATE jobs SET state='queued', reason=?, next_try=?, lease_owner=NULL WHERE id=?", (reason, now + delay, job_id))
+            return "queued"
+
+    def requeue(self, job_id: str) -> None:
+        """Operator action: give a parked/failed job a fresh set of attempts."""
+        with self.tx() as c:
+            c.execute("UPDATE jobs SET state='queued', attempts=0, next_try=0, reason=NULL, lease_owner=NULL WHERE id=?", (job_id,))
+
+    def job(self, job_id: str) -> Job | None:
+        rows = self.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def jobs(self, state: str | None = None) -> list[Job]:
+        sql, args = ("SELECT * FROM jobs WHERE state=? ORDER BY created, id", (state,)) if state else ("SELECT * FROM jobs ORDER BY created, id", ())
+        return [self._job(r) for r in self.query(sql, args)]
+
+    # ----- sending ------------------------------------------------------------------------------
+    def was_sent(self, job_id: str, output: str, destination: str) -> bool:
+        return bool(self.query("SELECT 1 FROM sent WHERE job_id=? AND output=? AND destination=?", (job_id, output, destination)))
+
+    def mark_sent(self, job_id: str, output: str, destination: str, sop_uid: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT OR IGNORE INTO sent VALUES (?,?,?,?,?)", (job_id, output, destination, sop_uid, time.time()))
+
+    # ----- status -------------------------------------------------------------------------------
+    def counts(self) -> dict[str, Any]:
+        queue = {s: 0 for s in STATES}
+        for r in self.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            queue[r["state"]] = r["n"]
+        per: dict[str, dict[str, Any]] = {}
+        for r in self.query("""SELECT instance, state, COUNT(*) AS n, AVG(finished - last_image_at) AS lat FROM jobs GROUP BY instance, state"""):
+            d = per.setdefault(r["instance"], {s: 0 for s in STATES})
+            d[r["state"]] = r["n"]
+            if r["state"] == "done" and r["lat"] is not None:
+                d["mean_latency_s"] = round(float(r["lat"]), 3)
+        received = {r["instance"]: r["n"] for r in self.query("SELECT instance, COUNT(*) AS n FROM received GROUP BY instance")}
+        for inst, n in received.items():
+            per.setdefault(inst, {s: 0 for s in STATES})["received"] = n
+        return {"queue": queue, "instances": per, "sent": self.query("SELECT COUNT(*) AS n FROM sent")[0]["n"]}
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory so that a rename inside it survives a power cut."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(data: bytes, final: Path) -> None:
+    """Write ``data`` to ``final`` atomically and durably: temp file, fsync, rename, fsync folder."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(final.parent)

@@ -1,0 +1,87 @@
+"""Running one job's computation: read the series, segment with a model bundle, write SEG/SR/overlay.
+
+:func:`compute_outputs` is a plain top-level function of a JSON-like spec so that it can run in a
+thread of the local pool or on a Dask worker (several machines/GPUs) alike. It never touches the job
+database; the server records the outcome and sends the results.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+_BUNDLES: dict[tuple[str, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+def cached_bundle(path: str, device: str = "cpu") -> Any:
+    """Load a bundle once per process (registry versions are immutable, so the path is a safe key)."""
+    from ..segment.bundle import load_bundle
+
+    key = (str(path), device)
+    with _LOCK:
+        if key not in _BUNDLES:
+            _BUNDLES[key] = load_bundle(path, device=device)
+        return _BUNDLES[key]
+
+
+def read_series(files: list[str]) -> tuple[Any, list[Any]]:
+    """The image of a received series and its source datasets in slice order (planar: the one file)."""
+    import pydicom
+
+    from ..io.reader import read_series_files
+
+    if not files:
+        raise InputError(None, "the series has no received files")
+    image = read_series_files([Path(f) for f in files])
+    ordered = image.meta.get("source_files") or files
+    if image.ndim_spatial == 2:
+        ordered = ordered[:1]
+    datasets = [pydicom.dcmread(str(f)) for f in ordered]
+    return image, datasets
+
+
+def compute_outputs(spec: dict[str, Any]) -> dict[str, Any]:
+    """Segment and write the requested outputs under ``spec['out_dir']``; returns paths, UIDs and measurements.
+
+    ``spec``: job_id, files, model_name, version, bundle_path, outputs (seg/sr/overlay), out_dir,
+    keep_largest, device.
+    """
+    import time
+
+    from ..provenance import provenance
+    from ..segment.infer import predict_image
+    from .outputs import ModelTag, make_overlay, make_seg, make_sr, measurements
+
+    t0 = time.perf_counter()
+    out_dir = Path(spec["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image, datasets = read_series(spec["files"])
+    bundle = cached_bundle(spec["bundle_path"], spec.get("device", "cpu"))
+    model = ModelTag(spec["model_name"], str(spec["version"]))
+    mask = predict_image(bundle, image, keep_largest=bool(spec.get("keep_largest")))
+    if mask.ndim_spatial == 3 and mask.spatial_shape[0] == 1 and image.ndim_spatial == 2:
+        mask = mask  # pragma: no cover - predict_image keeps the caller's grid
+    rows = measurements(mask, image)
+    result: dict[str, Any] = {"outputs": {}, "measurements": rows, "model": model.name, "version": model.version}
+    seg_ds = None
+    if any(k in spec["outputs"] for k in ("seg", "sr")):
+        seg_ds = make_seg(mask, image, datasets, out_dir / "seg.dcm", model, spec["job_id"])
+        result["outputs"]["seg"] = {"path": str(out_dir / "seg.dcm"), "sop_uid": str(seg_ds.SOPInstanceUID)}
+    if "sr" in spec["outputs"]:
+        sr = make_sr(seg_ds, datasets, rows, out_dir / "sr.dcm", model, spec["job_id"], planar=image.ndim_spatial == 2)
+        result["outputs"]["sr"] = {"path": str(out_dir / "sr.dcm"), "sop_uid": str(sr.SOPInstanceUID)}
+    if "overlay" in spec["outputs"]:
+        sc = make_overlay(mask, image, datasets, out_dir / "overlay.dcm", model, spec["job_id"])
+        result["outputs"]["overlay"] = {"path": str(out_dir / "overlay.dcm"), "sop_uid": str(sc.SOPInstanceUID)}
+    if "seg" not in spec["outputs"]:
+        result["outputs"].pop("seg", None)
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    import json
+
+    (out_dir / "provenance.json").write_text(json.dumps(provenance(config={k: v for k, v in spec.items() if k != "files"},
+                                                                   inputs=[Path(f).name for f in spec["files"]], result=result), indent=2, default=str))
+    return result
