@@ -141,3 +141,36 @@ def test_radiomics_on_both_reconstructions(measured):
     mx = [c for c in rad_cols if c.endswith("stat_max")]
     assert mx and fam.set_index("metric").loc[mx[0], "median_diff"] > 0
     assert isinstance(table, pd.DataFrame)
+
+
+def test_compare_cli_on_nifti_folders(measured, tmp_path):
+    import json
+
+    from nmkit.cli import main
+    from nmkit.io.volume_files import write_volume
+
+    cases, _, _ = measured
+    rows = []
+    for c in cases[:8]:
+        write_volume(c.image_a, tmp_path / "osem" / f"{c.case_id}.nii.gz")
+        write_volume(c.image_b, tmp_path / "ctg" / f"{c.case_id}.nii.gz")
+        write_volume(c.mask, tmp_path / "rois" / f"{c.case_id}.nii.gz")
+        (tmp_path / "rois" / f"{c.case_id}.labels.json").write_text(json.dumps({str(k): v for k, v in c.mask.labels.items()}))
+        rows += [{"case": c.case_id, "roi": k, "value": v} for k, v in c.truth.items()]
+    (tmp_path / "rois" / "EXTRA.nii.gz").write_bytes(b"not a volume")  # a case missing from the recon folders
+    pd.DataFrame(rows).to_csv(tmp_path / "truth.csv", index=False)
+    out = tmp_path / "out"
+    rc = main(["compare", str(tmp_path / "osem"), str(tmp_path / "ctg"), "--rois", str(tmp_path / "rois"), "--out", str(out),
+               "--labels", "OSEM", "CTG", "--background", "liver", "--uniform", "liver", "l4_body",
+               "--truth", str(tmp_path / "truth.csv"), "--segment-threshold", "0.4"])
+    assert rc == 0
+    stats = pd.read_csv(out / "paired_statistics.csv").set_index("metric")
+    assert stats.loc["lesion1:rc_mean", "mean_b"] > stats.loc["lesion1:rc_mean", "mean_a"]
+    assert stats.loc["lesion1:rc_mean", "p_wilcoxon"] < 0.05  # 8 of 8 lesions recover better
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["case"].nunique() == 8 and set(metrics["recon"]) == {"OSEM", "CTG"}
+    prov = json.loads((out / "provenance.json").read_text())
+    assert "EXTRA" in prov["skipped"] and prov["config"]["labels"] == ["OSEM", "CTG"]
+    assert (out / "report.html").stat().st_size > 10_000
+    assert main(["compare", str(tmp_path / "osem"), str(tmp_path / "truth.csv"), "--rois", str(tmp_path / "rois"),
+                 "--out", str(out)]) == 2  # not a folder: a clear error, exit code 2
