@@ -130,3 +130,36 @@ def test_leakage_check_inside_folds_differs_from_fit_on_all():
     assert abs(r["optimism"]) > 1e-3
     assert not np.allclose(r["scores_inside_folds"], r["scores_fit_on_all"])
     assert 0.5 < r["score_inside_folds"] < 0.95  # one weak true signal is found
+
+
+def test_harmonize_cli_fit_then_apply_stored_estimates(tmp_path):
+    import json
+
+    from nmkit.cli import main
+
+    x, batch, cov = _multisite(seed=6)
+    table = pd.DataFrame(x, columns=[f"feat{i}" for i in range(x.shape[1])])
+    table.insert(0, "case_id", [f"c{i}" for i in range(len(batch))])
+    table["scanner"], table["age"], table["sex"] = batch, cov["age"], cov["sex"]
+    train, new = table.iloc[::2], table.iloc[1::2]
+    train.to_csv(tmp_path / "train.csv", index=False)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    assert main(["harmonize", "--features", str(tmp_path / "train.csv"), "--batch-col", "scanner", "--categorical", "sex",
+                 "--continuous", "age", "--id", "case_id", "--out", str(tmp_path / "train_h.csv")]) == 0
+    est = tmp_path / "train_h.csv.estimates.json"
+    assert json.loads(est.read_text())["batches"] == ["A", "B", "C"]
+    assert main(["harmonize", "--features", str(tmp_path / "new.csv"), "--batch-col", "scanner", "--categorical", "sex",
+                 "--continuous", "age", "--id", "case_id", "--estimates", str(est), "--out", str(tmp_path / "new_h.csv")]) == 0
+    feats = [f"feat{i}" for i in range(x.shape[1])]
+    model = ComBat(batch_col="scanner", categorical=["sex"], continuous=["age"]).fit(train[["scanner", "sex", "age", *feats]])
+    expected = model.transform(new[["scanner", "sex", "age", *feats]])
+    got = pd.read_csv(tmp_path / "new_h.csv")
+    np.testing.assert_allclose(got[feats].to_numpy(), expected, atol=1e-9)
+    assert list(got["case_id"]) == list(new["case_id"])
+    assert json.loads((tmp_path / "new_h.csv.json").read_text())["config"]["estimates"] == str(est)
+    # an unknown scanner is a clear error (exit code 2), not a traceback
+    bad = new.copy()
+    bad.loc[bad.index[0], "scanner"] = "Z"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    assert main(["harmonize", "--features", str(tmp_path / "bad.csv"), "--batch-col", "scanner", "--categorical", "sex",
+                 "--continuous", "age", "--id", "case_id", "--estimates", str(est), "--out", str(tmp_path / "bad_h.csv")]) == 2

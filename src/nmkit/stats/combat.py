@@ -247,7 +247,27 @@ class ComBat(TransformerMixin, BaseEstimator):
                 "grand_mean": self.grand_mean_.tolist(), "var_pooled": self.var_pooled_.tolist(), "beta": self.beta_.tolist(),
                 "gamma_star": self.gamma_star_.tolist(), "delta_star": self.delta_star_.tolist(),
                 "categorical_levels": getattr(self, "levels_", {}), "categorical": list(self.categorical),
+                "constant_features": self.constant_features_.tolist(),
                 "continuous": list(self.continuous), "eb": self.eb, "parametric": self.parametric, "mean_only": self.mean_only}
+
+    @classmethod
+    def from_estimates(cls, est: dict[str, Any], batch_col: str = "batch") -> "ComBat":
+        """A fitted ComBat rebuilt from ``estimates()`` (e.g. read back from JSON) to harmonise new data."""
+        model = cls(batch_col=batch_col, categorical=tuple(est["categorical"]), continuous=tuple(est["continuous"]),
+                    eb=est["eb"], parametric=est["parametric"], mean_only=est["mean_only"])
+        model.batches_ = np.asarray(est["batches"], dtype=str)
+        model.features_ = list(est["features"])
+        model.batch_counts_ = np.asarray(est["batch_counts"], int)
+        model.grand_mean_ = np.asarray(est["grand_mean"], float)
+        model.var_pooled_ = np.asarray(est["var_pooled"], float)
+        p = model.grand_mean_.size
+        model.beta_ = np.asarray(est["beta"], float).reshape(-1, p)
+        model.gamma_star_ = np.asarray(est["gamma_star"], float)
+        model.delta_star_ = np.asarray(est["delta_star"], float)
+        model.levels_ = {k: list(v) for k, v in est.get("categorical_levels", {}).items()}
+        model.constant_features_ = np.asarray(est.get("constant_features", [False] * p), bool)
+        model.n_features_in_ = p
+        return model
 
 
 def harmonize_table(table: pd.DataFrame, batch_col: str, features: Sequence[str] | None = None,
