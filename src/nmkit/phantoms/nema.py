@@ -37,6 +37,7 @@ LUNG_RADIUS_MM = 25.0
 BODY_Z_MM = (-110.0, 70.0)
 WALL_MM = 3.0
 SPHERE_WALL_MM = 1.0
+GRID_CENTRE_MM = (0.0, 35.0, -20.0)  # centre of the phantom's outer bounding box in the phantom frame
 HU_WATER, HU_LUNG, HU_PMMA, HU_AIR = 0.0, -700.0, 120.0, -1000.0
 
 
@@ -56,7 +57,7 @@ class NemaConfig:
     osem_subsets: int = 10
     osem_post_filter_mm: float = 10.0
     ctg_iterations: int = 8
-    ctg_beta: float = 0.3
+    ctg_beta: float = 0.01
     camera: CameraModel = field(default_factory=CameraModel)
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,10 +84,14 @@ class NemaPhantom:
 
 
 def _grid_axes(n: int, nz: int, voxel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Voxel-centre coordinates (x, y, z) of a grid centred on the phantom frame, and the grid origin."""
+    """Voxel-centre coordinates (x, y, z) of a grid centred on the phantom's bounding box, and the grid origin.
+
+    The scanner axis (grid centre) is at y = +35 mm, z = -20 mm of the phantom frame, the middle of the outer body.
+    """
     c = (np.arange(n) - (n - 1) / 2.0) * voxel
-    cz = (np.arange(nz) - (nz - 1) / 2.0) * voxel
-    return c, c.copy(), cz, (float(c[0]), float(c[0]), float(cz[0]))
+    ys = c + GRID_CENTRE_MM[1]
+    cz = (np.arange(nz) - (nz - 1) / 2.0) * voxel + GRID_CENTRE_MM[2]
+    return c, ys, cz, (float(c[0]), float(ys[0]), float(cz[0]))
 
 
 def _sub_offsets(voxel: float, ss: int) -> np.ndarray:

@@ -170,6 +170,8 @@ class Projector:
             mu = self._rotate(self._mu, self.angles[missing])[:, 0]
             path = (torch.cumsum(mu, dim=2) - 0.5 * mu) * self.spacing[1]
             att = torch.exp(-path)
+            if self._att_cache is not None:  # cached in half precision; always use the rounded values, so results are reproducible
+                att = att.half().float()
             for i, v in enumerate(missing):
                 computed[int(v)] = att[i]
                 if self._att_cache is not None:
@@ -248,32 +250,44 @@ def simulate_projections(activity_bq: np.ndarray, mu_per_mm: np.ndarray, spacing
 
 
 # ----- zones and priors -------------------------------------------------------------------------------
-#: CT zone thresholds (HU): air < -800 <= lung < -300 <= soft tissue < 250 <= bone
+#: CT zone thresholds (HU): air < -800 <= lung < -300 <= soft tissue < 150 <= bone
 ZONE_NAMES = {0: "air", 1: "lung", 2: "soft_tissue", 3: "bone"}
 
 
-def zone_map_from_ct(hu: np.ndarray, thresholds: Sequence[float] = (-800.0, -300.0, 250.0)) -> np.ndarray:
+def zone_map_from_ct(hu: np.ndarray, thresholds: Sequence[float] = (-800.0, -300.0, 150.0)) -> np.ndarray:
     """Segment a CT (HU) into tissue zones 0..3 (see ``ZONE_NAMES``), like xSPECT's zone map."""
     return np.digitize(np.asarray(hu, dtype=float), bins=list(thresholds)).astype(np.uint8)
 
 
-def _zone_rdp_gradient(x, zones, gamma: float):
-    """Gradient of a relative difference prior over the 6-neighbourhood, only between voxels of the same zone."""
+def _zone_pair_weights(zones):
+    """For each axis, 1.0 where a voxel and its next neighbour along that axis share a CT zone (else 0.0)."""
+    import torch
+
+    out = []
+    for dim in range(3):
+        n = zones.shape[dim]
+        out.append((zones.narrow(dim, 0, n - 1) == zones.narrow(dim, 1, n - 1)).to(torch.float32).contiguous())
+    return out
+
+
+def _zone_rdp_gradient(x, weights, gamma: float):
+    """Gradient of a relative difference prior over the 6-neighbourhood, only between voxels of the same zone.
+
+    ``U(x) = sum_pairs w_jk (x_j - x_k)^2 / (x_j + x_k + gamma |x_j - x_k|)`` (Nuyts et al. 2002), ``w_jk`` from
+    ``_zone_pair_weights``.
+    """
     import torch
 
     g = torch.zeros_like(x)
-    eps = 1e-9
-    for dim in range(3):
+    for dim, w in enumerate(weights):
         n = x.shape[dim]
         a = x.narrow(dim, 0, n - 1)
         b = x.narrow(dim, 1, n - 1)
-        same = (zones.narrow(dim, 0, n - 1) == zones.narrow(dim, 1, n - 1)).to(x.dtype)
         d = a - b
-        den = a + b + gamma * d.abs() + eps
-        ga = same * d * (gamma * d.abs() + a + 3.0 * b) / den**2  # dU/da for the pair
-        gb = same * (-d) * (gamma * d.abs() + b + 3.0 * a) / den**2
-        g.narrow(dim, 0, n - 1).add_(ga)
-        g.narrow(dim, 1, n - 1).add_(gb)
+        ad = gamma * d.abs()
+        inv = w / (a + b + ad + 1e-9) ** 2
+        g.narrow(dim, 0, n - 1).add_(d * (ad + a + 3.0 * b) * inv)
+        g.narrow(dim, 1, n - 1).sub_(d * (ad + b + 3.0 * a) * inv)
     return g
 
 
@@ -308,7 +322,7 @@ def osem(counts: np.ndarray, projector: Projector, n_iter: int = 4, n_subsets: i
     dev = projector.device
     mask = torch.ones(projector.shape, device=dev) if support is None else projector._as_tensor(np.asarray(support, np.float32))
     sens = [projector.back(torch.ones_like(y[v]), v) for v in subsets]
-    z_t = None if zones is None else torch.from_numpy(np.asarray(zones, dtype=np.int16)).to(dev)
+    weights = None if zones is None else _zone_pair_weights(torch.from_numpy(np.asarray(zones, dtype=np.int16)).to(dev))
     x = (mask > 0).to(torch.float32)  # a uniform start, scaled so that its projection matches the total counts
     fp_total = sum(float(projector.forward(x, v).sum()) for v in subsets)
     x *= float(y.sum()) / max(fp_total, 1e-12)
@@ -318,8 +332,8 @@ def osem(counts: np.ndarray, projector: Projector, n_iter: int = 4, n_subsets: i
             ratio = torch.where(fp > 1e-8, y[v] / fp.clamp_min(1e-8), torch.zeros_like(fp))
             bp = projector.back(ratio, v)
             den = s
-            if beta > 0 and z_t is not None:
-                grad = _zone_rdp_gradient(x, z_t, gamma)
+            if beta > 0 and weights is not None:
+                grad = _zone_rdp_gradient(x, weights, gamma)
                 den = (s + beta * float(s.mean()) * grad).clamp_min(0.1 * float(s.mean()))
             x = torch.where((den > 1e-8) & (mask > 0), x * bp / den.clamp_min(1e-8), torch.zeros_like(x))
     return x.cpu().numpy()
@@ -335,8 +349,8 @@ def reconstruct_osem(counts: np.ndarray, mu_per_mm: np.ndarray, spacing_xyz: Seq
 
 
 def reconstruct_ct_guided(counts: np.ndarray, mu_per_mm: np.ndarray, ct_hu: np.ndarray, spacing_xyz: Sequence[float],
-                          camera: CameraModel | None = None, n_iter: int = 8, n_subsets: int = 10, beta: float = 0.3,
-                          gamma: float = 2.0, device: str | None = None) -> np.ndarray:
+                          camera: CameraModel | None = None, n_iter: int = 8, n_subsets: int = 10, beta: float = 0.01,
+                          gamma: float = 6.0, device: str | None = None) -> np.ndarray:
     """xSPECT-Bone-like reconstruction: PSF-modelled OSL MAP-EM with a CT-zone-restricted RDP, no post-filter. Bq/voxel."""
     proj = Projector(mu_per_mm, spacing_xyz, camera, psf=True, device=device)
     zones = zone_map_from_ct(ct_hu)
