@@ -161,3 +161,30 @@ def test_masks_carry_spacing_and_grids_must_match():
         surface_metrics(arr_a, arr_b)  # no spacing
     with pytest.raises(GeometryError):
         surface_metrics(arr_a, arr_b, (1.0, 1.0))  # wrong length
+
+
+@pytest.mark.parametrize("density", [0.3, 0.02])
+def test_nearest_distances_equal_brute_force(density):
+    """The local grid search + KD-tree give exactly the brute-force nearest distances (near and far targets)."""
+    from nmkit.metrics.surface import _nearest_distances
+
+    rng = np.random.default_rng(int(density * 100))
+    spacing_axes = np.array([2.5, 0.98, 0.7])
+    grid = rng.random((12, 20, 20)) < density
+    targets = np.argwhere(grid)
+    queries = np.argwhere(rng.random((12, 20, 20)) < 0.05)
+    delta = (queries[:, None, :] - targets[None, :, :]) * spacing_axes
+    brute = np.sqrt((delta**2).sum(axis=2)).min(axis=1)
+    on = grid[tuple(queries.T)]
+    ours = _nearest_distances(queries, targets, spacing_axes, on)
+    np.testing.assert_allclose(ours, brute, rtol=1e-12, atol=0)
+
+
+def test_same_values_without_pykdtree(monkeypatch):
+    import sys
+
+    pred, truth = blob((20, 26, 24), 11), np.roll(blob((20, 26, 24), 11), 4, axis=2)
+    with_default = surface_metrics(pred, truth, (0.98, 0.98, 2.5), tolerance_mm=2.0)
+    monkeypatch.setitem(sys.modules, "pykdtree.kdtree", None)  # import now fails: SciPy's cKDTree is used
+    fallback = surface_metrics(pred, truth, (0.98, 0.98, 2.5), tolerance_mm=2.0)
+    assert fallback == with_default

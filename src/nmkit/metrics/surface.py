@@ -190,11 +190,66 @@ def _nearest_index(points_to: np.ndarray, query: np.ndarray) -> np.ndarray:
     return idx
 
 
+STENCIL_RADIUS_VOXELS = 3.0  # local search radius, in units of the largest spacing
+STENCIL_BAIL_SHARE = 0.1  # give up the local search when fewer points than this are resolved in the first shell
+
+
+def _stencil(spacing_axes: np.ndarray, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero integer offsets within ``radius_mm`` and their lengths (mm), sorted by length."""
+    reach = [int(np.floor(radius_mm / s)) for s in spacing_axes]
+    grids = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
+    offsets = np.stack([g.ravel() for g in grids], axis=1)
+    delta = offsets * spacing_axes
+    lengths = np.sqrt(np.einsum("ij,ij->i", delta, delta))
+    keep = (lengths > 0) & (lengths <= radius_mm)
+    order = np.argsort(lengths[keep], kind="stable")
+    return offsets[keep][order], lengths[keep][order]
+
+
+def _local_search(query: np.ndarray, points_to: np.ndarray, spacing_axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest distances for the query points whose closest target lies within a small radius.
+
+    Offsets are tried in order of physical length on a boolean grid of the target points: the first hit is the
+    nearest target (every shorter offset was tried before), so the distance is exact. Returns ``(distances,
+    resolved)``; unresolved points (nothing within the radius, or the search gave up early because few points
+    were close, as for two distant surfaces) go to the KD-tree.
+    """
+    nd = query.shape[1]
+    radius = STENCIL_RADIUS_VOXELS * float(spacing_axes.max())
+    offsets, lengths = _stencil(spacing_axes, radius)
+    reach = np.abs(offsets).max(axis=0) if len(offsets) else np.zeros(nd, int)
+    lo = np.minimum(query.min(axis=0), points_to.min(axis=0)) - reach
+    hi = np.maximum(query.max(axis=0), points_to.max(axis=0)) + reach
+    shape = tuple(int(v) for v in hi - lo + 1)
+    grid = np.zeros(int(np.prod(shape)), dtype=bool)
+    grid[np.ravel_multi_index(tuple((points_to - lo).T), shape)] = True
+    flat_q = np.ravel_multi_index(tuple((query - lo).T), shape)
+    strides = np.array([int(np.prod(shape[i + 1:])) for i in range(nd)])
+    flat_off = offsets @ strides
+    dist = np.full(len(query), np.inf)
+    pending = np.arange(len(query))
+    first_shell = float(spacing_axes.min()) * 1.5
+    checked_first = False
+    for off, length in zip(flat_off, lengths):
+        if not len(pending):
+            break
+        if not checked_first and length > first_shell:
+            checked_first = True
+            if 1.0 - len(pending) / len(query) < STENCIL_BAIL_SHARE:
+                break
+        hit = grid[flat_q[pending] + off]
+        if hit.any():
+            dist[pending[hit]] = length
+            pending = pending[~hit]
+    return dist, np.isfinite(dist)
+
+
 def _nearest_distances(points_from: np.ndarray, points_to: np.ndarray, spacing_axes: np.ndarray,
                        on_other: np.ndarray | None = None) -> np.ndarray:
     """Euclidean distance (mm) from each integer grid point in ``points_from`` to the closest in ``points_to``.
 
     ``on_other`` marks points of ``points_from`` that are themselves in ``points_to`` (distance 0, not searched).
+    Close points are resolved by an exact local search on the grid, the rest by an exact KD-tree search.
     """
     if len(points_from) == 0:
         return np.zeros(0)
@@ -202,6 +257,10 @@ def _nearest_distances(points_from: np.ndarray, points_to: np.ndarray, spacing_a
         return np.full(len(points_from), np.inf)
     out = np.zeros(len(points_from))
     todo = np.flatnonzero(~on_other) if on_other is not None else np.arange(len(points_from))
+    if len(todo):
+        local, resolved = _local_search(points_from[todo], points_to, spacing_axes)
+        out[todo[resolved]] = local[resolved]
+        todo = todo[~resolved]
     if len(todo):
         query = points_from[todo]
         idx = _nearest_index(points_to * spacing_axes, query * spacing_axes)
