@@ -164,12 +164,13 @@ def test_masks_carry_spacing_and_grids_must_match():
 
 
 @pytest.mark.parametrize("density", [0.3, 0.02])
-def test_nearest_distances_equal_brute_force(density):
+@pytest.mark.parametrize("spacing_axes", [(2.5, 0.98, 0.7), (5.0, 0.5, 0.5), (1.0, 1.0, 1.0)])
+def test_nearest_distances_equal_brute_force(density, spacing_axes):
     """The local grid search + KD-tree give exactly the brute-force nearest distances (near and far targets)."""
     from nmkit.metrics.surface import _nearest_distances
 
     rng = np.random.default_rng(int(density * 100))
-    spacing_axes = np.array([2.5, 0.98, 0.7])
+    spacing_axes = np.array(spacing_axes)
     grid = rng.random((12, 20, 20)) < density
     targets = np.argwhere(grid)
     queries = np.argwhere(rng.random((12, 20, 20)) < 0.05)

@@ -191,6 +191,7 @@ def _nearest_index(points_to: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 STENCIL_RADIUS_VOXELS = 3.0  # local search radius, in units of the largest spacing
+STENCIL_MAX_OFFSETS = 400  # at most this many offsets (whole shells) in the local search
 STENCIL_BAIL_SHARE = 0.1  # give up the local search when fewer points than this are resolved in the first shell
 
 
@@ -203,7 +204,11 @@ def _stencil(spacing_axes: np.ndarray, radius_mm: float) -> tuple[np.ndarray, np
     lengths = np.sqrt(np.einsum("ij,ij->i", delta, delta))
     keep = (lengths > 0) & (lengths <= radius_mm)
     order = np.argsort(lengths[keep], kind="stable")
-    return offsets[keep][order], lengths[keep][order]
+    offsets, lengths = offsets[keep][order], lengths[keep][order]
+    if len(lengths) > STENCIL_MAX_OFFSETS:  # very anisotropic grids: keep whole shells of the shortest offsets
+        n = int(np.searchsorted(lengths, lengths[STENCIL_MAX_OFFSETS], side="left"))
+        offsets, lengths = offsets[:n], lengths[:n]
+    return offsets, lengths
 
 
 def _local_search(query: np.ndarray, points_to: np.ndarray, spacing_axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
