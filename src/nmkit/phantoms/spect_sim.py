@@ -6,7 +6,8 @@ Why a compact in-house projector rather than a library
 ``dataclasses`` back-port - far more than the ~200 lines needed here - and parallelproj targets PET/TOF geometry.
 The model we need is the classic rotation-based one (the same design PyTomography and STIR use for SPECT):
 
-* rotate the volume about the scanner axis for each view (``torch.nn.functional.grid_sample``, trilinear, many views
+* rotate the volume about the scanner axis for each view (``torch.nn.functional.grid_sample``, bilinear in the
+  transaxial plane with the slices as channels, many views
   batched in one call; CUDA when available, CPU otherwise);
 * attenuate each voxel by ``exp(-sum mu dl)`` along the ray to the detector (cumulative sum of the rotated mu map,
   half of the voxel itself);
@@ -127,7 +128,8 @@ class Projector:
         self.batch = int(batch)
         self.angles = np.deg2rad(self.camera.angles_deg())
         self.scale = float(self.camera.counts_per_bq)
-        self._mu = torch.from_numpy(mu).to(self.device)[None, None]
+        self._mu = torch.from_numpy(mu).to(self.device)[None]
+        self._grids: dict[tuple[int, bool], "torch.Tensor"] = {}
         n = mu.shape[1]
         depth = self.camera.radius_mm + (np.arange(n) - (n - 1) / 2.0) * sy  # distance of each plane to the detector
         if np.any(depth < 0):
@@ -140,23 +142,30 @@ class Projector:
         self._att_cache: dict[int, "torch.Tensor"] | None = {} if nbytes <= cache_bytes else None
 
     # ----- building blocks ------------------------------------------------------------------------
-    def _grid(self, angles: np.ndarray, inverse: bool = False):
+    def _grid(self, views: np.ndarray, inverse: bool = False):
+        """2-D sampling grids (B, y, x, 2) rotating the transaxial plane for each view (cached: they are small)."""
         import torch
         import torch.nn.functional as F
 
-        a = -angles if inverse else angles
-        c, s = np.cos(a), np.sin(a)
-        theta = np.zeros((len(a), 3, 4), dtype=np.float32)
-        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1], theta[:, 2, 2] = c, -s, s, c, 1.0
-        z, n, _ = self.shape
-        return F.affine_grid(torch.from_numpy(theta).to(self.device), [len(a), 1, z, n, n], align_corners=False)
+        missing = [int(v) for v in views if (int(v), inverse) not in self._grids]
+        if missing:
+            a = self.angles[missing] * (-1.0 if inverse else 1.0)
+            c, s = np.cos(a), np.sin(a)
+            theta = np.zeros((len(a), 2, 3), dtype=np.float32)
+            theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s, s, c
+            n = self.shape[1]
+            grids = F.affine_grid(torch.from_numpy(theta).to(self.device), [len(a), 1, n, n], align_corners=False)
+            for v, g in zip(missing, grids):
+                self._grids[(v, inverse)] = g
+        return torch.stack([self._grids[(int(v), inverse)] for v in views])
 
-    def _rotate(self, vol, angles: np.ndarray, inverse: bool = False):
+    def _rotate(self, vol, views: np.ndarray, inverse: bool = False):
+        """Rotate (1 or B, z, y, x) about the z axis for each view: slices are channels of one 2-D bilinear resampling."""
         import torch.nn.functional as F
 
-        grid = self._grid(angles, inverse)
-        if vol.shape[0] != len(angles):
-            vol = vol.expand(len(angles), *vol.shape[1:])
+        grid = self._grid(views, inverse)
+        if vol.shape[0] != len(views):
+            vol = vol.expand(len(views), *vol.shape[1:])
         return F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _attenuation(self, views: np.ndarray):
@@ -167,7 +176,7 @@ class Projector:
         missing = [v for v in views if self._att_cache is None or int(v) not in self._att_cache]
         computed = {}
         if missing:
-            mu = self._rotate(self._mu, self.angles[missing])[:, 0]
+            mu = self._rotate(self._mu, np.asarray(missing))
             path = (torch.cumsum(mu, dim=2) - 0.5 * mu) * self.spacing[1]
             att = torch.exp(-path)
             if self._att_cache is not None:  # cached in half precision; always use the rounded values, so results are reproducible
@@ -206,12 +215,12 @@ class Projector:
         import torch
 
         views = np.arange(len(self.angles)) if views is None else np.asarray(views)
-        x = self._as_tensor(x)[None, None]
+        x = self._as_tensor(x)[None]
         out = []
         with torch.no_grad():
             for start in range(0, len(views), self.batch):
                 v = views[start:start + self.batch]
-                r = self._rotate(x, self.angles[v])[:, 0] * self._attenuation(v)
+                r = self._rotate(x, v) * self._attenuation(v)
                 if self.psf:
                     r = self._blur(r)
                 out.append(r.sum(dim=2) * self.scale)
@@ -232,7 +241,7 @@ class Projector:
                 if self.psf:
                     t = self._blur(t.contiguous())
                 t = t * self._attenuation(v)
-                vol += self._rotate(t[:, None], self.angles[v], inverse=True)[:, 0].sum(dim=0)
+                vol += self._rotate(t, v, inverse=True).sum(dim=0)
         return vol * self.scale
 
 
