@@ -138,3 +138,26 @@ def test_cli_evaluate_writes_csv_and_provenance(tmp_path):
     assert record["config"]["method"] == "surface-distance"
     assert "c2" in record["skipped"]
     assert any(str(tmp_path / "truth" / "c1.nii.gz") == i for i in record["inputs"])
+
+
+def test_cli_resample_and_lesion_table(tmp_path, capsys):
+    import pandas as pd
+
+    pred, truth = label_maps()
+    write_volume(Mask(array=truth, spacing=SPACING, labels={1: "a", 2: "b"}), tmp_path / "truth.nii.gz")
+    # the same prediction stored at half the in-plane resolution on the same physical extent
+    coarse = Mask(array=pred[:, ::2, ::2], spacing=(1.96, 1.96, 2.5), origin=(0.49, 0.49, 0.0))
+    write_volume(coarse, tmp_path / "pred.nii.gz")
+    out = tmp_path / "m.csv"
+    args = ["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--truth", str(tmp_path / "truth.nii.gz"), "--out", str(out)]
+    assert main(args) == 1  # different grids: the only case is skipped
+    assert "0 case(s) evaluated, 1 skipped" in capsys.readouterr().out
+    assert main(args + ["--resample", "--lesions", "--lesion-table", str(tmp_path / "lesions.csv"), "--labels", "1", "2"]) == 0
+    df = pd.read_csv(out)
+    # rows 3..10 sampled every 2nd voxel come back as rows 4..11 (truth 2..9): 6 of 8 rows shared
+    assert df.loc[df.label == 1, "dice"].item() == pytest.approx(0.75)
+    assert df.loc[df.label == 1, "hd"].item() == pytest.approx(2 * 0.98, rel=1e-6)
+    lesions = pd.read_csv(tmp_path / "lesions.csv")
+    assert set(lesions["side"]) == {"truth", "pred"}
+    spleen = lesions[(lesions.label == 2) & (lesions.side == "truth")]
+    assert len(spleen) == 1 and not spleen["detected"].item()

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--labels", type=int, nargs="*", default=None, help="label values to evaluate (default: all present)")
     p.add_argument("--lesions", action="store_true", help="add lesion-wise detection metrics and FP/FN volumes (autoPET style)")
     p.add_argument("--connectivity", type=int, default=None, help="lesion connectivity: 6/18/26 (3D), 4/8 (2D); autoPET uses 18")
+    p.add_argument("--lesion-table", default=None, help="with --lesions: also write one row per true/predicted lesion to this CSV")
+    p.add_argument("--resample", action="store_true",
+                   help="resample a prediction on another grid onto the truth grid (nearest neighbour) instead of skipping it")
     p.set_defaults(func=run)
 
 
@@ -36,18 +39,26 @@ def run(args: argparse.Namespace) -> int:
     options = {"tolerance_mm": args.tolerance_mm, "method": args.method, "lesions": args.lesions, "connectivity": args.connectivity}
     if args.labels:
         options["labels"] = args.labels
-    df = evaluate_cases(pairs, **options)
+    details: list | None = [] if (args.lesions and args.lesion_table) else None
+    df = evaluate_cases(pairs, resample=args.resample, **options, **({"lesion_details": details} if details is not None else {}))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
+    if details is not None:
+        import pandas as pd
+
+        Path(args.lesion_table).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(details).to_csv(args.lesion_table, index=False)
     summary = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summarise(df).items()}
-    config = {"command": "evaluate", "pred": str(args.pred), "truth": str(args.truth), **options}
+    config = {"command": "evaluate", "pred": str(args.pred), "truth": str(args.truth), "resample": args.resample, **options}
     record = provenance(config, [str(p) for _, p, t in pairs] + [str(t) for _, p, t in pairs],
                         skipped=df.attrs.get("skipped", {}), summary=summary, libraries=library_versions(("numpy", "scipy", "SimpleITK", "pandas")))
     Path(str(out) + ".json").write_text(json.dumps(record, indent=2, default=str))
     n_ok = df["case"].nunique() if len(df) else 0
     print(f"{n_ok} case(s) evaluated, {len(df.attrs.get('skipped', {}))} skipped -> {out}")
     if summary.get("dice_mean") is not None:
-        print(f"mean Dice {summary['dice_mean']:.4f}, mean HD95 {summary.get('hd95_mean') or float('nan'):.2f} mm, "
-              f"structures missed {summary.get('missed_share') or 0.0:.1%}")
+        hd95 = summary.get("hd95_mean")
+        missed = summary.get("missed_share")
+        print(f"mean Dice {summary['dice_mean']:.4f}, mean HD95 {'n/a' if hd95 is None else f'{hd95:.2f} mm'}, "
+              f"structures missed {'n/a' if missed is None else f'{missed:.1%}'}")
     return 0 if n_ok else 1

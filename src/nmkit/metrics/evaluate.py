@@ -51,13 +51,14 @@ def _structures(truth: Mask, pred: Mask, labels: Mapping[int, str] | Sequence[in
 def evaluate_pair(pred: Mask, truth: Mask, labels: Mapping[int, str] | Sequence[int | str] | None = None,
                   tolerance_mm: float = 2.0, method: str = "surface-distance", percentile: float = 95.0,
                   lesions: bool = False, connectivity: int | None = None, lesion_match: str = "overlap",
-                  lesion_threshold: float = 0.1) -> list[dict[str, Any]]:
+                  lesion_threshold: float = 0.1, lesion_details: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Metrics per structure between a predicted and a true mask on the same grid.
 
     ``labels``: ``{value: name}``, or a list of values/names; default: every label of either mask.
     Each row holds ``structure``, ``label``, the overlap metrics (``overlap.overlap_metrics``), the surface
     metrics (``surface.surface_metrics``: hd, hd95, assd, msd each way, nsd at ``tolerance_mm``), ``missed``
-    (truth present, prediction shares no voxel with it) and, with ``lesions=True``, the lesion-wise summary.
+    (truth present, prediction shares no voxel with it) and, with ``lesions=True``, the lesion-wise summary;
+    ``lesion_details`` (a list) then receives one row per true and per predicted lesion.
     """
     if not isinstance(pred, Mask) or not isinstance(truth, Mask):
         raise TypeError("evaluate_pair takes two nmkit Mask objects")
@@ -73,7 +74,13 @@ def evaluate_pair(pred: Mask, truth: Mask, labels: Mapping[int, str] | Sequence[
         row.update(sd.summary(tolerance_mm=tolerance_mm, percentile=percentile))
         row["missed"] = bool(t.any() and not (p & t).any())
         if lesions:
-            row.update(lesion_metrics(p, t, truth.spacing, connectivity=connectivity, match=lesion_match, threshold=lesion_threshold).summary)
+            result = lesion_metrics(p, t, truth.spacing, connectivity=connectivity, match=lesion_match, threshold=lesion_threshold)
+            row.update(result.summary)
+            if lesion_details is not None:
+                for side, items in (("truth", result.truth_lesions), ("pred", result.pred_lesions)):
+                    for item in items:
+                        lesion_details.append({"structure": name, "label": value, "side": side,
+                                               **{k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in item.items()}})
         row["surface_method"] = method
         row["tolerance_mm"] = tolerance_mm
         rows.append(row)
@@ -88,11 +95,12 @@ def _load(item: Any, reader: Callable[[Any], Mask]) -> Mask:
 
 
 def evaluate_cases(cases: Iterable[CaseSource] | Mapping[str, tuple[Any, Any]], reader: Callable[[Any], Mask] | None = None,
-                   **options: Any):
+                   resample: bool = False, **options: Any):
     """Evaluate many cases: ``cases`` yields ``(case_id, pred, truth)`` (Masks or file paths) or is a mapping
     ``case_id -> (pred, truth)``. Returns a DataFrame with one row per case and structure; keyword ``options`` go
     to :func:`evaluate_pair`. Bad cases (unreadable files, different grids) are logged and skipped and listed in
-    ``df.attrs["skipped"]`` as ``{case: reason}``.
+    ``df.attrs["skipped"]`` as ``{case: reason}``. ``resample=True`` puts a prediction that is on another grid onto
+    the truth's grid first (nearest neighbour, physical space respected) and logs it, instead of skipping the case.
     """
     import pandas as pd
 
@@ -104,8 +112,17 @@ def evaluate_cases(cases: Iterable[CaseSource] | Mapping[str, tuple[Any, Any]], 
     for case_id, pred, truth in items:
         try:
             pm, tm = _load(pred, reader), _load(truth, reader)
-            for row in evaluate_pair(pm, tm, **options):
+            if resample and not pm.same_grid(tm):
+                from ..io.image import resample_to
+
+                log.info("case %s: resampling the prediction %s onto the truth grid %s", case_id, pm.geometry(), tm.geometry())
+                pm = resample_to(pm, tm, interpolation="nearest")
+            details: list[dict[str, Any]] | None = [] if options.get("lesion_details") is not None else None
+            case_options = {**options, "lesion_details": details} if details is not None else options
+            for row in evaluate_pair(pm, tm, **case_options):
                 rows.append({"case": case_id, **row})
+            if details is not None:
+                options["lesion_details"].extend({"case": case_id, **d} for d in details)
         except (NmkitError, OSError, KeyError, ValueError) as exc:
             log.warning("skipping case %s: %s", case_id, exc)
             skipped[str(case_id)] = str(exc)
