@@ -122,3 +122,30 @@ def test_nested_cv_survival_and_report(tmp_path):
             assert im.size[0] > 200
     with pytest.raises(ValueError, match="two classes"):
         nested_cv(X, np.zeros(150), task="classification")
+
+
+def test_model_outcome_cli_survival_with_clinical_baseline(tmp_path):
+    import json
+
+    from nmkit.cli import main
+
+    x, time, event = _survival_data(n=120, seed=4)
+    rng = np.random.default_rng(4)
+    ids = [f"case{i:03d}" for i in range(120)]
+    feats = pd.DataFrame(np.hstack([x[:, :1], rng.normal(size=(120, 6))]), columns=["suv_like"] + [f"tex{i}" for i in range(6)])
+    feats.insert(0, "case_id", ids)
+    clin = pd.DataFrame({"case_id": ids, "os_months": time * 12, "death": event.astype(int), "age_z": x[:, 1]})
+    feats.to_csv(tmp_path / "f.csv", index=False)
+    clin.iloc[::-1].to_csv(tmp_path / "c.csv", index=False)  # order differs: joined by id
+    out = tmp_path / "out"
+    assert main(["model-outcome", "--features", str(tmp_path / "f.csv"), "--clinical", str(tmp_path / "c.csv"),
+                 "--time", "os_months", "--event", "death", "--covariates", "age_z", "--k-features", "2",
+                 "--outer-folds", "3", "--inner-folds", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert summary["task"] == "survival" and summary["c_index"] > 0.6
+    assert 0.5 < summary["baseline"]["c_index"] < summary["c_index"]  # age alone is weaker than age + the SUV-like feature
+    pred = pd.read_csv(out / "predictions.csv")
+    assert len(pred) == 120 and pred["oof_prediction"].notna().all()
+    assert "Useful:" in (out / "report.html").read_text()
+    assert main(["model-outcome", "--features", str(tmp_path / "f.csv"), "--clinical", str(tmp_path / "c.csv"),
+                 "--target", "nope", "--out", str(out)]) == 2
