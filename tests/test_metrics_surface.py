@@ -10,9 +10,12 @@ from nmkit.errors import GeometryError
 from nmkit.io.image import Mask
 from nmkit.metrics.surface import _contour_length_table, surface_distances, surface_metrics, weighted_percentile
 
-sd = pytest.importorskip("surface_distance")
-
 REL = 1e-9
+
+
+def deepmind():
+    """DeepMind's surface-distance package (test extra); tests comparing with it skip without it."""
+    return pytest.importorskip("surface_distance")
 
 
 def ellipsoid(shape, centre_mm, radii_mm, spacing_xyz):
@@ -32,6 +35,7 @@ def blob(shape, seed, fill=0.3, sigma=2.5):
 
 def reference(pred, truth, spacing_xyz, tol):
     """All metrics from surface_distance (spacing in array order)."""
+    sd = deepmind()
     d = sd.compute_surface_distances(truth, pred, list(spacing_xyz[::-1]))
     a_t, a_p = d["surfel_areas_gt"], d["surfel_areas_pred"]
     assd = (np.sum(d["distances_gt_to_pred"] * a_t) + np.sum(d["distances_pred_to_gt"] * a_p)) / (a_t.sum() + a_p.sum())
@@ -75,7 +79,7 @@ def test_surfel_definition_matches_surface_distance_2d(seed):
 
 
 def test_contour_length_table_equals_surface_distance_table():
-    from surface_distance import lookup_tables
+    lookup_tables = deepmind().lookup_tables
 
     for sp in [(1.0, 1.0), (0.5, 2.0), (3.0, 0.7)]:
         np.testing.assert_allclose(_contour_length_table(sp), lookup_tables.create_table_neighbour_code_to_contour_length(sp), rtol=1e-15)
@@ -123,7 +127,7 @@ def test_weighted_percentile_uses_weights():
 
 @pytest.mark.parametrize("name,make,spacing", CASES_3D, ids=[c[0] for c in CASES_3D])
 def test_voxel_definition_matches_medpy(name, make, spacing):
-    from medpy.metric import binary
+    binary = pytest.importorskip("medpy.metric.binary")
 
     pred, truth = make()
     sdist = surface_distances(pred, truth, spacing, method="voxel")
@@ -135,7 +139,9 @@ def test_voxel_definition_matches_medpy(name, make, spacing):
 
 def test_voxel_definition_matches_monai():
     torch = pytest.importorskip("torch")
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+    monai_metrics = pytest.importorskip("monai.metrics")
+    compute_average_surface_distance = monai_metrics.compute_average_surface_distance
+    compute_hausdorff_distance = monai_metrics.compute_hausdorff_distance
 
     spacing = (0.98, 0.98, 2.5)
     pred, truth = blob((20, 26, 24), 5), blob((20, 26, 24), 6)
