@@ -132,3 +132,30 @@ def test_patient_metrics_on_analytic_volume():
     other = Image(noisy[:, :, :20], spacing=(2.0, 2.0, 3.0))
     with pytest.raises(GeometryError, match="resample"):
         roi_statistics(other, mask)
+
+
+def test_quality_cli_phantom_and_roi_modes(phantom, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from nmkit.cli import main
+    from nmkit.io.volume_files import write_volume
+
+    write_volume(_blurred(phantom, 10.0), tmp_path / "recon.nii.gz")
+    write_volume(phantom.masks, tmp_path / "masks.nii.gz")
+    (tmp_path / "masks.labels.json").write_text(json.dumps({str(k): v for k, v in phantom.masks.labels.items()}))
+    write_volume(phantom.activity, tmp_path / "activity.nii.gz")
+    out = tmp_path / "nema.csv"
+    assert main(["quality", str(tmp_path / "recon.nii.gz"), "--phantom-masks", str(tmp_path / "masks.nii.gz"),
+                 "--phantom-activity", str(tmp_path / "activity.nii.gz"), "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 6 and table["contrast_recovery_qh"].iloc[-1] > table["contrast_recovery_qh"].iloc[0]
+    prov = json.loads((tmp_path / "nema.csv.json").read_text())
+    assert prov["summary"]["fwhm_mm_median"] == pytest.approx(10.0, rel=0.1)
+    out2 = tmp_path / "roi.csv"
+    assert main(["quality", str(tmp_path / "recon.nii.gz"), "--rois", str(tmp_path / "masks.nii.gz"), "--background", "background",
+                 "--uniform", "background", "--out", str(out2)]) == 0
+    rois = pd.read_csv(out2).set_index(["roi", "metric"])["value"]
+    assert rois[("sphere_37mm", "contrast")] > rois[("sphere_10mm", "contrast")] > 0
+    assert main(["quality", str(tmp_path / "recon.nii.gz"), "--out", str(out2)]) == 2

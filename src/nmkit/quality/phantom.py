@@ -188,3 +188,32 @@ def analyse_nema_phantom(image: Image, phantom: Any, locate: bool = True, fit_re
     total = float(phantom.activity.array.sum() * phantom.activity.voxel_volume / 1000.0)
     return nema_analysis(image, spheres, water, phantom.sphere_bq_ml, phantom.background_bq_ml, lung_region=lung,
                          body_region=body, true_total_activity_bq=total, fit_resolution=fit_resolution)
+
+
+def phantom_from_truth(masks: Mask, activity: Image) -> Any:
+    """The truth ``analyse_nema_phantom`` needs, rebuilt from a saved label map and true activity image
+    (as written by ``nmkit phantom nema``): spheres named ``sphere_<d>mm``, ``lung_insert``, ``background``."""
+    import re
+    from types import SimpleNamespace
+
+    from ..errors import InputError
+
+    if not masks.same_grid(activity):
+        raise InputError(None, "the phantom label map and the true activity image are on different grids")
+    spheres = []
+    arr = masks.array
+    for value, name in sorted(masks.labels.items()):
+        m = re.fullmatch(r"sphere_(\d+(?:\.\d+)?)mm", name)
+        if not m or not np.any(arr == value):
+            continue
+        k, j, i = np.nonzero(arr == value)
+        centre = activity.index_to_physical(np.array([i.mean(), j.mean(), k.mean()]))
+        spheres.append({"label": value, "diameter_mm": float(m.group(1)), "x_mm": float(centre[0]), "y_mm": float(centre[1]),
+                        "z_mm": float(centre[2])})
+    names = set(masks.labels.values())
+    if not spheres or not {"lung_insert", "background"} <= names:
+        raise InputError(None, f"label map needs sphere_<d>mm, lung_insert and background labels; it has {sorted(names)}")
+    truth = np.asarray(activity.array, float)
+    sphere_conc = float(np.median(np.concatenate([truth[arr == s["label"]] for s in spheres])))
+    bg_conc = float(np.median(truth[masks.binary("background")]))
+    return SimpleNamespace(masks=masks, spheres=spheres, activity=activity, sphere_bq_ml=sphere_conc, background_bq_ml=bg_conc)
