@@ -8,7 +8,9 @@ Two definitions of "the surface" are offered, selectable with ``method``:
     each point carries the area (3D) or length (2D) of the marching-cubes/squares surface element it holds.
     Means, percentiles (HD95) and the normalised surface Dice are **weighted by these surfel areas**, so a
     coarse slice spacing does not over-count surface points. Values agree with ``surface_distance`` to
-    floating-point rounding.
+    floating-point rounding. The 2D contour lengths are computed here; the 3D surfel areas come from the
+    marching-cubes table of the ``surface-distance`` package itself (imported at run time), so both always
+    use the same triangulation.
 ``"voxel"``
     The MONAI/medpy definition: surface points are the mask voxels removed by one binary erosion with a
     face-connected structure (voxels on the image border count as surface), all with weight 1. ``hd95`` is the
@@ -26,11 +28,12 @@ Empty masks (documented convention): both empty -> distances 0 and NSD 1 (perfec
 exactly one empty -> distances ``inf`` and NSD 0 (as ``surface_distance`` does).
 
 Speed: both masks are cropped to their joint bounding box (+1 voxel), surface points are found with separable
-boolean passes (an OR and an AND per axis), points lying on both surfaces get distance 0 directly, and the others
-are matched with one exact KD-tree nearest-neighbour search per direction (``pykdtree`` when installed, else
-SciPy's ``cKDTree``): only surface points are touched, no full-volume distance transform, and all metrics reuse
-the same distances. Distances are recomputed from integer index differences times the spacing, as a distance
-transform computes them.
+boolean passes (an OR and an AND per axis), points lying on both surfaces get distance 0 directly, points with
+a target within a few voxels are resolved by an exact local search (offsets tried in order of physical length
+on a boolean grid), and the rest by one exact KD-tree nearest-neighbour search per direction (``pykdtree`` when
+installed, else SciPy's ``cKDTree``): only surface points are touched, no full-volume distance transform, and
+all metrics reuse the same distances. Distances are computed from integer index differences times the spacing,
+as a distance transform computes them, so every path gives the same values.
 
 Spacing is given in nmkit's physical order ``(x, y[, z])`` mm, as ``Image.spacing``; arrays are NumPy order
 ``(z, y, x)``.
@@ -86,7 +89,7 @@ def _surfel_table(spacing_axes: tuple[float, ...]) -> np.ndarray:
 
 
 # ----- helpers -------------------------------------------------------------------------------------------------
-def _as_bool(name: str, array: Any) -> np.ndarray:
+def _as_bool(array: Any) -> np.ndarray:
     arr = np.asarray(array)
     if arr.dtype != bool:
         arr = arr != 0
@@ -118,7 +121,7 @@ def joint_bounding_box(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[s
     return tuple(slices)
 
 
-def _corner_surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _corner_surface(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Surface corners of ``mask``: ``(points, neighbourhood codes, flat indices in the corner grid)``.
 
     Corner ``c`` (index in the grid of corners, shape ``mask.shape + 1``) sees voxels ``c-1`` and ``c`` along every
@@ -401,7 +404,7 @@ def surface_distances(pred: Any, truth: Any, spacing: Sequence[float] | None = N
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     pred, truth, spacing = _resolve(pred, truth, spacing)
-    a, b = _as_bool("pred", pred), _as_bool("truth", truth)
+    a, b = _as_bool(pred), _as_bool(truth)
     if a.shape != b.shape:
         raise GeometryError(f"masks have different shapes {a.shape} and {b.shape}")
     if a.ndim not in (2, 3):
