@@ -161,7 +161,9 @@ def consensus(masks: Sequence[Any], method: str = "staple", threshold: float = 0
         raise ValueError(f"method must be 'staple' or 'majority', got {method!r}")
     import SimpleITK as sitk
 
-    prob = sitk.GetArrayFromImage(sitk.STAPLE([sitk.GetImageFromArray(a.astype(np.uint8)) for a in arrays], 1.0))
+    images = [sitk.GetImageFromArray(a.astype(np.uint8)) for a in arrays]
+    # positional: confidence weight 1, foreground value 1, at most 200 EM iterations
+    prob = sitk.GetArrayFromImage(sitk.STAPLE(images, 1.0, 1.0, 200))
     return prob >= threshold, prob
 
 
