@@ -153,8 +153,9 @@ def make_patient(config: BoneSpectConfig, seed: int, patient_id: str | None = No
     sites = {"sacrum": (0.0, yv + 8, zsc)}
     for s, side in ((-1, "right"), (1, "left")):
         cen = (s * 95 * scale, yv - 8, zsc + 10)
-        lab[_ellipsoid(X, Y, Z, cen, (18 * scale, 58 * scale, 50 * scale), angle_deg=-s * 35)] = 6
-        lab[_ellipsoid(X, Y, Z, cen, (15 * scale, 55 * scale, 47 * scale), angle_deg=-s * 35)] = 5
+        inner = ((X / (a_body - 12)) ** 2 + (Y / (b_body - 12)) ** 2 <= 1.0)  # bone stays under the skin
+        lab[_ellipsoid(X, Y, Z, cen, (18 * scale, 58 * scale, 50 * scale), angle_deg=-s * 35) & inner] = 6
+        lab[_ellipsoid(X, Y, Z, cen, (15 * scale, 55 * scale, 47 * scale), angle_deg=-s * 35) & inner] = 5
         sites[f"ilium_{side}"] = cen
     if cfg.bladder:
         lab[_ellipsoid(X, Y, Z, (0, -b_body * 0.45, zs0 + 15), (rng.uniform(35, 50), rng.uniform(28, 38), rng.uniform(28, 38)))] = 4
@@ -173,8 +174,8 @@ def make_patient(config: BoneSpectConfig, seed: int, patient_id: str | None = No
         factor = float(rng.uniform(2, 10))
         cen = np.array(sites[site]) + rng.uniform(-4, 4, 3)
         lab[((X - cen[0]) ** 2 + (Y - cen[1]) ** 2 + (Z - cen[2]) ** 2 <= (d / 2) ** 2) & (lab >= 5)] = LESION_CLASS0 + i
-        lesions.append({"label": LESION_CLASS0 + i, "name": f"lesion_{i}", "site": str(site), "diameter_mm": round(d, 2),
-                        "uptake_factor": round(factor, 3), "x_mm": float(cen[0]), "y_mm": float(cen[1]), "z_mm": float(cen[2]),
+        lesions.append({"label": LESION_CLASS0 + i, "name": f"lesion_{i}", "site": str(site), "diameter_mm": d,
+                        "uptake_factor": factor, "x_mm": float(cen[0]), "y_mm": float(cen[1]), "z_mm": float(cen[2]),
                         "true_bq_ml": factor * bone_kbq * 1000.0})
     conc = {"soft_tissue": rng.uniform(1.5, 3.0), "liver": rng.uniform(2.5, 4.0), "kidney": rng.uniform(6, 10),
             "bladder": rng.uniform(60, 150), "trabecular_bone": bone_kbq, "cortical_bone": bone_kbq * rng.uniform(1.2, 1.6)}
