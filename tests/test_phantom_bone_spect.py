@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nmkit.io.dicom_series import stack_slices  # noqa: E402
+from nmkit.io.nm import read_nm_recon  # noqa: E402
 from nmkit.io.volume_files import read_label_map, read_volume  # noqa: E402
 from nmkit.phantoms.bone_spect import (  # noqa: E402
     BoneSpectConfig, generate_cohort, make_patient, region_means, register_phantom, simulate_patient,
@@ -121,6 +122,7 @@ def test_cohort_files_read_back(tmp_path):
         for key in ("osem_nm", "ctguided_nm"):
             nm = pydicom.dcmread(root / case[key])
             assert "RECON TOMO" in nm.ImageType and int(nm.NumberOfFrames) == truth.array.shape[0]
+            assert read_nm_recon(root / case[key]).same_grid(truth)
             uids.add((str(nm.StudyInstanceUID), str(nm.FrameOfReferenceUID)))
         assert len(uids) == 1
         study_uids |= uids

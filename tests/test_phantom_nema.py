@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nmkit.io.dicom_series import stack_slices  # noqa: E402
+from nmkit.io.nm import read_nm_recon  # noqa: E402
+from nmkit.io.reader import read_image  # noqa: E402
 from nmkit.io.volume_files import read_label_map, read_volume  # noqa: E402
 from nmkit.phantoms.nema import (  # noqa: E402
     SPHERE_DIAMETERS_MM, NemaConfig, make_nema_phantom, recovery_coefficients, register_phantom, simulate_nema, write_nema_study,
@@ -189,14 +191,9 @@ def test_dicom_and_nifti_round_trip(study, tmp_path):
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(w[f"{name}_PT"][0].parent)))
         sp = reader.Execute()
         assert np.allclose(sp.GetOrigin(), img.origin) and np.allclose(sitk.GetArrayFromImage(sp), img.array, atol=float(tol.max()) + 1e-6)
-        try:  # our NM reader, when present
-            from nmkit.io import nm as nm_reader  # type: ignore[attr-defined]
-        except ImportError:
-            nm_reader = None
-        if nm_reader is not None and hasattr(nm_reader, "read_nm"):
-            got = nm_reader.read_nm(w[f"{name}_NM"])
-            got = got[0] if isinstance(got, (list, tuple)) else got
-            assert np.allclose(np.asarray(got.array, float).squeeze(), img.array, atol=float(nm.RescaleSlope))
+        got = read_nm_recon(w[f"{name}_NM"])  # our NM reader
+        assert got.same_grid(img) and np.abs(got.array - img.array).max() <= float(nm.RescaleSlope)
+        assert read_image(w[f"{name}_PT"][0].parent).same_grid(img)  # our generic entry point
     assert len(uids) == 1  # one study, one frame of reference
     truth = read_volume(w["truth_activity_bqml"])
     assert truth.same_grid(ph.activity) and np.allclose(truth.array, ph.activity.array)
