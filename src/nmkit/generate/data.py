@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -149,3 +149,53 @@ def make_nodule_mask(gland: np.ndarray, diameter_mm: float, spacing: Sequence[fl
     label = gland.astype(np.int64)
     label[disc] = 2 if kind == "cold" else 3
     return label
+
+
+def load_source(source: dict[str, Any]) -> list[TrainingImage]:
+    """Training images from a recorded source: ``{"kind": "folder", "path"}``, ``{"kind": "manifest", "path", "split"}``
+    or ``{"kind": "thyroid_phantoms", "n", "seed", "matrix", "pathologies"}``."""
+    kind = source.get("kind")
+    if kind == "folder":
+        return load_folder(source["path"], source.get("limit"))
+    if kind == "manifest":
+        return load_manifest(source["path"], source.get("split"), source.get("limit"))
+    if kind == "thyroid_phantoms":
+        return thyroid_phantoms(int(source["n"]), int(source.get("seed", 1)), int(source.get("matrix", 64)),
+                                tuple(source.get("pathologies", ("normal", "cold_nodules"))))
+    raise InputError(None, f"unknown training source {source!r}")
+
+
+def load_manifest(path: str | Path, split: str | None = "train", limit: int | None = None) -> list[TrainingImage]:
+    """Image/label pairs of a segmentation manifest (``nmkit manifest``); bad cases are logged and skipped."""
+    from ..segment.data import load_case, read_manifest
+
+    table = read_manifest(path)
+    if split:
+        table = table[table["split"] == split]
+    out: list[TrainingImage] = []
+    for row in table.itertuples():
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            mask = row.mask if isinstance(row.mask, str) and row.mask else None
+            case = load_case(row.image, mask, str(row.case_id))
+            if case.image.ndim_spatial != 2:
+                raise InputError(row.image, "expected a 2D image")
+            out.append(TrainingImage(name=case.case_id, image=case.image, label=case.label if mask else None))
+        except Exception as exc:  # batch job: log and skip
+            log.warning("skipping case %s: %s", row.case_id, exc)
+    if not out:
+        raise InputError(path, "no readable 2D cases in the manifest")
+    return out
+
+
+def thyroid_nodule_conditions(n: int, diameter_mm: float, seed: int = 0, matrix: int = 64, kind: str = "cold") -> tuple[list[np.ndarray], tuple[float, float]]:
+    """``n`` conditioning label maps: simulated normal glands, each with one nodule of ``diameter_mm``; and the spacing."""
+    from ..phantoms.thyroid import simulate_thyroid
+
+    maps, spacing = [], (1.0, 1.0)
+    for i in range(n):
+        case = simulate_thyroid((seed, 10_000 + i), pathology="normal", matrix=matrix)
+        spacing = case.spacing
+        maps.append(make_nodule_mask(case.truth["gland"], diameter_mm, case.spacing, np.random.default_rng((seed, i)), kind))
+    return maps, spacing

@@ -131,11 +131,12 @@ def prepare(images: Sequence[TrainingImage], config: DiffusionConfig) -> tuple[l
 
 
 def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, out_dir: str | Path | None = None,
-                    progress: bool = False) -> tuple[torch.nn.Module, DiffusionConfig, list[dict[str, float]]]:
+                    progress: bool = False, source: dict[str, Any] | None = None) -> tuple[torch.nn.Module, DiffusionConfig, list[dict[str, float]]]:
     """Train a DDPM on ``images`` (with their label maps when ``config.condition_labels`` is set).
 
     Returns the model, the completed config (training scale and spacing filled in) and the loss log; writes a
-    checkpoint folder when ``out_dir`` is given.
+    checkpoint folder when ``out_dir`` is given; ``source`` (see ``data.load_source``) is recorded so that the audit
+    can reload the training images.
     """
     from monai.inferers import DiffusionInferer
 
@@ -198,23 +199,34 @@ def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, ou
             losses = []
     model.eval()
     if out_dir is not None:
-        save_diffusion(model, config, out_dir, history=history, inputs=[i.name for i in images])
+        save_diffusion(model, config, out_dir, history=history, inputs=[i.name for i in images], source=source)
     return model, config, history
 
 
 def save_diffusion(model: torch.nn.Module, config: DiffusionConfig, out_dir: str | Path, history: list[dict[str, float]] | None = None,
-                   inputs: Sequence[str] = ()) -> Path:
+                   inputs: Sequence[str] = (), source: dict[str, Any] | None = None) -> Path:
     """Write ``diffusion.safetensors`` + ``diffusion.json`` (config, training log, provenance)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS))
-    description = {"format": FORMAT, "config": config.to_dict(), "history": history or [], "n_training_images": len(inputs),
+    description = {"format": FORMAT, "config": config.to_dict(), "history": history or [], "n_training_images": len(inputs), "training_source": source,
                    "training_images": list(inputs)[:1000], "libraries": library_versions(),
                    "provenance": provenance(config.to_dict(), inputs=list(inputs)[:1000])}
     (out_dir / DESCRIPTION).write_text(json.dumps(description, indent=2))
     return out_dir
+
+
+def read_description(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``diffusion.json`` (config, training log, training source, provenance)."""
+    path = Path(checkpoint_dir) / DESCRIPTION
+    if not path.exists():
+        raise InputError(checkpoint_dir, f"not a diffusion checkpoint (no {DESCRIPTION})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"invalid JSON: {exc}") from exc
 
 
 def load_diffusion(checkpoint_dir: str | Path, device: str | None = None) -> tuple[torch.nn.Module, DiffusionConfig]:
@@ -277,3 +289,22 @@ def sample(model: torch.nn.Module, config: DiffusionConfig, n: int, seed: int = 
 def to_physical(samples: np.ndarray, config: DiffusionConfig) -> np.ndarray:
     """Model-space samples back to image values: expected-count estimates (counts) or intensities."""
     return np.stack([from_model_space(s, config.normalisation, config.scale) for s in samples])
+
+
+def synthesise(model: torch.nn.Module, config: DiffusionConfig, n: int, seed: int = 0, method: str = "ddim", steps: int | None = None,
+               conditions: Sequence[np.ndarray] | None = None, total_counts: float | None = None,
+               smooth_px: float = 1.0) -> np.ndarray:
+    """Samples as images: count estimates (or intensities); with ``total_counts`` a Poisson acquisition of that many counts.
+
+    Count-aware path: model space -> inverse Anscombe (expected-count estimate) -> ``poisson_resample`` at the
+    chosen count level, so the synthetic image has Poisson statistics like a real acquisition.
+    """
+    from .transforms import poisson_resample
+
+    values = to_physical(sample(model, config, n, seed, method, steps, conditions), config)
+    if total_counts is None:
+        return values
+    if config.normalisation != "counts":
+        raise ValueError("Poisson resampling needs a model trained on count images (normalisation 'counts')")
+    rng = np.random.default_rng(seed)
+    return np.stack([poisson_resample(v, total_counts, rng, smooth_px)[0] for v in values])

@@ -1,0 +1,173 @@
+"""`nmkit synth train|sample|audit`: diffusion models for synthetic 2D images (marked synthetic), and their audit."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="diffusion models: train, sample synthetic images, audit for memorisation",
+                       description="Train a denoising diffusion model on unlabelled 2D images (optionally mask-conditioned), "
+                                   "sample synthetic images (DICOM secondary capture / NIfTI / PNG, marked SYNTHETIC) and audit "
+                                   "them against the training set.")
+    s = p.add_subparsers(dest="synth_command", metavar="ACTION")
+
+    t = s.add_parser("train", help="train a diffusion model (writes diffusion.safetensors + diffusion.json)")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--folder", help="folder of 2D images (NIfTI/NRRD/PNG/planar DICOM)")
+    src.add_argument("--manifest", help="manifest CSV (image, mask, split): its train split, with masks for --conditioned")
+    src.add_argument("--phantom-thyroid", type=int, metavar="N", help="train on N simulated thyroid scans (with masks)")
+    t.add_argument("--out", required=True, help="checkpoint folder")
+    t.add_argument("--conditioned", action="store_true", help="mask-conditioned model (label maps as extra input channels)")
+    t.add_argument("--labels", nargs="+", default=None, help="conditioning label names, e.g. 1=gland 2=cold_nodule (default: thyroid)")
+    t.add_argument("--normalisation", default="counts", choices=("counts", "percentile"))
+    t.add_argument("--size", type=int, default=64, help="square model size in pixels")
+    t.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
+    t.add_argument("--timesteps", type=int, default=1000, help="training diffusion timesteps")
+    t.add_argument("--iterations", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--matrix", type=int, default=64, help="phantom matrix size")
+    t.add_argument("--device", default=None)
+    t.set_defaults(func=run_train)
+
+    m = s.add_parser("sample", help="sample synthetic images from a checkpoint")
+    m.add_argument("checkpoint")
+    m.add_argument("--out", required=True)
+    m.add_argument("-n", "--number", type=int, default=16)
+    m.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
+    m.add_argument("--steps", type=int, default=None, help="sampling steps (DDIM default 50; DDPM default: all)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--counts", type=float, default=None, help="Poisson-resample every sample at this total count level")
+    m.add_argument("--mask", nargs="+", default=None, help="conditioning label maps (one per sample, cycled)")
+    m.add_argument("--nodule-mm", type=float, default=None, help="conditioned thyroid model: simulated glands with a cold nodule of this size")
+    m.add_argument("--formats", nargs="+", default=["dcm", "nii.gz", "png"])
+    m.add_argument("--device", default=None)
+    m.set_defaults(func=run_sample)
+
+    a = s.add_parser("audit", help="nearest training image, memorised-copy flags and Fréchet distance, as an HTML report")
+    a.add_argument("checkpoint", help="the diffusion checkpoint (its recorded training source is reloaded unless --training)")
+    a.add_argument("--synthetic", required=True, help="folder of synthetic images (e.g. the nifti/ folder of nmkit synth sample)")
+    a.add_argument("--training", default=None, help="folder of training images (default: the checkpoint's training source)")
+    a.add_argument("--out", required=True, help="report folder (audit.html, audit.csv, audit.json)")
+    a.add_argument("--threshold", type=float, default=None, help="copy threshold (default: 0.5 x 5th percentile of training NN distances)")
+    a.add_argument("--features", default="diffusion", choices=("diffusion", "radiomics"), help="feature space of the Fréchet distance")
+    a.set_defaults(func=run_audit)
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+
+def _labels(items: list[str] | None) -> dict[int, str]:
+    from ..generate.data import THYROID_LABELS
+
+    if not items:
+        return dict(THYROID_LABELS)
+    out = {}
+    for item in items:
+        value, _, name = item.partition("=")
+        out[int(value)] = name or f"label_{value}"
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..generate.data import load_source
+    from ..generate.model import DiffusionConfig, train_diffusion
+
+    if args.folder:
+        source = {"kind": "folder", "path": str(args.folder)}
+    elif args.manifest:
+        source = {"kind": "manifest", "path": str(args.manifest), "split": "train"}
+    else:
+        source = {"kind": "thyroid_phantoms", "n": args.phantom_thyroid, "seed": args.seed, "matrix": args.matrix,
+                  "pathologies": ["normal", "cold_nodules"]}
+    images = load_source(source)
+    config = DiffusionConfig(image_size=args.size, channels=tuple(args.channels), attention_levels=(False,) * len(args.channels),
+                             num_train_timesteps=args.timesteps, normalisation=args.normalisation, iterations=args.iterations,
+                             batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device,
+                             condition_labels=_labels(args.labels) if args.conditioned else None)
+    print(f"training a {'mask-conditioned ' if args.conditioned else ''}diffusion model on {len(images)} images "
+          f"({args.size}x{args.size}, {args.iterations} iterations)")
+    train_diffusion(images, config, args.out, progress=True, source=source)
+    print(f"checkpoint written to {args.out}")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from ..errors import InputError
+    from ..generate.data import thyroid_nodule_conditions
+    from ..generate.model import load_diffusion, synthesise
+    from ..generate.writers import write_samples
+    from ..io.volume_files import read_label_map
+    from ..provenance import config_hash, provenance
+
+    model, config = load_diffusion(args.checkpoint, device=args.device)
+    conditions, condition_text = None, ""
+    if config.n_condition:
+        if args.mask:
+            maps = [np.asarray(read_label_map(m).array).squeeze() for m in args.mask]
+            conditions = [maps[i % len(maps)] for i in range(args.number)]
+            condition_text = "label maps " + ", ".join(Path(m).name for m in args.mask)
+        elif args.nodule_mm:
+            conditions, _ = thyroid_nodule_conditions(args.number, args.nodule_mm, args.seed, config.image_size)
+            condition_text = f"simulated thyroid with a {args.nodule_mm:g} mm cold nodule"
+        else:
+            raise InputError(args.checkpoint, "this model is mask-conditioned: pass --mask FILES or --nodule-mm D")
+    values = synthesise(model, config, args.number, args.seed, args.sampler, args.steps, conditions, args.counts)
+    out = Path(args.out)
+    info = {"model": Path(args.checkpoint).resolve().name, "seed": args.seed, "sampler": f"{args.sampler}-{args.steps or 'default'}",
+            "config_hash": config_hash(config.to_dict()), "condition": condition_text,
+            "total_counts": args.counts}
+    rows = write_samples(values, out, info, spacing=config.spacing, formats=tuple(args.formats), units=config.units)
+    if conditions is not None:
+        from ..generate.writers import write_nifti
+
+        for row, cond in zip(rows, conditions):
+            row["condition_mask"] = str(write_nifti(cond.astype(np.float32), out / "conditions" / f"condition_{row['index']:04d}.nii.gz",
+                                                    info, config.spacing))
+    pd.DataFrame(rows).to_csv(out / "samples.csv", index=False)
+    (out / "provenance.json").write_text(json.dumps(provenance(vars(args), inputs=[args.checkpoint], sampling=info), indent=2, default=str))
+    print(f"{len(rows)} synthetic images written to {out}")
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..generate.audit import DiffusionFeatures, audit, write_audit_report
+    from ..generate.data import load_folder, load_source
+    from ..generate.model import load_diffusion, read_description
+
+    model, config = load_diffusion(args.checkpoint, device="cpu")
+    description = read_description(args.checkpoint)
+    if args.training:
+        training = load_folder(args.training)
+    elif description.get("training_source"):
+        training = load_source(description["training_source"])
+    else:
+        from ..errors import InputError
+
+        raise InputError(args.checkpoint, "the checkpoint records no training source; pass --training FOLDER")
+    synthetic = load_folder(args.synthetic)
+    features = DiffusionFeatures(model, config) if args.features == "diffusion" else None
+    kind = "diffusion-encoder" if features else "radiomics-like"
+    train_arrays = [t.image.array for t in training]
+    synth_arrays = [s.image.array for s in synthetic]
+    result = audit(synth_arrays, train_arrays, size=config.image_size, normalisation=config.normalisation, threshold=args.threshold,
+                   features=features, feature_kind=kind, training_names=[t.name for t in training])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.table.insert(1, "file", [s.name for s in synthetic])
+    result.table.to_csv(out / "audit.csv", index=False)
+    (out / "audit.json").write_text(json.dumps(result.summary, indent=2))
+    write_audit_report(result, synth_arrays, train_arrays, out / "audit.html", training_names=[t.name for t in training],
+                       config={"checkpoint": str(args.checkpoint), "synthetic": str(args.synthetic)})
+    print(f"{result.summary['n_memorised']} of {len(synthetic)} synthetic images flagged as copies; "
+          f"Fréchet distance {result.frechet:.3f}; report {out / 'audit.html'}")
+    return 0
