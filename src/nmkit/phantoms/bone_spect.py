@@ -115,6 +115,8 @@ def make_patient(config: BoneSpectConfig, seed: int, patient_id: str | None = No
     lab = np.zeros((nz * ss, n * ss, n * ss), np.uint8)
 
     a_body, b_body = rng.uniform(150, 185), rng.uniform(100, 125)
+    if cfg.camera.radius_mm < a_body + 10.0:
+        raise ValueError(f"camera orbit radius {cfg.camera.radius_mm} mm would cut through a {2 * a_body:.0f} mm wide body")
     scale = rng.uniform(0.9, 1.1)
     yv = b_body - rng.uniform(62, 72)  # vertebral body centre (posterior, +y in LPS)
     z_top = nz * v / 2.0 - 8.0
@@ -307,18 +309,20 @@ def generate_cohort(out_dir: str | Path, n_patients: int = 20, seed: int = 0, co
             continue
         rel = lambda p: str(Path(p).relative_to(out))  # noqa: E731
         osem_means, ctg_means = region_means(st.osem.array, pt), region_means(st.ct_guided.array, pt)
+        truth_means = region_means(pt.activity.array, pt)  # what a perfect reconstruction gives in the same VOIs
         cases.append({
             "case_id": pid, "seed": s, "n_lesions": len(pt.lesions), "ct_dir": rel(out / pid / "CT"),
             "osem_pt_dir": rel(out / pid / "OSEM_PT"), "ctguided_pt_dir": rel(out / pid / "CTGUIDED_PT"),
             "osem_nm": rel(w["OSEM_NM"]), "ctguided_nm": rel(w["CTGUIDED_NM"]),
             "truth_activity": rel(w["truth_activity_bqml"]), "truth_masks": rel(w["truth_masks"]),
             "true_l4_bq_ml": pt.concentrations_bq_ml["trabecular_bone"], "true_liver_bq_ml": pt.concentrations_bq_ml["liver"],
+            "truth_voi_l4_bq_ml": truth_means["l4_body"], "truth_voi_liver_bq_ml": truth_means["liver"],
             "osem_l4_bq_ml": osem_means["l4_body"], "ctguided_l4_bq_ml": ctg_means["l4_body"],
             "osem_liver_bq_ml": osem_means["liver"], "ctguided_liver_bq_ml": ctg_means["liver"],
         })
         for les in pt.lesions:
             lesion_rows.append({"case_id": pid, **{k: les[k] for k in ("label", "name", "site", "diameter_mm", "uptake_factor", "true_bq_ml", "mask_voxels")},
-                                "osem_mean_bq_ml": osem_means[les["name"]], "ctguided_mean_bq_ml": ctg_means[les["name"]]})
+                                "truth_voi_mean_bq_ml": truth_means[les["name"]], "osem_mean_bq_ml": osem_means[les["name"]], "ctguided_mean_bq_ml": ctg_means[les["name"]]})
         log.info("bone SPECT case %s written (%d lesions)", pid, len(pt.lesions))
     for name, rows in (("cases.csv", cases), ("lesions.csv", lesion_rows)):
         with open(out / name, "w", newline="") as fh:

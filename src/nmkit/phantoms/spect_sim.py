@@ -131,9 +131,9 @@ class Projector:
         self._mu = torch.from_numpy(mu).to(self.device)[None]
         self._grids: dict[tuple[int, bool], "torch.Tensor"] = {}
         n = mu.shape[1]
-        depth = self.camera.radius_mm + (np.arange(n) - (n - 1) / 2.0) * sy  # distance of each plane to the detector
-        if np.any(depth < 0):
-            raise ValueError(f"orbit radius {self.camera.radius_mm} mm is inside the field of view ({n * sy / 2:.0f} mm half-width)")
+        # distance of each plane to the detector; planes beyond the collimator face (grid corners outside the orbit,
+        # which must hold no activity) get the resolution at the face
+        depth = np.maximum(self.camera.radius_mm + (np.arange(n) - (n - 1) / 2.0) * sy, 0.0)
         fwhm = self.camera.fwhm_mm(depth)
         sig = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
         self._kx = torch.from_numpy(_gaussian_kernels(sig / sx))[:, None, :].to(self.device)
