@@ -81,7 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
         source = {"kind": "thyroid_phantoms", "n": args.phantom_thyroid, "seed": args.seed, "matrix": args.matrix,
                   "pathologies": ["normal", "cold_nodules"]}
     images = load_source(source)
-    config = DiffusionConfig(image_size=args.size, channels=tuple(args.channels), attention_levels=(False,) * len(args.channels),
+    config = DiffusionConfig(image_size=args.size, channels=tuple(args.channels),
                              num_train_timesteps=args.timesteps, normalisation=args.normalisation, iterations=args.iterations,
                              batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, device=args.device,
                              condition_labels=_labels(args.labels) if args.conditioned else None)

@@ -39,7 +39,7 @@ class DiffusionConfig:
 
     image_size: int = 64
     channels: tuple[int, ...] = (32, 64, 64)
-    attention_levels: tuple[bool, ...] = (False, False, False)
+    attention_levels: tuple[bool, ...] | None = None  # default: no attention except MONAI's middle block
     num_res_blocks: int = 1
     norm_num_groups: int = 8
     num_train_timesteps: int = 1000
@@ -61,6 +61,10 @@ class DiffusionConfig:
     spacing: tuple[float, float] = (1.0, 1.0)  # median pixel spacing (x, y) of the resized training images
     modality: str = "OT"
     units: str = ""
+
+    @property
+    def attention(self) -> tuple[bool, ...]:
+        return tuple(self.attention_levels) if self.attention_levels else (False,) * len(self.channels)
 
     @property
     def n_condition(self) -> int:
@@ -91,7 +95,7 @@ def build_unet(config: DiffusionConfig):
     if config.image_size % 2 ** (len(config.channels) - 1):
         raise ValueError(f"image_size {config.image_size} must be divisible by {2 ** (len(config.channels) - 1)}")
     return DiffusionModelUNet(spatial_dims=2, in_channels=1 + config.n_condition, out_channels=1, channels=tuple(config.channels),
-                              attention_levels=tuple(config.attention_levels), num_res_blocks=config.num_res_blocks,
+                              attention_levels=config.attention, num_res_blocks=config.num_res_blocks,
                               norm_num_groups=config.norm_num_groups, num_head_channels=config.channels[-1])
 
 
@@ -185,7 +189,8 @@ def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, ou
         condition = torch.from_numpy(np.stack(cs)).to(device) if cs else None
         noise = torch.randn_like(x)
         t = torch.randint(0, config.num_train_timesteps, (x.shape[0],), device=device).long()
-        pred = inferer(inputs=x, diffusion_model=model, noise=noise, timesteps=t, condition=condition, mode="concat")
+        pred = inferer(inputs=x, diffusion_model=model, noise=noise, timesteps=t, condition=condition,
+                       mode="concat" if condition is not None else "crossattn")
         target = noise if config.prediction_type == "epsilon" else x
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         optimiser.zero_grad(set_to_none=True)
@@ -248,7 +253,11 @@ def load_diffusion(checkpoint_dir: str | Path, device: str | None = None) -> tup
         config.device = device
     model = build_unet(config)
     try:
-        model.load_state_dict(load_file(str(weights_path)))
+        state = load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error type on a damaged file
+        raise InputError(weights_path, f"cannot read the weights (damaged or not a safetensors file): {exc}") from exc
+    try:
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(weights_path, f"weights do not match the network in {DESCRIPTION}: {str(exc).splitlines()[0]}") from exc
     return model.to(_device(config)).eval(), config
@@ -280,7 +289,8 @@ def sample(model: torch.nn.Module, config: DiffusionConfig, n: int, seed: int = 
         scheduler = build_scheduler(config, method, steps)
         inferer = DiffusionInferer(scheduler)
         torch.manual_seed(int(seed) + start)  # DDPM's stochastic steps draw from the global generator
-        images = inferer.sample(input_noise=noise, diffusion_model=model, scheduler=scheduler, conditioning=cond, mode="concat",
+        images = inferer.sample(input_noise=noise, diffusion_model=model, scheduler=scheduler, conditioning=cond,
+                                mode="concat" if cond is not None else "crossattn",
                                 verbose=False)
         out.append(images[:, 0].float().cpu().numpy())
     return np.concatenate(out)

@@ -49,12 +49,12 @@ class DiffusionSegNet(nn.Module):
     """
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2, channels: Sequence[int] = (32, 64, 64),
-                 attention_levels: Sequence[bool] = (False, False, False), num_res_blocks: int = 1, norm_num_groups: int = 8):
+                 attention_levels: Sequence[bool] | None = None, num_res_blocks: int = 1, norm_num_groups: int = 8):
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet
 
         self.unet = DiffusionModelUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                                       channels=tuple(channels), attention_levels=tuple(attention_levels), num_res_blocks=num_res_blocks,
+                                       channels=tuple(channels), attention_levels=tuple(attention_levels or (False,) * len(channels)), num_res_blocks=num_res_blocks,
                                        norm_num_groups=norm_num_groups, num_head_channels=channels[-1])
         self.divisor = 2 ** (len(channels) - 1)
 
@@ -68,7 +68,7 @@ def segnet_options(checkpoint_dir: str | Path) -> dict[str, Any]:
     from .model import load_diffusion
 
     _, config = load_diffusion(checkpoint_dir, device="cpu")
-    return {"channels": list(config.channels), "attention_levels": list(config.attention_levels),
+    return {"channels": list(config.channels), "attention_levels": list(config.attention),
             "num_res_blocks": config.num_res_blocks, "norm_num_groups": config.norm_num_groups}
 
 
