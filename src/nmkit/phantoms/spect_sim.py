@@ -13,7 +13,8 @@ The model we need is the classic rotation-based one (the same design PyTomograph
   half of the voxel itself);
 * blur each plane parallel to the detector with a Gaussian whose FWHM grows linearly with its distance to the
   collimator face (depth-dependent collimator-detector response, ``FWHM(d) = sqrt(Ri^2 + (a + b d)^2)``), done as a
-  grouped 1-D convolution (one kernel per depth plane) along the two detector axes, then sum along the ray.
+  batched product with one banded Gaussian matrix per depth plane along each detector axis (BLAS; several times
+  faster on CPU than a depthwise convolution), then sum along the ray.
 
 The back-projector applies the transposed steps (the Gaussian kernels are symmetric, so the blur is self-adjoint, and
 the inverse rotation stands in for the transposed interpolation, as usual for rotation-based projectors).
@@ -94,6 +95,17 @@ def default_device() -> "str":
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _banded(kernels: np.ndarray, size: int) -> np.ndarray:
+    """Stack of (size x size) convolution matrices, one per kernel row (zero padding at the edges)."""
+    half = kernels.shape[1] // 2
+    out = np.zeros((kernels.shape[0], size, size), dtype=np.float32)
+    idx = np.arange(size)
+    for offset in range(-half, half + 1):
+        rows = idx[(idx + offset >= 0) & (idx + offset < size)]
+        out[:, rows, rows + offset] = kernels[:, offset + half][:, None]
+    return out
+
+
 def _gaussian_kernels(sigmas_vox: np.ndarray) -> np.ndarray:
     """One normalised 1-D Gaussian kernel per sigma (rows), all of the same odd length."""
     half = max(1, int(math.ceil(3.0 * float(np.max(sigmas_vox)))))
@@ -136,8 +148,10 @@ class Projector:
         depth = np.maximum(self.camera.radius_mm + (np.arange(n) - (n - 1) / 2.0) * sy, 0.0)
         fwhm = self.camera.fwhm_mm(depth)
         sig = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-        self._kx = torch.from_numpy(_gaussian_kernels(sig / sx))[:, None, :].to(self.device)
-        self._kz = torch.from_numpy(_gaussian_kernels(sig / sz))[:, None, :].to(self.device)
+        # per depth plane, the truncated Gaussian as a banded (n x n) matrix along x and (z x z) along z: the blur is then
+        # a batched matrix product (BLAS), far faster on CPU than depthwise convolution, with the same zero padding
+        self._kx_t = torch.from_numpy(_banded(_gaussian_kernels(sig / sx), n)).transpose(1, 2).contiguous().to(self.device)
+        self._kz_t = torch.from_numpy(_banded(_gaussian_kernels(sig / sz), mu.shape[0])).transpose(1, 2).contiguous().to(self.device)
         nbytes = len(self.angles) * mu.size * 2
         self._att_cache: dict[int, "torch.Tensor"] | None = {} if nbytes <= cache_bytes else None
 
@@ -190,17 +204,21 @@ class Projector:
             out.append(a if a is not None else self._att_cache[int(v)].float())
         return torch.stack(out)
 
-    def _blur(self, t):
-        """Depth-dependent blur of every plane of (B, z, y, x) along x and z (y is the depth axis)."""
-        import torch.nn.functional as F
-
+    def _blur_project(self, t):
+        """Blur every depth plane of (B, z, y, x) with its own Gaussian along x and z and sum along y: (B, z, x)."""
         b, z, n, x = t.shape
-        kx, kz = self._kx, self._kz
-        u = t.reshape(b * z, n, x)
-        u = F.conv1d(u, kx, padding=kx.shape[-1] // 2, groups=n).reshape(b, z, n, x)
-        u = u.permute(0, 3, 2, 1).reshape(b * x, n, z)
-        u = F.conv1d(u, kz, padding=kz.shape[-1] // 2, groups=n).reshape(b, x, n, z)
-        return u.permute(0, 3, 2, 1).contiguous()
+        u = t.permute(2, 0, 1, 3).reshape(n, b * z, x)  # (depth, rows, x)
+        u = (u @ self._kx_t).reshape(n, b, z, x).transpose(2, 3).reshape(n, b * x, z)
+        u = u @ self._kz_t  # (depth, b * x, z)
+        return u.sum(dim=0).reshape(b, x, z).transpose(1, 2)
+
+    def _blur_spread(self, p):
+        """Transpose of ``_blur_project``: (B, z, x) projections to (B, z, y, x), each depth plane blurred by its Gaussian."""
+        b, z, x = p.shape
+        n = self._kx_t.shape[0]
+        u = p.reshape(1, b * z, x) @ self._kx_t.transpose(1, 2)  # (depth, b * z, x)
+        u = u.reshape(n, b, z, x).transpose(2, 3) @ self._kz_t.transpose(1, 2)[:, None]  # (depth, b, x, z)
+        return u.permute(1, 3, 0, 2).contiguous()
 
     # ----- public operators -----------------------------------------------------------------------
     def _as_tensor(self, x):
@@ -221,9 +239,7 @@ class Projector:
             for start in range(0, len(views), self.batch):
                 v = views[start:start + self.batch]
                 r = self._rotate(x, v) * self._attenuation(v)
-                if self.psf:
-                    r = self._blur(r)
-                out.append(r.sum(dim=2) * self.scale)
+                out.append((self._blur_project(r) if self.psf else r.sum(dim=2)) * self.scale)
         return torch.cat(out)
 
     def back(self, p, views: Sequence[int] | None = None):
@@ -237,9 +253,8 @@ class Projector:
         with torch.no_grad():
             for start in range(0, len(views), self.batch):
                 v = views[start:start + self.batch]
-                t = p[start:start + self.batch][:, :, None, :].expand(len(v), z, n, n)
-                if self.psf:
-                    t = self._blur(t.contiguous())
+                pv = p[start:start + self.batch]
+                t = self._blur_spread(pv) if self.psf else pv[:, :, None, :]
                 t = t * self._attenuation(v)
                 vol += self._rotate(t, v, inverse=True).sum(dim=0)
         return vol * self.scale
