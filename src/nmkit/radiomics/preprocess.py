@@ -57,8 +57,45 @@ def _axis_grid(n_old: int, s_old: float, s_new: float | None) -> np.ndarray:
 
 
 def _bbox(mask: np.ndarray) -> list[tuple[int, int]]:
-    idx = np.nonzero(mask)
-    return [(int(i.min()), int(i.max())) for i in idx]
+    """Inclusive (first, last) index of the non-zero voxels per axis (projections: no index list of every voxel)."""
+    out = []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        out.append((int(hit[0]), int(hit[-1])))
+    return out
+
+
+def _linear_along(a: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of ``a`` at continuous indices ``coords`` along one axis, edge values beyond the ends.
+
+    Trilinear interpolation on a regular grid is separable, so three of these passes equal
+    ``ndimage.map_coordinates(order=1, mode='nearest')`` on the full coordinate mesh (up to round-off) while
+    touching each voxel a few times instead of computing eight weights per output voxel.
+    ``lo + (hi - lo) w`` keeps constant regions exactly constant.
+    """
+    n = a.shape[axis]
+    c = np.clip(coords, 0.0, n - 1.0)
+    if np.array_equal(c, np.round(c)):
+        return np.take(a, c.astype(np.intp), axis=axis)
+    i0 = np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
+    w = c - i0
+    shape = [1] * a.ndim
+    shape[axis] = w.size
+    lo = np.take(a, i0, axis=axis)
+    hi = np.take(a, np.minimum(i0 + 1, n - 1), axis=axis)
+    hi -= lo
+    hi *= w.reshape(shape)
+    hi += lo
+    return hi
+
+
+def _trilinear(a: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
+    """``a`` (float64) sampled on the grid ``coords[0] x coords[1] x coords[2]`` (continuous indices per axis)."""
+    out = a
+    # shrinking axes first keeps the intermediate arrays small
+    for ax in sorted(range(3), key=lambda k: len(coords[k]) / a.shape[k]):
+        out = _linear_along(out, coords[ax], ax)
+    return out
 
 
 def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, label: int | str | None = None,
@@ -76,9 +113,7 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
         raise InputError(src, f"mask shape {roi.shape} differs from image shape {image.array.shape}")
     if not roi.any():
         raise InputError(src, "the ROI mask is empty")
-    arr = np.asarray(image.array, dtype=np.float64)
-    if config.round_input:
-        arr = np.round(arr)
+    arr = image.array  # converted (and rounded, with round_input) only on the crop below
     spacing = np.asarray(image.spacing, dtype=float)  # x, y, z
     new_sp = list(config.new_spacing) if config.new_spacing is not None else [None, None, None]
     grids = []  # per numpy axis (z, y, x)
@@ -97,24 +132,32 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
         sel.append((int(keep[0]), int(keep[-1]) + 1))
     coords = [grids[ax][sel[ax][0]:sel[ax][1]] for ax in range(3)]
     resampled = any(not np.array_equal(c, np.round(c)) or (len(g) != arr.shape[ax]) for ax, (c, g) in enumerate(zip(coords, grids)))
+
+    def as_float(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        return np.round(a) if config.round_input else a
+
     if not resampled:
         sl = tuple(slice(int(c[0]), int(c[-1]) + 1) for c in coords)
-        img = arr[sl].copy()
+        img = as_float(arr[sl]).copy()
         morph = roi[sl].copy()
     else:
         # old-grid crop big enough for the spline support / prefilter, coordinates shifted into it
         pad = 12 if config.image_interpolation == "cubic" else 2
         lo_old = [max(0, int(math.floor(c[0])) - pad) for c in coords]
         hi_old = [min(arr.shape[ax], int(math.ceil(c[-1])) + pad + 1) for ax, c in enumerate(coords)]
-        sub = arr[tuple(slice(lo_old[a], hi_old[a]) for a in range(3))]
-        subm = roi[tuple(slice(lo_old[a], hi_old[a]) for a in range(3))].astype(np.float64)
+        box = tuple(slice(lo_old[a], hi_old[a]) for a in range(3))
+        sub = as_float(arr[box])
+        subm = roi[box].astype(np.float64)
         local = [c - lo_old[a] for a, c in enumerate(coords)]
-        mesh = np.meshgrid(*local, indexing="ij")
-        order = 3 if config.image_interpolation == "cubic" else 1
-        img = ndimage.map_coordinates(sub, mesh, order=order, mode="nearest", prefilter=order > 1)
+        if config.image_interpolation == "cubic":
+            mesh = np.meshgrid(*local, indexing="ij")
+            img = ndimage.map_coordinates(sub, mesh, order=3, mode="nearest", prefilter=True)
+        else:
+            img = _trilinear(sub, local)
         # weights like 1/2 + 1/2 come out as 0.49999999999: compare with a tolerance so that a voxel exactly at
         # the partial-volume threshold is kept, as IBSI's reference implementations do
-        morph = ndimage.map_coordinates(subm, mesh, order=1, mode="nearest") >= config.mask_threshold - MASK_EPS
+        morph = _trilinear(subm, local) >= config.mask_threshold - MASK_EPS
     if config.round_intensities:
         img = np.round(img)
     if not morph.any():

@@ -6,6 +6,8 @@ ibsi1_configs.md) and ``lifex-pet`` (LIFEx-like PET settings, documented in its 
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,21 @@ def available_presets() -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; parsed once per file version (path, size, mtime) per process."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise InputError(path, f"cannot read radiomics config: {exc}") from exc
+    return copy.deepcopy(_parse_yaml(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_yaml(path: str, _size: int, _mtime_ns: int) -> dict[str, Any]:
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: same result, faster
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(Path(path).read_text(), Loader=loader)  # noqa: S506 - a safe loader
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(path, f"cannot read radiomics config: {exc}") from exc
     if not isinstance(data, dict):
