@@ -111,17 +111,18 @@ def pairwise_rms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussian fits of two feature sets (the FID formula)."""
-    from scipy import linalg
+    """Fréchet distance between Gaussian fits of two feature sets (the FID formula).
 
+    ``Tr(sqrt(Ca Cb))`` is computed as the sum of square roots of the eigenvalues of the symmetric matrix
+    ``Ca^1/2 Cb Ca^1/2`` (same value, numerically stable when covariances are singular - few samples).
+    """
     mu_a, mu_b = features_a.mean(0), features_b.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(features_a, rowvar=False)), np.atleast_2d(np.cov(features_b, rowvar=False))
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # singular product: regularise, as the reference FID code does
-        eps = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    w, v = np.linalg.eigh((cov_a + cov_a.T) / 2)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = root_a @ cov_b @ root_a
+    trace_root = float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
 @dataclass
