@@ -13,14 +13,15 @@ def _moments(x: np.ndarray, prefix: str) -> dict[str, float]:
     x = np.asarray(x, dtype=np.float64)
     mean = float(x.mean())
     dev = x - mean
-    var = float((dev ** 2).mean())
+    dev2 = dev * dev  # products, not ** 3 / ** 4: numpy's general power is several times slower
+    var = float(dev2.mean())
     sd = var ** 0.5
     p10, p25, p50, p75, p90 = (float(v) for v in np.percentile(x, [10, 25, 50, 75, 90]))
     f = {
         "mean": mean,
         "var": var,
-        "skew": float((dev ** 3).mean() / var ** 1.5) if var > 0 else 0.0,
-        "kurt": float((dev ** 4).mean() / var ** 2 - 3.0) if var > 0 else 0.0,
+        "skew": float((dev2 * dev).mean() / var ** 1.5) if var > 0 else 0.0,
+        "kurt": float((dev2 * dev2).mean() / var ** 2 - 3.0) if var > 0 else 0.0,
         "median": p50,
         "min": float(x.min()),
         "p10": p10,

@@ -1,51 +1,80 @@
 """IBSI-1 local intensity features: local and global intensity peak (mean in a 1 cm^3 sphere).
 
-The sphere (radius 6.2035 mm) is built on the real voxel spacing; the mean around every voxel is one FFT
-convolution of the image with the sphere, divided by the convolution of the image support with the sphere so
-that voxels outside the image never count (only image voxels that exist are averaged).
+The sphere (radius 6.2035 mm) is built on the real voxel spacing; the mean around a voxel is an FFT convolution
+of the image with the sphere, divided by the number of sphere voxels that lie inside the image (voxels outside
+the image never count). For the features only the means at intensity-mask voxels are needed, so the convolution
+runs on the mask's bounding box plus the sphere radius, and the divisor is the sphere size wherever the sphere
+stays inside the image (it is only counted near the image border).
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from ._fft import padded_rfftn
 from .preprocess import PEAK_RADIUS_MM, ProcessedROI
 
 
-def sphere_kernel(spacing_xyz, radius_mm: float = PEAK_RADIUS_MM) -> np.ndarray:
-    """Boolean (z, y, x) kernel of voxel centres within ``radius_mm`` of the centre voxel."""
-    sx, sy, sz = (float(s) for s in spacing_xyz)
+@functools.lru_cache(maxsize=32)
+def _sphere_kernel_cached(spacing_xyz: tuple[float, float, float], radius_mm: float) -> np.ndarray:
+    sx, sy, sz = spacing_xyz
     nz, ny, nx = (int(np.floor(radius_mm / s)) for s in (sz, sy, sx))
     z, y, x = np.meshgrid(np.arange(-nz, nz + 1) * sz, np.arange(-ny, ny + 1) * sy, np.arange(-nx, nx + 1) * sx,
                           indexing="ij", sparse=True)
-    return (z * z + y * y + x * x) <= radius_mm ** 2 + 1e-9
+    k = (z * z + y * y + x * x) <= radius_mm ** 2 + 1e-9
+    k.flags.writeable = False
+    return k
+
+
+def sphere_kernel(spacing_xyz, radius_mm: float = PEAK_RADIUS_MM) -> np.ndarray:
+    """Boolean (z, y, x) kernel of voxel centres within ``radius_mm`` of the centre voxel (a read-only array)."""
+    return _sphere_kernel_cached(tuple(float(s) for s in spacing_xyz), float(radius_mm))
+
+
+def _convolve_same(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Linear convolution of ``a`` (zero outside) with the centro-symmetric kernel ``k``, cropped to ``a.shape``."""
+    from scipy import fft
+
+    size = tuple(fft.next_fast_len(n + kn - 1, real=True) for n, kn in zip(a.shape, k.shape))
+    spec = padded_rfftn(a.astype(np.float64, copy=False), size)
+    spec *= padded_rfftn(k.astype(np.float64), size)
+    crop = tuple(slice(kn // 2, kn // 2 + n) for n, kn in zip(a.shape, k.shape))
+    return fft.irfftn(spec, size, overwrite_x=True)[crop]  # k symmetric: convolution == correlation
 
 
 def local_mean(image: np.ndarray, spacing_xyz, radius_mm: float = PEAK_RADIUS_MM, support: np.ndarray | None = None) -> np.ndarray:
     """Mean of ``image`` within a sphere around every voxel (only voxels in ``support``, default all, count)."""
-    from scipy import fft
-
-    k = sphere_kernel(spacing_xyz, radius_mm).astype(np.float64)
+    k = sphere_kernel(spacing_xyz, radius_mm)
     sup = np.ones(image.shape) if support is None else support.astype(np.float64)
-    # linear convolution by zero-padded rFFT ("same" crop); the sphere is symmetric so no flip is needed
-    size = tuple(fft.next_fast_len(n + kn - 1, real=True) for n, kn in zip(image.shape, k.shape))
-    kf = fft.rfftn(k, size, workers=-1)
-    crop = tuple(slice(kn // 2, kn // 2 + n) for n, kn in zip(image.shape, k.shape))
-
-    def conv(a: np.ndarray) -> np.ndarray:
-        return fft.irfftn(fft.rfftn(a, size, workers=-1) * kf, size, workers=-1)[crop]
-
-    num = conv(np.where(sup > 0, image, 0.0).astype(np.float64))
-    den = conv(sup)
+    num = _convolve_same(np.where(sup > 0, image, 0.0), k)
+    den = _convolve_same(sup, k)
     with np.errstate(invalid="ignore", divide="ignore"):
         return num / np.maximum(np.round(den), 1.0)
+
+
+def sphere_means_at(image: np.ndarray, where: np.ndarray, spacing_xyz, radius_mm: float = PEAK_RADIUS_MM) -> np.ndarray:
+    """Sphere means (as ``local_mean``) at the voxels of boolean ``where``, in ``image[where]`` order."""
+    k = sphere_kernel(spacing_xyz, radius_mm)
+    half = [kn // 2 for kn in k.shape]
+    nz = [np.flatnonzero(where.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    lo = [max(0, int(ix[0]) - h) for ix, h in zip(nz, half)]
+    hi = [min(n, int(ix[-1]) + h + 1) for ix, h, n in zip(nz, half, image.shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub_where = where[box]
+    num = _convolve_same(image[box], k)[sub_where]
+    inside = all(int(ix[0]) - h >= 0 and int(ix[-1]) + h < n for ix, h, n in zip(nz, half, image.shape))
+    if inside:  # every sphere lies within the image: each one holds all kernel voxels
+        return num / float(np.count_nonzero(k))
+    den = np.round(_convolve_same(np.ones(sub_where.shape), k)[sub_where])
+    return num / np.maximum(den, 1.0)
 
 
 def local_intensity_features(roi: ProcessedROI) -> dict[str, float]:
     """``loc_peak_loc``: highest sphere mean around the maximum-intensity voxel(s) of the intensity mask;
     ``loc_peak_glob``: highest sphere mean over all intensity-mask voxels."""
-    means = local_mean(roi.image, roi.spacing)
+    m = sphere_means_at(roi.image, roi.int_mask, roi.spacing)
     vals = roi.image[roi.int_mask]
-    m = means[roi.int_mask]
     at_max = m[vals == vals.max()]
     return {"loc_peak_loc": float(at_max.max()), "loc_peak_glob": float(m.max())}
