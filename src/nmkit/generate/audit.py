@@ -122,7 +122,7 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     middle = root_a @ cov_b @ root_a
     trace_root = float(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum())
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+    return max(0.0, float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root))
 
 
 @dataclass
