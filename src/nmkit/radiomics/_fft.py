@@ -31,24 +31,54 @@ def padded_rfftn(a: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     return fft.fft(f, size[0], axis=0, overwrite_x=True)
 
 
-def symmetric_kernel_spectrum(kernel_octant: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    """Real rFFT-layout spectrum ``(N0, N1, N2 // 2 + 1)`` of a kernel that is even along every axis.
-
-    ``kernel_octant[i, j, k]`` is the kernel at offset ``(i, j, k)`` for ``0 <= i <= N0 / 2`` etc. (even sizes);
-    the kernel at ``(-i, j, k)`` etc. is the same value. The DFT of such a kernel is real and even and equals the
-    type-I DCT of the octant, an eighth of the work of transforming the full grid.
-    """
-    from scipy import fft
-
-    if any(s % 2 for s in size) or kernel_octant.shape != tuple(s // 2 + 1 for s in size):
-        raise ValueError(f"octant shape {kernel_octant.shape} does not fit even grid {size}")
-    spec = fft.dctn(kernel_octant, type=1)  # spectrum at frequencies 0..N/2 per axis
-    unfold = [np.r_[0:s // 2 + 1, s // 2 - 1:0:-1] for s in size[:2]]  # spectrum(f) = spectrum(N - f)
-    return spec[unfold[0][:, None], unfold[1][None, :]]
-
-
 def half_spectrum_weights(n_last: int) -> np.ndarray:
     """Weights of the rFFT bins of an even-length last axis in a sum over the full spectrum (2 for mirrored bins)."""
     w = np.full(n_last // 2 + 1, 2.0)
     w[0] = w[-1] = 1.0
     return w
+
+
+def even_kernel_spectrum(kernel_octant: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """Spectrum of a kernel that is even along every axis, at frequencies ``0..N/2`` per axis (real).
+
+    ``kernel_octant[i, j, k]`` is the kernel at offset ``(i, j, k)``, ``0 <= i <= N0 / 2`` etc. (even ``size``);
+    the kernel at ``(-i, j, k)`` etc. is the same value. The DFT of such a kernel is real and even (spectrum(f) =
+    spectrum(N - f)) and equals the type-I DCT of the octant.
+    """
+    from scipy import fft
+
+    if any(s % 2 for s in size) or kernel_octant.shape != tuple(s // 2 + 1 for s in size):
+        raise ValueError(f"octant shape {kernel_octant.shape} does not fit even grid {size}")
+    return fft.dctn(kernel_octant, type=1)
+
+
+def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
+                     size: tuple[int, int, int], block_bytes: int = 1 << 20) -> list[float]:
+    """``sum_ij a_i K(i - j) b_j`` over all voxel pairs, for each pair ``(a, b)`` of 3D ``arrays`` (same shape).
+
+    ``K`` is even along every axis and given by its octant (see :func:`even_kernel_spectrum`); ``size``
+    (even, >= 2 n - 1 per axis) makes circular correlation equal linear correlation. By Parseval each sum is
+    ``sum_f K^(f) Re(conj(A(f)) B(f)) / N``, so only forward transforms are needed (pruned, axis by axis). The
+    last transformed axis is done in blocks and each block is summed right away: the padded spectra (tens to
+    hundreds of MB of fresh memory for a large ROI) never exist in full and every block stays in cache.
+    """
+    from scipy import fft
+
+    n0, n1, n2 = size
+    stack = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
+    spec = even_kernel_spectrum(kernel_octant, size)
+    spec *= half_spectrum_weights(n2) / float(n0 * n1 * n2)  # rFFT half of the last axis stands for both halves
+    spec = np.repeat(spec, 2, axis=-1)  # matches the (re, im) float view of a complex spectrum
+    g_all = spec[np.r_[0:n0 // 2 + 1, n0 // 2 - 1:0:-1]]  # full range of the first axis
+    unfold1 = np.r_[0:n1 // 2 + 1, n1 // 2 - 1:0:-1]
+    f = fft.rfft(stack, n2, axis=3)
+    f = fft.fft(f, n1, axis=2, overwrite_x=True)  # (p, n_z, N1, N2 // 2 + 1): the first axis still unpadded
+    step = max(1, block_bytes // (16 * stack.shape[0] * n0 * (n2 // 2 + 1)))
+    sums = [0.0] * len(pairs)
+    for j0 in range(0, n1, step):
+        blk = fft.fft(f[:, :, j0:j0 + step], n0, axis=1, overwrite_x=True).view(np.float64)
+        g = g_all[:, unfold1[j0:j0 + step]]
+        for q, (a, b) in enumerate(pairs):
+            # g * (re_a re_b + im_a im_b) summed: plain einsum, not BLAS (threaded BLAS spins on a busy machine)
+            sums[q] += float(np.einsum("ijk,ijk,ijk->", g, blk[a], blk[b]))
+    return sums

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ._fft import even_fast_len, half_spectrum_weights, padded_rfftn, symmetric_kernel_spectrum
+from ._fft import even_fast_len, kernel_pair_sums
 from .preprocess import ProcessedROI
 
 
@@ -50,10 +50,9 @@ def _ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> float:
     return 4.0 * math.pi * a * b * float(total)
 
 
-def _inverse_distance_kernel_spectrum(shape: tuple[int, ...], spacing_zyx: np.ndarray):
-    """Real spectrum (rFFT layout) of the circular kernel 1/|d| (0 at d = 0) on an even grid of size >= 2n - 1
-    per axis, and that grid size. With that size circular correlation equals linear correlation for every voxel
-    pair of the array."""
+def _inverse_distance_octant(shape: tuple[int, ...], spacing_zyx: np.ndarray):
+    """Octant of the circular kernel 1/|d| (0 at d = 0) on an even grid of size >= 2n - 1 per axis, and that
+    grid size. With that size circular correlation equals linear correlation for every voxel pair."""
     size = tuple(even_fast_len(2 * n - 1) for n in shape)
     axes = [np.arange(n_fft // 2 + 1) * s for n_fft, s in zip(size, spacing_zyx)]
     dz, dy, dx = np.meshgrid(*axes, indexing="ij", sparse=True)
@@ -61,16 +60,16 @@ def _inverse_distance_kernel_spectrum(shape: tuple[int, ...], spacing_zyx: np.nd
     d2[0, 0, 0] = 1.0
     k = 1.0 / np.sqrt(d2)
     k[0, 0, 0] = 0.0
-    return symmetric_kernel_spectrum(k, size), size
+    return k, size
 
 
 def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float, float]:
     """Exact Moran's I and Geary's C over all voxel pairs of ``mask`` with weights 1/distance (mm).
 
     The three pair sums needed, sum_ij w_ij m_i m_j, sum_ij w_ij d_i d_j and sum_ij w_ij d_i^2 m_j (m the mask,
-    d the deviations from the ROI mean), are each a kernel-weighted cross-correlation summed over all shifts;
-    by Parseval that is a sum over frequencies of kernel spectrum x cross-spectrum, so three forward rFFTs and
-    no inverse transform give them exactly (up to floating-point round-off).
+    d the deviations from the ROI mean), are kernel-weighted correlations summed over all shifts; by Parseval
+    they are sums over frequencies of kernel spectrum x cross-spectrum (``_fft.kernel_pair_sums``): forward
+    transforms only, exact up to floating-point round-off.
     """
     idx = np.nonzero(mask)
     sl = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
@@ -81,27 +80,16 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
         return float("nan"), float("nan")
     mu = x[m > 0].mean()
     dev = (x - mu) * m
-    ss = float((dev * dev).sum())
+    dev2 = dev * dev
+    ss = float(dev2.sum())
     if ss == 0:
         return float("nan"), float("nan")
     sp = np.asarray([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]], dtype=float)
-    kspec, size = _inverse_distance_kernel_spectrum(m.shape, sp)
-    g = kspec * (half_spectrum_weights(size[2]) / float(np.prod(size)))
-    fm = padded_rfftn(m, size)
-    fd = padded_rfftn(dev, size)
-    fd2 = padded_rfftn(dev * dev, size)
-
-    # sum over the spectrum of g * Re(conj(a) b) = sum of products of the (re, im) float views; plain NumPy, not
-    # BLAS: a threaded dot product spins idle threads on a busy machine for no gain at this size
-    def pair_sum(a: np.ndarray, gb: np.ndarray) -> float:
-        return float(np.multiply(a.view(np.float64), gb.view(np.float64)).sum())
-
-    g_fm = g * fm
-    w_sum = pair_sum(fm, g_fm)  # sum_ij w_ij over mask pairs
+    k, size = _inverse_distance_octant(m.shape, sp)
+    # sum_ij w_ij m_i m_j, sum_ij w_ij dev_i dev_j, sum_ij w_ij dev_i^2 m_j
+    w_sum, cross, dev2_m = kernel_pair_sums([m, dev, dev2], [(0, 0), (1, 1), (2, 0)], k, size)
     if w_sum == 0:
         return float("nan"), float("nan")
-    cross = pair_sum(fd, g * fd)  # sum_ij w_ij dev_i dev_j
-    dev2_m = pair_sum(fd2, g_fm)  # sum_ij w_ij dev_i^2 m_j
     moran = n / w_sum * cross / ss
     # sum_ij w_ij (x_i - x_j)^2 = 2 sum_ij w_ij dev_i^2 m_j - 2 sum_ij w_ij dev_i dev_j  (the mean cancels)
     pair = 2.0 * dev2_m - 2.0 * cross
