@@ -18,21 +18,33 @@ from .preprocess import ProcessedROI
 
 
 def mesh(mask: np.ndarray, spacing_xyz: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (n, 3) in mm, ordered (z, y, x) like the array, and triangle faces (m, 3)."""
+    """Vertices (n, 3) in mm, ordered (z, y, x) like the array, and triangle faces (m, 3).
+
+    Marching cubes runs on the mask's bounding box only (plus the one-voxel zero frame); vertices are then shifted
+    back to the coordinates of ``mask``."""
     from skimage.measure import marching_cubes
 
-    padded = np.pad(mask.astype(np.float32), 1)
+    lo = [int(np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[0]) for a in range(3)]
+    hi = [int(np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[-1]) + 1 for a in range(3)]
+    padded = np.pad(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float32), 1)
     sp = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
     verts, faces, _n, _v = marching_cubes(padded, level=0.5, spacing=sp, allow_degenerate=True)
-    verts = verts - np.asarray(sp)  # undo the one-voxel padding so vertices sit in crop coordinates
+    verts += (np.asarray(lo) - 1) * np.asarray(sp)  # undo the crop and the one-voxel frame
     return verts, faces
 
 
 def mesh_volume_area(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
+    """Volume (divergence theorem: signed tetrahedra from the origin) and area of a closed triangle mesh."""
     a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-    cross = np.cross(b - a, c - a)
-    area = 0.5 * float(np.linalg.norm(cross, axis=1).sum())
-    volume = abs(float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum()) / 6.0)
+    u, v = b - a, c - a
+    cx = u[:, 1] * v[:, 2] - u[:, 2] * v[:, 1]
+    cy = u[:, 2] * v[:, 0] - u[:, 0] * v[:, 2]
+    cz = u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
+    area = 0.5 * float(np.sqrt(cx * cx + cy * cy + cz * cz).sum())
+    # a . (b x c)
+    triple = (a[:, 0] * (b[:, 1] * c[:, 2] - b[:, 2] * c[:, 1]) + a[:, 1] * (b[:, 2] * c[:, 0] - b[:, 0] * c[:, 2])
+              + a[:, 2] * (b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0]))
+    volume = abs(float(triple.sum()) / 6.0)
     return volume, area
 
 
@@ -97,6 +109,28 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
     return moran, geary
 
 
+def _index_covariance(mask: np.ndarray) -> np.ndarray:
+    """Sample covariance (n - 1) of the (z, y, x) indices of the voxels of ``mask``, from integer moments of the
+    2D projections (exact sums, no voxel list)."""
+    n = int(mask.sum())
+    idx = [np.arange(s, dtype=np.int64) for s in mask.shape]
+    first = [int(idx[a] @ mask.sum(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    second = np.zeros((3, 3), dtype=np.int64)
+    for a in range(3):
+        for b in range(a, 3):
+            other = 3 - a - b if a != b else None
+            if a == b:
+                second[a, a] = int((idx[a] * idx[a]) @ mask.sum(axis=tuple(c for c in range(3) if c != a)))
+            else:
+                proj = mask.sum(axis=other, dtype=np.int64)  # axes (a, b) remain, in order
+                second[a, b] = second[b, a] = int(idx[a] @ proj @ idx[b])
+    cov = np.empty((3, 3))
+    for a in range(3):
+        for b in range(3):
+            cov[a, b] = (n * int(second[a, b]) - first[a] * first[b]) / (n * (n - 1.0))
+    return cov
+
+
 def morphology_features(roi: ProcessedROI) -> dict[str, float]:
     """All IBSI morphological features (mirp tags: ``morph_*``)."""
     from scipy.spatial import ConvexHull
@@ -119,18 +153,24 @@ def morphology_features(roi: ProcessedROI) -> dict[str, float]:
     f["morph_sph_dispr"] = area / (36.0 * math.pi * volume ** 2) ** (1.0 / 3.0)
     f["morph_sphericity"] = (36.0 * math.pi * volume ** 2) ** (1.0 / 3.0) / area
     f["morph_asphericity"] = (area ** 3 / (36.0 * math.pi * volume ** 2)) ** (1.0 / 3.0) - 1.0
-    # centre of mass shift: geometric (morphological mask) vs intensity-weighted (intensity mask)
-    pos_m = np.argwhere(morph) * sp_zyx
-    pos_i = np.argwhere(roi.int_mask) * sp_zyx
+    # centre of mass shift: geometric (morphological mask) vs intensity-weighted (intensity mask), from
+    # per-axis projections (no list of every voxel position)
     w = roi.image[roi.int_mask]
-    com_geo = pos_m.mean(axis=0)
-    com_int = (pos_i * w[:, None]).sum(axis=0) / w.sum() if w.sum() != 0 else np.full(3, np.nan)
+    wimg = np.where(roi.int_mask, roi.image, 0.0)
+    idx = [np.arange(n, dtype=np.float64) for n in morph.shape]
+    counts = [morph.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
+    com_geo = np.array([idx[a] @ counts[a] for a in range(3)]) / n_vox * sp_zyx
+    w_tot = float(w.sum())
+    if w_tot != 0:
+        com_int = np.array([idx[a] @ wimg.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]) / w_tot * sp_zyx
+    else:
+        com_int = np.full(3, np.nan)
     f["morph_com"] = float(np.linalg.norm(com_geo - com_int))
     hull = ConvexHull(verts)
-    hv = verts[hull.vertices]
+    hv = verts[hull.vertices]  # the diameter is attained between hull corners
     f["morph_diam"] = float(pdist(hv).max()) if len(hv) > 1 else 0.0
-    # PCA on voxel centre positions of the morphological mask
-    cov = np.cov(pos_m.T) if n_vox > 1 else np.zeros((3, 3))
+    # PCA on voxel centre positions of the morphological mask: covariance from exact integer index moments
+    cov = _index_covariance(morph) * np.outer(sp_zyx, sp_zyx) if n_vox > 1 else np.zeros((3, 3))
     lam = np.sort(np.clip(np.linalg.eigvalsh(cov), 0, None))[::-1]
     l1, l2, l3 = (float(v) for v in lam)
     f["morph_pca_maj_axis"] = 4.0 * math.sqrt(l1)
