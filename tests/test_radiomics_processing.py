@@ -117,3 +117,106 @@ def test_lifex_pet_preset_on_sarcoma(external_data):
     assert f["ih_max"] <= np.ceil(f["stat_max"] / 0.3125)  # FBS 20/64 SUV bins from 0
     assert 0 < f["ivh_v10"] <= 1 and f["ivh_i10"] >= f["ivh_i90"]
     assert "cm_contrast_3D_avg" in f
+
+
+# ----- fast paths vs their definitions -----------------------------------------------------------------------
+
+def test_separable_trilinear_equals_map_coordinates_including_outside_points():
+    from scipy import ndimage
+
+    from nmkit.radiomics.preprocess import _trilinear
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(7, 9, 11)) * 100
+    # coordinates before, inside and beyond each axis ('nearest' edge extension), non-uniform
+    coords = [np.sort(rng.uniform(-1.5, n + 0.5, size=k)) for n, k in zip(a.shape, (6, 13, 8))]
+    mesh = np.meshgrid(*coords, indexing="ij")
+    expected = ndimage.map_coordinates(a, mesh, order=1, mode="nearest")
+    got = _trilinear(a, coords)
+    assert got.shape == (6, 13, 8)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+    # integer coordinates are plain indexing (no weights at all)
+    ints = [np.array([0, 2, 5]), np.arange(9), np.array([10, 3])]
+    assert np.array_equal(_trilinear(a, ints), a[np.ix_(*ints)])
+
+
+def _brute_pair_sum(a, b, spacing_zyx):
+    """sum_ij a_i b_j / |r_i - r_j| over all voxel pairs i != j (O(N^2))."""
+    pos = np.argwhere(np.ones(a.shape, bool)) * np.asarray(spacing_zyx)
+    d = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    return float(a.ravel() @ (1.0 / d) @ b.ravel())
+
+
+def test_kernel_pair_sums_equal_the_double_sum_over_voxel_pairs():
+    from nmkit.radiomics._fft import even_fast_len, kernel_pair_sums
+    from nmkit.radiomics.morphology import _inverse_distance_octant
+
+    rng = np.random.default_rng(5)
+    shape, sp = (5, 7, 6), np.array([3.0, 0.8, 1.1])  # anisotropic, odd and even sizes
+    a, b = rng.normal(size=shape), rng.uniform(size=shape)
+    k, size = _inverse_distance_octant(shape, sp)
+    assert size == tuple(even_fast_len(2 * n - 1) for n in shape) and all(s % 2 == 0 for s in size)
+    got = kernel_pair_sums([a, b], [(0, 0), (0, 1), (1, 1)], k, size, block_bytes=1)  # one frequency per block
+    for (i, j), g in zip([(0, 0), (0, 1), (1, 1)], got):
+        assert g == pytest.approx(_brute_pair_sum([a, b][i], [a, b][j], sp), rel=1e-11)
+
+
+def test_moran_and_geary_equal_their_definitions_on_an_irregular_roi():
+    from nmkit.radiomics.morphology import moran_geary
+
+    rng = np.random.default_rng(11)
+    shape, sp_xyz = (6, 8, 7), (1.2, 0.9, 2.5)
+    mask = rng.uniform(size=shape) < 0.6
+    img = rng.normal(50, 20, size=shape) + 3.0 * np.arange(shape[2])  # a gradient: positive autocorrelation
+    moran, geary = moran_geary(img, mask, sp_xyz)
+    pos = np.argwhere(mask) * np.array(sp_xyz[::-1])
+    x = img[mask]
+    d = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    w = 1.0 / d
+    dev = x - x.mean()
+    n = len(x)
+    moran_ref = n / w.sum() * (dev @ w @ dev) / (dev @ dev)
+    geary_ref = (n - 1) * (w * (x[:, None] - x[None]) ** 2).sum() / (2 * w.sum() * (dev @ dev))
+    assert moran == pytest.approx(moran_ref, rel=1e-10)
+    assert geary == pytest.approx(geary_ref, rel=1e-10)
+    assert moran > 0 and geary < 1  # the gradient is positively autocorrelated
+
+
+def test_sphere_means_at_mask_equal_full_local_mean_inside_and_at_the_border():
+    from nmkit.radiomics.local_intensity import local_mean, sphere_kernel, sphere_means_at
+
+    rng = np.random.default_rng(2)
+    img = rng.normal(100, 30, size=(14, 16, 15))
+    sp = (2.0, 2.0, 2.0)
+    full = local_mean(img, sp)
+    inner = np.zeros(img.shape, bool)
+    inner[6:9, 7:10, 6:9] = True  # spheres fully inside the image: divisor = kernel size
+    border = inner.copy()
+    border[0, 0, :3] = True  # spheres cut by the image border: divisor counted
+    for where in (inner, border):
+        np.testing.assert_allclose(sphere_means_at(img, where, sp), full[where], rtol=1e-12)
+    # definition at one border voxel: mean over image voxels within 6.2 mm
+    k = sphere_kernel(sp)
+    h = [s // 2 for s in k.shape]
+    vals = [img[z, y, x] for z, y, x in np.argwhere(k) - h + [0, 0, 1]
+            if 0 <= z < 14 and 0 <= y < 16 and 0 <= x < 15]
+    assert full[0, 0, 1] == pytest.approx(np.mean(vals), rel=1e-12)
+
+
+def test_index_covariance_and_mesh_crop_match_direct_computation():
+    from nmkit.radiomics.morphology import _index_covariance, mesh, mesh_volume_area
+
+    z, y, x = np.meshgrid(np.arange(20), np.arange(22), np.arange(24), indexing="ij")
+    ball = ((z - 9.3) / 6) ** 2 + ((y - 11) / 8) ** 2 + ((x - 12.4) / 5) ** 2 <= 1  # an ellipsoid off-centre
+    np.testing.assert_allclose(_index_covariance(ball), np.cov(np.argwhere(ball).T), rtol=1e-12, atol=1e-12)
+    sp = (0.7, 1.0, 2.0)  # x, y, z
+    verts, faces = mesh(ball, sp)
+    # vertices are in the coordinates of the full array (crop undone): the extent brackets the voxel extent
+    idx = np.argwhere(ball) * np.array(sp[::-1])
+    assert np.all(verts.min(0) < idx.min(0)) and np.all(verts.max(0) > idx.max(0))
+    assert np.all(verts.min(0) >= idx.min(0) - np.array(sp[::-1]))
+    volume, area = mesh_volume_area(verts, faces)
+    assert volume == pytest.approx(4 / 3 * np.pi * (6 * 2.0) * (8 * 1.0) * (5 * 0.7), rel=0.08)
+    assert volume == pytest.approx(ball.sum() * np.prod(sp), rel=0.08)
