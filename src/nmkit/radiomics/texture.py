@@ -100,15 +100,17 @@ def _neighbourhood(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, th
 
 # ----- matrices --------------------------------------------------------------------------------------------
 
-def _glcm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _glcm_matrices(nb: _Neighbourhood, ng: int, three_d: bool, per_slice: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """Symmetric GLCMs per (slice, in-plane direction) ``(S, 4, Ng, Ng)`` and, for 3D, per direction ``(13, Ng, Ng)``.
 
-    Pairs whose neighbour lies outside the ROI (level 0) land in row/column 0, which is dropped.
+    Pairs whose neighbour lies outside the ROI (level 0) land in row/column 0, which is dropped. Without
+    ``per_slice`` (3D aggregation only) the in-plane matrices are summed over slices: ``(1, 4, Ng, Ng)``.
     """
     lv = ng + 1
-    ns = nb.n_slices
+    ns = nb.n_slices if per_slice else 1
     centre = nb.centre.astype(np.intp)
-    base = (nb.zslot * lv + centre) * lv
+    base = (nb.zslot * lv + centre) * lv if per_slice else centre * lv
     m2 = np.stack([np.bincount(base + nb.plus[d], minlength=ns * lv * lv) for d in range(_N2D)])
     m2 = m2.reshape(_N2D, ns, lv, lv).swapaxes(0, 1)[:, :, 1:, 1:]
     m2 = m2 + m2.swapaxes(-1, -2)
@@ -150,14 +152,17 @@ def _runs_along(flat: np.ndarray, step: int, with_start: bool) -> tuple[np.ndarr
     return start, level, length
 
 
-def _glrlm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """GLRLMs per (slice, in-plane direction) ``(S, 4, Ng, Nr)`` and, for 3D, per direction ``(13, Ng, Nr)``."""
+def _glrlm_matrices(nb: _Neighbourhood, ng: int, three_d: bool, per_slice: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """GLRLMs per (slice, in-plane direction) ``(S, 4, Ng, Nr)`` (``S = 1``, summed over slices, without
+    ``per_slice``) and, for 3D, per direction ``(13, Ng, Nr)``."""
     lv = ng + 1
-    ns = nb.n_slices
+    ns = nb.n_slices if per_slice else 1
     slab = nb.shape[1] * nb.shape[2]
-    runs = [_runs_along(nb.flat, int(o), d < _N2D) for d, o in enumerate(nb.offsets)]
+    runs = [_runs_along(nb.flat, int(o), per_slice and d < _N2D) for d, o in enumerate(nb.offsets)]
     nr = max(int(r[2].max()) if r[2].size else 1 for r in runs) + 1
-    m2 = np.stack([np.bincount(((start // slab - 1) * lv + level) * nr + length, minlength=ns * lv * nr)
+    m2 = np.stack([np.bincount((((start // slab - 1) * lv if per_slice else 0) + level.astype(np.intp)) * nr + length,
+                               minlength=ns * lv * nr)
                    for start, level, length in runs[:_N2D]])
     m2 = m2.reshape(_N2D, ns, lv, nr).swapaxes(0, 1)[:, :, 1:, 1:]
     m3 = None
@@ -289,7 +294,9 @@ def _ngldm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> np.ndarray:
 
 def _emit(out: dict[str, float], prefix: str, suffix: str, feats: dict[str, np.ndarray]) -> None:
     for name, vals in feats.items():
-        out[f"{prefix}_{name}_{suffix}"] = float(np.mean(vals)) if np.size(vals) else float("nan")
+        v = np.ravel(vals)
+        # one matrix (merged aggregations): the value itself, without np.mean's per-call overhead
+        out[f"{prefix}_{name}_{suffix}"] = float(v[0]) if v.size == 1 else (float(v.mean()) if v.size else float("nan"))
 
 
 def _nonempty(m: np.ndarray) -> np.ndarray:
@@ -377,11 +384,11 @@ def compute_texture(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, s
     nb = _neighbourhood(levels, morph_mask, ng, three_d)
     out: dict[str, float] = {}
 
-    m2, m3 = _glcm_matrices(nb, ng, three_d)
+    m2, m3 = _glcm_matrices(nb, ng, three_d, per_slice=slices)
     _glcm(out, m2, m3, dims)
 
     nv_slice = np.bincount(nb.zslot, minlength=nb.n_slices)
-    r2, r3 = _glrlm_matrices(nb, ng, three_d)
+    r2, r3 = _glrlm_matrices(nb, ng, three_d, per_slice=slices)
     _glrlm(out, r2, r3, nv_slice, dims)
 
     for is3d, wanted in ((False, slices), (True, three_d)):
