@@ -41,7 +41,9 @@ def to_uint16(values: np.ndarray) -> tuple[np.ndarray, float]:
 def write_dicom_sc(values: np.ndarray, path: str | Path, info: Mapping[str, Any], spacing: tuple[float, float] = (1.0, 1.0)) -> Path:
     """One synthetic image as a DICOM Secondary Capture (highdicom), marked synthetic in several attributes.
 
-    ``info``: ``model`` (name), ``seed``, ``index``, ``sampler``, ``config_hash``, optional ``condition`` text.
+    ``info``: ``model`` (name), ``seed``, ``index``, ``sampler``, ``config_hash``, optional ``condition`` text and
+    ``patient_orientation`` (row, column directions; default ``("L", "F")``: an anterior planar view as nmkit's
+    scintigraphy phantoms and readers use - columns towards the patient's left, rows towards the feet).
     """
     from highdicom.sc import SCImage
     from pydicom.valuerep import PersonName
@@ -57,7 +59,8 @@ def write_dicom_sc(values: np.ndarray, path: str | Path, info: Mapping[str, Any]
                  study_instance_uid=study_uid, series_instance_uid=series_uid, series_number=900, sop_instance_uid=_uid(series_uid, index),
                  instance_number=index + 1, manufacturer="nmkit (synthetic image generator)", patient_id=f"SYNTHETIC-{seed}",
                  patient_name=PersonName(f"SYNTHETIC^{model[:40]}"), patient_sex="O", study_date=now.date(), study_time=now.time(),
-                 pixel_spacing=(float(spacing[1]), float(spacing[0])), patient_orientation=("L", "F"))
+                 pixel_spacing=(float(spacing[1]), float(spacing[0])),
+                 patient_orientation=tuple(info.get("patient_orientation", ("L", "F"))))
     sc.ImageType = ["DERIVED", "SECONDARY", "SYNTHETIC"]
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.StudyDescription = SERIES_DESCRIPTION
