@@ -140,6 +140,20 @@ def test_separable_trilinear_equals_map_coordinates_including_outside_points():
     assert np.array_equal(_trilinear(a, ints), a[np.ix_(*ints)])
 
 
+def test_separable_tricubic_equals_map_coordinates_with_prefilter():
+    from scipy import ndimage
+
+    from nmkit.radiomics.preprocess import _tricubic
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(8, 10, 9)) * 50 + np.arange(9) * 7.0
+    # the IBSI grid reaches up to half a new voxel beyond the old edge voxels: test a little past both ends
+    coords = [np.sort(rng.uniform(-0.9, n - 0.1, size=k)) for n, k in zip(a.shape, (5, 11, 7))]
+    expected = ndimage.map_coordinates(a, np.meshgrid(*coords, indexing="ij"), order=3, mode="nearest",
+                                       prefilter=True)
+    np.testing.assert_allclose(_tricubic(a, coords), expected, rtol=0, atol=1e-10)
+
+
 def _brute_pair_sum(a, b, spacing_zyx):
     """sum_ij a_i b_j / |r_i - r_j| over all voxel pairs i != j (O(N^2))."""
     pos = np.argwhere(np.ones(a.shape, bool)) * np.asarray(spacing_zyx)

@@ -98,11 +98,46 @@ def _trilinear(a: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+SPLINE_PREPAD = 12  # what scipy.ndimage.map_coordinates pads (edge values) before its spline prefilter
+
+
+def _cubic_bspline_along(coef: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """Cubic B-spline interpolant with coefficients ``coef`` evaluated at continuous indices along one axis."""
+    n = coef.shape[axis]
+    i0 = np.floor(coords).astype(np.intp)
+    t = coords - i0
+    t2, t3 = t * t, t * t * t
+    weights = ((1.0 - t) ** 3 / 6.0, (4.0 - 6.0 * t2 + 3.0 * t3) / 6.0, (1.0 + 3.0 * t + 3.0 * t2 - 3.0 * t3) / 6.0,
+               t3 / 6.0)
+    shape = [1] * coef.ndim
+    shape[axis] = coords.size
+    out = None
+    for offset, w in zip((-1, 0, 1, 2), weights):
+        term = np.take(coef, np.clip(i0 + offset, 0, n - 1), axis=axis)
+        term *= w.reshape(shape)
+        out = term if out is None else np.add(out, term, out=out)
+    return out
+
+
+def _tricubic(a: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
+    """Tricubic B-spline interpolation of ``a`` on the grid ``coords[0] x coords[1] x coords[2]``.
+
+    Exactly ``ndimage.map_coordinates(a, mesh, order=3, mode='nearest', prefilter=True)`` (same edge pre-padding
+    and spline prefilter) but separable: the prefilter and the 4-tap evaluation along one axis commute with
+    those along the others, so each axis is filtered and then immediately shrunk to the output grid, and later
+    axes are filtered on smaller arrays."""
+    from scipy import ndimage
+
+    out = np.pad(np.asarray(a, dtype=np.float64), SPLINE_PREPAD, mode="edge")
+    for ax in sorted(range(3), key=lambda k: len(coords[k]) / a.shape[k]):
+        out = ndimage.spline_filter1d(out, order=3, axis=ax, output=np.float64, mode="nearest")
+        out = _cubic_bspline_along(out, coords[ax] + SPLINE_PREPAD, ax)
+    return out
+
+
 def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, label: int | str | None = None,
             margin_mm: float = PEAK_RADIUS_MM + 2.0) -> ProcessedROI:
     """Interpolate, threshold and re-segment one ROI following ``config`` (IBSI-1 processing chain)."""
-    from scipy import ndimage
-
     src = image.meta.get("source_files", [None])[0] if isinstance(image.meta, dict) else None
     if image.ndim_spatial != 3 or image.array.ndim != 3:
         raise InputError(src, f"radiomics needs a single 3D image, got array shape {image.array.shape}")
@@ -151,8 +186,7 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
         subm = roi[box].astype(np.float64)
         local = [c - lo_old[a] for a, c in enumerate(coords)]
         if config.image_interpolation == "cubic":
-            mesh = np.meshgrid(*local, indexing="ij")
-            img = ndimage.map_coordinates(sub, mesh, order=3, mode="nearest", prefilter=True)
+            img = _tricubic(sub, local)
         else:
             img = _trilinear(sub, local)
         # weights like 1/2 + 1/2 come out as 0.49999999999: compare with a tolerance so that a voxel exactly at
