@@ -10,7 +10,8 @@ Geometry (inner surfaces, mm, phantom frame with the lung-insert axis at x = y =
 * lung insert: cylinder of 50 mm diameter along the whole length, no activity, low-density filling (-700 HU).
 
 Voxels hold partial-volume fractions (each voxel is supersampled), so the activity truth, the mu map and the CT are
-physically consistent. Activities: background concentration (default 8 kBq/ml Tc-99m) and sphere-to-background ratio
+physically consistent. The grid is centred on the phantom's outer bounding box (the scanner axis); the CT is given on
+the SPECT grid (HU: water 0, lung insert -700, PMMA walls +120, air -1000, 8 HU noise), as a resampled CTAC would be. Activities: background concentration (default 8 kBq/ml Tc-99m) and sphere-to-background ratio
 (4:1 or 8:1). Everything is deterministic by seed (only the CT noise and the Poisson counts are random).
 """
 
