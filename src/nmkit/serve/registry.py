@@ -48,8 +48,12 @@ class Registry:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = self.root / "registry.sqlite"
-        with self._tx() as c:
-            c.executescript(SCHEMA)
+        conn = sqlite3.connect(str(self.db), timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+        finally:
+            conn.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -36,7 +36,7 @@ def c_store(destination: Destination, path: Path, calling_ae: str, timeout_s: fl
     syntaxes = [str(ds.file_meta.TransferSyntaxUID)]
     syntaxes += [s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if s not in syntaxes]
     ae.add_requested_context(ds.SOPClassUID, syntaxes)
-    tls = (client_ssl_context(destination.tls), "") if destination.tls else None
+    tls = (client_ssl_context(destination.tls), destination.host if destination.tls.get("check_hostname") else None) if destination.tls else None
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls)
     if not assoc.is_established:
         raise SendError(f"association with {destination.name} ({destination.ae_title}) not established")
