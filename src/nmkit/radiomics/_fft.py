@@ -53,7 +53,7 @@ def even_kernel_spectrum(kernel_octant: np.ndarray, size: tuple[int, int, int]) 
 
 
 def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
-                     size: tuple[int, int, int], block_bytes: int = 4 << 20) -> list[float]:
+                     size: tuple[int, int, int], block_bytes: int = 1 << 20) -> list[float]:
     """``sum_ij a_i K(i - j) b_j`` over all voxel pairs, for each pair ``(a, b)`` of 3D ``arrays`` (same shape).
 
     ``K`` is even along every axis and given by its octant (see :func:`even_kernel_spectrum`); ``size``
@@ -70,15 +70,18 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
     spec = even_kernel_spectrum(kernel_octant, size)
     spec *= half_spectrum_weights(n2) / float(n0 * n1 * n2)  # rFFT half of the last axis stands for both halves
     spec = np.repeat(spec, 2, axis=-1)  # matches the (re, im) float view of a complex spectrum
-    g_all = spec[np.r_[0:n0 // 2 + 1, n0 // 2 - 1:0:-1]][:, np.r_[0:n1 // 2 + 1, n1 // 2 - 1:0:-1]]  # full f0, f1
+    unfold0 = np.r_[0:n0 // 2 + 1, n0 // 2 - 1:0:-1]  # spectrum(f) = spectrum(N - f): full f0 and f1 ranges
+    unfold1 = np.r_[0:n1 // 2 + 1, n1 // 2 - 1:0:-1]
+    p = stack.shape[0]
     f = fft.rfft(stack, n2, axis=3)  # (p, n_z, n_y, N2 // 2 + 1): the first two axes still unpadded
     n_last = f.shape[3]
-    step = max(1, block_bytes // (16 * stack.shape[0] * n0 * n1))
+    step = max(1, block_bytes // (16 * p * n0 * n1))
     sums = [0.0] * len(pairs)
     for k0 in range(0, n_last, step):
-        blk = fft.fft(f[..., k0:k0 + step], n1, axis=2)
+        k1 = min(k0 + step, n_last)
+        blk = fft.fft(f[..., k0:k1], n1, axis=2)
         blk = fft.fft(blk, n0, axis=1, overwrite_x=True).view(np.float64)
-        g = g_all[..., 2 * k0:2 * (k0 + step)]
+        g = spec[:, :, 2 * k0:2 * k1][unfold0][:, unfold1]
         for q, (a, b) in enumerate(pairs):
             # g * (re_a re_b + im_a im_b) summed: plain einsum, not BLAS (threaded BLAS spins on a busy machine)
             sums[q] += float(np.einsum("ijk,ijk,ijk->", g, blk[a], blk[b]))
