@@ -3,8 +3,10 @@ autocorrelation indices use intensities of the intensity mask).
 
 The surface mesh comes from marching cubes (scikit-image) on the zero-padded mask at level 0.5, in physical mm.
 Moran's I and Geary's C are exact over all voxel pairs with inverse-distance weights: on a regular grid the pair
-sums are correlations with the kernel 1/|d| (0 at d = 0), evaluated by zero-padded FFT, which is mathematically
-identical to the O(N^2) double sum but takes milliseconds for ROIs of 10^5 voxels.
+sums are correlations with the kernel 1/|d| (0 at d = 0) summed over all shifts, i.e. by Parseval sums over
+frequencies of kernel spectrum x cross-spectrum of zero-padded arrays (``_fft.kernel_pair_sums``: forward
+transforms only, kernel spectrum as a DCT-I of one octant). That is mathematically identical to the O(N^2) double
+sum (tests compare the two) but takes milliseconds for ROIs of 10^5 voxels.
 """
 
 from __future__ import annotations

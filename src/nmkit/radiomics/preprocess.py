@@ -7,7 +7,9 @@ outside the image the nearest boundary value is used (``mode='nearest'``). The R
 morphology uses the *morphological* mask.
 
 Work is done on a crop around the ROI (plus a margin large enough for the 1 cm^3 peak sphere), computed on the
-full interpolation grid so values are identical to interpolating the whole image, only faster.
+full interpolation grid so values are identical to interpolating the whole image, only faster. Trilinear and
+tricubic (B-spline) interpolation are evaluated separably, one axis at a time; they equal
+``scipy.ndimage.map_coordinates`` (order 1 / order 3 with its prefilter, mode 'nearest') up to round-off.
 """
 
 from __future__ import annotations
