@@ -37,11 +37,14 @@ class DemoConfig:
     learning_curve_epochs: int = 15
     nema_matrix: int = 64
     workers: int = 2
+    use_shipped_model: bool = True  # the thyroid bundle trained by bench/train_thyroid_bundle.py, when installed
+
 
     @classmethod
     def quick(cls) -> "DemoConfig":
         """A tiny run for tests: same code path, minutes become seconds."""
-        return cls(n_cases=24, epochs=3, size=64, learning_curve_sizes=(4, 8), learning_curve_epochs=2, nema_matrix=32)
+        return cls(n_cases=24, epochs=3, size=64, learning_curve_sizes=(4, 8), learning_curve_epochs=2, nema_matrix=32,
+                   use_shipped_model=False)
 
 
 class Steps:
@@ -74,7 +77,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     cfg = config or DemoConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = Steps(9)
+    steps = Steps(8)
     results: dict[str, Any] = {}
 
     steps("simulating the thyroid scintigraphy cohort (DICOM NM + 3 readers' polygon ROIs)")
@@ -82,39 +85,31 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
 
     cohort_dir = out / "cohort"
     generate_cohort(cohort_dir, n=cfg.n_cases, seed=cfg.seed, n_readers=cfg.readers, workers=cfg.workers, progress=True)
-    cases = pd.read_csv(cohort_dir / "cases.csv")
-    cases = cases[cases["status"] == "ok"].reset_index(drop=True)
-    results["cohort"] = cases
-
-    steps("converting every reader's ROIs to masks (nmkit polygon reader) and building the consensus")
+    steps("readers' ROIs -> masks (nmkit polygon reader), majority consensus, patient-level split manifest")
+    cases, data, manifest = prepare_thyroid_dataset(cohort_dir, out, cfg.readers, cfg.seed)
     readers = [f"R{i + 1}" for i in range(cfg.readers)]
-    data = _convert_rois(cohort_dir, cases, readers, out / "masks")
-    results["conversion"] = data["conversion"]
+    results.update(cohort=cases, conversion=data["conversion"], manifest=manifest)
 
-    steps("dataset manifest with a patient-level split")
-    from .catalog.manifest import split_by_patient
-
-    manifest = pd.DataFrame({"case_id": cases["case"], "patient_id": cases["patient_id"], "pathology": cases["pathology"],
-                             "image": [str(cohort_dir / p) for p in cases["dicom"]],
-                             "mask": [str(out / "masks" / "consensus" / f"{c}.nii.gz") for c in cases["case"]]})
-    manifest = split_by_patient(manifest, (0.7, 0.15, 0.15), seed=cfg.seed)
-    manifest.to_csv(out / "manifest.csv", index=False)
-    results["manifest"] = manifest
-
-    steps(f"training a 2D U-Net on {int((manifest.split == 'train').sum())} images (CPU)")
+    from .segment.bundle import load_bundle, shipped_bundle
     from .segment.data import load_split
     from .segment.preprocess import Preprocessing
     from .segment.train import TrainConfig, train
 
-    prep = Preprocessing(normalisation="counts", spatial_dims=2, target_size=(cfg.size, cfg.size))
+    train_cases, val_cases, test_cases = (load_split(manifest, s) for s in ("train", "val", "test"))
     tconfig = TrainConfig(network="unet", network_options={"channels": (16, 32, 64, 128)}, loss="dice-ce", epochs=cfg.epochs,
                           batch_size=8, learning_rate=3e-3, patience=8, seed=cfg.seed, labels={1: "thyroid"})
-    train_cases, val_cases, test_cases = (load_split(manifest, s) for s in ("train", "val", "test"))
-    bundle_dir = train(train_cases, val_cases, prep, tconfig, out / "model", progress=True,
-                       data_summary={"manifest": str(out / "manifest.csv"), "target": "majority consensus of readers"})
+    shipped = shipped_bundle("thyroid-unet2d") if cfg.use_shipped_model else None
+    if shipped is not None:
+        steps("segmentation model: the shipped thyroid U-Net bundle (trained on CPU by bench/train_thyroid_bundle.py)")
+        bundle_dir = shipped
+        prep = load_bundle(shipped, device="cpu").preprocessing
+    else:
+        steps(f"training a 2D U-Net on {len(train_cases)} images (CPU)")
+        prep = Preprocessing(normalisation="counts", spatial_dims=2, target_size=(cfg.size, cfg.size))
+        bundle_dir = train(train_cases, val_cases, prep, tconfig, out / "model", progress=True,
+                           data_summary={"manifest": str(out / "manifest.csv"), "target": "majority consensus of readers"})
 
     steps(f"predicting the {len(test_cases)} test images and evaluating against each reader")
-    from .segment.bundle import load_bundle
     from .segment.infer import predict_image
 
     bundle = load_bundle(bundle_dir, device="cpu")
@@ -131,8 +126,10 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     from .segment.study import learning_curve
 
     sizes = [n for n in cfg.learning_curve_sizes if n <= len(train_cases)]
-    results["learning_curve"] = learning_curve(train_cases, val_cases, test_cases, sizes, prep,
-                                               replace(tconfig, epochs=cfg.learning_curve_epochs, patience=100), out / "learning_curve")
+    small = Preprocessing(normalisation="counts", spatial_dims=2, target_size=(cfg.size, cfg.size))
+    results["learning_curve"] = learning_curve(train_cases, val_cases, test_cases, sizes, small,
+                                               replace(tconfig, network_options={"channels": (8, 16, 32, 64)},
+                                                       epochs=cfg.learning_curve_epochs, patience=100), out / "learning_curve")
 
     steps("IBSI radiomics of the thyroid ROI (model segmentation) on the test images")
     results["radiomics"] = _radiomics(test_cases, predictions, out)
@@ -149,10 +146,27 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     (out / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
     from .report.demo_report import build_demo_report
 
-    report = build_demo_report(results, data, predictions, test_cases, readers, record, bundle_dir)
+    report = build_demo_report(results, data, predictions, test_cases, readers, record, bundle_dir, out)
     path = report.write(out / "report.html")
     print(f"report: {path.resolve()}  (total {time.perf_counter() - steps.t0:.0f} s)", flush=True)
     return path
+
+
+def prepare_thyroid_dataset(cohort_dir: Path, out: Path, n_readers: int = 3, seed: int = 1,
+                            fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """Readers' ROIs -> masks, majority consensus as target, and a patient-level split manifest (``out/manifest.csv``)."""
+    from .catalog.manifest import split_by_patient
+
+    cases = pd.read_csv(cohort_dir / "cases.csv")
+    cases = cases[cases["status"] == "ok"].reset_index(drop=True)
+    readers = [f"R{i + 1}" for i in range(n_readers)]
+    data = _convert_rois(cohort_dir, cases, readers, out / "masks")
+    manifest = pd.DataFrame({"case_id": cases["case"], "patient_id": cases["patient_id"], "pathology": cases["pathology"],
+                             "image": [str(cohort_dir / p) for p in cases["dicom"]],
+                             "mask": [str(out / "masks" / "consensus" / f"{c}.nii.gz") for c in cases["case"]]})
+    manifest = split_by_patient(manifest, fractions, seed=seed)
+    manifest.to_csv(out / "manifest.csv", index=False)
+    return cases, data, manifest
 
 
 def _convert_rois(cohort_dir: Path, cases: pd.DataFrame, readers: list[str], mask_dir: Path) -> dict[str, Any]:

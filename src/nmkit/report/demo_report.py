@@ -86,7 +86,7 @@ def nema_figure(nema: dict[str, Any]):
 
 
 def build_demo_report(results: dict[str, Any], data: dict[str, Any], predictions, test_cases, readers: list[str],
-                      record: dict[str, Any], bundle_dir: Path) -> Report:
+                      record: dict[str, Any], bundle_dir: Path, out_dir: Path) -> Report:
     report = Report("nmkit demo: thyroid scintigraphy segmentation, reader variability, radiomics, SPECT image quality")
     metrics: pd.DataFrame = results["metrics"]
     study = results["reader_study"]
@@ -114,7 +114,7 @@ def build_demo_report(results: dict[str, Any], data: dict[str, Any], predictions
 
     r = report.section("Reader variability")
     r.text("Is the model inside the experts' spread? Pairwise agreement between readers against agreement between the model and each reader.")
-    r.figure(bundle_dir.parent / "reader_variability.png", "reader-vs-reader and model-vs-reader agreement")
+    r.figure(out_dir / "reader_variability.png", "reader-vs-reader and model-vs-reader agreement")
     if study.per_reader is not None:
         r.table(study.per_reader, "model vs each reader, and each reader vs the others")
     r.table(pd.DataFrame([{k: v for k, v in overall.items() if np.isscalar(v)}]), "overall")
@@ -122,7 +122,7 @@ def build_demo_report(results: dict[str, Any], data: dict[str, Any], predictions
     lc = results["learning_curve"]
     c = report.section("Learning curve")
     c.text("How many labelled images are enough? Test Dice (with 95% bootstrap intervals) against the number of training images.")
-    c.figure(bundle_dir.parent / "learning_curve" / "learning_curve.png", "learning curve")
+    c.figure(out_dir / "learning_curve" / "learning_curve.png", "learning curve")
     if not lc.empty:
         c.table(lc[[col for col in lc.columns if col in ("n_train", "dice_mean", "dice_ci_low", "dice_ci_high", "hd95_mean", "train_seconds")]],
                 "learning curve")

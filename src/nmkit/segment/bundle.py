@@ -88,6 +88,12 @@ def write_bundle(out_dir: str | Path, model: nn.Module, config: Any, prep: Prepr
     return out_dir
 
 
+def shipped_bundle(name: str) -> Path | None:
+    """Folder of a bundle shipped inside the package (``nmkit/data/bundles/<name>``), or None when absent."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "bundles" / name
+    return folder if (folder / DESCRIPTION).exists() and (folder / WEIGHTS).exists() else None
+
+
 def load_bundle(path: str | Path, device: str | torch.device | None = None) -> Bundle:
     """Build the network described in ``bundle.json`` and load its safetensors weights."""
     path = Path(path)
