@@ -185,8 +185,12 @@ def _convert_rois(cohort_dir: Path, cases: pd.DataFrame, readers: list[str], mas
     for row in tqdm(list(cases.itertuples()), desc="ROIs -> masks"):
         image = read_image(cohort_dir / row.dicom)
         for reader in readers:
-            mask = read_polygons(cohort_dir / row.rois.format(reader=reader), image, roi_names=["thyroid"])
-            gland = mask.binary("thyroid").reshape(image.spatial_shape)
+            roi_file = cohort_dir / row.rois.format(reader=reader)
+            drawn = {roi.get("name") for roi in json.loads(roi_file.read_text()).get("rois", [])}
+            if "thyroid" in drawn:
+                gland = read_polygons(roi_file, image, roi_names=["thyroid"]).binary("thyroid").reshape(image.spatial_shape)
+            else:  # the reader saw no gland (e.g. thyroiditis with very low uptake): an empty ROI is a valid reading
+                gland = np.zeros(image.spatial_shape, bool)
             masks[reader][row.case] = gland
             write_volume(Mask.like(image, gland.astype(np.uint8), labels={1: "thyroid"}), mask_dir / reader / f"{row.case}.nii.gz")
             reference = read_label_map(cohort_dir / row.masks.format(reader=reader)).array == 1
