@@ -197,6 +197,7 @@ def test_dcmtk_echoscu_and_storescu(node, tmp_path):
     assert r.returncode != 0 and "reject" in (r.stderr + r.stdout).lower()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_every_corpus_file_gets_a_proper_status(external_data, tmp_path):
     corpus = need(external_data, "dicom_corpus")

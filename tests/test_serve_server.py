@@ -320,6 +320,7 @@ def test_poison_job_is_parked_with_reason(tmp_path, models, pacs):
     assert pacs.received == []
 
 
+@pytest.mark.slow
 def test_kill9_mid_job_exactly_once(tmp_path, models, pacs):
     import yaml
 
@@ -418,7 +419,7 @@ def test_orthanc_thyroid_study_comes_back_as_seg_sr_overlay(tmp_path, models):
             req = urllib.request.Request(f"http://127.0.0.1:{orthanc.http_port}/modalities/nmkit/store", data=study_id.encode(), method="POST")
             urllib.request.urlopen(req, timeout=60).read()
             wait_for(lambda: len(orthanc.get(f"/studies/{study_id}/series")) == 4, 90, "SEG, SR and overlay in Orthanc")
-            job = server.store.jobs("done")[0]
+            (job,) = wait_for(lambda: server.store.jobs("done"), 30, "the job to be marked done")
         series = orthanc.get(f"/studies/{study_id}/series?expand")
         by_modality = {s["MainDicomTags"]["Modality"]: s["MainDicomTags"].get("SeriesDescription", "") for s in series}
         assert set(by_modality) == {"NM", "SEG", "SR", "OT"}
@@ -426,3 +427,30 @@ def test_orthanc_thyroid_study_comes_back_as_seg_sr_overlay(tmp_path, models):
         assert job.model_version == "1.0.0" and job.result["measurements"][0]["area_mm2"] > 500
     finally:
         orthanc.stop()
+
+
+def test_dask_backend_and_json_logs_without_identifiers(tmp_path, models, pacs):
+    import logging
+
+    from nmkit.serve.logs import configure, log
+
+    registry_with(tmp_path / "reg", models, "1.0.0")
+    cfg = parse_config(server_config(tmp_path, pacs.port, tmp_path / "reg", dask={"local": True, "n_workers": 1}), None, tmp_path)
+    handler = configure(str(tmp_path / "serve.log"), logging.DEBUG)
+    try:
+        st = demo.thyroid_study(tmp_path / "in", 60)
+        with Server(cfg) as server:
+            assert server._dask_client is not None
+            assert scu_send(server.port, [st["path"]], called="NMKIT_THYR") == [0]
+            (job,) = wait_for(lambda: server.store.jobs("done"), 90, "the job on Dask")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert len(pacs.by_class(SEG_CLASS)) == 1 and job.result["version"] == "1.0.0"
+    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+    events = {r["event"] for r in lines}
+    assert {"dicom_node_started", "stored", "job_queued", "job_started", "sent", "job_done"} <= events
+    text = (tmp_path / "serve.log").read_text()
+    ds = pydicom.dcmread(str(st["path"]))
+    for identifier in (str(ds.PatientName), ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
+        assert identifier not in text
