@@ -454,3 +454,12 @@ def test_dask_backend_and_json_logs_without_identifiers(tmp_path, models, pacs):
     ds = pydicom.dcmread(str(st["path"]))
     for identifier in (str(ds.PatientName), ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
         assert identifier not in text
+
+
+def test_example_configuration_is_valid():
+    from nmkit.serve.config import load_config
+
+    cfg = load_config(ROOT / "examples" / "server.yaml")
+    assert [i.name for i in cfg.instances] == ["thyroid", "bone_spect"]
+    assert cfg.instance("bone_spect").model_name == "bone_lesions" and cfg.http_port == 8080
+    assert cfg.storage == (ROOT / "examples" / "nmkit-server").resolve()
