@@ -124,7 +124,7 @@ def make_sr(seg_ds: Any, datasets: list[Any], rows: list[dict[str, Any]], path: 
         if "area_mm2" in row:
             ms.append(hd.sr.Measurement(name=codes.SCT.Area, value=row["area_mm2"], unit=codes.UCUM.SquareMillimeter, algorithm_id=algorithm))
         if "volume_ml" in row:
-            ms.append(hd.sr.Measurement(name=codes.SCT.Volume, value=row["volume_ml"], unit=codes.UCUM.Milliliter, algorithm_id=algorithm))
+            ms.append(hd.sr.Measurement(name=codes.SCT.Volume, value=row["volume_ml"], unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter"), algorithm_id=algorithm))
         if "mean_counts" in row:
             ms.append(hd.sr.Measurement(name=hd.sr.CodedConcept("nmkit-mean-counts", "99NMKIT", "Mean counts"), value=row["mean_counts"],
                                         unit=counts_unit, algorithm_id=algorithm, derivation=mean))
@@ -134,13 +134,14 @@ def make_sr(seg_ds: Any, datasets: list[Any], rows: list[dict[str, Any]], path: 
             suv = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
             unit = hd.sr.CodedConcept("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")
             ms.append(hd.sr.Measurement(name=suv, value=row["suv_mean"], unit=unit, derivation=mean, algorithm_id=algorithm))
-            ms.append(hd.sr.Measurement(name=suv, value=row["suv_max"], unit=unit, derivation=codes.DCM.Maximum, algorithm_id=algorithm))
+            ms.append(hd.sr.Measurement(name=suv, value=row["suv_max"], unit=unit, derivation=hd.sr.CodedConcept("56851009", "SCT", "Maximum"), algorithm_id=algorithm))
         if planar:
             ref = _segmentation_frame(seg_ds, datasets[0], row["segment_number"])
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(tracking_identifier=tracking, referenced_segment=ref,
                                                                               measurements=ms, algorithm_id=algorithm))
         else:
-            ref = hd.sr.ReferencedSegment.from_segmentation(seg_ds, segment_number=row["segment_number"])
+            ref = hd.sr.ReferencedSegment(str(seg_ds.SOPClassUID), str(seg_ds.SOPInstanceUID), row["segment_number"],
+                                          source_series=hd.sr.SourceSeriesForSegmentation(str(datasets[0].SeriesInstanceUID)))
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(tracking_identifier=tracking, referenced_segment=ref,
                                                                                   measurements=ms, algorithm_id=algorithm))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.LN.NuclearMedicineProcedure

@@ -36,7 +36,14 @@ def read_series(files: list[str]) -> tuple[Any, list[Any]]:
 
     if not files:
         raise InputError(None, "the series has no received files")
-    image = read_series_files([Path(f) for f in files])
+    from ..errors import MissingTagError
+
+    paths = [Path(f) for f in files]
+    modality = str(pydicom.dcmread(str(paths[0]), stop_before_pixels=True).get("Modality", ""))
+    try:  # PET in SUV (body weight) when the header allows it, else in its stored units
+        image = read_series_files(paths, suv="bw") if modality == "PT" else read_series_files(paths)
+    except MissingTagError:
+        image = read_series_files(paths)
     ordered = image.meta.get("source_files") or files
     if image.ndim_spatial == 2:
         ordered = ordered[:1]
@@ -63,8 +70,6 @@ def compute_outputs(spec: dict[str, Any]) -> dict[str, Any]:
     bundle = cached_bundle(spec["bundle_path"], spec.get("device", "cpu"))
     model = ModelTag(spec["model_name"], str(spec["version"]))
     mask = predict_image(bundle, image, keep_largest=bool(spec.get("keep_largest")))
-    if mask.ndim_spatial == 3 and mask.spatial_shape[0] == 1 and image.ndim_spatial == 2:
-        mask = mask  # pragma: no cover - predict_image keeps the caller's grid
     rows = measurements(mask, image)
     result: dict[str, Any] = {"outputs": {}, "measurements": rows, "model": model.name, "version": model.version}
     seg_ds = None
