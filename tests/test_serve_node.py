@@ -212,7 +212,9 @@ def test_every_corpus_file_gets_a_proper_status(external_data, tmp_path):
         # every object that reached the node got success or a defined failure status
         assert set(sent) <= {0x0000, 0xA700, 0xC000}
         assert sent.count(0x0000) > 0.7 * len(sent)
-        assert n.counts["received"] == sent.count(0x0000)
+        # every success was stored; a client-side timeout under load may hide a stored file's status
+        unanswered = len([s for s in statuses if not isinstance(s, int)])
+        assert sent.count(0x0000) <= n.counts["received"] <= sent.count(0x0000) + unanswered
         # the node is still up and answers
         assert echo(n.port)[1] == 0x0000
     finally:
