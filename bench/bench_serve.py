@@ -174,8 +174,8 @@ def main() -> int:
                    "poll_seconds": 0.05, "destinations": {"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}},
                    "instances": [{"name": "thyroid", "ae_title": "NMKIT_THYR", "match": {"modality": "NM"}, "outputs": ["seg", "sr", "overlay"],
                                   "destinations": ["pacs"]}]}
-            lat, seg_only = [], []
-            with Server(parse_config(raw, None, tmp)) as server:
+            lat = []
+            with Server(parse_config(raw, None, tmp)):
                 for s in range(args.studies):
                     st = demo.thyroid_study(tmp / "e2e_in", 900 + s, matrix=args.matrix)
                     ds = pydicom.dcmread(str(st["path"]))
@@ -192,7 +192,7 @@ def main() -> int:
                     orthanc.delete_all()
             orthanc.stop()
             rows.append((f"last image -> SEG in Orthanc (quiet {args.quiet:g} s), median of {args.studies}", f"{statistics.median(lat):.2f} s", ""))
-            rows.append((f"  same, minus the quiet period", f"{statistics.median(lat) - args.quiet:.2f} s", ""))
+            rows.append(("  same, minus the quiet period", f"{statistics.median(lat) - args.quiet:.2f} s", ""))
             rows.append(("  (tiny thyroid model trained for the bench)", f"{train_s:.0f} s training", ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

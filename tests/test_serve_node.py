@@ -3,7 +3,6 @@ statuses, TLS, dcmtk interoperability and the public robustness corpus (the node
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import ssl

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import pydicom
 import pytest
@@ -45,6 +43,7 @@ def test_outputs_for_a_volume(pet_series, tmp_path):
     assert rows[0]["suv_mean"] == pytest.approx(10 * bg, rel=0.02) and rows[0]["suv_max"] >= rows[0]["suv_mean"]
     sr = make_sr(seg, datasets, rows, tmp_path / "sr.dcm", model, "job-1", planar=False)
     back = pydicom.dcmread(str(tmp_path / "sr.dcm"))
+    assert back.SOPInstanceUID == sr.SOPInstanceUID == output_uid("job-1", "3.1", "sr", "sop")
     assert back.SeriesDescription == "AI SR lesions v3.1" and back.StudyInstanceUID == datasets[0].StudyInstanceUID
     text = str(back)
     assert "Volume" in text and "SUVbw" in text and str(seg.SOPInstanceUID) in text

@@ -15,7 +15,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
@@ -162,11 +161,13 @@ def test_queue_lease_expiry_backoff_and_parking(tmp_path):
     assert job2.id == jid and job2.attempts == 2
     assert not store.complete(jid, "w1", {})  # the dead worker can no longer complete it
     t = time.time()
-    assert store.fail(jid, "w2", "boom", max_attempts=3, retry_base_seconds=100) == "queued"
+    assert store.fail(jid, "w2", "boom", max_attempts=3, retry_base_seconds=100) == "failed"
+    assert store.job(jid).state == "failed" and store.counts()["queue"]["failed"] == 1
     row = store.query("SELECT next_try FROM jobs")[0]
     assert 200 <= row["next_try"] - t <= 205  # back-off 100 * 2**(attempt 2 - 1)
     assert store.claim("w3", 10, 3) is None  # not due yet
     job3 = store.claim("w3", 10, 3, now=t + 1000)
+    assert job3.attempts == 3
     assert store.fail(jid, "w3", "boom again", 3, 100) == "parked"
     assert store.job(jid).state == "parked" and store.job(jid).reason == "boom again"
     # a late instance of a processed series makes a new revision (new job); a duplicate does not

@@ -1,8 +1,8 @@
 """The server's durable state in SQLite (WAL): received instances, series, jobs and what was sent.
 
 Job life cycle: ``queued`` -> ``running`` (a lease owned by one worker, extended by heartbeats) ->
-``done``; a failure puts the job back to ``queued`` with exponential back-off until ``max_attempts``
-is reached, then it is ``parked`` with the reason. A ``running`` job whose lease has expired (its
+``done``; a failure makes it ``failed`` (waiting for a retry after exponential back-off) until
+``max_attempts`` is reached, then it is ``parked`` with the reason. A ``running`` job whose lease has expired (its
 server was killed) is claimed again, so a crash never loses work. The ``sent`` table holds one row
 per (job, output, destination): the sender checks it first, so a re-run never sends twice.
 """
@@ -152,7 +152,7 @@ class Store:
             for r in c.execute("SELECT id, attempts FROM jobs WHERE state='running' AND lease_until < ? AND attempts >= ?", (now, max_attempts)).fetchall():
                 c.execute("UPDATE jobs SET state='parked', reason=?, finished=?, lease_owner=NULL WHERE id=?",
                           (f"lease expired {r['attempts']} times (worker died during the job)", now, r["id"]))
-            row = c.execute("""SELECT * FROM jobs WHERE (state='queued' AND next_try <= ?) OR (state='running' AND lease_until < ?)
+            row = c.execute("""SELECT * FROM jobs WHERE (state IN ('queued', 'failed') AND next_try <= ?) OR (state='running' AND lease_until < ?)
                                ORDER BY created, id LIMIT 1""", (now, now)).fetchone()
             if row is None:
                 return None
@@ -179,7 +179,7 @@ class Store:
         return n == 1
 
     def fail(self, job_id: str, owner: str, reason: str, max_attempts: int, retry_base_seconds: float, permanent: bool = False) -> str:
-        """Back to the queue with exponential back-off, or parked after ``max_attempts`` (or when ``permanent``)."""
+        """``failed`` (retried after exponential back-off), or ``parked`` after ``max_attempts`` (or when ``permanent``)."""
         now = time.time()
         with self.tx() as c:
             row = c.execute("SELECT attempts FROM jobs WHERE id=? AND lease_owner=?", (job_id, owner)).fetchone()
@@ -189,8 +189,8 @@ class Store:
                 c.execute("UPDATE jobs SET state='parked', reason=?, finished=?, lease_owner=NULL WHERE id=?", (reason, now, job_id))
                 return "parked"
             delay = retry_base_seconds * 2 ** (row["attempts"] - 1)
-            c.execute("UPDATE jobs SET state='queued', reason=?, next_try=?, lease_owner=NULL WHERE id=?", (reason, now + delay, job_id))
-            return "queued"
+            c.execute("UPDATE jobs SET state='failed', reason=?, next_try=?, lease_owner=NULL WHERE id=?", (reason, now + delay, job_id))
+            return "failed"
 
     def requeue(self, job_id: str) -> None:
         """Operator action: give a parked/failed job a fresh set of attempts."""

@@ -14,7 +14,6 @@ import sqlite3
 import ssl
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from .config import ServerConfig

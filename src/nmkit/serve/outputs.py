@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
 from ..io.image import Image, Mask
 from ..phantoms.nm_dicom import deterministic_uid
 
@@ -217,8 +216,3 @@ def make_overlay(mask: Mask, image: Image, datasets: list[Any], path: Path, mode
     sc.save_as(str(path), enforce_file_format=True)
     return sc
 
-
-def check_outputs(kinds: list[str]) -> None:
-    bad = set(kinds) - {"seg", "sr", "overlay"}
-    if bad:
-        raise InputError(None, f"unknown output kind(s) {sorted(bad)}")

@@ -188,7 +188,7 @@ class Server:
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"[:500]
             state = self.store.fail(job.id, self.owner, reason, cfg.max_attempts, cfg.retry_base_seconds)
-            event("job_failed", logging.WARNING if state == "queued" else logging.ERROR, job=job.id, state=state, reason=reason[:300])
+            event("job_failed", logging.WARNING if state == "failed" else logging.ERROR, job=job.id, state=state, reason=reason[:300])
 
     # ----- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
