@@ -53,7 +53,7 @@ def even_kernel_spectrum(kernel_octant: np.ndarray, size: tuple[int, int, int]) 
 
 
 def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
-                     size: tuple[int, int, int], block_bytes: int = 1 << 20) -> list[float]:
+                     size: tuple[int, int, int], block_bytes: int = 4 << 20) -> list[float]:
     """``sum_ij a_i K(i - j) b_j`` over all voxel pairs, for each pair ``(a, b)`` of 3D ``arrays`` (same shape).
 
     ``K`` is even along every axis and given by its octant (see :func:`even_kernel_spectrum`); ``size``
@@ -72,17 +72,27 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
     spec = np.repeat(spec, 2, axis=-1)  # matches the (re, im) float view of a complex spectrum
     unfold0 = np.r_[0:n0 // 2 + 1, n0 // 2 - 1:0:-1]  # spectrum(f) = spectrum(N - f): full f0 and f1 ranges
     unfold1 = np.r_[0:n1 // 2 + 1, n1 // 2 - 1:0:-1]
-    p = stack.shape[0]
+    p, nz, ny = stack.shape[:3]
     f = fft.rfft(stack, n2, axis=3)  # (p, n_z, n_y, N2 // 2 + 1): the first two axes still unpadded
     n_last = f.shape[3]
-    step = max(1, block_bytes // (16 * p * n0 * n1))
+    step = min(n_last, max(1, block_bytes // (16 * p * n0 * n1)))
+    # one zero-padded work buffer for every block: both transforms run in place, no padded copies
+    buf = np.zeros((p, n0, n1, step), dtype=np.complex128)
     sums = [0.0] * len(pairs)
     for k0 in range(0, n_last, step):
         k1 = min(k0 + step, n_last)
-        blk = fft.fft(f[..., k0:k1], n1, axis=2)
-        blk = fft.fft(blk, n0, axis=1, overwrite_x=True).view(np.float64)
+        blk = buf[..., :k1 - k0]
+        blk[:, :nz, :ny] = f[..., k0:k1]
+        blk[:, :nz, ny:] = 0.0
+        blk[:, nz:] = 0.0
+        fft.fft(blk[:, :nz], axis=2, overwrite_x=True)  # along y (rows beyond n_z are zero)
+        fft.fft(blk, axis=1, overwrite_x=True)  # along z
+        flat = blk.view(np.float64)
         g = spec[:, :, 2 * k0:2 * k1][unfold0][:, unfold1]
+        weighted = {}
         for q, (a, b) in enumerate(pairs):
-            # g * (re_a re_b + im_a im_b) summed: plain einsum, not BLAS (threaded BLAS spins on a busy machine)
-            sums[q] += float(np.einsum("ijk,ijk,ijk->", g, blk[a], blk[b]))
+            # g * (re_a re_b + im_a im_b) summed; plain einsum, not BLAS (threaded BLAS spins on a busy machine)
+            if a not in weighted:
+                weighted[a] = g * flat[a]
+            sums[q] += float(np.einsum("ijk,ijk->", weighted[a], flat[b]))
     return sums
