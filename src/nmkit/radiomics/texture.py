@@ -294,9 +294,10 @@ def _ngldm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> np.ndarray:
 
 def _emit(out: dict[str, float], prefix: str, suffix: str, feats: dict[str, np.ndarray]) -> None:
     for name, vals in feats.items():
-        v = np.ravel(vals)
+        v = vals if isinstance(vals, np.ndarray) else np.asarray(vals)
         # one matrix (merged aggregations): the value itself, without np.mean's per-call overhead
-        out[f"{prefix}_{name}_{suffix}"] = float(v[0]) if v.size == 1 else (float(v.mean()) if v.size else float("nan"))
+        out[f"{prefix}_{name}_{suffix}"] = (float(v.flat[0]) if v.size == 1
+                                            else (float(v.mean()) if v.size else float("nan")))
 
 
 def _nonempty(m: np.ndarray) -> np.ndarray:
