@@ -59,12 +59,13 @@ def _axis_grid(n_old: int, s_old: float, s_new: float | None) -> np.ndarray:
 
 
 def _bbox(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Inclusive (first, last) index of the non-zero voxels per axis (projections: no index list of every voxel)."""
-    out = []
-    for ax in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
-        out.append((int(hit[0]), int(hit[-1])))
-    return out
+    """Inclusive (first, last) index of the non-zero voxels per axis of a 3D mask, from two projections (no index
+    list of every voxel; the second pass only reads the slices that hold the ROI)."""
+    z = np.flatnonzero(mask.any(axis=(1, 2)))
+    plane = mask[z[0]:z[-1] + 1].any(axis=0)
+    y = np.flatnonzero(plane.any(axis=1))
+    x = np.flatnonzero(plane.any(axis=0))
+    return [(int(z[0]), int(z[-1])), (int(y[0]), int(y[-1])), (int(x[0]), int(x[-1]))]
 
 
 def _linear_along(a: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
