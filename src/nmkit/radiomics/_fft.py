@@ -88,7 +88,7 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
         fft.fft(blk[:, :nz], axis=2, overwrite_x=True)  # along y (rows beyond n_z are zero)
         fft.fft(blk, axis=1, overwrite_x=True)  # along z
         flat = blk.view(np.float64)
-        g = spec[:, :, 2 * k0:2 * k1][unfold0][:, unfold1]
+        g = spec[:, :, 2 * k0:2 * k1][np.ix_(unfold0, unfold1)]
         weighted = {}
         for q, (a, b) in enumerate(pairs):
             # g * (re_a re_b + im_a im_b) summed; plain einsum, not BLAS (threaded BLAS spins on a busy machine)

@@ -100,8 +100,8 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
         return float("nan"), float("nan")
     sp = np.asarray([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]], dtype=float)
     k, size = _inverse_distance_octant(m.shape, sp)
-    # sum_ij w_ij m_i m_j, sum_ij w_ij dev_i dev_j, sum_ij w_ij dev_i^2 m_j
-    w_sum, cross, dev2_m = kernel_pair_sums([m, dev, dev2], [(0, 0), (1, 1), (2, 0)], k, size)
+    # sum_ij w_ij m_i m_j, sum_ij w_ij dev_i dev_j, sum_ij w_ij m_i dev_j^2 (= sum_ij w_ij dev_i^2 m_j: w symmetric)
+    w_sum, cross, dev2_m = kernel_pair_sums([m, dev, dev2], [(0, 0), (1, 1), (0, 2)], k, size)
     if w_sum == 0:
         return float("nan"), float("nan")
     moran = n / w_sum * cross / ss
