@@ -111,26 +111,27 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
     return moran, geary
 
 
+def _index_moments(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Voxel count, first moments (3,) and second moments (3, 3) of the (z, y, x) indices of ``mask``, as exact
+    integers from its three 2D projections (three passes over the array, no voxel list)."""
+    m = mask.view(np.uint8) if mask.dtype == bool else mask
+    p_zy, p_zx, p_yx = (m.sum(axis=a, dtype=np.int64) for a in (2, 1, 0))
+    iz, iy, ix = (np.arange(s, dtype=np.int64) for s in mask.shape)
+    cz, cy, cx = p_zy.sum(1), p_zy.sum(0), p_zx.sum(0)
+    n = int(cz.sum())
+    first = np.array([iz @ cz, iy @ cy, ix @ cx], dtype=np.int64)
+    second = np.empty((3, 3), dtype=np.int64)
+    second[0, 0], second[1, 1], second[2, 2] = (iz * iz) @ cz, (iy * iy) @ cy, (ix * ix) @ cx
+    second[0, 1] = second[1, 0] = iz @ p_zy @ iy
+    second[0, 2] = second[2, 0] = iz @ p_zx @ ix
+    second[1, 2] = second[2, 1] = iy @ p_yx @ ix
+    return n, first, second
+
+
 def _index_covariance(mask: np.ndarray) -> np.ndarray:
-    """Sample covariance (n - 1) of the (z, y, x) indices of the voxels of ``mask``, from integer moments of the
-    2D projections (exact sums, no voxel list)."""
-    n = int(mask.sum())
-    idx = [np.arange(s, dtype=np.int64) for s in mask.shape]
-    first = [int(idx[a] @ mask.sum(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-    second = np.zeros((3, 3), dtype=np.int64)
-    for a in range(3):
-        for b in range(a, 3):
-            other = 3 - a - b if a != b else None
-            if a == b:
-                second[a, a] = int((idx[a] * idx[a]) @ mask.sum(axis=tuple(c for c in range(3) if c != a)))
-            else:
-                proj = mask.sum(axis=other, dtype=np.int64)  # axes (a, b) remain, in order
-                second[a, b] = second[b, a] = int(idx[a] @ proj @ idx[b])
-    cov = np.empty((3, 3))
-    for a in range(3):
-        for b in range(3):
-            cov[a, b] = (n * int(second[a, b]) - first[a] * first[b]) / (n * (n - 1.0))
-    return cov
+    """Sample covariance (n - 1) of the (z, y, x) indices of the voxels of ``mask`` (exact integer moments)."""
+    n, first, second = _index_moments(mask)
+    return (n * second.astype(np.float64) - np.outer(first, first).astype(np.float64)) / (n * (n - 1.0))
 
 
 def morphology_features(roi: ProcessedROI) -> dict[str, float]:
@@ -158,13 +159,14 @@ def morphology_features(roi: ProcessedROI) -> dict[str, float]:
     # centre of mass shift: geometric (morphological mask) vs intensity-weighted (intensity mask), from
     # per-axis projections (no list of every voxel position)
     w = roi.image[roi.int_mask]
-    wimg = np.where(roi.int_mask, roi.image, 0.0)
-    idx = [np.arange(n, dtype=np.float64) for n in morph.shape]
-    counts = [morph.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
-    com_geo = np.array([idx[a] @ counts[a] for a in range(3)]) / n_vox * sp_zyx
+    n_m, first_m, second_m = _index_moments(morph)
+    com_geo = first_m / n_m * sp_zyx
     w_tot = float(w.sum())
     if w_tot != 0:
-        com_int = np.array([idx[a] @ wimg.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]) / w_tot * sp_zyx
+        wimg = np.where(roi.int_mask, roi.image, 0.0)
+        w_zy = wimg.sum(axis=2)
+        w_z, w_y, w_x = w_zy.sum(1), w_zy.sum(0), wimg.sum(axis=(0, 1))
+        com_int = np.array([np.arange(len(v)) @ v for v in (w_z, w_y, w_x)]) / w_tot * sp_zyx
     else:
         com_int = np.full(3, np.nan)
     f["morph_com"] = float(np.linalg.norm(com_geo - com_int))
@@ -172,7 +174,8 @@ def morphology_features(roi: ProcessedROI) -> dict[str, float]:
     hv = verts[hull.vertices]  # the diameter is attained between hull corners
     f["morph_diam"] = float(pdist(hv).max()) if len(hv) > 1 else 0.0
     # PCA on voxel centre positions of the morphological mask: covariance from exact integer index moments
-    cov = _index_covariance(morph) * np.outer(sp_zyx, sp_zyx) if n_vox > 1 else np.zeros((3, 3))
+    cov = ((n_m * second_m.astype(np.float64) - np.outer(first_m, first_m).astype(np.float64)) / (n_m * (n_m - 1.0))
+           * np.outer(sp_zyx, sp_zyx)) if n_vox > 1 else np.zeros((3, 3))
     lam = np.sort(np.clip(np.linalg.eigvalsh(cov), 0, None))[::-1]
     l1, l2, l3 = (float(v) for v in lam)
     f["morph_pca_maj_axis"] = 4.0 * math.sqrt(l1)
