@@ -195,14 +195,17 @@ def main() -> int:
             if not merr:
                 from mirp import extract_features  # noqa: PLC0415 - optional
 
+                import logging
                 import warnings
 
                 warnings.filterwarnings("ignore")
+                logging.disable(logging.INFO)  # mirp logs every job at INFO: keep the table readable
                 mw = []
                 for _ in range(max(1, args.mirp_repeat)):
                     t = time.perf_counter()
                     extract_features(image=str(img_p), mask=str(mask_p), **_mirp_settings(case))
                     mw.append(time.perf_counter() - t)
+                logging.disable(logging.NOTSET)
                 row["mirp_warm_s"] = min(mw)
             else:
                 row["mirp_warm_s"] = float("nan")
