@@ -98,3 +98,37 @@ def test_fine_tuning_learns_the_gland_and_learning_curve(checkpoint, phantoms):
     assert len(table) == 4 and set(table["init"]) == {"diffusion", "scratch"} and table["test_dice"].between(0, 1).all()
     with pytest.raises(ValueError, match="only 6"):
         learning_curve(checkpoint, images[:6], labels[:6], images[6:], labels[6:], sizes=(10,), iterations=1)
+
+
+def test_nmkit_train_cli_with_pretrained_diffusion(checkpoint, phantoms, tmp_path):
+    """`nmkit train --pretrained-diffusion` builds the diffusion-layout net, copies the encoder, and the bundle reloads."""
+    import json
+
+    import pandas as pd
+
+    from nmkit.cli import main
+    from nmkit.io.image import Image, Mask
+    from nmkit.io.volume_files import write_volume
+    from nmkit.segment.bundle import load_bundle
+    from nmkit.segment.infer import predict_image
+
+    rows = []
+    for i, case in enumerate(phantoms):
+        image = case.image
+        write_volume(image, tmp_path / f"img{i}.nii.gz")
+        write_volume(Mask.like(image, (case.label > 0).astype(np.uint8), labels={1: "thyroid"}), tmp_path / f"mask{i}.nii.gz")
+        rows.append({"case_id": f"c{i}", "image": f"img{i}.nii.gz", "mask": f"mask{i}.nii.gz", "split": "val" if i >= 6 else "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    code = main(["train", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "bundle"), "--size", "64", "64", "--epochs", "1",
+                 "--batch-size", "2", "--labels", "1=thyroid", "--pretrained-diffusion", str(checkpoint)])
+    assert code == 0
+    desc = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert desc["network"]["name"] == "diffusion-unet"
+    pre = desc["training_data"]["pretrained_diffusion"]
+    assert pre["n_copied"] > 0 and 0 < pre["parameters_initialised"] <= 1
+    bundle = load_bundle(tmp_path / "bundle", device="cpu")
+    mask = predict_image(bundle, phantoms[0].image)
+    assert mask.spatial_shape == phantoms[0].image.spatial_shape
+    # a 3D request is refused with a clear error (exit code 2)
+    assert main(["train", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "b3"), "--dims", "3",
+                 "--pretrained-diffusion", str(checkpoint)]) == 2

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segment.data import load_split, read_manifest
     from ..segment.preprocess import Preprocessing
     from ..segment.train import TrainConfig, train
+    from ..errors import InputError
     from ..provenance import config_hash
 
     table = read_manifest(args.manifest)
@@ -52,12 +53,18 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(network=args.network, loss=args.loss, boundary_schedule=args.boundary_schedule, epochs=args.epochs,
                          batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed,
                          labels=parse_labels(args.labels), device=args.device)
+    if args.pretrained_diffusion:
+        if args.dims != 2:
+            raise InputError(args.pretrained_diffusion, "diffusion pre-training is for 2D networks (use --dims 2)")
+        from ..generate.pretrain import segnet_options
+
+        config.network = "diffusion-unet"
+        config.network_options = segnet_options(args.pretrained_diffusion)
+        config.pretrained_diffusion = args.pretrained_diffusion
     train_cases = load_split(table, "train", args.limit)
     val_cases = load_split(table, "val")
     print(f"training {args.network} ({args.dims}D, loss {args.loss}) on {len(train_cases)} cases, validating on {len(val_cases)}")
     summary = {"manifest": str(args.manifest), "manifest_hash": config_hash(table.to_dict(orient="list"))}
-    if args.pretrained_diffusion:
-        summary["pretrained_diffusion"] = args.pretrained_diffusion
     out = train(train_cases, val_cases, prep, config, args.out, data_summary=summary)
     if args.name or args.version != "1.0.0":
         import json

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-NETWORK_NAMES = ("unet", "attention-unet", "unetr", "swin-unetr", "hrnet")
+NETWORK_NAMES = ("unet", "attention-unet", "unetr", "swin-unetr", "hrnet", "diffusion-unet")
 
 
 def _conv(dims: int):
@@ -117,6 +117,10 @@ def build_network(name: str, spatial_dims: int, in_channels: int = 1, out_channe
                               depths=options.pop("depths", (2, 2, 2, 2)), num_heads=options.pop("num_heads", (3, 6, 12, 24)), **options)
     if name == "hrnet":
         return HRNet(spatial_dims, in_channels, out_channels, **options)
+    if name == "diffusion-unet":  # a denoising UNet's layout, so a diffusion model's encoder can initialise it
+        from ..generate.pretrain import DiffusionSegNet
+
+        return DiffusionSegNet(spatial_dims, in_channels, out_channels, **options)
     raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETWORK_NAMES)}")
 
 
@@ -133,6 +137,8 @@ def required_divisor(name: str, options: dict[str, Any] | None = None) -> int:
         return 32
     if name == "hrnet":
         return 2 ** (options.get("branches", 3) - 1)
+    if name == "diffusion-unet":
+        return 2 ** (len(options.get("channels", (32, 64, 64))) - 1)
     raise ValueError(f"unknown network {name!r}")
 
 
