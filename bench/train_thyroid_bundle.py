@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--seed", type=int, default=101, help="cohort seed; the demo and tests use other seeds, so their cases are unseen")
     parser.add_argument("--out", default="bench/out/thyroid-bundle")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--init", default=None, help="safetensors weights to continue from (e.g. the shipped bundle's)")
     parser.add_argument("--ship", action="store_true", help="copy the bundle into src/nmkit/data/bundles/thyroid-unet2d")
     args = parser.parse_args()
 
@@ -44,7 +46,7 @@ def main() -> None:
     cases, data, manifest = prepare_thyroid_dataset(out / "cohort", out, 3, args.seed)
     prep = Preprocessing(normalisation="counts", spatial_dims=2, target_size=(args.size, args.size))
     config = TrainConfig(network="unet", network_options={"channels": tuple(args.channels)}, loss="dice-ce", epochs=args.epochs,
-                         batch_size=8, learning_rate=3e-3, patience=10, seed=args.seed, labels={1: "thyroid"})
+                         batch_size=8, learning_rate=args.lr, patience=10, seed=args.seed, labels={1: "thyroid"}, init_weights=args.init)
     train_cases, val_cases, test_cases = (load_split(manifest, s) for s in ("train", "val", "test"))
     t1 = time.perf_counter()
     bundle_dir = train(train_cases, val_cases, prep, config, out / "thyroid-unet2d", progress=True,
@@ -55,7 +57,7 @@ def main() -> None:
     desc.update(name="thyroid-unet2d", version="1.0.0")
     (bundle_dir / "bundle.json").write_text(json.dumps(desc, indent=2))
     bundle = load_bundle(bundle_dir, device="cpu")
-    predictions = {c.case_id: predict_image(bundle, c.image, keep_largest=True) for c in test_cases}
+    predictions = {c.case_id: predict_image(bundle, c.image) for c in test_cases}
     result = _evaluate(test_cases, predictions, data, ["R1", "R2", "R3"], out)
     metrics, study = result["metrics"], result["reader_study"]
     print()

@@ -127,3 +127,20 @@ def test_train_bundle_predict_round_trip(tmp_path):
     dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
     assert dice > 0.8, dice
     assert mask.meta["model_version"] == "1.0.0"
+
+
+def test_fine_tuning_starts_from_given_weights(tmp_path):
+    from dataclasses import replace
+
+    from nmkit.segment.bundle import load_weights
+
+    rng = np.random.default_rng(8)
+    cases = [blob_case(rng, 32) for _ in range(4)]
+    prep = Preprocessing(normalisation="counts", spatial_dims=2, target_size=(32, 32))
+    config = TrainConfig(network="unet", network_options={"channels": (4, 8, 16)}, epochs=1, batch_size=2, labels={1: "organ"}, num_threads=1)
+    first = train(cases, cases[:1], prep, config, tmp_path / "a", progress=False)
+    # zero epochs from the first bundle's weights: the written bundle carries exactly those weights
+    second = train(cases, cases[:1], prep, replace(config, epochs=0, init_weights=str(first / "model.safetensors")), tmp_path / "b", progress=False)
+    a, b = load_weights(first / "model.safetensors"), load_weights(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((second / "bundle.json").read_text())["training_data"]["initialisation"]["init_weights"].endswith("model.safetensors")

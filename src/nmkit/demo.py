@@ -113,7 +113,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     from .segment.infer import predict_image
 
     bundle = load_bundle(bundle_dir, device="cpu")
-    predictions = {c.case_id: predict_image(bundle, c.image, keep_largest=True) for c in test_cases}
+    predictions = {c.case_id: predict_image(bundle, c.image) for c in test_cases}
     from .io.volume_files import write_volume
 
     for case_id, mask in predictions.items():

@@ -47,6 +47,7 @@ class TrainConfig:
     device: str | None = None
     num_threads: int | None = None
     pretrained_diffusion: str | None = None  # diffusion checkpoint folder whose encoder initialises the network
+    init_weights: str | None = None  # safetensors weights (e.g. a bundle's model.safetensors) to fine-tune from
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -146,11 +147,16 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
         raise ValueError(f"{config.network} needs input sizes divisible by {divisor}; got {img_size}")
     model = build_network(config.network, prep.spatial_dims, 1, n_classes, img_size=img_size, **dict(config.network_options)).to(device)
     pretrained: dict[str, Any] | None = None
+    if config.init_weights:
+        from .bundle import load_weights
+
+        model.load_state_dict(load_weights(config.init_weights))
+        pretrained = {"init_weights": str(config.init_weights)}
     if config.pretrained_diffusion:
         from ..generate.pretrain import init_from_diffusion
 
         report = init_from_diffusion(model, config.pretrained_diffusion)
-        pretrained = {k: report.get(k) for k in ("checkpoint", "n_copied", "parameters_initialised", "adapted", "skipped")}
+        pretrained = dict(pretrained or {}, **{k: report.get(k) for k in ("checkpoint", "n_copied", "parameters_initialised", "adapted", "skipped")})
         log.info("initialised from diffusion model %s: %s", config.pretrained_diffusion, pretrained)
     schedule = WeightSchedule(config.boundary_schedule) if config.loss == "dice-boundary" else None
     loss_fn = SegmentationLoss(config.loss, n_classes, schedule)
@@ -203,7 +209,9 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
     summary = dict(data_summary or {})
     summary.update({"n_train": len(train_cases), "n_val": len(val_cases), "train_cases": [c.case_id for c in train_cases][:1000]})
     if pretrained is not None:
-        summary["pretrained_diffusion"] = pretrained
+        summary["initialisation"] = pretrained
+        if config.pretrained_diffusion:
+            summary["pretrained_diffusion"] = pretrained
     validation = {"val_dice_mean": best_dice if val_cases else None, "best_epoch": best_epoch, "epochs_run": len(history),
                   "training_seconds": time.perf_counter() - start_time, "parameters": parameter_count(model), "device": str(device)}
     bundle_mod.write_bundle(out_dir, model, config, prep, validation=validation, data_summary=summary)
