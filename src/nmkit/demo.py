@@ -203,6 +203,7 @@ def _convert_rois(cohort_dir: Path, cases: pd.DataFrame, readers: list[str], mas
 
 
 def _evaluate(test_cases, predictions, data, readers, out: Path) -> dict[str, Any]:
+    from .metrics.overlap import dice as overlap_dice
     from .metrics.readers import plot_agreement, reader_study
     from .metrics.surface import surface_metrics
 
@@ -211,8 +212,7 @@ def _evaluate(test_cases, predictions, data, readers, out: Path) -> dict[str, An
         pred = predictions[case.case_id].binary(1)
         for reader in readers + ["consensus"]:
             truth = data["readers"][reader][case.case_id] if reader != "consensus" else data["consensus"][case.case_id]
-            denom = pred.sum() + truth.sum()
-            dice = 1.0 if denom == 0 else 2 * np.logical_and(pred, truth).sum() / denom
+            dice = overlap_dice(pred, truth)
             surf = surface_metrics(pred, truth, spacing=case.image.spacing, tolerance_mm=2.0)
             rows.append({"case": case.case_id, "reference": reader, "dice": float(dice), "hd95_mm": surf["hd95"], "assd_mm": surf["assd"]})
     metrics = pd.DataFrame(rows)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_model(bundle_dir: Path, cases: list[Case], labels: Sequence[int]) -> pd.DataFrame:
     """Per-case Dice, HD95, ASSD of a bundle on cases (foreground = union of ``labels``)."""
+    from ..metrics.overlap import dice as overlap_dice
     from ..metrics.surface import surface_metrics
     from .bundle import load_bundle
     from .infer import predict_image
@@ -36,8 +37,7 @@ def evaluate_model(bundle_dir: Path, cases: list[Case], labels: Sequence[int]) -
     for case in cases:
         pred = predict_image(bundle, case.image).array
         p, t = np.isin(pred, labels), np.isin(case.label, labels)
-        denom = p.sum() + t.sum()
-        dice = 1.0 if denom == 0 else 2.0 * (p & t).sum() / denom
+        dice = overlap_dice(p, t)
         surf = surface_metrics(p, t, spacing=case.image.spacing)
         rows.append({"case_id": case.case_id, "dice": float(dice), "hd95": float(surf["hd95"]), "assd": float(surf["assd"])})
     return pd.DataFrame(rows)
