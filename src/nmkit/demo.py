@@ -33,9 +33,9 @@ class DemoConfig:
     readers: int = 3
     epochs: int = 30
     size: int = 128
-    learning_curve_sizes: tuple[int, ...] = (10, 30, 100)
-    learning_curve_epochs: int = 15
-    nema_matrix: int = 64
+    learning_curve_sizes: tuple[int, ...] = (10, 25, 50, 100)
+    learning_curve_epochs: int = 20
+    nema_matrix: int = 96
     workers: int = 2
     use_shipped_model: bool = True  # the thyroid bundle trained by bench/train_thyroid_bundle.py, when installed
 
