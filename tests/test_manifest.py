@@ -105,9 +105,14 @@ def test_manifest_from_catalog_links_roi_files(archive, tmp_path: Path):  # noqa
 
 
 def test_manifest_from_nifti_pairs(tmp_path: Path):
-    import nibabel as nib
+    import SimpleITK as sitk
 
-    img = nib.Nifti1Image(np.zeros((4, 4, 3), np.float32), np.eye(4))
+    class nib:  # tiny NIfTI writer on SimpleITK (a project dependency)
+        @staticmethod
+        def save(image, path):
+            sitk.WriteImage(image, str(path))
+
+    img = sitk.GetImageFromArray(np.zeros((3, 4, 4), np.float32))
     (tmp_path / "flat").mkdir()
     for p in ("case01", "case02"):
         nib.save(img, tmp_path / "flat" / f"{p}_PET_image.nii.gz")
