@@ -29,3 +29,15 @@ def need(root: Path, relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"external data item missing: {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module: the CI machine is shared, and OpenMP oversubscription slows the
+    projector/reconstruction tests many-fold (results do not depend on the thread count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

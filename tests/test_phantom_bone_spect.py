@@ -29,13 +29,7 @@ def small_config(**kw) -> BoneSpectConfig:
     return BoneSpectConfig(**base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The CI machine is shared: one intra-op thread avoids OpenMP oversubscription (results do not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ from nmkit.phantoms.spect_sim import CameraModel, Projector, osem, simulate_proj
 SMALL = dict(n=64, nz=40, voxel_mm=5.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The CI machine is shared: one intra-op thread avoids OpenMP oversubscription (results do not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -117,12 +117,9 @@ class _Sampler:
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: Sequence[int]) -> float:
     """Mean Dice over labels (both empty counts as 1)."""
-    scores = []
-    for value in labels:
-        a, b = pred == value, truth == value
-        denom = a.sum() + b.sum()
-        scores.append(1.0 if denom == 0 else 2.0 * np.logical_and(a, b).sum() / denom)
-    return float(np.mean(scores))
+    from ..metrics.overlap import dice
+
+    return float(np.mean([dice(pred == value, truth == value) for value in labels]))
 
 
 def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, config: TrainConfig, out_dir: str | Path,
