@@ -170,7 +170,8 @@ def test_kernel_pair_sums_equal_the_double_sum_over_voxel_pairs():
     shape, sp = (5, 7, 6), np.array([3.0, 0.8, 1.1])  # anisotropic, odd and even sizes
     a, b = rng.normal(size=shape), rng.uniform(size=shape)
     k, size = _inverse_distance_octant(shape, sp)
-    assert size == tuple(even_fast_len(2 * n - 1) for n in shape) and all(s % 2 == 0 for s in size)
+    # the smallest even grid with every voxel offset (|d| <= n - 1) within half of it: here exactly 2 (n - 1)
+    assert size == tuple(even_fast_len(2 * n - 2) for n in shape) == (8, 12, 10)
     got = kernel_pair_sums([a, b], [(0, 0), (0, 1), (1, 1)], k, size, block_bytes=1)  # one frequency per block
     for (i, j), g in zip([(0, 0), (0, 1), (1, 1)], got):
         assert g == pytest.approx(_brute_pair_sum([a, b][i], [a, b][j], sp), rel=1e-11)
@@ -234,3 +235,45 @@ def test_index_covariance_and_mesh_crop_match_direct_computation():
     volume, area = mesh_volume_area(verts, faces)
     assert volume == pytest.approx(4 / 3 * np.pi * (6 * 2.0) * (8 * 1.0) * (5 * 0.7), rel=0.08)
     assert volume == pytest.approx(ball.sum() * np.prod(sp), rel=0.08)
+
+
+def test_mesh_free_volume_area_and_hull_equal_those_of_the_marching_cubes_mesh():
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
+
+    from nmkit.radiomics.morphology import _hull_points, mask_volume_area, mesh, mesh_volume_area
+
+    rng = np.random.default_rng(3)
+    z, y, x = np.meshgrid(np.arange(20), np.arange(22), np.arange(24), indexing="ij")
+    ellipsoid = ((z - 9.3) / 6) ** 2 + ((y - 11) / 8) ** 2 + ((x - 12.4) / 5) ** 2 <= 1
+    # an irregular ROI with holes, thin bridges and single-voxel parts: every kind of 2x2x2 corner pattern,
+    # including the ambiguous ones, and a ROI touching the array border
+    blobs = ndimage.gaussian_filter(rng.normal(size=(14, 16, 15)), 1.0) > 0.1
+    for roi, sp in ((ellipsoid, (0.7, 1.0, 2.0)), (blobs, (1.3, 0.9, 2.5)), (blobs[:1], (2.0, 2.0, 2.0))):
+        verts, faces = mesh(roi, sp)
+        volume, area = mesh_volume_area(verts, faces)
+        assert mask_volume_area(roi, sp) == pytest.approx((volume, area), rel=1e-12)
+        sp_zyx = np.array(sp[::-1])
+        points = _hull_points(roi, sp_zyx)
+        assert len(points) < len(verts)
+        full, fast = ConvexHull(verts), ConvexHull(points)
+        assert (fast.volume, fast.area) == pytest.approx((full.volume, full.area), rel=1e-12)
+        assert pdist(points[fast.vertices]).max() == pytest.approx(pdist(verts[full.vertices]).max(), rel=1e-12)
+
+
+def test_statistics_from_sorted_values_equal_numpy_percentiles():
+    from nmkit.radiomics.intensity import _sorted_percentiles, histogram_features, statistics_features
+
+    rng = np.random.default_rng(11)
+    for x in (rng.normal(size=1001) * 40.0, np.round(rng.gamma(2.0, 30.0, size=64)), np.array([3.0])):
+        qs = (10, 25, 50, 75, 90)
+        np.testing.assert_allclose(_sorted_percentiles(np.sort(x), qs), np.percentile(x, qs), rtol=1e-15, atol=0)
+        f = statistics_features(x)
+        p10, p90 = np.percentile(x, [10, 90])
+        robust = x[(x >= p10) & (x <= p90)]
+        assert f["stat_rmad"] == pytest.approx(np.abs(robust - robust.mean()).mean(), rel=1e-12, abs=1e-12)
+        assert f["stat_iqr"] == pytest.approx(np.subtract(*np.percentile(x, [75, 25])), abs=1e-12)
+        assert statistics_features(x, np.sort(x)) == f
+    lv = rng.integers(1, 9, size=500)
+    assert histogram_features(lv, 8, np.sort(lv)) == histogram_features(lv, 8)

@@ -7,6 +7,9 @@ axis at a time on the unpadded data ("pruned" transform) skips those and gives t
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 
 
@@ -52,47 +55,88 @@ def even_kernel_spectrum(kernel_octant: np.ndarray, size: tuple[int, int, int]) 
     return fft.dctn(kernel_octant, type=1)
 
 
+_WORK = threading.local()
+SCRATCH_MAX_BYTES = 64 << 20  # larger work arrays are allocated per call instead of kept
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised work array of this thread, reused from call to call (grown when needed).
+
+    Fresh memory costs a page fault per 4 KiB page at first touch, on every call: for the tens of MB of
+    zero-padded spectra of a typical ROI that costs more than the transforms themselves. Each thread keeps one
+    buffer per ``name`` (at most ``SCRATCH_MAX_BYTES``), so callers must not hold on to the returned array.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes > SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype=dtype)
+    store = _WORK.__dict__.setdefault("buffers", {})
+    raw = store.get(name)
+    if raw is None or raw.size < nbytes:
+        raw = store[name] = np.empty(nbytes + 64, dtype=np.uint8)
+    start = (-raw.ctypes.data) % 64  # cache-line aligned
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _unfolded_weights(kernel_key: bytes, kernel_shape: tuple[int, ...], size: tuple[int, int, int]) -> np.ndarray:
+    """Kernel spectrum x rFFT weights / N over f0 = 0..n0-1, f1 = 0..n1-1, f2 = 0..n2/2, each value twice (for
+    the real and imaginary part). Read-only and cached: the kernel depends on the grid size and spacing only, and
+    its DCT costs as much as a transform of the data."""
+    n0, n1, n2 = size
+    octant = np.frombuffer(kernel_key, dtype=np.float64).reshape(kernel_shape)
+    spec = even_kernel_spectrum(octant, size)
+    spec *= half_spectrum_weights(n2) / float(n0 * n1 * n2)  # rFFT half of the last axis stands for both halves
+    full = np.concatenate([spec, spec[n0 // 2 - 1:0:-1]], axis=0)  # spectrum(f) = spectrum(N - f)
+    full = np.concatenate([full, full[:, n1 // 2 - 1:0:-1]], axis=1)
+    full = np.repeat(full, 2, axis=2)  # (re, im) pairs: multiplies the float view of a complex spectrum
+    full.flags.writeable = False
+    return full
+
+
 def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
-                     size: tuple[int, int, int], block_bytes: int = 4 << 20) -> list[float]:
+                     size: tuple[int, int, int], block_bytes: int = 32 << 20) -> list[float]:
     """``sum_ij a_i K(i - j) b_j`` over all voxel pairs, for each pair ``(a, b)`` of 3D ``arrays`` (same shape).
 
     ``K`` is even along every axis and given by its octant (see :func:`even_kernel_spectrum`); ``size``
-    (even, >= 2 n - 1 per axis) makes circular correlation equal linear correlation. By Parseval each sum is
-    ``sum_f K^(f) Re(conj(A(f)) B(f)) / N``, so only forward transforms are needed (pruned, axis by axis). After
-    the first (real) transform the other two run on blocks of its frequencies and each block is summed right
-    away: the padded spectra (tens to hundreds of MB of fresh memory, i.e. page faults, for a large ROI) never
-    exist in full.
+    (even, >= 2 (n - 1) per axis) makes circular correlation equal linear correlation. By Parseval each sum is
+    ``sum_f K^(f) Re(conj(A(f)) B(f)) / N``, so only forward transforms are needed, pruned: the real transform
+    along the last axis runs on the unpadded rows, the one along the middle axis only on the planes that hold
+    data. The last two run in place in a zero-padded work buffer, on blocks of the real transform's frequencies
+    (``block_bytes`` of buffer), and each block is summed right away; work arrays are reused between calls
+    (:func:`scratch`).
     """
     from scipy import fft
 
     n0, n1, n2 = size
-    stack = np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
-    spec = even_kernel_spectrum(kernel_octant, size)
-    spec *= half_spectrum_weights(n2) / float(n0 * n1 * n2)  # rFFT half of the last axis stands for both halves
-    spec = np.repeat(spec, 2, axis=-1)  # matches the (re, im) float view of a complex spectrum
-    unfold0 = np.r_[0:n0 // 2 + 1, n0 // 2 - 1:0:-1]  # spectrum(f) = spectrum(N - f): full f0 and f1 ranges
-    unfold1 = np.r_[0:n1 // 2 + 1, n1 // 2 - 1:0:-1]
-    p, nz, ny = stack.shape[:3]
-    f = fft.rfft(stack, n2, axis=3)  # (p, n_z, n_y, N2 // 2 + 1): the first two axes still unpadded
+    p = len(arrays)
+    nz, ny, nx = np.shape(arrays[0])
+    rows = scratch("kps_rows", (p, nz, ny, n2), np.float64)  # each row zero-padded to the transform length
+    rows[..., nx:] = 0.0
+    for k, a in enumerate(arrays):
+        rows[k, :, :, :nx] = a
+    f = fft.rfft(rows, axis=3)  # (p, n_z, n_y, n2 // 2 + 1)
     n_last = f.shape[3]
+    octant = np.ascontiguousarray(kernel_octant, dtype=np.float64)
+    weights = _unfolded_weights(octant.tobytes(), octant.shape, tuple(size))
     step = min(n_last, max(1, block_bytes // (16 * p * n0 * n1)))
-    # one zero-padded work buffer for every block: both transforms run in place, no padded copies
-    buf = np.zeros((p, n0, n1, step), dtype=np.complex128)
+    buf = scratch("kps_spectra", (p, n0, n1, step), np.complex128)
+    tmp = scratch("kps_product", (n0, n1, 2 * step), np.float64)
     sums = [0.0] * len(pairs)
     for k0 in range(0, n_last, step):
-        k1 = min(k0 + step, n_last)
-        blk = buf[..., :k1 - k0]
-        blk[:, :nz, :ny] = f[..., k0:k1]
-        blk[:, :nz, ny:] = 0.0
+        kb = min(step, n_last - k0)
+        blk = buf if kb == step else buf[..., :kb]
         blk[:, nz:] = 0.0
+        blk[:, :nz, ny:] = 0.0
+        blk[:, :nz, :ny] = f[..., k0:k0 + kb]
         fft.fft(blk[:, :nz], axis=2, overwrite_x=True)  # along y (rows beyond n_z are zero)
         fft.fft(blk, axis=1, overwrite_x=True)  # along z
-        flat = blk.view(np.float64)
-        g = spec[:, :, 2 * k0:2 * k1][np.ix_(unfold0, unfold1)]
-        weighted = {}
+        flat = blk.view(np.float64)  # (p, n0, n1, 2 kb): (re, im) pairs
+        gb, tb = weights[..., 2 * k0:2 * (k0 + kb)], tmp[..., :2 * kb]
+        done = None
         for q, (a, b) in enumerate(pairs):
             # g * (re_a re_b + im_a im_b) summed; plain einsum, not BLAS (threaded BLAS spins on a busy machine)
-            if a not in weighted:
-                weighted[a] = g * flat[a]
-            sums[q] += float(np.einsum("ijk,ijk->", weighted[a], flat[b]))
+            if done != a:
+                np.multiply(gb, flat[a], out=tb)
+                done = a
+            sums[q] += float(np.einsum("ijk,ijk->", tb, flat[b]))
     return sums

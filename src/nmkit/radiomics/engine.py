@@ -40,29 +40,40 @@ def texture_levels(roi: ProcessedROI, config: RadiomicsConfig) -> tuple[np.ndarr
 
 
 def features_from_roi(roi: ProcessedROI, config: RadiomicsConfig) -> dict[str, float]:
-    """Every requested family on an already processed ROI."""
+    """Every requested family on an already processed ROI.
+
+    The intensities inside the intensity mask are gathered once and sorted once: the statistics, intensity
+    histogram and IVH only depend on their distribution, and discretisation is monotone, so the sorted grey
+    levels are the discretised sorted intensities."""
     from . import intensity
 
     fams = set(config.families)
     out: dict[str, float] = {}
     values = roi.values
+    need_sorted = fams & {"intensity_statistics", "intensity_histogram", "intensity_volume_histogram"}
+    sorted_values = np.sort(values) if need_sorted else None
     if "morphology" in fams:
         from .morphology import morphology_features
 
-        out.update(morphology_features(roi))
+        out.update(morphology_features(roi, values=values))
     if "local_intensity" in fams:
         from .local_intensity import local_intensity_features
 
-        out.update(local_intensity_features(roi))
+        out.update(local_intensity_features(roi, values=values))
     if "intensity_statistics" in fams:
-        out.update(intensity.statistics_features(values))
+        out.update(intensity.statistics_features(values, sorted_values))
     levels = ng = None
     if fams & {"intensity_histogram", "texture"}:
-        levels, ng = texture_levels(roi, config)
-    if "intensity_histogram" in fams:
-        out.update(intensity.histogram_features(levels[roi.int_mask], ng))
+        lv, ng = discretise(values, config.discretisation, config.reseg_range)
+        if "intensity_histogram" in fams:
+            lv_sorted, _ = discretise(sorted_values, config.discretisation, config.reseg_range, roi_values=values)
+            out.update(intensity.histogram_features(lv, ng, lv_sorted))
+        if "texture" in fams:
+            levels = np.zeros(roi.image.shape, dtype=np.int32)
+            levels[roi.int_mask] = lv
     if "intensity_volume_histogram" in fams:
-        out.update(intensity.ivh_features(values, config.ivh, config.reseg_range, config.ivh_use_reseg_range))
+        out.update(intensity.ivh_features(values, config.ivh, config.reseg_range, config.ivh_use_reseg_range,
+                                          sorted_values=sorted_values))
     if "texture" in fams:
         try:
             from .texture import compute_texture

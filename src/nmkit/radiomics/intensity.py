@@ -3,35 +3,57 @@ histogram features. All operate on the 1D set of voxel values inside the intensi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .config import Discretisation
 
 
-def _moments(x: np.ndarray, prefix: str) -> dict[str, float]:
-    """The 18 first-order statistics shared by ``stat_`` and (on grey levels) ``ih_`` features."""
+def _sorted_percentiles(xs: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """Percentiles of already sorted data, as ``np.percentile`` (linear method) computes them but without its
+    partition pass; the interpolation is numpy's own (``a + (b - a) t``, from ``b`` when ``t >= 0.5``)."""
+    n = xs.size
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (n - 1)
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, n - 1)
+        t = pos - lo
+        a, b = float(xs[lo]), float(xs[hi])
+        out.append(b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t)
+    return out
+
+
+def _moments(x: np.ndarray, prefix: str, xs: np.ndarray | None = None) -> dict[str, float]:
+    """The 18 first-order statistics shared by ``stat_`` and (on grey levels) ``ih_`` features.
+
+    ``xs``: ``x`` sorted, when the caller has it (percentiles, extremes and the robust 10-90 % subset then come
+    from it by indexing)."""
     x = np.asarray(x, dtype=np.float64)
+    xs = np.sort(x) if xs is None else np.asarray(xs, dtype=np.float64)
     mean = float(x.mean())
     dev = x - mean
     dev2 = dev * dev  # products, not ** 3 / ** 4: numpy's general power is several times slower
     var = float(dev2.mean())
     sd = var ** 0.5
-    p10, p25, p50, p75, p90 = (float(v) for v in np.percentile(x, [10, 25, 50, 75, 90]))
+    p10, p25, p50, p75, p90 = _sorted_percentiles(xs, (10, 25, 50, 75, 90))
+    lo, hi = float(xs[0]), float(xs[-1])
     f = {
         "mean": mean,
         "var": var,
         "skew": float((dev2 * dev).mean() / var ** 1.5) if var > 0 else 0.0,
         "kurt": float((dev2 * dev2).mean() / var ** 2 - 3.0) if var > 0 else 0.0,
         "median": p50,
-        "min": float(x.min()),
+        "min": lo,
         "p10": p10,
         "p90": p90,
-        "max": float(x.max()),
+        "max": hi,
         "iqr": p75 - p25,
-        "range": float(x.max() - x.min()),
+        "range": hi - lo,
         "mad": float(np.abs(dev).mean()),
     }
-    robust = x[(x >= p10) & (x <= p90)]
+    robust = xs[np.searchsorted(xs, p10, side="left"):np.searchsorted(xs, p90, side="right")]  # p10 <= x <= p90
     f["rmad"] = float(np.abs(robust - robust.mean()).mean())
     f["medad"] = float(np.abs(x - p50).mean())
     f["cov"] = sd / mean if mean != 0 else float("nan")
@@ -39,19 +61,20 @@ def _moments(x: np.ndarray, prefix: str) -> dict[str, float]:
     return {f"{prefix}_{k}": v for k, v in f.items()}
 
 
-def statistics_features(values: np.ndarray) -> dict[str, float]:
-    """Intensity statistics (``stat_*``, 18 features)."""
+def statistics_features(values: np.ndarray, sorted_values: np.ndarray | None = None) -> dict[str, float]:
+    """Intensity statistics (``stat_*``, 18 features); ``sorted_values`` (``values`` sorted) saves a sort."""
     x = np.asarray(values, dtype=np.float64)
-    f = _moments(x, "stat")
+    f = _moments(x, "stat", sorted_values)
     f["stat_energy"] = float((x * x).sum())
     f["stat_rms"] = float(np.sqrt((x * x).mean()))
     return f
 
 
-def histogram_features(levels: np.ndarray, n_levels: int) -> dict[str, float]:
-    """Intensity histogram features (``ih_*``, 23) on discretised grey levels 1..Ng."""
+def histogram_features(levels: np.ndarray, n_levels: int, sorted_levels: np.ndarray | None = None) -> dict[str, float]:
+    """Intensity histogram features (``ih_*``, 23) on discretised grey levels 1..Ng (``sorted_levels``: the same
+    levels sorted, when the caller has them)."""
     lv = np.asarray(levels, dtype=np.int64)
-    f = _moments(lv, "ih")
+    f = _moments(lv, "ih", sorted_levels)
     ng = max(int(n_levels), int(lv.max()))
     counts = np.bincount(lv, minlength=ng + 1)[1:].astype(np.float64)  # index 0 -> grey level 1
     p = counts / counts.sum()
@@ -76,7 +99,8 @@ def histogram_features(levels: np.ndarray, n_levels: int) -> dict[str, float]:
     return f
 
 
-def ivh_features(values: np.ndarray, disc: Discretisation, reseg_range=None, use_reseg_range: bool = True) -> dict[str, float]:
+def ivh_features(values: np.ndarray, disc: Discretisation, reseg_range=None, use_reseg_range: bool = True,
+                 sorted_values: np.ndarray | None = None) -> dict[str, float]:
     """Intensity-volume histogram features (``ivh_*``) following IBSI's three cases.
 
     * ``none`` (discrete calibrated, e.g. CT): grey levels are the intensities, w = 1, range G = the
@@ -84,8 +108,11 @@ def ivh_features(values: np.ndarray, disc: Discretisation, reseg_range=None, use
     * ``FBS`` (continuous calibrated, e.g. PET): bins of ``bin_width`` from the re-segmentation lower bound
       (or ROI min); grey levels are bin centres; G = [x_min + w/2, x_max - w/2].
     * ``FBN`` (arbitrary units): ``n_bins`` bins between ROI min and max; G = [1, Ng], w = 1.
+
+    Only the distribution of the values matters; every discretisation is monotone, so the values are sorted once
+    (or ``sorted_values`` is used) and the discretised ones come out sorted.
     """
-    x = np.asarray(values, dtype=np.float64)
+    x = np.sort(np.asarray(values, dtype=np.float64)) if sorted_values is None else np.asarray(sorted_values, np.float64)
     lo_r = hi_r = None
     if use_reseg_range and reseg_range is not None:
         lo_r, hi_r = reseg_range
@@ -108,7 +135,7 @@ def ivh_features(values: np.ndarray, disc: Discretisation, reseg_range=None, use
         g_min, g_max, w = 1.0, float(n), 1.0
     n_steps = int(round((g_max - g_min) / w)) + 1
     grid = g_min + np.arange(n_steps) * w  # every discretised intensity in G, present or not
-    sorted_x = np.sort(xd)
+    sorted_x = xd  # sorted: x is sorted and the discretisation monotone
     nu = 1.0 - np.searchsorted(sorted_x, grid - 1e-9 * max(1.0, w), side="left") / len(sorted_x)
     gamma = (grid - g_min) / (g_max - g_min) if g_max > g_min else np.zeros_like(grid)
 

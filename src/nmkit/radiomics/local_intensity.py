@@ -71,10 +71,10 @@ def sphere_means_at(image: np.ndarray, where: np.ndarray, spacing_xyz, radius_mm
     return num / np.maximum(den, 1.0)
 
 
-def local_intensity_features(roi: ProcessedROI) -> dict[str, float]:
+def local_intensity_features(roi: ProcessedROI, values: np.ndarray | None = None) -> dict[str, float]:
     """``loc_peak_loc``: highest sphere mean around the maximum-intensity voxel(s) of the intensity mask;
-    ``loc_peak_glob``: highest sphere mean over all intensity-mask voxels."""
+    ``loc_peak_glob``: highest sphere mean over all intensity-mask voxels (``values``: ``roi.values`` if known)."""
     m = sphere_means_at(roi.image, roi.int_mask, roi.spacing)
-    vals = roi.image[roi.int_mask]
+    vals = roi.values if values is None else values
     at_max = m[vals == vals.max()]
     return {"loc_peak_loc": float(at_max.max()), "loc_peak_glob": float(m.max())}

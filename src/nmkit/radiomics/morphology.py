@@ -11,12 +11,22 @@ sum (tests compare the two) but takes milliseconds for ROIs of 10^5 voxels.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ._fft import even_fast_len, kernel_pair_sums
 from .preprocess import ProcessedROI
+
+
+def _bbox_slices(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of a non-empty 3D mask from its axis projections (no list of voxel indices)."""
+    z = np.flatnonzero(mask.any(axis=(1, 2)))
+    plane = mask[z[0]:z[-1] + 1].any(axis=0)
+    y = np.flatnonzero(plane.any(axis=1))
+    x = np.flatnonzero(plane.any(axis=0))
+    return slice(int(z[0]), int(z[-1]) + 1), slice(int(y[0]), int(y[-1]) + 1), slice(int(x[0]), int(x[-1]) + 1)
 
 
 def mesh(mask: np.ndarray, spacing_xyz: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +60,95 @@ def mesh_volume_area(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float
     return volume, area
 
 
+@functools.lru_cache(maxsize=16)
+def _cube_tables(spacing_zyx: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Marching-cubes surface pieces of each of the 256 corner patterns of one 2x2x2 cell, for a binary mask.
+
+    On a binary mask at level 0.5 every vertex is an edge midpoint and the triangles of a cell depend only on
+    its 8 corners (including Lewiner's ambiguity tests), so the mesh is a sum of per-pattern pieces. Returned per
+    pattern (bit ``4 dz + 2 dy + dx`` set when that corner is inside): triangle area ``(256,)``; ``a.(b x c)``
+    summed over its triangles with the cell corner at the origin ``(256,)``; and ``a x b + b x c + c x a``
+    summed ``(256, 3)``, so that a cell at ``p`` adds ``t0 + p.s`` to the divergence-theorem volume sum
+    (``6 V``). Built once per spacing with scikit-image's ``marching_cubes`` on each pattern (read-only arrays).
+    """
+    from skimage.measure import marching_cubes
+
+    area, t0, s = np.zeros(256), np.zeros(256), np.zeros((256, 3))
+    for code in range(1, 255):
+        cell = np.array([(code >> k) & 1 for k in range(8)], dtype=np.float32).reshape(2, 2, 2)
+        verts, faces, _n, _v = marching_cubes(cell, level=0.5, spacing=spacing_zyx, allow_degenerate=True)
+        a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+        area[code] = 0.5 * float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
+        t0[code] = float(np.einsum("ij,ij->", a, np.cross(b, c)))
+        s[code] = (np.cross(a, b) + np.cross(b, c) + np.cross(c, a)).sum(0)
+    for t in (area, t0, s):
+        t.flags.writeable = False
+    return area, t0, s
+
+
+def mask_volume_area(mask: np.ndarray, spacing_xyz) -> tuple[float, float]:
+    """Volume and area of the marching-cubes mesh of a binary mask (as ``mesh_volume_area(*mesh(mask))``),
+    without building the mesh: each 2x2x2 cell of the zero-padded mask is classified by its corner pattern and
+    the per-pattern surface pieces (``_cube_tables``) are summed with their counts (divergence theorem for the
+    volume, exact up to round-off)."""
+    sp = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+    area_t, t0_t, s_t = _cube_tables(sp)
+    m = np.pad(mask[_bbox_slices(mask)], 1).view(np.uint8)
+    nz, ny, nx = (n - 1 for n in m.shape)
+    code = np.zeros((nz, ny, nx), dtype=np.uint8)
+    for k in range(8):
+        dz, dy, dx = k >> 2, (k >> 1) & 1, k & 1
+        code |= m[dz:dz + nz, dy:dy + ny, dx:dx + nx] << np.uint8(k)
+    code = code.ravel()
+    cells = np.flatnonzero((code != 0) & (code != 255))  # cells the surface passes through
+    c = code[cells]
+    counts = np.bincount(c, minlength=256)
+    area = float(counts @ area_t)
+    iz, rest = np.divmod(cells, ny * nx)
+    iy, ix = np.divmod(rest, nx)
+    six_v = float(counts @ t0_t)
+    for axis, idx in enumerate((iz, iy, ix)):  # sum over cells of p.s, grouped by pattern
+        six_v += sp[axis] * float(np.bincount(c, weights=idx.astype(np.float64), minlength=256) @ s_t[:, axis])
+    return abs(six_v) / 6.0, area
+
+
+def _hull_points(mask: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Points (mm, z y x, relative to the mask's bounding box) whose convex hull is that of the marching-cubes
+    vertices of a binary mask, but far fewer of them.
+
+    Vertices are midpoints of edges between an inside and an outside voxel; along any grid line they lie between
+    the two outermost ones (half a voxel beyond the first and the last inside voxel), so only those two per line
+    along each axis can be hull corners. Of these, a line's first point is dropped when it is no closer to the
+    start than the mean of its two neighbouring lines' first points (then it lies within the triangle of those two
+    and the line's last point), likewise for the last points: only points that are not extreme are dropped, so the
+    hull is unchanged.
+    """
+    m = mask[_bbox_slices(mask)]
+    pts = []
+    for ax in range(3):
+        has = m.any(axis=ax)
+        first = m.argmax(axis=ax)
+        last = (m.shape[ax] - 1) - np.flip(m, axis=ax).argmax(axis=ax)
+        keep_first, keep_last = has.copy(), has.copy()
+        for a in (0, 1):  # the neighbouring lines on either side along each of the two other axes
+            lo, mid, hi = _NEIGHBOURS[a]
+            inner = has[lo] & has[mid] & has[hi]
+            keep_first[mid] &= ~(inner & (2 * first[mid] >= first[lo] + first[hi]))
+            keep_last[mid] &= ~(inner & (2 * last[mid] <= last[lo] + last[hi]))
+        others = [b for b in range(3) if b != ax]
+        for keep, val, shift in ((keep_first, first, -0.5), (keep_last, last, 0.5)):
+            p = np.empty((int(np.count_nonzero(keep)), 3))
+            p[:, ax] = val[keep] + shift
+            p[:, others] = np.stack(np.nonzero(keep), axis=1)
+            pts.append(p)
+    return np.concatenate(pts) * spacing_zyx
+
+
+# (previous, this, next) line of every interior line of a 2D map, along its first and its second axis
+_NEIGHBOURS = (((slice(None, -2), slice(None)), (slice(1, -1), slice(None)), (slice(2, None), slice(None))),
+               ((slice(None), slice(None, -2)), (slice(None), slice(1, -1)), (slice(None), slice(2, None))))
+
+
 def _ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> float:
     """IBSI approximation of the surface area of an ellipsoid with semi-axes a >= b >= c (Legendre series)."""
     from scipy.special import eval_legendre
@@ -65,9 +164,10 @@ def _ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> float:
 
 
 def _inverse_distance_octant(shape: tuple[int, ...], spacing_zyx: np.ndarray):
-    """Octant of the circular kernel 1/|d| (0 at d = 0) on an even grid of size >= 2n - 1 per axis, and that
-    grid size. With that size circular correlation equals linear correlation for every voxel pair."""
-    size = tuple(even_fast_len(2 * n - 1) for n in shape)
+    """Octant of the circular kernel 1/|d| (0 at d = 0) on an even grid of size >= 2 (n - 1) per axis, and that
+    grid size. Every offset between two voxels (at most n - 1 per axis) then lies within half the grid, where
+    the circular kernel equals 1/|d|, so circular correlation equals linear correlation for every voxel pair."""
+    size = tuple(even_fast_len(max(2 * n - 2, 2)) for n in shape)
     axes = [np.arange(n_fft // 2 + 1) * s for n_fft, s in zip(size, spacing_zyx)]
     dz, dy, dx = np.meshgrid(*axes, indexing="ij", sparse=True)
     d2 = dz * dz + dy * dy + dx * dx
@@ -85,15 +185,15 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
     they are sums over frequencies of kernel spectrum x cross-spectrum (``_fft.kernel_pair_sums``): forward
     transforms only, exact up to floating-point round-off.
     """
-    idx = np.nonzero(mask)
-    sl = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-    m = mask[sl].astype(np.float64)
-    x = np.where(mask[sl], image[sl], 0.0).astype(np.float64)
-    n = float(m.sum())
+    sl = _bbox_slices(mask)
+    inside = mask[sl]
+    n = float(np.count_nonzero(inside))
     if n < 2:
         return float("nan"), float("nan")
-    mu = x[m > 0].mean()
-    dev = (x - mu) * m
+    x = image[sl]
+    mu = float(x[inside].mean())
+    dev = np.where(inside, x - mu, 0.0)
+    m = inside.astype(np.float64)
     dev2 = dev * dev
     ss = float(dev2.sum())
     if ss == 0:
@@ -134,16 +234,15 @@ def _index_covariance(mask: np.ndarray) -> np.ndarray:
     return (n * second.astype(np.float64) - np.outer(first, first).astype(np.float64)) / (n * (n - 1.0))
 
 
-def morphology_features(roi: ProcessedROI) -> dict[str, float]:
-    """All IBSI morphological features (mirp tags: ``morph_*``)."""
+def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> dict[str, float]:
+    """All IBSI morphological features (mirp tags: ``morph_*``); ``values``: ``roi.values`` when the caller has it."""
     from scipy.spatial import ConvexHull
     from scipy.spatial.distance import pdist
 
     sp = roi.spacing
     sp_zyx = np.asarray([sp[2], sp[1], sp[0]], dtype=float)
     morph = roi.morph_mask
-    verts, faces = mesh(morph, sp)
-    volume, area = mesh_volume_area(verts, faces)
+    volume, area = mask_volume_area(morph, sp)
     n_vox = int(morph.sum())
     vol_approx = n_vox * float(np.prod(sp))
     f: dict[str, float] = {}
@@ -158,7 +257,7 @@ def morphology_features(roi: ProcessedROI) -> dict[str, float]:
     f["morph_asphericity"] = (area ** 3 / (36.0 * math.pi * volume ** 2)) ** (1.0 / 3.0) - 1.0
     # centre of mass shift: geometric (morphological mask) vs intensity-weighted (intensity mask), from
     # per-axis projections (no list of every voxel position)
-    w = roi.image[roi.int_mask]
+    w = roi.values if values is None else values
     n_m, first_m, second_m = _index_moments(morph)
     com_geo = first_m / n_m * sp_zyx
     w_tot = float(w.sum())
@@ -170,8 +269,8 @@ def morphology_features(roi: ProcessedROI) -> dict[str, float]:
     else:
         com_int = np.full(3, np.nan)
     f["morph_com"] = float(np.linalg.norm(com_geo - com_int))
-    hull = ConvexHull(verts)
-    hv = verts[hull.vertices]  # the diameter is attained between hull corners
+    hull = ConvexHull(_hull_points(morph, sp_zyx))  # the hull of the mesh vertices, from far fewer points
+    hv = hull.points[hull.vertices]  # the diameter is attained between hull corners
     f["morph_diam"] = float(pdist(hv).max()) if len(hv) > 1 else 0.0
     # PCA on voxel centre positions of the morphological mask: covariance from exact integer index moments
     cov = ((n_m * second_m.astype(np.float64) - np.outer(first_m, first_m).astype(np.float64)) / (n_m * (n_m - 1.0))
@@ -183,7 +282,8 @@ def morphology_features(roi: ProcessedROI) -> dict[str, float]:
     f["morph_pca_least_axis"] = 4.0 * math.sqrt(l3)
     f["morph_pca_elongation"] = math.sqrt(l2 / l1) if l1 > 0 else float("nan")
     f["morph_pca_flatness"] = math.sqrt(l3 / l1) if l1 > 0 else float("nan")
-    ext = verts.max(axis=0) - verts.min(axis=0)
+    # mesh extent: half a voxel beyond the outermost voxel centres on each side
+    ext = np.array([sl.stop - sl.start for sl in _bbox_slices(morph)], dtype=float) * sp_zyx
     f["morph_vol_dens_aabb"] = volume / float(np.prod(ext))
     f["morph_area_dens_aabb"] = area / float(2.0 * (ext[0] * ext[1] + ext[0] * ext[2] + ext[1] * ext[2]))
     a, b, c = 2.0 * math.sqrt(l1), 2.0 * math.sqrt(l2), 2.0 * math.sqrt(l3)

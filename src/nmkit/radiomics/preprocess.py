@@ -58,10 +58,12 @@ def _axis_grid(n_old: int, s_old: float, s_new: float | None) -> np.ndarray:
     return (n_old - 1) / 2.0 + (np.arange(n_new) - (n_new - 1) / 2.0) * (s_new / s_old)
 
 
-def _bbox(mask: np.ndarray) -> list[tuple[int, int]]:
+def _bbox(mask: np.ndarray) -> list[tuple[int, int]] | None:
     """Inclusive (first, last) index of the non-zero voxels per axis of a 3D mask, from two projections (no index
-    list of every voxel; the second pass only reads the slices that hold the ROI)."""
+    list of every voxel; the second pass only reads the slices that hold the ROI); None for an empty mask."""
     z = np.flatnonzero(mask.any(axis=(1, 2)))
+    if not z.size:
+        return None
     plane = mask[z[0]:z[-1] + 1].any(axis=0)
     y = np.flatnonzero(plane.any(axis=1))
     x = np.flatnonzero(plane.any(axis=0))
@@ -98,6 +100,32 @@ def _trilinear(a: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
     # shrinking axes first keeps the intermediate arrays small
     for ax in sorted(range(3), key=lambda k: len(coords[k]) / a.shape[k]):
         out = _linear_along(out, coords[ax], ax)
+    return out
+
+
+def _interpolated_mask(roi: np.ndarray, bb: list[tuple[int, int]], coords: list[np.ndarray],
+                       threshold: float) -> np.ndarray:
+    """The ROI mask interpolated (trilinear) on the crop grid ``coords`` and thresholded.
+
+    A grid point further than one old voxel from the ROI's bounding box along some axis gets no weight from any
+    ROI voxel (exactly 0), so only the part of the grid near the ROI is interpolated (from a matching small box
+    of the old mask) and the rest stays outside. Where the ROI touches the image edge, points beyond the edge
+    take the edge value (``mode='nearest'``) and stay in the interpolated part.
+    """
+    out = np.zeros(tuple(len(c) for c in coords), dtype=bool)
+    near = [np.flatnonzero((c > (lo - 1.0 if lo > 0 else -np.inf)) & (c < (hi + 1.0 if hi < n - 1 else np.inf)))
+            for c, (lo, hi), n in zip(coords, bb, roi.shape)]
+    if any(not k.size for k in near):
+        return out
+    part = tuple(slice(int(k[0]), int(k[-1]) + 1) for k in near)
+    sub_coords = [c[p] for c, p in zip(coords, part)]
+    lo_old = [max(0, int(math.floor(c[0])) - 1) for c in sub_coords]
+    hi_old = [min(roi.shape[a], int(math.ceil(c[-1])) + 2) for a, c in enumerate(sub_coords)]
+    sub = roi[tuple(slice(a, b) for a, b in zip(lo_old, hi_old))].astype(np.float64)
+    values = _trilinear(sub, [c - lo for c, lo in zip(sub_coords, lo_old)])
+    # weights like 1/2 + 1/2 come out as 0.49999999999: compare with a tolerance so that a voxel exactly at
+    # the partial-volume threshold is kept, as IBSI's reference implementations do
+    out[part] = values >= threshold - MASK_EPS
     return out
 
 
@@ -149,7 +177,8 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
         raise InputError(src, "mask and image grids differ (resample the mask onto the image first)")
     if roi.shape != image.array.shape:
         raise InputError(src, f"mask shape {roi.shape} differs from image shape {image.array.shape}")
-    if not roi.any():
+    bb = _bbox(roi)
+    if bb is None:
         raise InputError(src, "the ROI mask is empty")
     arr = image.array  # converted (and rounded, with round_input) only on the crop below
     spacing = np.asarray(image.spacing, dtype=float)  # x, y, z
@@ -160,7 +189,6 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
         grids.append(_axis_grid(arr.shape[ax], float(spacing[phys]), new_sp[phys]))
     out_spacing = tuple(float(new_sp[p]) if new_sp[p] is not None else float(spacing[p]) for p in range(3))
     # crop: new-grid indices whose position lies within the ROI bounding box (+ margin) of the old grid
-    bb = _bbox(roi)
     sel = []
     for ax in range(3):
         phys = 2 - ax
@@ -172,8 +200,8 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
     resampled = any(not np.array_equal(c, np.round(c)) or (len(g) != arr.shape[ax]) for ax, (c, g) in enumerate(zip(coords, grids)))
 
     def as_float(a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, dtype=np.float64)
-        return np.round(a) if config.round_input else a
+        # rounding before the float64 conversion gives the same integers (any float is exact in float64)
+        return np.asarray(np.round(a) if config.round_input else a, dtype=np.float64)
 
     if not resampled:
         sl = tuple(slice(int(c[0]), int(c[-1]) + 1) for c in coords)
@@ -186,15 +214,12 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
         hi_old = [min(arr.shape[ax], int(math.ceil(c[-1])) + pad + 1) for ax, c in enumerate(coords)]
         box = tuple(slice(lo_old[a], hi_old[a]) for a in range(3))
         sub = as_float(arr[box])
-        subm = roi[box].astype(np.float64)
         local = [c - lo_old[a] for a, c in enumerate(coords)]
         if config.image_interpolation == "cubic":
             img = _tricubic(sub, local)
         else:
             img = _trilinear(sub, local)
-        # weights like 1/2 + 1/2 come out as 0.49999999999: compare with a tolerance so that a voxel exactly at
-        # the partial-volume threshold is kept, as IBSI's reference implementations do
-        morph = _trilinear(subm, local) >= config.mask_threshold - MASK_EPS
+        morph = _interpolated_mask(roi, bb, coords, config.mask_threshold)
     if config.round_intensities:
         img = np.round(img)
     if not morph.any():
