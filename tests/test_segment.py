@@ -11,7 +11,7 @@ import torch
 from nmkit.io.image import Image
 from nmkit.segment.bundle import load_bundle
 from nmkit.segment.data import Case
-from nmkit.segment.infer import largest_component, predict_image
+from nmkit.segment.infer import fill_holes, largest_component, predict_image
 from nmkit.segment.losses import BoundaryLoss, SegmentationLoss, WeightSchedule, signed_distance_map
 from nmkit.segment.nets import NETWORK_NAMES, build_network, parameter_count
 from nmkit.segment.preprocess import Preprocessing, normalise, thin_counts
@@ -105,6 +105,33 @@ def test_largest_component_post_processing():
     assert out.sum() == 64 and out[16, 16] == 0
 
 
+def test_fill_holes_keeps_a_cold_nodule_inside_the_gland():
+    lab = np.zeros((30, 30), np.uint8)
+    lab[5:20, 5:20] = 1
+    lab[10:14, 10:14] = 0  # photopenic nodule: a hole in the predicted gland
+    lab[22:28, 22:28] = 2
+    lab[24:26, 24:26] = 0
+    lab[0:4, 25:30] = 1  # touches the border, open: nothing to fill
+    out = fill_holes(lab, [1, 2])
+    assert (out[10:14, 10:14] == 1).all() and (out[24:26, 24:26] == 2).all()
+    assert out.sum() == lab.sum() + 16 * 1 + 4 * 2
+
+
+def test_peak_normalisation_makes_a_relative_threshold_one_input_level():
+    rng = np.random.default_rng(4)
+    expected = np.full((96, 96), 1.0)
+    yy, xx = np.mgrid[:96, :96]
+    expected += 7.0 * np.exp(-(((yy - 48) / 14.0) ** 2 + ((xx - 40) / 9.0) ** 2))
+    prep = Preprocessing(normalisation="peak")
+    levels = []
+    for scale in (30, 300, 3000):
+        x = normalise(rng.poisson(expected * scale).astype(np.float32), prep)
+        levels.append(float(x[48, 40]))
+        assert x.dtype == np.float32 and x.min() >= 0
+    # the organ's centre sits at the same fraction of the smoothed maximum at every count level (noise aside)
+    assert max(levels) - min(levels) < 0.08 and all(0.85 < v < 1.15 for v in levels)
+
+
 def test_train_bundle_predict_round_trip(tmp_path):
     rng = np.random.default_rng(3)
     train_cases = [blob_case(rng) for _ in range(24)]
@@ -127,6 +154,12 @@ def test_train_bundle_predict_round_trip(tmp_path):
     dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
     assert dice > 0.8, dice
     assert mask.meta["model_version"] == "1.0.0"
+    # The bundle's recommended post-processing applies unless the caller says otherwise.
+    desc["postprocessing"] = {"fill_holes": True, "flips": [-1]}
+    (bundle_dir / "bundle.json").write_text(json.dumps(desc))
+    bundle = load_bundle(bundle_dir, device="cpu")
+    assert predict_image(bundle, test.image).meta["postprocessing"] == {"flips": [-1], "keep_largest": False, "fill_holes": True}
+    assert predict_image(bundle, test.image, flips=(), fill=False).meta["postprocessing"]["fill_holes"] is False
 
 
 def test_fine_tuning_starts_from_given_weights(tmp_path):

@@ -17,8 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files/folders, or one manifest CSV")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", default="test", help="manifest split to predict (default test)")
-    p.add_argument("--tta", action="store_true", help="test-time flips (averaged probabilities)")
-    p.add_argument("--largest", action="store_true", help="keep only the largest connected component per label")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time left-right flip (averaged probabilities); default: what the bundle recommends")
+    p.add_argument("--largest", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest connected component per label; default: the bundle's recommendation")
+    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
+                   help="fill enclosed holes in each label; default: the bundle's recommendation")
     p.add_argument("--seg", action="store_true", help="also write DICOM SEG referencing the source series (DICOM input)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     for case_id, path in tqdm(_inputs(args), desc="predict"):
         try:
             image = load_image(path)
-            mask = predict_image(bundle, image, flips=(-1,) if args.tta else (), keep_largest=args.largest)
+            mask = predict_image(bundle, image, flips=None if args.tta is None else ((-1,) if args.tta else ()),
+                                 keep_largest=args.largest, fill=args.fill_holes)
             write_volume(mask, out / f"{case_id}.nii.gz")
             if args.seg and not str(path).endswith((".nii", ".nii.gz", ".nrrd")):
                 from ..io.seg import write_seg
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # log and skip a bad case
             log.error("%s: %s", path, exc)
             failed.append({"input": str(path), "error": str(exc)})
-    record = provenance(config={"bundle": str(args.bundle), "tta": args.tta, "largest": args.largest}, inputs=done,
+    record = provenance(config={"bundle": str(args.bundle), "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
+                                                "bundle_postprocessing": bundle.description.get("postprocessing", {})}, inputs=done,
                         model={"name": bundle.name, "version": bundle.version}, failed=failed)
     (out / "provenance.json").write_text(json.dumps(record, indent=2))
     print(f"{len(done)} predicted, {len(failed)} failed -> {out}")

@@ -64,18 +64,44 @@ def largest_component(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return out
 
 
-def predict_image(bundle, image: Image, flips: Sequence[int] = (), keep_largest: bool = False) -> Mask:
-    """Segment one image with a loaded bundle; returns a label map on the image's own grid."""
+def fill_holes(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """Fill enclosed holes of each label value (readers outline an organ, a cold nodule inside is still organ)."""
+    out = labels.copy()
+    for value in values:
+        filled = ndimage.binary_fill_holes(labels == value)
+        out[filled & (labels == 0)] = value
+    return out
+
+
+def bundle_postprocessing(bundle) -> dict:
+    """Post-processing the bundle's author recommends (``bundle.json`` -> ``postprocessing``); empty when none."""
+    description = getattr(bundle, "description", None) or {}
+    return dict(description.get("postprocessing") or {})
+
+
+def predict_image(bundle, image: Image, flips: Sequence[int] | None = None, keep_largest: bool | None = None,
+                  fill: bool | None = None) -> Mask:
+    """Segment one image with a loaded bundle; returns a label map on the image's own grid.
+
+    ``flips``, ``keep_largest`` and ``fill`` (hole filling) default to the bundle's recommended post-processing.
+    """
     from .data import squeeze_planar
 
+    defaults = bundle_postprocessing(bundle)
+    flips = tuple(defaults.get("flips", ())) if flips is None else tuple(flips)
+    keep_largest = bool(defaults.get("keep_largest", False)) if keep_largest is None else keep_largest
+    fill = bool(defaults.get("fill_holes", False)) if fill is None else fill
     image2 = squeeze_planar(image)
     device = next(bundle.model.parameters()).device
     labels = predict_array(bundle.model, image2.array, bundle.preprocessing, device, bundle.n_classes, flips)
     if keep_largest:
         labels = largest_component(labels, list(bundle.labels))
+    if fill:
+        labels = fill_holes(labels, list(bundle.labels))
     if image2 is not image:  # back onto the caller's (one-slice 3D) grid
         labels = labels[None]
     mask = Mask.like(image, labels, labels=bundle.labels)
     mask.meta.update({"model_name": bundle.name, "model_version": bundle.version,
+                      "postprocessing": {"flips": list(flips), "keep_largest": keep_largest, "fill_holes": fill},
                       "SeriesInstanceUID": image.meta.get("SeriesInstanceUID"), "source_files": image.meta.get("source_files")})
     return mask

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-NORMALISATIONS = ("counts", "zscore", "suv", "window", "percentile")
+NORMALISATIONS = ("counts", "peak", "zscore", "suv", "window", "percentile")
 
 
 @dataclass
@@ -55,6 +55,14 @@ def normalise(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
         x = 2.0 * np.sqrt(np.clip(x, 0, None) + 0.375)
         scale = np.percentile(x, prep.percentile)
         return x / max(float(scale), 1e-6)
+    if kind == "peak":
+        # planar NM read as readers do: relative to the hottest (lightly smoothed) spot, so an iso-contour at
+        # 20-30 % of the maximum is one fixed input level whatever the count level
+        from scipy.ndimage import gaussian_filter
+
+        x = np.clip(x, 0, None)
+        peak = float(gaussian_filter(x, float(prep.extra.get("peak_sigma_px", 2.0))).max())
+        return x / max(peak, 1e-6)
     if kind == "zscore":
         return (x - x.mean()) / max(float(x.std()), 1e-6)
     if kind == "suv":

@@ -69,7 +69,7 @@ def compute_outputs(spec: dict[str, Any]) -> dict[str, Any]:
     image, datasets = read_series(spec["files"])
     bundle = cached_bundle(spec["bundle_path"], spec.get("device", "cpu"))
     model = ModelTag(spec["model_name"], str(spec["version"]))
-    mask = predict_image(bundle, image, keep_largest=bool(spec.get("keep_largest")))
+    mask = predict_image(bundle, image, keep_largest=True if spec.get("keep_largest") else None)  # else: bundle's default
     rows = measurements(mask, image)
     result: dict[str, Any] = {"outputs": {}, "measurements": rows, "model": model.name, "version": model.version}
     seg_ds = None
