@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 def main() -> None:
@@ -28,6 +29,13 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/thyroid-bundle")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--init", default=None, help="safetensors weights to continue from (e.g. the shipped bundle's)")
+    parser.add_argument("--target", default="consensus", help="training mask: consensus, or one reader (R1, R2, R3) to mimic")
+    parser.add_argument("--count-reduction", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="Poisson thinning range as augmentation (default: none, the readers drew on the full-count image)")
+    parser.add_argument("--cohort", default=None, help="reuse this cohort folder when it already holds the cases")
+    parser.add_argument("--name", default="thyroid-unet2d")
+    parser.add_argument("--normalisation", default="counts", help="counts (Anscombe) or peak (relative to the smoothed maximum)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 when the machine is shared)")
     parser.add_argument("--ship", action="store_true", help="copy the bundle into src/nmkit/data/bundles/thyroid-unet2d")
     args = parser.parse_args()
 
@@ -42,19 +50,24 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    generate_cohort(out / "cohort", n=args.cases, seed=args.seed, workers=2, progress=True)
-    cases, data, manifest = prepare_thyroid_dataset(out / "cohort", out, 3, args.seed)
-    prep = Preprocessing(normalisation="counts", spatial_dims=2, target_size=(args.size, args.size))
+    cohort = Path(args.cohort) if args.cohort else out / "cohort"
+    if not (cohort / "cases.csv").exists() or len(pd.read_csv(cohort / "cases.csv")) != args.cases:
+        generate_cohort(cohort, n=args.cases, seed=args.seed, workers=2, progress=True)
+    cases, data, manifest = prepare_thyroid_dataset(cohort, out, 3, args.seed, target=args.target)
+    prep = Preprocessing(normalisation=args.normalisation, spatial_dims=2, target_size=(args.size, args.size))
     config = TrainConfig(network="unet", network_options={"channels": tuple(args.channels)}, loss="dice-ce", epochs=args.epochs,
-                         batch_size=8, learning_rate=args.lr, patience=10, seed=args.seed, labels={1: "thyroid"}, init_weights=args.init)
+                         batch_size=8, learning_rate=args.lr, patience=10, seed=args.seed, labels={1: "thyroid"}, init_weights=args.init,
+                         count_reduction=tuple(args.count_reduction) if args.count_reduction else None,
+                         num_threads=args.threads)
     train_cases, val_cases, test_cases = (load_split(manifest, s) for s in ("train", "val", "test"))
     t1 = time.perf_counter()
-    bundle_dir = train(train_cases, val_cases, prep, config, out / "thyroid-unet2d", progress=True,
+    target_text = "majority consensus of 3 simulated readers" if args.target == "consensus" else f"simulated reader {args.target}"
+    bundle_dir = train(train_cases, val_cases, prep, config, out / args.name, progress=True,
                        data_summary={"cohort": f"nmkit phantom thyroid --n {args.cases} --seed {args.seed}",
-                                     "target": "majority consensus of 3 simulated readers", "split": "patient-level 70/15/15"})
+                                     "target": target_text, "split": "patient-level 70/15/15"})
     train_seconds = time.perf_counter() - t1
     desc = json.loads((bundle_dir / "bundle.json").read_text())
-    desc.update(name="thyroid-unet2d", version="1.0.0")
+    desc.update(name=args.name, version="1.0.0")
     (bundle_dir / "bundle.json").write_text(json.dumps(desc, indent=2))
     bundle = load_bundle(bundle_dir, device="cpu")
     predictions = {c.case_id: predict_image(bundle, c.image) for c in test_cases}
@@ -71,7 +84,7 @@ def main() -> None:
           f"Williams index {overall['williams_index_dice']:.3f} {tuple(round(v, 3) for v in overall['williams_index_ci95'])}")
     print(f"training: {len(train_cases)} images, {train_seconds:.0f} s on {desc['validation'].get('device')}; total {time.perf_counter() - t0:.0f} s")
     if args.ship:
-        target = Path(__file__).resolve().parents[1] / "src" / "nmkit" / "data" / "bundles" / "thyroid-unet2d"
+        target = Path(__file__).resolve().parents[1] / "src" / "nmkit" / "data" / "bundles" / args.name
         target.mkdir(parents=True, exist_ok=True)
         for name in ("bundle.json", "model.safetensors", "training_log.csv", "training_log.png"):
             shutil.copy2(bundle_dir / name, target / name)

@@ -153,17 +153,24 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
 
 
 def prepare_thyroid_dataset(cohort_dir: Path, out: Path, n_readers: int = 3, seed: int = 1,
-                            fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
-    """Readers' ROIs -> masks, majority consensus as target, and a patient-level split manifest (``out/manifest.csv``)."""
+                            fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                            target: str = "consensus") -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
+    """Readers' ROIs -> masks and a patient-level split manifest (``out/manifest.csv``).
+
+    ``target`` picks the training mask: the readers' majority ``consensus`` (a model of the typical reader) or one
+    reader such as ``R1`` (a model that mimics that expert's own habits).
+    """
     from .catalog.manifest import split_by_patient
 
     cases = pd.read_csv(cohort_dir / "cases.csv")
     cases = cases[cases["status"] == "ok"].reset_index(drop=True)
     readers = [f"R{i + 1}" for i in range(n_readers)]
+    if target not in readers + ["consensus"]:
+        raise ValueError(f"target must be 'consensus' or one of {', '.join(readers)}, got {target!r}")
     data = _convert_rois(cohort_dir, cases, readers, out / "masks")
     manifest = pd.DataFrame({"case_id": cases["case"], "patient_id": cases["patient_id"], "pathology": cases["pathology"],
                              "image": [str(cohort_dir / p) for p in cases["dicom"]],
-                             "mask": [str(out / "masks" / "consensus" / f"{c}.nii.gz") for c in cases["case"]]})
+                             "mask": [str(out / "masks" / target / f"{c}.nii.gz") for c in cases["case"]]})
     manifest = split_by_patient(manifest, fractions, seed=seed)
     manifest.to_csv(out / "manifest.csv", index=False)
     return cases, data, manifest
