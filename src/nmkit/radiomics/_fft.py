@@ -120,7 +120,8 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
     weights = _unfolded_weights(octant.tobytes(), octant.shape, tuple(size))
     step = min(n_last, max(1, block_bytes // (16 * p * n0 * n1)))
     buf = scratch("kps_spectra", (p, n0, n1, step), np.complex128)
-    tmp = scratch("kps_product", (n0, n1, 2 * step), np.float64)
+    planes = max(1, (256 << 10) // (16 * n1 * step))  # planes of the product that fit in 256 KiB
+    tmp = scratch("kps_product", (planes, n1, 2 * step), np.float64)
     sums = [0.0] * len(pairs)
     for k0 in range(0, n_last, step):
         kb = min(step, n_last - k0)
@@ -131,12 +132,16 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
         fft.fft(blk[:, :nz], axis=2, overwrite_x=True)  # along y (rows beyond n_z are zero)
         fft.fft(blk, axis=1, overwrite_x=True)  # along z
         flat = blk.view(np.float64)  # (p, n0, n1, 2 kb): (re, im) pairs
-        gb, tb = weights[..., 2 * k0:2 * (k0 + kb)], tmp[..., :2 * kb]
-        done = None
-        for q, (a, b) in enumerate(pairs):
-            # g * (re_a re_b + im_a im_b) summed; plain einsum, not BLAS (threaded BLAS spins on a busy machine)
-            if done != a:
-                np.multiply(gb, flat[a], out=tb)
-                done = a
-            sums[q] += float(np.einsum("ijk,ijk->", tb, flat[b]))
+        gb = weights[..., 2 * k0:2 * (k0 + kb)]
+        # g * (re_a re_b + im_a im_b) summed, a few planes at a time so that the product stays in cache while it
+        # is summed; plain einsum, not BLAS (threaded BLAS spins on a busy machine)
+        for z0 in range(0, n0, planes):
+            z1 = min(z0 + planes, n0)
+            tb = tmp[:z1 - z0, :, :2 * kb]
+            done = None
+            for q, (a, b) in enumerate(pairs):
+                if done != a:
+                    np.multiply(gb[z0:z1], flat[a, z0:z1], out=tb)
+                    done = a
+                sums[q] += float(np.einsum("ijk,ijk->", tb, flat[b, z0:z1]))
     return sums

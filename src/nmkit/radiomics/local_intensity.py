@@ -44,6 +44,20 @@ def _convolve_same(a: np.ndarray, k: np.ndarray) -> np.ndarray:
     return fft.irfftn(spec, size, overwrite_x=True)[crop]  # k symmetric: convolution == correlation
 
 
+@functools.lru_cache(maxsize=16)
+def _sphere_spectrum(spacing_xyz: tuple[float, float, float], radius_mm: float, size: tuple[int, int, int]) -> np.ndarray:
+    """rFFT of the sphere kernel wrapped around voxel 0 of a ``size`` grid (circular convolution), read-only."""
+    from scipy import fft
+
+    k = _sphere_kernel_cached(spacing_xyz, radius_mm)
+    wrapped = np.zeros(size)
+    wrapped[:k.shape[0], :k.shape[1], :k.shape[2]] = k
+    wrapped = np.roll(wrapped, [-(n // 2) for n in k.shape], axis=(0, 1, 2))
+    spec = fft.rfftn(wrapped)
+    spec.flags.writeable = False
+    return spec
+
+
 def local_mean(image: np.ndarray, spacing_xyz, radius_mm: float = PEAK_RADIUS_MM, support: np.ndarray | None = None) -> np.ndarray:
     """Mean of ``image`` within a sphere around every voxel (only voxels in ``support``, default all, count)."""
     k = sphere_kernel(spacing_xyz, radius_mm)
@@ -63,10 +77,20 @@ def sphere_means_at(image: np.ndarray, where: np.ndarray, spacing_xyz, radius_mm
     hi = [min(n, int(ix[-1]) + h + 1) for ix, h, n in zip(nz, half, image.shape)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     sub_where = where[box]
-    num = _convolve_same(image[box], k)[sub_where]
     inside = all(int(ix[0]) - h >= 0 and int(ix[-1]) + h < n for ix, h, n in zip(nz, half, image.shape))
-    if inside:  # every sphere lies within the image: each one holds all kernel voxels
-        return num / float(np.count_nonzero(k))
+    if inside:
+        # every sphere lies within the image and holds all kernel voxels; the box has a margin of the kernel
+        # radius around every voxel asked for, so a circular convolution on a grid of the box's own size (no
+        # zero padding) is exact there: what wraps around only reaches the margin
+        from scipy import fft
+
+        sub = np.asarray(image[box], dtype=np.float64)
+        size = tuple(fft.next_fast_len(n, real=True) for n in sub.shape)
+        spec = padded_rfftn(sub, size)
+        spec *= _sphere_spectrum(tuple(float(v) for v in spacing_xyz), float(radius_mm), size)
+        conv = fft.irfftn(spec, size, overwrite_x=True)[:sub.shape[0], :sub.shape[1], :sub.shape[2]]
+        return conv[sub_where] / float(np.count_nonzero(k))
+    num = _convolve_same(image[box], k)[sub_where]
     den = np.round(_convolve_same(np.ones(sub_where.shape), k)[sub_where])
     return num / np.maximum(den, 1.0)
 

@@ -44,15 +44,16 @@ _N2D = len(_IN_PLANE)
 class _Neighbourhood:
     """The cropped, zero-padded grey levels and the neighbour grey levels of every ROI voxel."""
 
-    flat: np.ndarray  # padded grey levels, flattened (uint8/uint16)
+    flat: np.ndarray  # padded grey levels, flattened (uint8/uint16); a view of ``flat_ext``
+    flat_ext: np.ndarray  # ``flat`` followed by at least two largest offsets of zeros (for run extraction)
     shape: tuple[int, int, int]  # padded shape
     idx: np.ndarray  # flat indices of ROI voxels (ascending)
+    inner: np.ndarray  # the same voxels' flat indices in the unpadded crop (box sums come out unpadded)
     centre: np.ndarray  # grey level of each ROI voxel, same dtype as ``flat``
     zslot: np.ndarray  # slice index (0-based, within the crop) of each ROI voxel (intp)
     n_slices: int
-    offsets: np.ndarray  # flat offsets of the used directions
+    offsets: np.ndarray  # flat offsets of the used directions (all positive)
     plus: np.ndarray  # (n_dir, Nv) neighbour grey level at +direction (0 = outside ROI)
-    minus: np.ndarray  # (n_dir, Nv) neighbour grey level at -direction
     morph: np.ndarray  # padded morphological mask (bool)
 
 
@@ -81,21 +82,24 @@ def _neighbourhood(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, th
     nz = [np.flatnonzero(keep.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1))]
     sl = tuple(slice(ix[0], ix[-1] + 1) for ix in nz)
     dtype = np.uint8 if n_levels < 256 else (np.uint16 if n_levels < 65536 else np.int64)
-    padded = np.pad(levels[sl].astype(dtype), 1)
-    morph = np.pad(morph_mask[sl], 1)
-    shape = padded.shape
-    flat = padded.ravel()
-    idx = np.flatnonzero(flat)
+    crop = levels[sl]
+    shape = tuple(n + 2 for n in crop.shape)
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.intp)
     dirs = _DIRECTIONS if three_d else _IN_PLANE
     offsets = np.asarray(dirs, dtype=np.intp) @ strides
+    n = shape[0] * shape[1] * shape[2]
+    flat_ext = np.zeros(n + 2 * int(offsets.max()), dtype=dtype)
+    flat = flat_ext[:n]
+    flat.reshape(shape)[1:-1, 1:-1, 1:-1] = crop
+    morph = np.pad(morph_mask[sl], 1)
+    idx = np.flatnonzero(flat)
     plus = np.empty((len(dirs), idx.size), dtype=dtype)
-    minus = np.empty_like(plus)
     for k, o in enumerate(offsets):
-        np.take(flat, idx + o, out=plus[k])
-        np.take(flat, idx - o, out=minus[k])
-    zslot = idx // strides[0] - 1
-    return _Neighbourhood(flat, shape, idx, flat[idx], zslot, shape[0] - 2, offsets, plus, minus, morph)
+        np.take(flat[o:], idx, out=plus[k])  # flat[idx + o] without forming idx + o
+    iz, rest = np.divmod(idx, strides[0])
+    iy, ix = np.divmod(rest, strides[1])
+    inner = ((iz - 1) * (shape[1] - 2) + (iy - 1)) * (shape[2] - 2) + (ix - 1)
+    return _Neighbourhood(flat, flat_ext, shape, idx, inner, flat[idx], iz - 1, shape[0] - 2, offsets, plus, morph)
 
 
 # ----- matrices --------------------------------------------------------------------------------------------
@@ -124,31 +128,25 @@ def _glcm_matrices(nb: _Neighbourhood, ng: int, three_d: bool, per_slice: bool =
     return m2, m3
 
 
-def _runs_along(flat: np.ndarray, step: int, with_start: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Every run along flat offset ``step`` of the zero-padded array: (flat index of its first voxel, level, length).
+def _runs_along(flat_ext: np.ndarray, n: int, step: int, with_start: bool
+                ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Every run along flat offset ``step`` of the zero-padded array (the first ``n`` values of ``flat_ext``, which
+    continues with zeros): (flat index of its first voxel, level, length).
 
-    Reshaping the flat array to ``(K, step)`` and transposing lists each arithmetic progression
-    ``r, r + step, r + 2 step, ...`` contiguously. Thanks to the one-voxel zero frame, two consecutive non-zero
-    members of a progression are always geometric neighbours along the direction, so runs are simply the
-    maximal constant non-zero segments of that sequence (a zero row keeps progressions apart).
+    Reshaping to ``(K, step)`` and transposing lists each arithmetic progression ``r, r + step, r + 2 step, ...``
+    contiguously. Thanks to the one-voxel zero frame, two consecutive non-zero members of a progression are
+    always geometric neighbours along the direction, so runs are simply the maximal constant non-zero segments
+    of that sequence (a zero row keeps progressions apart, and the sequence starts and ends with a zero): a run
+    starts where a non-zero value differs from its predecessor and ends where it differs from its successor.
     """
-    n = flat.size
     k = -(-n // step) + 1
-    ext = np.zeros(k * step, dtype=flat.dtype)
-    ext[:n] = flat
-    seq = ext.reshape(k, step).T.ravel()
-    bounds = np.flatnonzero(seq[1:] != seq[:-1]) + 1
-    first = np.empty(bounds.size + 1, dtype=np.intp)
-    first[0] = 0
-    first[1:] = bounds
-    length = np.diff(first, append=seq.size)
+    seq = flat_ext[:k * step].reshape(k, step).T.ravel()
+    change = seq[1:] != seq[:-1]
+    first = np.flatnonzero(change & (seq[1:] != 0)) + 1
+    last = np.flatnonzero(change & (seq[:-1] != 0))
+    length = last - first + 1
     level = seq[first]
-    keep = level > 0
-    length, level = length[keep], level[keep]
-    start = None
-    if with_start:
-        first = first[keep]
-        start = first // k + (first % k) * step
+    start = first // k + (first % k) * step if with_start else None
     return start, level, length
 
 
@@ -159,7 +157,8 @@ def _glrlm_matrices(nb: _Neighbourhood, ng: int, three_d: bool, per_slice: bool 
     lv = ng + 1
     ns = nb.n_slices if per_slice else 1
     slab = nb.shape[1] * nb.shape[2]
-    runs = [_runs_along(nb.flat, int(o), per_slice and d < _N2D) for d, o in enumerate(nb.offsets)]
+    runs = [_runs_along(nb.flat_ext, nb.flat.size, int(o), per_slice and d < _N2D)
+            for d, o in enumerate(nb.offsets)]
     nr = max(int(r[2].max()) if r[2].size else 1 for r in runs) + 1
     m2 = np.stack([np.bincount((((start // slab - 1) * lv if per_slice else 0) + level.astype(np.intp)) * nr + length,
                                minlength=ns * lv * nr)
@@ -260,15 +259,28 @@ def _zone_matrices(nb: _Neighbourhood, ng: int, three_d: bool, want_dzm: bool
     return szm, dzm
 
 
+def _box_sums(grid: np.ndarray, three_d: bool, dtype) -> np.ndarray:
+    """Sums over the 3x3x3 (``three_d``) or in-plane 3x3 neighbourhood of every voxel of the padded grid that is
+    not on its frame, centre included: shape of the grid without its frame (separable, two or three passes)."""
+    a = grid.astype(dtype)
+    a = a[:, :, :-2] + a[:, :, 1:-1] + a[:, :, 2:]
+    a = a[:, :-2] + a[:, 1:-1] + a[:, 2:]
+    return a[:-2] + a[1:-1] + a[2:] if three_d else a[1:-1]
+
+
 def _ngtdm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndarray, np.ndarray]:
-    """NGTDM ``s`` and ``n`` per slice ``(S, Ng)`` (2D neighbourhoods) or ``(1, Ng)`` (3D)."""
+    """NGTDM ``s`` and ``n`` per slice ``(S, Ng)`` (2D neighbourhoods) or ``(1, Ng)`` (3D).
+
+    The neighbourhood sum and count of a voxel are box sums of the grey levels and of the ROI indicator, less the
+    voxel itself (voxels outside the ROI are 0 in both)."""
     lv = ng + 1
-    ndir = len(_DIRECTIONS) if three_d else _N2D
-    plus, minus = nb.plus[:ndir], nb.minus[:ndir]
-    total = plus.sum(0, dtype=np.int64) + minus.sum(0, dtype=np.int64)
-    count = np.count_nonzero(plus, axis=0) + np.count_nonzero(minus, axis=0)
+    grid = nb.flat.reshape(nb.shape)
+    wide = np.int64 if nb.flat.dtype == np.int64 or ng >= 65536 else np.int32
+    centre = nb.centre.astype(np.intp)
+    total = _box_sums(grid, three_d, wide).ravel()[nb.inner] - centre
+    count = _box_sums(grid > 0, three_d, np.int8).ravel()[nb.inner] - 1
     valid = count > 0
-    centre = nb.centre[valid].astype(np.intp)
+    centre = centre[valid]
     diff = np.abs(centre - total[valid] / count[valid])
     ns = 1 if three_d else nb.n_slices
     code = centre if three_d else nb.zslot[valid] * lv + centre
@@ -278,11 +290,19 @@ def _ngtdm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> tuple[np.ndar
 
 
 def _ngldm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> np.ndarray:
-    """NGLDM ``(S, Ng, Nn)`` per slice (2D) or ``(1, Ng, Nn)`` (3D), alpha 0, Chebyshev distance 1."""
+    """NGLDM ``(S, Ng, Nn)`` per slice (2D) or ``(1, Ng, Nn)`` (3D), alpha 0, Chebyshev distance 1.
+
+    Equal neighbours are counted on the padded grid, one direction at a time: a pair of equal voxels adds one to
+    both. Only ROI voxels are read back, and a neighbour equal to a (non-zero) ROI level is itself in the ROI."""
     lv = ng + 1
     ndir = len(_DIRECTIONS) if three_d else _N2D
-    ctr = nb.centre[None, :]
-    dep = 1 + np.count_nonzero(nb.plus[:ndir] == ctr, axis=0) + np.count_nonzero(nb.minus[:ndir] == ctr, axis=0)
+    flat = nb.flat
+    same = np.zeros(flat.size, dtype=np.uint8)
+    for o in nb.offsets[:ndir]:
+        eq = flat[:-o] == flat[o:]
+        same[:-o] += eq
+        same[o:] += eq
+    dep = 1 + same[nb.idx].astype(np.intp)
     nn = 2 * ndir + 1
     ns = 1 if three_d else nb.n_slices
     centre = nb.centre.astype(np.intp)
