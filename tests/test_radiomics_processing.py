@@ -277,3 +277,19 @@ def test_statistics_from_sorted_values_equal_numpy_percentiles():
         assert statistics_features(x, np.sort(x)) == f
     lv = rng.integers(1, 9, size=500)
     assert histogram_features(lv, 8, np.sort(lv)) == histogram_features(lv, 8)
+
+
+def test_kernel_caches_stay_within_their_budget_and_are_read_only():
+    from nmkit.radiomics._fft import ArrayCache, scratch
+
+    cache = ArrayCache(max_bytes=3 * 800)
+    made = []
+    for key in range(5):  # 800 bytes each: at most three kept, the oldest dropped first
+        value = cache.get(key, lambda: (made.append(key) or np.zeros(100),))
+        assert not value[0].flags.writeable
+    assert sorted(cache._items) == [2, 3, 4] and cache._bytes() <= cache.max_bytes
+    cache.get(4, lambda: pytest.fail("a kept entry is computed again"))
+    assert cache.get("big", lambda: (np.zeros(1000),))[0].size == 1000 and "big" not in cache._items
+    a = scratch("test", (3, 4), np.complex128)
+    b = scratch("test", (2, 2), np.complex128)  # reused: same memory, no new allocation
+    assert a.shape == (3, 4) and b.shape == (2, 2) and np.shares_memory(a, b)

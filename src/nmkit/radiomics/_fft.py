@@ -7,7 +7,6 @@ axis at a time on the unpadded data ("pruned" transform) skips those and gives t
 
 from __future__ import annotations
 
-import functools
 import threading
 
 import numpy as np
@@ -55,8 +54,36 @@ def even_kernel_spectrum(kernel_octant: np.ndarray, size: tuple[int, int, int]) 
     return fft.dctn(kernel_octant, type=1)
 
 
+class ArrayCache:
+    """A small cache of read-only arrays with a byte budget (oldest dropped first): kernel spectra that depend on
+    geometry only, worth keeping when the same geometry recurs but never allowed to pile up."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: dict = {}
+
+    def get(self, key, make):
+        """The arrays stored under ``key``, else ``make()`` (a tuple whose arrays are set read-only), kept if they fit."""
+        hit = self._items.get(key)
+        if hit is not None:
+            return hit
+        value = make()
+        arrays = [v for v in value if isinstance(v, np.ndarray)]
+        for a in arrays:
+            a.flags.writeable = False
+        size = sum(a.nbytes for a in arrays)
+        if size <= self.max_bytes:
+            while self._items and self._bytes() + size > self.max_bytes:
+                self._items.pop(next(iter(self._items)), None)
+            self._items[key] = value
+        return value
+
+    def _bytes(self) -> int:
+        return sum(v.nbytes for value in list(self._items.values()) for v in value if isinstance(v, np.ndarray))
+
+
 _WORK = threading.local()
-SCRATCH_MAX_BYTES = 64 << 20  # larger work arrays are allocated per call instead of kept
+SCRATCH_MAX_BYTES = 32 << 20  # larger work arrays are allocated per call instead of kept
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -77,24 +104,21 @@ def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-@functools.lru_cache(maxsize=8)
-def _unfolded_weights(kernel_key: bytes, kernel_shape: tuple[int, ...], size: tuple[int, int, int]) -> np.ndarray:
+def unfolded_weights(kernel_octant: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
     """Kernel spectrum x rFFT weights / N over f0 = 0..n0-1, f1 = 0..n1-1, f2 = 0..n2/2, each value twice (for
-    the real and imaginary part). Read-only and cached: the kernel depends on the grid size and spacing only, and
-    its DCT costs as much as a transform of the data."""
+    the real and imaginary part): what :func:`kernel_pair_sums` multiplies the spectra with. It depends on the
+    kernel and grid only, and its DCT costs as much as a transform of the data, so callers may cache it."""
     n0, n1, n2 = size
-    octant = np.frombuffer(kernel_key, dtype=np.float64).reshape(kernel_shape)
-    spec = even_kernel_spectrum(octant, size)
+    spec = even_kernel_spectrum(np.asarray(kernel_octant, dtype=np.float64), size)
     spec *= half_spectrum_weights(n2) / float(n0 * n1 * n2)  # rFFT half of the last axis stands for both halves
     full = np.concatenate([spec, spec[n0 // 2 - 1:0:-1]], axis=0)  # spectrum(f) = spectrum(N - f)
     full = np.concatenate([full, full[:, n1 // 2 - 1:0:-1]], axis=1)
-    full = np.repeat(full, 2, axis=2)  # (re, im) pairs: multiplies the float view of a complex spectrum
-    full.flags.writeable = False
-    return full
+    return np.repeat(full, 2, axis=2)  # (re, im) pairs: multiplies the float view of a complex spectrum
 
 
 def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
-                     size: tuple[int, int, int], block_bytes: int = 32 << 20) -> list[float]:
+                     size: tuple[int, int, int], block_bytes: int = 32 << 20,
+                     weights: np.ndarray | None = None) -> list[float]:
     """``sum_ij a_i K(i - j) b_j`` over all voxel pairs, for each pair ``(a, b)`` of 3D ``arrays`` (same shape).
 
     ``K`` is even along every axis and given by its octant (see :func:`even_kernel_spectrum`); ``size``
@@ -103,7 +127,7 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
     along the last axis runs on the unpadded rows, the one along the middle axis only on the planes that hold
     data. The last two run in place in a zero-padded work buffer, on blocks of the real transform's frequencies
     (``block_bytes`` of buffer), and each block is summed right away; work arrays are reused between calls
-    (:func:`scratch`).
+    (:func:`scratch`). ``weights``: ``unfolded_weights(kernel_octant, size)`` when the caller keeps it.
     """
     from scipy import fft
 
@@ -116,8 +140,8 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
         rows[k, :, :, :nx] = a
     f = fft.rfft(rows, axis=3)  # (p, n_z, n_y, n2 // 2 + 1)
     n_last = f.shape[3]
-    octant = np.ascontiguousarray(kernel_octant, dtype=np.float64)
-    weights = _unfolded_weights(octant.tobytes(), octant.shape, tuple(size))
+    if weights is None:
+        weights = unfolded_weights(kernel_octant, size)
     step = min(n_last, max(1, block_bytes // (16 * p * n0 * n1)))
     buf = scratch("kps_spectra", (p, n0, n1, step), np.complex128)
     planes = max(1, (256 << 10) // (16 * n1 * step))  # planes of the product that fit in 256 KiB

@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from ._fft import padded_rfftn
+from ._fft import ArrayCache, padded_rfftn
 from .preprocess import PEAK_RADIUS_MM, ProcessedROI
 
 
@@ -44,18 +44,22 @@ def _convolve_same(a: np.ndarray, k: np.ndarray) -> np.ndarray:
     return fft.irfftn(spec, size, overwrite_x=True)[crop]  # k symmetric: convolution == correlation
 
 
-@functools.lru_cache(maxsize=16)
+_SPECTRA = ArrayCache(32 << 20)
+
+
 def _sphere_spectrum(spacing_xyz: tuple[float, float, float], radius_mm: float, size: tuple[int, int, int]) -> np.ndarray:
-    """rFFT of the sphere kernel wrapped around voxel 0 of a ``size`` grid (circular convolution), read-only."""
+    """rFFT of the sphere kernel wrapped around voxel 0 of a ``size`` grid (circular convolution), read-only and
+    kept in a bounded cache (it depends on the geometry only)."""
     from scipy import fft
 
-    k = _sphere_kernel_cached(spacing_xyz, radius_mm)
-    wrapped = np.zeros(size)
-    wrapped[:k.shape[0], :k.shape[1], :k.shape[2]] = k
-    wrapped = np.roll(wrapped, [-(n // 2) for n in k.shape], axis=(0, 1, 2))
-    spec = fft.rfftn(wrapped)
-    spec.flags.writeable = False
-    return spec
+    def make():
+        k = _sphere_kernel_cached(spacing_xyz, radius_mm)
+        wrapped = np.zeros(size)
+        wrapped[:k.shape[0], :k.shape[1], :k.shape[2]] = k
+        wrapped = np.roll(wrapped, [-(n // 2) for n in k.shape], axis=(0, 1, 2))
+        return (fft.rfftn(wrapped),)
+
+    return _SPECTRA.get((spacing_xyz, radius_mm, size), make)[0]
 
 
 def local_mean(image: np.ndarray, spacing_xyz, radius_mm: float = PEAK_RADIUS_MM, support: np.ndarray | None = None) -> np.ndarray:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from ._fft import even_fast_len, kernel_pair_sums
+from ._fft import ArrayCache, even_fast_len, kernel_pair_sums, unfolded_weights
 from .preprocess import ProcessedROI
 
 
@@ -177,6 +177,21 @@ def _inverse_distance_octant(shape: tuple[int, ...], spacing_zyx: np.ndarray):
     return k, size
 
 
+_WEIGHTS = ArrayCache(64 << 20)
+
+
+def _inverse_distance_weights(shape: tuple[int, int, int], spacing_zyx: tuple[float, float, float]
+                              ) -> tuple[np.ndarray, tuple[int, int, int], np.ndarray]:
+    """Kernel octant, grid size and ``_fft.unfolded_weights`` for an ROI box of this shape and spacing, kept in a
+    bounded cache: the same geometry recurs (one ROI under several settings, repeated extractions) and the
+    kernel's DCT costs as much as a transform of the data."""
+    def make():
+        k, size = _inverse_distance_octant(shape, np.asarray(spacing_zyx, dtype=float))
+        return k, size, unfolded_weights(k, size)
+
+    return _WEIGHTS.get((tuple(shape), tuple(spacing_zyx)), make)
+
+
 def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float, float]:
     """Exact Moran's I and Geary's C over all voxel pairs of ``mask`` with weights 1/distance (mm).
 
@@ -198,10 +213,10 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
     ss = float(dev2.sum())
     if ss == 0:
         return float("nan"), float("nan")
-    sp = np.asarray([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]], dtype=float)
-    k, size = _inverse_distance_octant(m.shape, sp)
+    sp = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+    k, size, weights = _inverse_distance_weights(m.shape, sp)
     # sum_ij w_ij m_i m_j, sum_ij w_ij dev_i dev_j, sum_ij w_ij m_i dev_j^2 (= sum_ij w_ij dev_i^2 m_j: w symmetric)
-    w_sum, cross, dev2_m = kernel_pair_sums([m, dev, dev2], [(0, 0), (1, 1), (0, 2)], k, size)
+    w_sum, cross, dev2_m = kernel_pair_sums([m, dev, dev2], [(0, 0), (1, 1), (0, 2)], k, size, weights=weights)
     if w_sum == 0:
         return float("nan"), float("nan")
     moran = n / w_sum * cross / ss

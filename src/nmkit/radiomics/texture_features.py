@@ -11,6 +11,8 @@ normalised inverse difference features divide by.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["glcm_features", "runlike_features", "ngtdm_features"]
@@ -38,14 +40,28 @@ def _dot(a: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (a * v).sum(-1)
 
 
-def _group_sum(flat: np.ndarray, key: np.ndarray, n_keys: int) -> np.ndarray:
-    """``out[k, c] = sum(flat[k, key == c])`` for a stack ``(K, M)``, via one sorted ``reduceat``."""
+@functools.lru_cache(maxsize=64)
+def _grouping(ng: int, by_sum: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How to group the ``ng x ng`` cells of a flattened GLCM by ``|i - j|`` (or ``i + j``): cell order, start of
+    each present group in that order, and which groups are present (read-only; depends on ``ng`` only)."""
+    g = np.arange(1, ng + 1)
+    key = (np.add.outer(g, g) if by_sum else np.abs(np.subtract.outer(g, g))).ravel()
+    n_keys = 2 * ng + 1 if by_sum else ng
     order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    starts = np.searchsorted(sorted_key, np.arange(n_keys))
+    starts = np.searchsorted(key[order], np.arange(n_keys))
     present = np.bincount(key, minlength=n_keys) > 0
-    out = np.zeros((flat.shape[0], n_keys))
-    out[:, present] = np.add.reduceat(flat[:, order], starts[present], axis=1)
+    out = (order, starts[present], present)
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+def _group_sum(flat: np.ndarray, ng: int, by_sum: bool) -> np.ndarray:
+    """``out[k, c] = sum(flat[k, cells with |i - j| == c])`` (or ``i + j == c``) for a stack ``(K, Ng * Ng)``,
+    via one sorted ``reduceat``."""
+    order, starts, present = _grouping(ng, by_sum)
+    out = np.zeros((flat.shape[0], present.size))
+    out[:, present] = np.add.reduceat(flat[:, order], starts, axis=1)
     return out
 
 
@@ -67,8 +83,8 @@ def glcm_features(counts: np.ndarray) -> dict[str, np.ndarray]:
     mu = _dot(pi, g)
     var = np.maximum(_dot(pi, g**2) - mu**2, 0.0)
 
-    pd = _group_sum(flat, np.abs(gi - gj).astype(np.intp), ng)  # p_{i-j}, k = 0..Ng-1
-    ps = _group_sum(flat, (gi + gj).astype(np.intp), 2 * ng + 1)  # p_{i+j}, k = 0..2Ng (0, 1 empty)
+    pd = _group_sum(flat, ng, by_sum=False)  # p_{i-j}, k = 0..Ng-1
+    ps = _group_sum(flat, ng, by_sum=True)  # p_{i+j}, k = 0..2Ng (0, 1 empty)
     kd = np.arange(ng, dtype=float)
     ks = np.arange(2 * ng + 1, dtype=float)
 
