@@ -144,8 +144,6 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
         weights = unfolded_weights(kernel_octant, size)
     step = min(n_last, max(1, block_bytes // (16 * p * n0 * n1)))
     buf = scratch("kps_spectra", (p, n0, n1, step), np.complex128)
-    planes = max(1, (256 << 10) // (16 * n1 * step))  # planes of the product that fit in 256 KiB
-    tmp = scratch("kps_product", (planes, n1, 2 * step), np.float64)
     sums = [0.0] * len(pairs)
     for k0 in range(0, n_last, step):
         kb = min(step, n_last - k0)
@@ -157,15 +155,8 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
         fft.fft(blk, axis=1, overwrite_x=True)  # along z
         flat = blk.view(np.float64)  # (p, n0, n1, 2 kb): (re, im) pairs
         gb = weights[..., 2 * k0:2 * (k0 + kb)]
-        # g * (re_a re_b + im_a im_b) summed, a few planes at a time so that the product stays in cache while it
-        # is summed; plain einsum, not BLAS (threaded BLAS spins on a busy machine)
-        for z0 in range(0, n0, planes):
-            z1 = min(z0 + planes, n0)
-            tb = tmp[:z1 - z0, :, :2 * kb]
-            done = None
-            for q, (a, b) in enumerate(pairs):
-                if done != a:
-                    np.multiply(gb[z0:z1], flat[a, z0:z1], out=tb)
-                    done = a
-                sums[q] += float(np.einsum("ijk,ijk->", tb, flat[b, z0:z1]))
+        for q, (a, b) in enumerate(pairs):
+            # g * (re_a re_b + im_a im_b) summed in one pass without temporaries; plain einsum, not BLAS
+            # (a threaded BLAS call spins on a busy machine)
+            sums[q] += float(np.einsum("ijk,ijk,ijk->", gb, flat[a], flat[b]))
     return sums
