@@ -1,7 +1,9 @@
 """IBSI-1 morphological features (3D, always on the morphological mask; integrated intensity and the spatial
 autocorrelation indices use intensities of the intensity mask).
 
-The surface mesh comes from marching cubes (scikit-image) on the zero-padded mask at level 0.5, in physical mm.
+The surface is the marching-cubes mesh (scikit-image) of the zero-padded mask at level 0.5, in physical mm; its
+volume and area are summed from per-corner-pattern tables of the 2x2x2 cells and its convex hull is built from the
+outermost points of each grid line, so the mesh itself is never built (``mesh`` still gives it).
 Moran's I and Geary's C are exact over all voxel pairs with inverse-distance weights: on a regular grid the pair
 sums are correlations with the kernel 1/|d| (0 at d = 0) summed over all shifts, i.e. by Parseval sums over
 frequencies of kernel spectrum x cross-spectrum of zero-padded arrays (``_fft.kernel_pair_sums``: forward

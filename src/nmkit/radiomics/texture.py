@@ -6,10 +6,11 @@ column ``mirp_tag`` of the IBSI 1 reference table (``cm_joint_max_2D_avg``, ``rl
 ``szm_sze_2_5D``, ``ngl_dc_energy_3D`` ...).
 
 Why it is fast without a compiler: the ROI is cropped and padded by one voxel, so the neighbour of a voxel
-along a direction is a constant offset in the flattened array. All 26 neighbour grey levels of all ROI voxels
-are gathered once; co-occurrence, neighbourhood difference and dependence matrices for every slice and
-direction are then single ``np.bincount`` calls; runs are constant segments of the array read along each
-direction's stride; zones are labelled with scikit-image's multi-valued ``label`` when it is installed (else
+along a direction is a constant offset in the flattened array. The neighbour grey levels of all ROI voxels in
+the 13 (4 in-plane) forward directions are gathered once and co-occurrence matrices for every slice and direction
+are single ``np.bincount`` calls; NGTDM neighbourhood sums are separable box sums and NGLDM dependences are
+equal-neighbour counts on the padded grid; runs are constant segments of the array read along each direction's
+stride; zones are labelled with scikit-image's multi-valued ``label`` when it is installed (else
 as connected components of the "same grey level" neighbour graph with scipy); features are evaluated on stacks
 of matrices at once without BLAS (see ``texture_features``). No compilation step, so no first-use delay.
 
