@@ -115,21 +115,29 @@ print(json.dumps({"cold_s": cold, "warm_s": min(warm), "n_features": int(out[0].
 """
 
 
+def _run_json(cmd: list[str], env: dict, timeout_s: float, failed_to_start: str, error_width: int,
+              cwd: Path | None = None) -> dict:
+    """Run a peer library's script in its own interpreter; its result is the last JSON line it prints, else an error."""
+    import json
+
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"{failed_to_start} ({exc})"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1][:error_width]}
+    return json.loads(lines[-1])
+
+
 def _mirp(python: str, img_p: Path, mask_p: Path, case: str, repeat: int, timeout_s: float = 1800.0) -> dict:
     """mirp on one case in a fresh process of ``python``: cold (start to first result) and best warm wall time."""
     import json
 
     t0 = time.time()
-    try:
-        p = subprocess.run([python, "-c", MIRP_RUN, str(img_p), str(mask_p), json.dumps(_mirp_settings(case)),
-                            str(max(1, repeat)), repr(t0)], capture_output=True, text=True, cwd=ROOT,
-                           env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"error": f"mirp could not run ({exc})"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1][:80]}
-    return json.loads(lines[-1])
+    return _run_json([python, "-c", MIRP_RUN, str(img_p), str(mask_p), json.dumps(_mirp_settings(case)),
+                      str(max(1, repeat)), repr(t0)], {**os.environ, "PYTHONWARNINGS": "ignore"}, timeout_s,
+                     cwd=ROOT, failed_to_start="mirp could not run", error_width=80)
 
 
 PICTOLOGICS_RUN = """
@@ -166,19 +174,10 @@ print(json.dumps({"version": __version__, "python": sys.version.split()[0], "n_f
 
 def _pictologics(python: str, img_p: Path, mask_p: Path, repeat: int, timeout_s: float = 1800.0) -> dict:
     """pictologics on config C in its own interpreter (one numba thread): cold, warm and a few feature values."""
-    import json
-
     env = {**os.environ, "PICTOLOGICS_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     t0 = time.time()
-    try:
-        p = subprocess.run([python, "-c", PICTOLOGICS_RUN, str(img_p), str(mask_p), str(max(1, repeat)), repr(t0)],
-                           capture_output=True, text=True, env=env, timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"error": f"{python} could not run pictologics ({exc})"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        return {"error": (p.stderr.strip().splitlines() or ["failed"])[-1][:120]}
-    return json.loads(lines[-1])
+    return _run_json([python, "-c", PICTOLOGICS_RUN, str(img_p), str(mask_p), str(max(1, repeat)), repr(t0)], env,
+                     timeout_s, failed_to_start=f"{python} could not run pictologics", error_width=120)
 
 
 def _cold(code: str, args: list[str]) -> tuple[float, str]:
