@@ -92,6 +92,40 @@ def test_every_network_builds_and_keeps_shape(name):
     assert parameter_count(net) > 1000
 
 
+def test_global_context_unet_starts_as_the_plain_unet_and_learns_an_image_wide_level():
+    """The wrapped bottleneck adds nothing at init (same outputs as MONAI's UNet with the same weights); the context
+    layers get gradients and, after a few steps, the net labels two images that differ only in a far-away bright spot."""
+    torch.manual_seed(0)
+    plain = build_network("unet", 2, 1, 2, channels=(8, 16, 32))
+    wrapped = build_network("unet", 2, 1, 2, channels=(8, 16, 32), global_context=True)
+    state = {k: v for k, v in wrapped.state_dict().items() if ".mix." not in k}
+    plain.load_state_dict({k.replace(".block.", "."): v for k, v in state.items()})
+    x = torch.rand(2, 1, 32, 32)
+    plain.eval(), wrapped.eval()
+    assert torch.allclose(plain(x), wrapped(x), atol=1e-6)
+    assert parameter_count(wrapped) > parameter_count(plain)
+    # target: class 1 everywhere when the image holds a bright corner spot, class 0 otherwise
+    base = torch.rand(8, 1, 32, 32) * 0.1
+    spot = base.clone()
+    spot[:, :, :3, :3] = 1.0
+    images = torch.cat([base, spot])
+    target = torch.cat([torch.zeros(8, 32, 32), torch.ones(8, 32, 32)]).long()
+    wrapped.train()
+    opt = torch.optim.Adam(wrapped.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(wrapped(images), target)
+        loss.backward()
+        opt.step()
+    mix = [p for n, p in wrapped.named_parameters() if ".mix.2." in n]
+    assert any(p.abs().sum() > 0 for p in mix)  # the context path moved off its zero start
+    wrapped.eval()
+    with torch.no_grad():
+        pred = wrapped(images).argmax(1)
+    far = pred[:, 16:, 16:]  # pixels far from the spot
+    assert far[:8].float().mean() < 0.1 and far[8:].float().mean() > 0.9
+
+
 def test_hrnet_3d_forward():
     net = build_network("hrnet", 3, 1, 3, width=4)
     assert net(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)

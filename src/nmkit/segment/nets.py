@@ -91,6 +91,39 @@ class HRNet(nn.Module):
         return self.head(torch.cat([self._resize(f, size) for f in feats], dim=1))
 
 
+class GlobalContext(nn.Module):
+    """Wraps a U-Net's bottom block and adds image-wide context: per-channel mean and maximum over the whole image.
+
+    Readers threshold relative to the brightest structure in the neck (a fraction of its peak); a convolution
+    sees only its receptive field, so the bottleneck gets the pooled statistics, mixed by a small MLP and added
+    back at every position. The last layer starts at zero, so the wrapped net begins as the plain U-Net.
+    """
+
+    def __init__(self, block: nn.Module, channels: int):
+        super().__init__()
+        self.block = block
+        self.mix = nn.Sequential(nn.Linear(2 * channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, channels))
+        nn.init.zeros_(self.mix[2].weight)
+        nn.init.zeros_(self.mix[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        flat = y.flatten(2)
+        context = self.mix(torch.cat([flat.mean(-1), flat.amax(-1)], dim=1))
+        return y + context.view(*context.shape, *([1] * (y.dim() - 2)))
+
+
+def _global_context_unet() -> type:
+    """MONAI's UNet whose bottom block is wrapped in :class:`GlobalContext` (same layout and parameter names + ``mix``)."""
+    from monai.networks import nets
+
+    class GlobalContextUNet(nets.UNet):
+        def _get_bottom_layer(self, in_channels: int, out_channels: int) -> nn.Module:
+            return GlobalContext(super()._get_bottom_layer(in_channels, out_channels), out_channels)
+
+    return GlobalContextUNet
+
+
 def build_network(name: str, spatial_dims: int, in_channels: int = 1, out_channels: int = 2,
                   img_size: Sequence[int] | None = None, **options: Any) -> nn.Module:
     """Instantiate a segmentation network by name with sensible small defaults (overridable by options)."""
@@ -100,8 +133,9 @@ def build_network(name: str, spatial_dims: int, in_channels: int = 1, out_channe
     if name == "unet":
         channels = options.pop("channels", (16, 32, 64, 128, 256))
         strides = options.pop("strides", (2,) * (len(channels) - 1))
-        return nets.UNet(spatial_dims, in_channels, out_channels, channels=channels, strides=strides,
-                         num_res_units=options.pop("num_res_units", 2), **options)
+        cls = _global_context_unet() if options.pop("global_context", False) else nets.UNet
+        return cls(spatial_dims, in_channels, out_channels, channels=channels, strides=strides,
+                   num_res_units=options.pop("num_res_units", 2), **options)
     if name == "attention-unet":
         channels = options.pop("channels", (16, 32, 64, 128))
         strides = options.pop("strides", (2,) * (len(channels) - 1))
