@@ -157,8 +157,9 @@ def prepare_thyroid_dataset(cohort_dir: Path, out: Path, n_readers: int = 3, see
                             target: str = "consensus") -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """Readers' ROIs -> masks and a patient-level split manifest (``out/manifest.csv``).
 
-    ``target`` picks the training mask: the readers' majority ``consensus`` (a model of the typical reader) or one
-    reader such as ``R1`` (a model that mimics that expert's own habits).
+    ``target`` picks the training mask (column ``mask``): the readers' majority ``consensus`` (a model of the typical
+    reader) or one reader such as ``R1`` (a model that mimics that expert's own habits). Columns ``mask_R1`` ...
+    ``mask_consensus`` hold every reader's mask, for a network with one head per reader (``TrainConfig.heads``).
     """
     from .catalog.manifest import split_by_patient
 
@@ -171,6 +172,8 @@ def prepare_thyroid_dataset(cohort_dir: Path, out: Path, n_readers: int = 3, see
     manifest = pd.DataFrame({"case_id": cases["case"], "patient_id": cases["patient_id"], "pathology": cases["pathology"],
                              "image": [str(cohort_dir / p) for p in cases["dicom"]],
                              "mask": [str(out / "masks" / target / f"{c}.nii.gz") for c in cases["case"]]})
+    for name in readers + ["consensus"]:  # every reader's mask too, for networks with one head per reader
+        manifest[f"mask_{name}"] = [str(out / "masks" / name / f"{c}.nii.gz") for c in cases["case"]]
     manifest = split_by_patient(manifest, fractions, seed=seed)
     manifest.to_csv(out / "manifest.csv", index=False)
     return cases, data, manifest

@@ -61,7 +61,8 @@ def run(args) -> int:
     if args.action == "promote":
         inst = config.instance(args.instance) if args.instance in [i.name for i in config.instances] else None
         out = registry.promote(model_of(args.instance), args.version, validation=inst.validation if inst else None,
-                               tolerance=inst.gate_tolerance if inst else 0.02, force=args.force, split=inst.validation_split if inst else None)
+                               tolerance=inst.gate_tolerance if inst else 0.02, force=args.force, split=inst.validation_split if inst else None,
+                               head=inst.head if inst else None)
         print(json.dumps(out, default=str))
         return 0
     if args.action == "rollback":

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep only the largest connected component per label; default: the bundle's recommendation")
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
                    help="fill enclosed holes in each label; default: the bundle's recommendation")
+    p.add_argument("--head", nargs="+", default=None, metavar="HEAD",
+                   help="multi-reader bundles: whose delineation to write (e.g. R2, or several, or 'all'); default: the bundle's "
+                        "default head. With several heads each mask is written as <case>_<head>.nii.gz")
     p.add_argument("--seg", action="store_true", help="also write DICOM SEG referencing the source series (DICOM input)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
@@ -48,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     from ..segment.infer import predict_image
 
     bundle = load_bundle(args.bundle, device=args.device)
+    heads: list[str | None] = [None]
+    if args.head:
+        heads = list(bundle.heads or ()) if args.head == ["all"] else list(args.head)
+        for head in heads:
+            bundle.resolve_head(head)  # unknown head: a clear error before any case runs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
@@ -56,18 +64,21 @@ def run(args: argparse.Namespace) -> int:
     for case_id, path in tqdm(_inputs(args), desc="predict"):
         try:
             image = load_image(path)
-            mask = predict_image(bundle, image, flips=None if args.tta is None else ((-1,) if args.tta else ()),
-                                 keep_largest=args.largest, fill=args.fill_holes)
-            write_volume(mask, out / f"{case_id}.nii.gz")
-            if args.seg and not str(path).endswith((".nii", ".nii.gz", ".nrrd")):
-                from ..io.seg import write_seg
+            for head in heads:
+                mask = predict_image(bundle, image, flips=None if args.tta is None else ((-1,) if args.tta else ()),
+                                     keep_largest=args.largest, fill=args.fill_holes, head=head)
+                stem = case_id if len(heads) == 1 else f"{case_id}_{head}"
+                write_volume(mask, out / f"{stem}.nii.gz")
+                if args.seg and not str(path).endswith((".nii", ".nii.gz", ".nrrd")):
+                    from ..io.seg import write_seg
 
-                write_seg(mask, image, out / f"{case_id}_seg.dcm", algorithm_name=bundle.name, algorithm_version=bundle.version)
+                    algorithm = bundle.name if head is None else f"{bundle.name} ({head})"
+                    write_seg(mask, image, out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=bundle.version)
             done.append(str(path))
         except Exception as exc:  # log and skip a bad case
             log.error("%s: %s", path, exc)
             failed.append({"input": str(path), "error": str(exc)})
-    record = provenance(config={"bundle": str(args.bundle), "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
+    record = provenance(config={"bundle": str(args.bundle), "heads": [bundle.resolve_head(h) for h in heads], "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
                                                 "bundle_postprocessing": bundle.description.get("postprocessing", {})}, inputs=done,
                         model={"name": bundle.name, "version": bundle.version}, failed=failed)
     (out / "provenance.json").write_text(json.dumps(record, indent=2))

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="bundle name (default: folder name)")
     p.add_argument("--version", default="1.0.0", help="bundle version")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--heads", nargs="+", default=None, metavar="HEAD",
+                   help="one output head per reader, e.g. R1 R2 R3 consensus: masks from the manifest columns mask_<HEAD>")
+    p.add_argument("--default-head", default=None, help="head used when predict names none (default: consensus if present, else the first)")
     p.add_argument("--pretrained-diffusion", default=None, help="initialise the encoder from a diffusion model (nmkit synth train)")
     p.set_defaults(func=run)
 
@@ -52,7 +55,12 @@ def run(args: argparse.Namespace) -> int:
                          target_size=size if args.dims == 2 else None, patch_size=size if args.dims == 3 else None)
     config = TrainConfig(network=args.network, loss=args.loss, boundary_schedule=args.boundary_schedule, epochs=args.epochs,
                          batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed,
-                         labels=parse_labels(args.labels), device=args.device)
+                         labels=parse_labels(args.labels), device=args.device,
+                         heads=tuple(args.heads) if args.heads else None, default_head=args.default_head)
+    try:
+        config.resolved_default_head()  # a wrong --default-head fails before any training
+    except ValueError as exc:
+        raise InputError(args.manifest, str(exc)) from exc
     if args.pretrained_diffusion:
         if args.dims != 2:
             raise InputError(args.pretrained_diffusion, "diffusion pre-training is for 2D networks (use --dims 2)")
@@ -61,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         config.network = "diffusion-unet"
         config.network_options = segnet_options(args.pretrained_diffusion)
         config.pretrained_diffusion = args.pretrained_diffusion
-    train_cases = load_split(table, "train", args.limit)
-    val_cases = load_split(table, "val")
+    train_cases = load_split(table, "train", args.limit, heads=config.heads)
+    val_cases = load_split(table, "val", heads=config.heads)
     print(f"training {args.network} ({args.dims}D, loss {args.loss}) on {len(train_cases)} cases, validating on {len(val_cases)}")
     summary = {"manifest": str(args.manifest), "manifest_hash": config_hash(table.to_dict(orient="list"))}
     out = train(train_cases, val_cases, prep, config, args.out, data_summary=summary)

@@ -1,6 +1,7 @@
 """Model bundles: one directory with safetensors weights and a JSON description (no pickle anywhere).
 
-``bundle.json`` holds the network (name, options, input size), preprocessing, label names, bundle name and
+``bundle.json`` holds the network (name, options, input size), preprocessing, label names, the output heads
+(one per reader, when the network mimics several readers at once, and which one is the default), bundle name and
 version, the training configuration and data summary, validation metrics and provenance. Loading builds
 the network from that description and loads the weights with ``safetensors`` (never unpickles).
 """
@@ -60,7 +61,39 @@ class Bundle:
 
     @property
     def n_classes(self) -> int:
+        """Classes per head (background included)."""
         return 1 + max(self.labels)
+
+    @property
+    def heads(self) -> tuple[str, ...] | None:
+        """Names of the output heads (e.g. one per reader and the consensus), or None for a single-head network."""
+        heads = self.description.get("heads")
+        return tuple(heads) if heads else None
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.heads) if self.heads else 1
+
+    @property
+    def default_head(self) -> str | None:
+        if not self.heads:
+            return None
+        return self.description.get("default_head") or self.heads[0]
+
+    def resolve_head(self, head: str | None) -> str | None:
+        """The head to use: ``head`` (checked against the bundle's heads) or the default one."""
+        if not self.heads:
+            if head is not None:
+                raise InputError(self.path, f"bundle {self.name!r} has a single output; no head {head!r}")
+            return None
+        if head is None:
+            return self.default_head
+        if head not in self.heads:
+            raise InputError(self.path, f"bundle {self.name!r} has no head {head!r}; heads: {', '.join(self.heads)}")
+        return head
+
+    def head_index(self, head: str | None) -> int:
+        return 0 if not self.heads or head is None else self.heads.index(head)
 
 
 def write_bundle(out_dir: str | Path, model: nn.Module, config: Any, prep: Preprocessing, validation: dict[str, Any] | None = None,
@@ -75,10 +108,13 @@ def write_bundle(out_dir: str | Path, model: nn.Module, config: Any, prep: Prepr
         "format": BUNDLE_FORMAT,
         "name": name or out_dir.name,
         "version": version,
-        "network": {"name": config.network, "spatial_dims": prep.spatial_dims, "in_channels": 1, "out_channels": 1 + max(config.labels),
+        "network": {"name": config.network, "spatial_dims": prep.spatial_dims, "in_channels": 1,
+                    "out_channels": (1 + max(config.labels)) * len(getattr(config, "heads", None) or [None]),
                     "img_size": list(img_size) if img_size else None, "options": dict(config.network_options)},
         "preprocessing": prep.to_dict(),
         "labels": labels,
+        "heads": list(config.heads) if getattr(config, "heads", None) else None,
+        "default_head": config.resolved_default_head() if getattr(config, "heads", None) else None,
         "training": config.to_dict(),
         "training_data": data_summary or {},
         "validation": validation or {},

@@ -13,10 +13,22 @@ from ..io.image import Image, Mask
 from .preprocess import Preprocessing, normalise
 
 
+def grouped_softmax(logits: torch.Tensor, n_heads: int = 1) -> torch.Tensor:
+    """Softmax over the classes of each head: logits (B, heads * C, ...) -> probabilities of the same shape."""
+    if n_heads == 1:
+        return torch.softmax(logits, 1)
+    b, kc = logits.shape[:2]
+    grouped = logits.reshape(b, n_heads, kc // n_heads, *logits.shape[2:])
+    return torch.softmax(grouped, 2).reshape(logits.shape)
+
+
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, array: np.ndarray, prep: Preprocessing, device: torch.device | str,
-                          n_classes: int, flips: Sequence[int] = ()) -> np.ndarray:
-    """Class probabilities (C, *spatial) at the image's native grid. ``flips``: spatial axes for test-time flips."""
+                          n_classes: int, flips: Sequence[int] = (), n_heads: int = 1) -> np.ndarray:
+    """Class probabilities (heads * C, *spatial) at the image's native grid. ``flips``: spatial axes for test-time flips.
+
+    A multi-head network (one head per reader) gives each head's C probabilities one after the other.
+    """
     device = torch.device(device)
     x = torch.from_numpy(normalise(array, prep))[None, None].to(device)
     native = tuple(array.shape)
@@ -28,11 +40,11 @@ def predict_probabilities(model: nn.Module, array: np.ndarray, prep: Preprocessi
             logits = model(small)
             if tuple(logits.shape[2:]) != native:
                 logits = nn.functional.interpolate(logits, size=native, mode="bilinear", align_corners=False)
-            return torch.softmax(logits, 1)
+            return grouped_softmax(logits, n_heads)
         from monai.inferers import sliding_window_inference
 
         logits = sliding_window_inference(t, roi_size=tuple(prep.patch_size), sw_batch_size=2, predictor=model, overlap=0.25, mode="gaussian")
-        return torch.softmax(logits, 1)
+        return grouped_softmax(logits, n_heads)
 
     probs = run(x)
     for axis in flips:
@@ -43,13 +55,15 @@ def predict_probabilities(model: nn.Module, array: np.ndarray, prep: Preprocessi
 
 
 def predict_array(model: nn.Module, array: np.ndarray, prep: Preprocessing, device: torch.device | str, n_classes: int,
-                  flips: Sequence[int] = ()) -> np.ndarray:
+                  flips: Sequence[int] = (), n_heads: int = 1, head: int | None = 0) -> np.ndarray:
+    """Label map of one head (``head`` index), or of every head stacked as (heads, *spatial) when ``head`` is None."""
     was_training = model.training
     model.eval()
-    labels = predict_probabilities(model, array, prep, device, n_classes, flips).argmax(0)
+    probs = predict_probabilities(model, array, prep, device, n_classes, flips, n_heads)
     if was_training:
         model.train()
-    return labels.astype(np.uint8)
+    per_head = probs.reshape(n_heads, n_classes, *probs.shape[1:]).argmax(1).astype(np.uint8)
+    return per_head if head is None else per_head[head]
 
 
 def largest_component(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
@@ -80,10 +94,12 @@ def bundle_postprocessing(bundle) -> dict:
 
 
 def predict_image(bundle, image: Image, flips: Sequence[int] | None = None, keep_largest: bool | None = None,
-                  fill: bool | None = None) -> Mask:
+                  fill: bool | None = None, head: str | None = None) -> Mask:
     """Segment one image with a loaded bundle; returns a label map on the image's own grid.
 
     ``flips``, ``keep_largest`` and ``fill`` (hole filling) default to the bundle's recommended post-processing.
+    ``head``: for a bundle with one output head per reader, whose delineation to produce (default: the bundle's
+    ``default_head``, usually the readers' consensus).
     """
     from .data import squeeze_planar
 
@@ -93,7 +109,9 @@ def predict_image(bundle, image: Image, flips: Sequence[int] | None = None, keep
     fill = bool(defaults.get("fill_holes", False)) if fill is None else fill
     image2 = squeeze_planar(image)
     device = next(bundle.model.parameters()).device
-    labels = predict_array(bundle.model, image2.array, bundle.preprocessing, device, bundle.n_classes, flips)
+    head_name = bundle.resolve_head(head)
+    labels = predict_array(bundle.model, image2.array, bundle.preprocessing, device, bundle.n_classes, flips,
+                           n_heads=bundle.n_heads, head=bundle.head_index(head_name))
     if keep_largest:
         labels = largest_component(labels, list(bundle.labels))
     if fill:
@@ -101,7 +119,7 @@ def predict_image(bundle, image: Image, flips: Sequence[int] | None = None, keep
     if image2 is not image:  # back onto the caller's (one-slice 3D) grid
         labels = labels[None]
     mask = Mask.like(image, labels, labels=bundle.labels)
-    mask.meta.update({"model_name": bundle.name, "model_version": bundle.version,
+    mask.meta.update({"model_name": bundle.name, "model_version": bundle.version, "head": head_name,
                       "postprocessing": {"flips": list(flips), "keep_largest": keep_largest, "fill_holes": fill},
                       "SeriesInstanceUID": image.meta.get("SeriesInstanceUID"), "source_files": image.meta.get("source_files")})
     return mask

@@ -58,6 +58,16 @@ def distance_maps_for(target: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.from_numpy(maps).to(target.device)
 
 
+def class_fractions(target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Integer labels (B, 1, ...) as one-hot floats (B, C, ...); class fractions (B, C, ...) pass through."""
+    if target.shape[1] == n_classes and torch.is_floating_point(target):
+        return target
+    if target.shape[1] != 1:
+        raise ValueError(f"target must be labels (B, 1, ...) or {n_classes} class fractions, got shape {tuple(target.shape)}")
+    onehot = nn.functional.one_hot(target[:, 0].long(), n_classes)
+    return onehot.movedim(-1, 1).to(torch.float32)
+
+
 class WeightSchedule:
     """Weight ``a`` of the boundary term per epoch (see module docstring)."""
 
@@ -97,20 +107,51 @@ class SegmentationLoss(nn.Module):
         if name not in LOSS_NAMES:
             raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
         self.name, self.n_classes = name, n_classes
-        self.dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False)
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        # targets arrive as class fractions (B, C, ...): soft at the edges when labels were area-resampled
+        self.dice = DiceLoss(to_onehot_y=False, softmax=True, include_background=False)
+        self.dice_ce = DiceCELoss(to_onehot_y=False, softmax=True, include_background=False)
         self.boundary = BoundaryLoss()
         self.schedule = schedule or (WeightSchedule("increase") if name == "dice-boundary" else None)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``target``: integer labels (B, 1, ...) or class fractions (B, C, ...) summing to 1 per voxel."""
+        target = class_fractions(target, self.n_classes)
         if self.name == "dice":
             return self.dice(logits, target)
         if self.name == "dice-ce":
             return self.dice_ce(logits, target)
         weight = self.schedule.value if self.schedule else 0.01
-        maps = distance_maps_for(target, self.n_classes)
+        maps = distance_maps_for(target.argmax(1, keepdim=True), self.n_classes)
         return (1 - weight) * self.dice(logits, target) + weight * self.boundary(logits, maps)
 
     def end_epoch(self, epoch: int, val_dice: float | None) -> None:
         if self.schedule is not None:
             self.schedule.update(epoch, val_dice)
+
+
+class MultiHeadLoss(nn.Module):
+    """One loss per output head (a group of ``n_classes`` channels, e.g. one per reader), averaged over heads.
+
+    Targets hold the heads' layers side by side along the channel axis: ``n_heads * n_classes`` class-fraction
+    channels, or ``n_heads`` integer label channels.
+    """
+
+    def __init__(self, loss: SegmentationLoss, n_heads: int):
+        super().__init__()
+        if n_heads < 1:
+            raise ValueError("n_heads must be at least 1")
+        self.loss, self.n_heads = loss, n_heads
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.n_heads == 1:
+            return self.loss(logits, target)
+        c = self.loss.n_classes
+        if logits.shape[1] != c * self.n_heads or target.shape[1] % self.n_heads:
+            raise ValueError(f"{self.n_heads} heads of {c} classes need {c * self.n_heads} logit channels and a target with a "
+                             f"multiple of {self.n_heads} channels; got {logits.shape[1]} and {target.shape[1]}")
+        per = target.shape[1] // self.n_heads
+        parts = [self.loss(logits[:, k * c:(k + 1) * c], target[:, k * per:(k + 1) * per]) for k in range(self.n_heads)]
+        return torch.stack(parts).mean()
+
+    def end_epoch(self, epoch: int, val_dice: float | None) -> None:
+        self.loss.end_epoch(epoch, val_dice)

@@ -41,6 +41,7 @@ class Instance:
     gate_metric: str = "dice"
     gate_tolerance: float = 0.02
     keep_largest: bool = False
+    head: str | None = None  # multi-reader bundles: whose delineation to send (default: the bundle's default head)
 
     @property
     def model_name(self) -> str:

@@ -131,14 +131,14 @@ class Registry:
 
     # ----- promotion ------------------------------------------------------------------------------
     def promote(self, model: str, version: str, validation: str | None = None, tolerance: float = 0.02, force: bool = False,
-                split: str | None = None) -> dict[str, Any]:
+                split: str | None = None, head: str | None = None) -> dict[str, Any]:
         """Make ``version`` current (one transaction). With a validation manifest, refuse a regression."""
         self.path(model, version)
         cur = self.current(model)
         detail: dict[str, Any] = {"tolerance": tolerance}
         if validation and cur.version and cur.version != version and not force:
-            cand = evaluate_bundle(self.path(model, version), validation, split)
-            base = evaluate_bundle(self.path(model, cur.version), validation, split)
+            cand = evaluate_bundle(self.path(model, version), validation, split, head=head)
+            base = evaluate_bundle(self.path(model, cur.version), validation, split, head=head)
             detail.update(candidate=cand, current=base)
             with self._tx() as c:
                 c.execute("UPDATE versions SET metric=? WHERE model=? AND version=?", (cand["dice"], model, version))
@@ -178,8 +178,13 @@ class Registry:
             c.execute("INSERT INTO history(model, action, version, at) VALUES (?,?,?,?)", (model, "shadow", version, time.time()))
 
 
-def evaluate_bundle(bundle_path: str | Path, manifest: str | Path, split: str | None = None, keep_largest: bool = False) -> dict[str, Any]:
-    """Mean Dice of a bundle on a validation manifest (CSV with image, mask, split columns; all rows when ``split`` is None)."""
+def evaluate_bundle(bundle_path: str | Path, manifest: str | Path, split: str | None = None, keep_largest: bool = False,
+                    head: str | None = None) -> dict[str, Any]:
+    """Mean Dice of a bundle on a validation manifest (CSV with image, mask, split columns; all rows when ``split`` is None).
+
+    ``head``: for multi-reader bundles, the head the instance sends (a single-head bundle ignores it, so a gate can
+    compare an old single-head version with a new multi-head one).
+    """
     import numpy as np
 
     from ..segment.bundle import load_bundle
@@ -196,6 +201,6 @@ def evaluate_bundle(bundle_path: str | Path, manifest: str | Path, split: str | 
     scores = []
     for row in table.itertuples():
         case = load_case(row.image, row.mask, str(row.case_id))
-        pred = predict_image(bundle, case.image, keep_largest=keep_largest).array
+        pred = predict_image(bundle, case.image, keep_largest=keep_largest, head=head if bundle.heads else None).array
         scores.append(dice_per_class(np.asarray(pred).reshape(case.label.shape), case.label, sorted(bundle.labels)))
     return {"dice": float(np.mean(scores)), "n": len(scores), "version": bundle.version}

@@ -161,7 +161,7 @@ class Server:
             files = self.store.series_files(job.instance, job.series_uid)
             event("job_started", job=job.id, attempt=job.attempts, version=version, shadow=shadow, files=len(files))
             base = {"job_id": job.id, "files": files, "model_name": inst.model_name, "outputs": list(inst.outputs),
-                    "keep_largest": inst.keep_largest, "device": cfg.device}
+                    "keep_largest": inst.keep_largest, "head": inst.head, "device": cfg.device}
             out_root = cfg.storage / "results" / job.id
             spec = dict(base, version=version, bundle_path=str(self.registry.path(inst.model_name, version)), out_dir=str(out_root / version))
             result = self._compute(spec)

@@ -55,7 +55,7 @@ def compute_outputs(spec: dict[str, Any]) -> dict[str, Any]:
     """Segment and write the requested outputs under ``spec['out_dir']``; returns paths, UIDs and measurements.
 
     ``spec``: job_id, files, model_name, version, bundle_path, outputs (seg/sr/overlay), out_dir,
-    keep_largest, device.
+    keep_largest, head (multi-reader bundles; None: the bundle's default head), device.
     """
     import time
 
@@ -69,7 +69,8 @@ def compute_outputs(spec: dict[str, Any]) -> dict[str, Any]:
     image, datasets = read_series(spec["files"])
     bundle = cached_bundle(spec["bundle_path"], spec.get("device", "cpu"))
     model = ModelTag(spec["model_name"], str(spec["version"]))
-    mask = predict_image(bundle, image, keep_largest=True if spec.get("keep_largest") else None)  # else: bundle's default
+    mask = predict_image(bundle, image, keep_largest=True if spec.get("keep_largest") else None,  # else: bundle's default
+                         head=spec.get("head"))
     rows = measurements(mask, image)
     result: dict[str, Any] = {"outputs": {}, "measurements": rows, "model": model.name, "version": model.version}
     seg_ds = None
