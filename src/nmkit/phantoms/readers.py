@@ -6,11 +6,15 @@ questions need several plausible human delineations of the same image. Each simu
 workstation:
 
 1. smooth the image (Gaussian, ``smooth_mm``) - the eye integrates noise;
-2. iso-contour at ``threshold`` (fraction of the background-corrected maximum inside the neck region; clinical
-   habits range 20-30 % of max);
+2. iso-contour at ``threshold`` (fraction of the background-corrected maximum of the gland, above the 10th
+   percentile of the neck region; clinical habits range 20-30 % of max). The maximum is taken where the gland can
+   be (within ``GLAND_REACH_MM`` of the lobes, isthmus and reported nodules), as a reader windows on the gland and
+   not on a salivary gland or a vessel at the edge of the neck;
 3. keep the blobs the reader clicks on (lobe centres known from anatomy, with a few mm of hand uncertainty),
    fill holes (a cold nodule is still gland), optionally cut the isthmus (columns between the lobes whose
-   vertical extent is small);
+   vertical extent is small). A blob never reaches further than ``GLAND_REACH_MM`` from the gland's expected
+   place: when a faint gland (thyroiditis) merges with the neck vessels at the iso-level, the reader stops the
+   outline at the poles instead of following the vessels up the neck;
 4. grow or shrink by a personal ``margin_mm`` (generous vs tight outliners);
 5. draw: resample the outline every ~2 mm, add smooth hand ``jitter_mm`` normal to the contour, then
    simplify it to fewer vertices (Ramer-Douglas-Peucker, ``simplify_px``) as a mouse-drawn polygon has;
@@ -36,6 +40,9 @@ from typing import Any, Sequence
 import numpy as np
 
 POLYGON_FORMAT = "nmkit-polygons/1"
+#: how far (mm) outside the anatomically expected gland a reader's outline may reach (a 12 mm FWHM camera blurs
+#: a gland edge by about 5 mm at the 20 % level; vessels merged with a faint gland run much further)
+GLAND_REACH_MM = 8.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,34 @@ def _cut_isthmus(mask: np.ndarray, midline_col: float, spacing: float) -> np.nda
     return out
 
 
+def expected_gland(params: dict[str, Any], n: int, spacing: float, reach_mm: float) -> np.ndarray:
+    """Where a reader expects gland tissue: lobes, isthmus and reported nodules (from ``params``, i.e. anatomy and
+    the referral) grown by ``reach_mm``; an ``n`` x ``n`` boolean image."""
+    from scipy import ndimage
+
+    from .thyroid import _shape_radius
+
+    coords = (np.arange(n) - (n - 1) / 2.0) * spacing
+    core = np.zeros((n, n), dtype=bool)
+    for lobe in params.get("lobes", {}).values():
+        cx, cy = lobe["centre_mm"]
+        core |= _shape_radius(coords, cx, cy, lobe["width_mm"] / 2, lobe["length_mm"] / 2, math.radians(lobe["tilt_deg"]),
+                              lobe.get("exponent", 2.0), lobe.get("taper", 0.0)) < 1.0
+    isthmus = params.get("isthmus", {})
+    if isthmus.get("present") and "centre_mm" in isthmus and len(params.get("lobes", {})) == 2:
+        lobes = params["lobes"]
+        half_span = abs(lobes["left"]["centre_mm"][0] - lobes["right"]["centre_mm"][0]) / 2
+        ix, iy = isthmus["centre_mm"]
+        core |= _shape_radius(coords, ix, iy, half_span, isthmus["height_mm"] / 2, 0.0, 4.0) < 1.0
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    for nod in params.get("nodules", []):
+        nx, ny = nod["centre_mm"]
+        core |= (xx - nx) ** 2 + (yy - ny) ** 2 <= nod["radius_mm"] ** 2
+    if not core.any():
+        return core
+    return ndimage.distance_transform_edt(~core) * spacing <= reach_mm
+
+
 # ----- reading one image --------------------------------------------------------------------------------
 def read_case(counts: np.ndarray, spacing: float, params: dict[str, Any], style: ReaderStyle,
               rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -224,7 +259,8 @@ def read_case(counts: np.ndarray, spacing: float, params: dict[str, Any], style:
     r0, r1 = int(max(r0, 0)), int(min(r1, n - 1)) + 1
     c0, c1 = int(max(c0, 0)), int(min(c1, n - 1)) + 1
     sub = img[r0:r1, c0:c1]  # everything below works in the neck box (pixel offsets r0, c0)
-    peak = float(sub.max())
+    reach = expected_gland(params, n, spacing, GLAND_REACH_MM)[r0:r1, c0:c1]
+    peak = float(sub[reach].max()) if reach.any() else float(sub.max())
     background = float(np.percentile(sub, 10))
     level = background + style.threshold * (peak - background)
     labels, _ = ndimage.label(sub > level)
@@ -252,6 +288,8 @@ def read_case(counts: np.ndarray, spacing: float, params: dict[str, Any], style:
         chosen.add(blob_at(int(col) - c0, int(row) - r0, 0.0))
     chosen.discard(0)
     gland_box = np.isin(labels, sorted(chosen)) if chosen else np.zeros(labels.shape, dtype=bool)
+    if reach.any():
+        gland_box &= reach
     gland_box = ndimage.binary_fill_holes(gland_box)
     if not style.include_isthmus:
         gland_box = _cut_isthmus(gland_box, float(np.mean([c[0] for c in clicks])) - c0, spacing)
