@@ -112,6 +112,17 @@ def test_one_network_mimics_a_generous_and_a_tight_reader(tmp_path):
     assert np.array_equal(default.array, predict_image(bundle, tests[0].image, head="generous").array)
     with pytest.raises(InputError, match="no head 'R9'"):
         predict_image(bundle, tests[0].image, head="R9")
+    # the demo report's table: each head against each reader (the diagonal wins)
+    from nmkit.demo import _evaluate_heads
+
+    for i, case in enumerate(tests):
+        case.case_id = f"t{i}"
+    data = {"readers": {name: {c.case_id: c.label[k] == 1 for c in tests} for k, name in enumerate(bundle.heads)},
+            "consensus": {c.case_id: c.label[0] == 1 for c in tests}}
+    table = _evaluate_heads(bundle, tests, data, list(bundle.heads), tmp_path).set_index("head")
+    assert (tmp_path / "heads_dice.csv").exists()
+    assert table.loc["generous", "dice_vs_generous"] > table.loc["generous", "dice_vs_tight"]
+    assert table.loc["tight", "dice_vs_tight"] > table.loc["tight", "dice_vs_generous"]
 
 
 def test_heads_must_match_the_cases(tmp_path):

@@ -119,6 +119,8 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     for case_id, mask in predictions.items():
         write_volume(mask, out / "predictions" / f"{case_id}.nii.gz")
     results.update(_evaluate(test_cases, predictions, data, readers, out))
+    if bundle.heads:
+        results["heads"] = _evaluate_heads(bundle, test_cases, data, readers, out)
 
     steps("learning curve (Dice vs number of labelled images)")
     from dataclasses import replace
@@ -233,6 +235,25 @@ def _evaluate(test_cases, predictions, data, readers, out: Path) -> dict[str, An
     plot_agreement(study, out / "reader_variability.png", title="Model vs readers, against the readers' own spread")
     study.pairs.to_csv(out / "reader_variability_pairs.csv", index=False)
     return {"metrics": metrics, "reader_study": study}
+
+
+def _evaluate_heads(bundle, test_cases, data, readers, out: Path) -> pd.DataFrame:
+    """Mean Dice of each head of a multi-reader bundle against each reader (and the consensus): a head that mimics
+    its reader scores highest in that reader's column. Written to ``out/heads_dice.csv``."""
+    from .metrics.overlap import dice as overlap_dice
+    from .segment.infer import predict_image
+
+    rows = []
+    for head in bundle.heads:
+        preds = {c.case_id: predict_image(bundle, c.image, head=head).binary(1) for c in test_cases}
+        row: dict[str, Any] = {"head": head}
+        for reader in readers + ["consensus"]:
+            truth = data["readers"][reader] if reader != "consensus" else data["consensus"]
+            row[f"dice_vs_{reader}"] = float(np.mean([overlap_dice(preds[c.case_id], truth[c.case_id]) for c in test_cases]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "heads_dice.csv", index=False)
+    return table
 
 
 def _radiomics(test_cases, predictions, out: Path) -> pd.DataFrame:

@@ -119,6 +119,10 @@ def build_demo_report(results: dict[str, Any], data: dict[str, Any], predictions
         r.table(study.per_reader, "model vs each reader, and each reader vs the others")
     r.table(pd.DataFrame([{k: v for k, v in overall.items() if np.isscalar(v)}]), "overall")
 
+    if results.get("heads") is not None:
+        r.text("The model has one output head per reader, each trained on that reader's own masks (the summary above uses "
+               "the default head). In each reader's column, the head trained on that reader should score highest:")
+        r.table(results["heads"].round(4), "mean Dice of each head against each reader")
     lc = results["learning_curve"]
     c = report.section("Learning curve")
     c.text("How many labelled images are enough? Test Dice (with 95% bootstrap intervals) against the number of training images.")
