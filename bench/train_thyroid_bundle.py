@@ -8,8 +8,8 @@ One network can mimic every reader at once: ``--heads R1 R2 R3 consensus`` gives
 for their majority consensus), each trained on that reader's own masks; the table then shows each head against every
 reader, and each head's verdict against the readers' spread.
 
-    .venv/bin/python bench/train_thyroid_bundle.py --cases 2000 --epochs 30 --heads R1 R2 R3 consensus --normalisation peak \
-        --seed 101 --out bench/out/thyroid-heads --ship
+    .venv/bin/python bench/train_thyroid_bundle.py --cases 2000 --epochs 25 --heads R1 R2 R3 consensus --normalisation peak \
+        --threads 2 --seed 101 --out bench/out/thyroid-heads --ship
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--normalisation", default="counts", help="counts (Anscombe) or peak (relative to the smoothed maximum)")
     parser.add_argument("--global-context", action="store_true", help="U-Net bottleneck sees image-wide mean/max features")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 when the machine is shared)")
+    parser.add_argument("--version", default="3.0.0", help="bundle version (the server registry upgrades by it)")
     parser.add_argument("--ship", action="store_true", help="copy the bundle into src/nmkit/data/bundles/thyroid-unet2d")
     args = parser.parse_args()
 
@@ -82,7 +83,7 @@ def main() -> None:
     train_seconds = time.perf_counter() - t1
     desc = json.loads((bundle_dir / "bundle.json").read_text())
     # readers outline the gland and fill it (a cold nodule is still gland); averaging a left-right flip steadies the edge
-    desc.update(name=args.name, version="1.0.0", postprocessing={"fill_holes": True, "flips": [-1]})
+    desc.update(name=args.name, version=args.version, postprocessing={"fill_holes": True, "flips": [-1]})
     (bundle_dir / "bundle.json").write_text(json.dumps(desc, indent=2))
     bundle = load_bundle(bundle_dir, device="cpu")
     readers = ["R1", "R2", "R3"]
