@@ -8,7 +8,7 @@ One network can mimic every reader at once: ``--heads R1 R2 R3 consensus`` gives
 for their majority consensus), each trained on that reader's own masks; the table then shows each head against every
 reader, and each head's verdict against the readers' spread.
 
-    .venv/bin/python bench/train_thyroid_bundle.py --cases 2000 --epochs 35 --channels 24 48 96 192 --heads R1 R2 R3 consensus \
+    .venv/bin/python bench/train_thyroid_bundle.py --cases 2000 --epochs 50 --channels 24 48 96 192 --heads R1 R2 R3 consensus \
         --normalisation peak --threads 2 --seed 101 --out bench/out/thyroid-heads --ship
 """
 

@@ -15,7 +15,7 @@ from nmkit.segment.bundle import load_bundle, shipped_bundle
 
 READERS = ["R1", "R2", "R3"]
 #: Dice of each reader's head against that reader on this cohort, less a margin (measured values in bench/RESULTS.md)
-OWN_READER_FLOOR = {"R1": 0.96, "R2": 0.95, "R3": 0.94}  # measured 0.972, 0.963, 0.951
+OWN_READER_FLOOR = {"R1": 0.96, "R2": 0.95, "R3": 0.94}  # measured 0.973, 0.963, 0.951
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,6 +63,7 @@ def test_each_reader_head_mimics_its_own_reader(held_out):
         assert own[head] >= OWN_READER_FLOOR[head], (head, table[head])
         assert own[head] > max(table[other][head] for other in READERS if other != head), table  # best head for it
     assert table["R3"]["R3"] > max(table["R3"]["R1"], table["R3"]["R2"]) + 0.02, table["R3"]
+    assert np.mean(list(own.values())) >= 0.95, own  # issue 4's bar, met by the heads on average (0.962 measured)
 
 
 def test_heads_sit_inside_the_readers_spread(held_out):
