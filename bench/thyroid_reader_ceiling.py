@@ -42,10 +42,14 @@ def main() -> None:
     for k, index in enumerate(test):
         plan, case, reads = simulate_case(args.seed, index)
         shape = case.counts.shape
-        actual = {style.name: rois_to_masks(rois, shape).get("thyroid", np.zeros(shape, bool)) for style, rois in reads}
-        redrawn = {style.name: [rois_to_masks(read_case(case.counts, case.spacing[0], case.params, style,
-                                                        np.random.default_rng([args.seed, index, 7919, j])), shape)
-                                .get("thyroid", np.zeros(shape, bool)) for j in range(args.redraws)] for style, _ in reads}
+
+        def gland(rois) -> np.ndarray:
+            return rois_to_masks(rois, shape).get("thyroid", np.zeros(shape, bool))
+
+        actual = {style.name: gland(rois) for style, rois in reads}
+        redrawn = {style.name: [gland(read_case(case.counts, case.spacing[0], case.params, style,
+                                                np.random.default_rng([args.seed, index, 7919, j])))
+                                for j in range(args.redraws)] for style, _ in reads}
         consensus_actual, _ = consensus(list(actual.values()), method="majority")
         row = {"case": f"case{index:05d}", "pathology": plan["pathology"]}
         for name, draws in redrawn.items():

@@ -119,7 +119,8 @@ def test_one_network_mimics_a_generous_and_a_tight_reader(tmp_path):
         case.case_id = f"t{i}"
     data = {"readers": {name: {c.case_id: c.label[k] == 1 for c in tests} for k, name in enumerate(bundle.heads)},
             "consensus": {c.case_id: c.label[0] == 1 for c in tests}}
-    table = _evaluate_heads(bundle, tests, data, list(bundle.heads), tmp_path).set_index("head")
+    default_predictions = {c.case_id: predict_image(bundle, c.image) for c in tests}
+    table = _evaluate_heads(bundle, tests, default_predictions, data, list(bundle.heads), tmp_path).set_index("head")
     assert (tmp_path / "heads_dice.csv").exists()
     assert table.loc["generous", "dice_vs_generous"] > table.loc["generous", "dice_vs_tight"]
     assert table.loc["tight", "dice_vs_tight"] > table.loc["tight", "dice_vs_generous"]

@@ -11,16 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nmkit.metrics.overlap import dice
 from nmkit.segment.bundle import load_bundle, shipped_bundle
 
 READERS = ["R1", "R2", "R3"]
 #: Dice of each reader's head against that reader on this cohort, less a margin (measured values in bench/RESULTS.md)
 OWN_READER_FLOOR = {"R1": 0.96, "R2": 0.95, "R3": 0.94}  # measured 0.973, 0.963, 0.951
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = a.sum() + b.sum()
-    return 1.0 if denom == 0 else float(2 * np.logical_and(a, b).sum() / denom)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +52,7 @@ def test_each_reader_head_mimics_its_own_reader(held_out):
     reader (the habits - threshold, margin, isthmus - were learnt, not only the anatomy). R1 and R2 draw alike, so the
     R2 head may match R1 about as well as R2; the tight reader R3 is the one the others cannot stand in for."""
     _, cases, data, predictions = held_out
-    table = {head: {r: np.mean([_dice(p, data["readers"][r][c.case_id]) for p, c in zip(predictions[head], cases)])
+    table = {head: {r: np.mean([dice(p, data["readers"][r][c.case_id]) for p, c in zip(predictions[head], cases)])
                     for r in READERS} for head in READERS}
     own = {head: table[head][head] for head in READERS}
     for head in READERS:
@@ -71,11 +67,11 @@ def test_heads_sit_inside_the_readers_spread(held_out):
 
     _, cases, data, predictions = held_out
     masks = {r: [data["readers"][r][c.case_id] for c in cases] for r in READERS}
-    for head in ("consensus", *READERS):
-        study = reader_study(masks, model=predictions[head], spacing=cases[0].image.spacing, case_ids=[c.case_id for c in cases])
+    studies = {head: reader_study(masks, model=predictions[head], spacing=cases[0].image.spacing, case_ids=[c.case_id for c in cases])
+               for head in ("consensus", *READERS)}
+    for head, study in studies.items():
         assert study.model_inside, (head, study.overall)
-    consensus = reader_study(masks, model=predictions["consensus"], spacing=cases[0].image.spacing, case_ids=[c.case_id for c in cases])
-    assert consensus.overall["model_dice_mean"] >= consensus.overall["reader_dice_mean"]
+    assert studies["consensus"].overall["model_dice_mean"] >= studies["consensus"].overall["reader_dice_mean"]
 
 
 def test_default_prediction_is_the_consensus_head(held_out):

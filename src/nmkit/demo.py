@@ -120,7 +120,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
         write_volume(mask, out / "predictions" / f"{case_id}.nii.gz")
     results.update(_evaluate(test_cases, predictions, data, readers, out))
     if bundle.heads:
-        results["heads"] = _evaluate_heads(bundle, test_cases, data, readers, out)
+        results["heads"] = _evaluate_heads(bundle, test_cases, predictions, data, readers, out)
 
     steps("learning curve (Dice vs number of labelled images)")
     from dataclasses import replace
@@ -214,6 +214,11 @@ def _convert_rois(cohort_dir: Path, cases: pd.DataFrame, readers: list[str], mas
     return {"readers": masks, "consensus": consensus_masks, "conversion": pd.DataFrame(rows)}
 
 
+def _reference(data: dict[str, Any], reader: str) -> dict[str, np.ndarray]:
+    """Masks by case of one reader, or of the majority consensus."""
+    return data["consensus"] if reader == "consensus" else data["readers"][reader]
+
+
 def _evaluate(test_cases, predictions, data, readers, out: Path) -> dict[str, Any]:
     from .metrics.overlap import dice as overlap_dice
     from .metrics.readers import plot_agreement, reader_study
@@ -223,7 +228,7 @@ def _evaluate(test_cases, predictions, data, readers, out: Path) -> dict[str, An
     for case in test_cases:
         pred = predictions[case.case_id].binary(1)
         for reader in readers + ["consensus"]:
-            truth = data["readers"][reader][case.case_id] if reader != "consensus" else data["consensus"][case.case_id]
+            truth = _reference(data, reader)[case.case_id]
             dice = overlap_dice(pred, truth)
             surf = surface_metrics(pred, truth, spacing=case.image.spacing, tolerance_mm=2.0)
             rows.append({"case": case.case_id, "reference": reader, "dice": float(dice), "hd95_mm": surf["hd95"], "assd_mm": surf["assd"]})
@@ -237,18 +242,21 @@ def _evaluate(test_cases, predictions, data, readers, out: Path) -> dict[str, An
     return {"metrics": metrics, "reader_study": study}
 
 
-def _evaluate_heads(bundle, test_cases, data, readers, out: Path) -> pd.DataFrame:
+def _evaluate_heads(bundle, test_cases, predictions, data, readers, out: Path) -> pd.DataFrame:
     """Mean Dice of each head of a multi-reader bundle against each reader (and the consensus): a head that mimics
-    its reader scores highest in that reader's column. Written to ``out/heads_dice.csv``."""
+    its reader scores highest in that reader's column. ``predictions`` (by case) are the default head's, reused.
+    Written to ``out/heads_dice.csv``."""
     from .metrics.overlap import dice as overlap_dice
     from .segment.infer import predict_image
 
     rows = []
     for head in bundle.heads:
-        preds = {c.case_id: predict_image(bundle, c.image, head=head).binary(1) for c in test_cases}
+        reuse = head == bundle.default_head
+        preds = {c.case_id: (predictions[c.case_id] if reuse else predict_image(bundle, c.image, head=head)).binary(1)
+                 for c in test_cases}
         row: dict[str, Any] = {"head": head}
         for reader in readers + ["consensus"]:
-            truth = data["readers"][reader] if reader != "consensus" else data["consensus"]
+            truth = _reference(data, reader)
             row[f"dice_vs_{reader}"] = float(np.mean([overlap_dice(preds[c.case_id], truth[c.case_id]) for c in test_cases]))
         rows.append(row)
     table = pd.DataFrame(rows)
