@@ -13,7 +13,7 @@ import logging
 log = logging.getLogger(__name__)
 
 #: phantom modules tried in this order; missing ones (not written yet) are skipped silently
-PHANTOM_MODULES = ("thyroid", "nema", "bone_spect")
+PHANTOM_MODULES = ("cohort", "nema", "bone_spect")  # cohort: `phantom thyroid` (the thyroid cohort writer)
 
 
 def register(subparsers) -> None:

@@ -4,7 +4,7 @@ Why: labelled NM images are scarce, unlabelled ones are not. A denoising diffusi
 images learns the anatomy's features; its encoder is a good starting point for segmentation (as in
 "Pre-Training with Diffusion models for Dental Radiography segmentation", Rousseau et al., 2023).
 
-Layout: the segmentation network ``DiffusionSegNet`` *is* a MONAI ``DiffusionModelUNet`` with the diffusion
+Layout: the segmentation network ``DiffusionSegNet`` (``nmkit.segment.nets``, re-exported here) *is* a MONAI ``DiffusionModelUNet`` with the diffusion
 model's channels/blocks, one image input channel and one output channel per class, always called with
 timestep 0 (the "clean image" end of the diffusion chain). So the mapping is one-to-one by parameter name:
 
@@ -36,31 +36,10 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..segment.nets import DiffusionSegNet  # defined with the other networks; importable from here too
 
 ENCODER_PREFIXES = ("conv_in.", "time_embed.", "down_blocks.", "middle_block.")
 DECODER_PREFIXES = ("up_blocks.", "out.0.")
-
-
-class DiffusionSegNet(nn.Module):
-    """Segmentation network with the layout of a DiffusionModelUNet (called at timestep 0).
-
-    Input: an image normalised to about [0, 1] (``nmkit.segment.preprocess.normalise``); it is mapped to
-    [-1, 1] internally, the range the diffusion model was trained on. Output: class logits.
-    """
-
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2, channels: Sequence[int] = (32, 64, 64),
-                 attention_levels: Sequence[bool] | None = None, num_res_blocks: int = 1, norm_num_groups: int = 8):
-        super().__init__()
-        from monai.networks.nets import DiffusionModelUNet
-
-        self.unet = DiffusionModelUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                                       channels=tuple(channels), attention_levels=tuple(attention_levels or (False,) * len(channels)), num_res_blocks=num_res_blocks,
-                                       norm_num_groups=norm_num_groups, num_head_channels=channels[-1])
-        self.divisor = 2 ** (len(channels) - 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return self.unet(2.0 * x - 1.0, timesteps=t)
 
 
 def segnet_options(checkpoint_dir: str | Path) -> dict[str, Any]:
@@ -105,7 +84,7 @@ def init_from_diffusion(model: nn.Module, diffusion_checkpoint_dir: str | Path, 
         prefix = _prefix(target)
     except KeyError:
         raise InputError(folder, f"the segmentation network ({type(model).__name__}) has no DiffusionModelUNet layout; "
-                                 "use the 'diffusion-unet' network (nmkit.generate.pretrain.DiffusionSegNet)") from None
+                                 "use the 'diffusion-unet' network (nmkit.segment.nets.DiffusionSegNet)") from None
     wanted = ENCODER_PREFIXES + (DECODER_PREFIXES if "decoder" in parts else ())
     copied, adapted, skipped = [], [], []
     new_state = dict(target)
@@ -185,7 +164,7 @@ def fine_tune(model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[n
 @torch.no_grad()
 def evaluate_dice(model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], size: int) -> float:
     """Mean foreground Dice on a test set (at the model size)."""
-    from ..segment.train import dice_per_class
+    from ..metrics.overlap import dice_per_class
 
     model.eval()
     device = next(model.parameters()).device

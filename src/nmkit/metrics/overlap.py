@@ -57,6 +57,11 @@ def iou(pred: Any, truth: Any) -> float:
 jaccard = iou
 
 
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: Sequence[int]) -> float:
+    """Mean Dice over labels (both empty counts as 1)."""
+    return float(np.mean([dice(pred == value, truth == value) for value in labels]))
+
+
 def overlap_metrics(pred: Any, truth: Any, spacing: Sequence[float]) -> dict[str, float]:
     """Dice, IoU, sensitivity, precision and volumes (ml) with their absolute/relative difference.
 

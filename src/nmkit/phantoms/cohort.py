@@ -19,6 +19,9 @@ Layout written under ``out``::
 
 Masks are 2D NIfTI on the DICOM pixel grid (spacing from PixelSpacing, origin 0, identity direction; see
 :func:`nmkit.phantoms.nm_dicom.planar_image_geometry`).
+
+CLI: ``nmkit phantom thyroid`` (:func:`register_phantom`; it lives here, above the simulator, so that
+``phantoms.thyroid`` imports nothing from the cohort layer).
 """
 
 from __future__ import annotations
@@ -213,3 +216,24 @@ def generate_cohort(out: str | Path, n: int = 100, seed: int = 1, n_readers: int
                         workers=workers, seconds=round(seconds, 2), n_ok=n - len(failed), n_failed=len(failed))
     (out / "provenance.json").write_text(json.dumps(record, indent=1, default=str))
     return {"n_ok": n - len(failed), "n_failed": len(failed), "seconds": seconds, "rows": rows}
+
+
+def register_phantom(subparsers) -> None:
+    """Add ``nmkit phantom thyroid`` (cohort generator) to the ``phantom`` sub-command."""
+    p = subparsers.add_parser("thyroid", help="simulated thyroid scintigraphy cohort with several simulated readers",
+                              description="Write a cohort of planar thyroid scans (DICOM NM), ground-truth masks, and "
+                                          "polygon ROIs + masks of several simulated readers, reproducibly by seed.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=100, help="number of cases (default 100)")
+    p.add_argument("--seed", type=int, default=1, help="cohort seed (default 1)")
+    p.add_argument("--readers", type=int, default=3, help="number of simulated readers (1-5, default 3)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    summary = generate_cohort(args.out, n=args.n, seed=args.seed, n_readers=args.readers, workers=args.workers,
+                              progress=not args.no_progress)
+    print(f"wrote {summary['n_ok']} cases to {args.out} ({summary['n_failed']} failed) in {summary['seconds']:.1f} s")
+    return 0 if summary["n_failed"] == 0 else 1

@@ -395,26 +395,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)):
         return float(f"{float(obj):.6g}")
     return obj
-
-
-def register_phantom(subparsers) -> None:
-    """Add ``nmkit phantom thyroid`` (cohort generator) to the ``phantom`` sub-command."""
-    p = subparsers.add_parser("thyroid", help="simulated thyroid scintigraphy cohort with several simulated readers",
-                              description="Write a cohort of planar thyroid scans (DICOM NM), ground-truth masks, and "
-                                          "polygon ROIs + masks of several simulated readers, reproducibly by seed.")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=100, help="number of cases (default 100)")
-    p.add_argument("--seed", type=int, default=1, help="cohort seed (default 1)")
-    p.add_argument("--readers", type=int, default=3, help="number of simulated readers (1-5, default 3)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args) -> int:
-    from .cohort import generate_cohort
-
-    summary = generate_cohort(args.out, n=args.n, seed=args.seed, n_readers=args.readers, workers=args.workers,
-                              progress=not args.no_progress)
-    print(f"wrote {summary['n_ok']} cases to {args.out} ({summary['n_failed']} failed) in {summary['seconds']:.1f} s")
-    return 0 if summary["n_failed"] == 0 else 1

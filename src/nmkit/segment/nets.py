@@ -1,7 +1,9 @@
 """Segmentation networks selectable by name (MONAI nets plus a compact HRNet written here).
 
-Names: ``unet``, ``attention-unet``, ``unetr``, ``swin-unetr``, ``hrnet``. Each takes 2D or 3D input;
-transformer nets need a fixed input size (``img_size``) that is a multiple of their patch grid.
+Names: ``unet``, ``attention-unet``, ``unetr``, ``swin-unetr``, ``hrnet``, ``diffusion-unet``. Each takes 2D or 3D
+input; transformer nets need a fixed input size (``img_size``) that is a multiple of their patch grid.
+``diffusion-unet`` (:class:`DiffusionSegNet`) has a denoising UNet's layout so that
+``nmkit.generate.pretrain.init_from_diffusion`` can copy a diffusion model's encoder into it.
 """
 
 from __future__ import annotations
@@ -113,6 +115,28 @@ class GlobalContext(nn.Module):
         return y + context.view(*context.shape, *([1] * (y.dim() - 2)))
 
 
+class DiffusionSegNet(nn.Module):
+    """Segmentation network with the layout of a DiffusionModelUNet (called at timestep 0).
+
+    Input: an image normalised to about [0, 1] (``nmkit.segment.preprocess.normalise``); it is mapped to
+    [-1, 1] internally, the range the diffusion model was trained on. Output: class logits.
+    """
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2, channels: Sequence[int] = (32, 64, 64),
+                 attention_levels: Sequence[bool] | None = None, num_res_blocks: int = 1, norm_num_groups: int = 8):
+        super().__init__()
+        from monai.networks.nets import DiffusionModelUNet
+
+        self.unet = DiffusionModelUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                                       channels=tuple(channels), attention_levels=tuple(attention_levels or (False,) * len(channels)), num_res_blocks=num_res_blocks,
+                                       norm_num_groups=norm_num_groups, num_head_channels=channels[-1])
+        self.divisor = 2 ** (len(channels) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.unet(2.0 * x - 1.0, timesteps=t)
+
+
 def _global_context_unet() -> type:
     """MONAI's UNet whose bottom block is wrapped in :class:`GlobalContext` (same layout and parameter names + ``mix``)."""
     from monai.networks import nets
@@ -152,8 +176,6 @@ def build_network(name: str, spatial_dims: int, in_channels: int = 1, out_channe
     if name == "hrnet":
         return HRNet(spatial_dims, in_channels, out_channels, **options)
     if name == "diffusion-unet":  # a denoising UNet's layout, so a diffusion model's encoder can initialise it
-        from ..generate.pretrain import DiffusionSegNet
-
         return DiffusionSegNet(spatial_dims, in_channels, out_channels, **options)
     raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETWORK_NAMES)}")
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..metrics.overlap import dice_per_class  # lives with the metrics; still importable from here
 from .data import Case
 from .losses import MultiHeadLoss, SegmentationLoss, WeightSchedule
 from .nets import build_network, parameter_count, required_divisor
@@ -169,13 +170,6 @@ def check_heads(cases: Sequence[Case], heads: Sequence[str] | None, what: str) -
                                  "load the split with load_split(..., heads=...)")
         elif case.heads:
             raise ValueError(f"{what} case {case.case_id} has one label per head {case.heads} but the config has no heads")
-
-
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: Sequence[int]) -> float:
-    """Mean Dice over labels (both empty counts as 1)."""
-    from ..metrics.overlap import dice
-
-    return float(np.mean([dice(pred == value, truth == value) for value in labels]))
 
 
 def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, config: TrainConfig, out_dir: str | Path,
