@@ -15,14 +15,18 @@ def register(subparsers) -> None:
         help="paired comparison of two reconstructions (e.g. OSEM vs CT-guided) on the same ROIs, with statistics and a report",
         description="Cases are matched by name across RECON_A_DIR, RECON_B_DIR and --rois (NIfTI/NRRD files or DICOM "
                     "series folders; ROI files are label maps with name sidecars, SEG or RTSTRUCT). B and the ROIs are "
-                    "resampled onto A's grid when needed. Writes metrics.csv, paired_statistics.csv, report.html and "
-                    "provenance.json to --out. Bad cases are logged and skipped.",
+                    "resampled onto A's grid when needed. Writes metrics.csv (wide), per_roi.csv (one row per case, ROI "
+                    "and metric: A, B, B - A, unit), paired_statistics.csv (two or more cases), report.html and "
+                    "provenance.json to --out. With a single case the report lists every ROI's values and differences "
+                    "and computes no cohort statistics. Bad cases are logged and skipped.",
     )
     p.add_argument("recon_a", help="folder of reconstruction A, one file or DICOM folder per case")
     p.add_argument("recon_b", help="folder of reconstruction B, same case names")
     p.add_argument("--rois", required=True, help="folder of ROI files per case (same case names)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels", nargs=2, default=("A", "B"), metavar=("NAME_A", "NAME_B"), help="names of the two reconstructions")
+    p.add_argument("--units", default=None,
+                   help="unit of the voxel values when the files do not state it (NIfTI/NRRD), e.g. Bq/ml; DICOM units win")
     p.add_argument("--background", default=None, help="background ROI name for contrast/CNR")
     p.add_argument("--uniform", nargs="*", default=[], help="uniform ROI names for noise CoV (e.g. l4_body liver)")
     p.add_argument("--lesions", nargs="*", default=None, help="lesion ROI names (default: every other ROI)")
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.reader import read_image
     from ..io.roi import load_rois
     from ..provenance import library_versions, provenance
-    from ..quality.paired import PairedCase, measure_cases, paired_statistics, threshold_segmenter, write_report
+    from ..quality.paired import (PairedCase, measure_cases, paired_statistics, per_roi_table, threshold_segmenter,
+                                  write_case_report, write_report)
 
     log = logging.getLogger("nmkit.compare")
     a_cases, b_cases, roi_cases = case_entries(args.recon_a), case_entries(args.recon_b), case_entries(args.rois)
@@ -85,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             img_a = read_image(a_cases[name])
             img_b = read_image(b_cases[name])
+            for img in (img_a, img_b):
+                if args.units and not img.units:
+                    img.units = args.units
             mask = load_rois(roi_cases[name], reference=img_a)
             cases.append(PairedCase(name, img_a, img_b, mask, truth.get(name, {})))
         except Exception as exc:  # batch job: log and skip
@@ -100,16 +108,25 @@ def run(args: argparse.Namespace) -> int:
     if table.empty:
         (out / "skipped.json").write_text(json.dumps(skipped, indent=2))
         raise InputError(args.recon_a, f"no case could be measured; see {out / 'skipped.json'}")
-    stats = paired_statistics(table, labels=labels)
     table.to_csv(out / "metrics.csv", index=False)
-    stats.to_csv(out / "paired_statistics.csv", index=False)
-    config = {"command": "compare", "labels": list(labels), "background": args.background, "uniform": args.uniform,
+    per_roi = per_roi_table(table, labels=labels)
+    per_roi.to_csv(out / "per_roi.csv", index=False)
+    n_cases = int(table["case"].nunique())
+    config = {"command": "compare", "labels": list(labels), "units": args.units, "background": args.background, "uniform": args.uniform,
               "lesions": args.lesions, "radiomics": args.radiomics, "segment_threshold": args.segment_threshold, "truth": args.truth}
     inputs = [str(p) for n in names for p in (a_cases[n], b_cases[n], roi_cases[n])]
-    record = provenance(config, inputs, skipped=skipped, libraries=library_versions(("numpy", "scipy", "SimpleITK", "pandas")))
+    record = provenance(config, inputs, skipped=skipped, n_cases=n_cases,
+                        cohort_statistics=n_cases >= 2, libraries=library_versions(("numpy", "scipy", "SimpleITK", "pandas")))
     (out / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
+    if n_cases < 2:
+        write_case_report(per_roi, out / "report.html", labels=labels, provenance_record=record)
+        print(f"1 case compared ({table['case'].iloc[0]}), {len(skipped)} skipped; {len(per_roi)} ROI value(s) on "
+              f"{labels[0]} and {labels[1]} in per_roi.csv; no cohort statistics (they need at least 2 cases) -> {out}")
+        return 0
+    stats = paired_statistics(table, labels=labels)
+    stats.to_csv(out / "paired_statistics.csv", index=False)
     write_report(table, stats, out / "report.html", labels=labels, provenance_record=record)
     n_sig = int((stats["p_holm"] < 0.05).sum()) if len(stats) else 0
-    print(f"{table['case'].nunique()} case(s) compared, {len(skipped)} skipped; {len(stats)} paired quantities, "
+    print(f"{n_cases} case(s) compared, {len(skipped)} skipped; {len(stats)} paired quantities, "
           f"{n_sig} with Holm p < 0.05 -> {out}")
     return 0

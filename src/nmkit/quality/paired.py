@@ -5,11 +5,14 @@ masks) when the grids differ, then the same metrics are measured on both (``qual
 IBSI radiomic features (``nmkit.radiomics.engine.extract``) and the agreement of a segmentation computed on
 each (Dice). ``paired_statistics`` then gives, per metric/feature, Wilcoxon signed-rank with Holm and BH
 correction, Bland-Altman, ICC and Lin's CCC (``nmkit.stats.paired``); ``write_report`` renders an HTML report.
+With a single case there is no cohort: ``per_roi_table`` lists every ROI's value on A and B with the difference
+and unit, and ``write_case_report`` renders it without any cohort statistic.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -24,6 +27,13 @@ from .patient import patient_quality
 log = logging.getLogger(__name__)
 
 Segmenter = Callable[[Image, Mask], np.ndarray]
+
+#: unit of each quality metric; "image" means the unit of the voxel values (e.g. Bq/ml)
+METRIC_UNITS = {"mean": "image", "max": "image", "cov": "1 (SD/mean)", "contrast": "1 (mean/background - 1)",
+                "cnr": "1 ((mean - background mean)/background SD)", "rc_mean": "1 (measured/true)",
+                "rc_max": "1 (measured/true)", "seg_dice": "1"}
+#: DICOM Units (0054,1001) codes and reader spellings -> readable unit
+IMAGE_UNITS = {"BQML": "Bq/ml", "BQ/ML": "Bq/ml", "GML": "g/ml", "CNTS": "counts", "SUV": "g/ml (SUV)"}
 
 
 def threshold_segmenter(fraction: float = 0.4, dilate_mm: float = 10.0) -> Segmenter:
@@ -83,7 +93,7 @@ def measure_cases(cases: Sequence[PairedCase], background: int | str | None = No
             if segmenter is not None:
                 seg_dice = dice(segmenter(a, m), segmenter(b, m))
             for recon, img in zip(labels, (a, b)):
-                rec: dict[str, Any] = {"case": case.case_id, "recon": recon}
+                rec: dict[str, Any] = {"case": case.case_id, "recon": recon, "image_units": image_unit(img.units)}
                 rec.update(patient_quality(img, m, background=background, uniform=tuple(uniform), truth=case.truth,
                                            lesions=tuple(lesions) if lesions is not None else None))
                 if radiomics is not None:
@@ -118,11 +128,101 @@ def paired_statistics(table: pd.DataFrame, labels: tuple[str, str] = ("A", "B"))
     if stats.empty:
         return stats
     stats.insert(1, "family", np.where(stats["metric"].str.contains(":rad:"), "radiomics", "quality"))
+    units = _table_units(table, labels[0])
+    stats.insert(2, "unit", [metric_unit(m, units) for m in stats["metric"]])
     for fam in stats["family"].unique():
         sel = stats["family"] == fam
         stats.loc[sel, "p_holm"] = holm(stats.loc[sel, "p_wilcoxon"])
         stats.loc[sel, "p_bh"] = benjamini_hochberg(stats.loc[sel, "p_wilcoxon"])
     return stats
+
+
+def image_unit(units: str) -> str:
+    """A readable unit for an image's ``units`` field ("BQML" -> "Bq/ml"; unknown when empty)."""
+    text = (units or "").strip()
+    if not text:
+        return "unknown (image units not stated)"
+    return IMAGE_UNITS.get(text.upper(), text)
+
+
+def metric_unit(column: str, image_units: str) -> str:
+    """Unit of one ``<roi>:<metric>`` column (radiomic features: "IBSI feature unit", see the preset)."""
+    if ":rad:" in column:
+        return "IBSI feature unit"
+    unit = METRIC_UNITS.get(column.rsplit(":", 1)[-1], "")
+    return image_units if unit == "image" else unit
+
+
+def _table_units(table: pd.DataFrame, recon: str) -> str:
+    """The image unit of reconstruction ``recon`` in a ``measure_cases`` table (all cases' units joined)."""
+    if "image_units" not in table:
+        return "unknown (image units not stated)"
+    found = sorted(set(table.loc[table["recon"] == recon, "image_units"].dropna().astype(str)))
+    return " / ".join(found) if found else "unknown (image units not stated)"
+
+
+def per_roi_table(table: pd.DataFrame, labels: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
+    """Long table, one row per (case, ROI, metric): value on A and on B, ``B - A``, ``100 (B - A) / |A|`` and the unit.
+
+    Why: with one case there is no cohort to test, yet the physicist wants every ROI's numbers side by side."""
+    a_name, b_name = labels
+    cols = [c for c in table.columns if ":" in c and pd.api.types.is_numeric_dtype(table[c])]
+    if "seg_dice" in table:
+        cols.append("seg_dice")
+    rows = []
+    for case, grp in table.groupby("case", sort=True):
+        ra, rb = grp[grp["recon"] == a_name], grp[grp["recon"] == b_name]
+        if ra.empty or rb.empty:
+            continue
+        units_a = str(ra["image_units"].iloc[0]) if "image_units" in ra else "unknown (image units not stated)"
+        units_b = str(rb["image_units"].iloc[0]) if "image_units" in rb else units_a
+        for col in cols:
+            va, vb = float(ra[col].iloc[0]), float(rb[col].iloc[0])
+            if not (np.isfinite(va) or np.isfinite(vb)):
+                continue
+            roi, metric = (col.split(":", 1) if ":" in col else ("", col))
+            unit = metric_unit(col, units_a)
+            if METRIC_UNITS.get(metric) == "image" and units_b != units_a:
+                unit = f"{units_a} ({a_name}) / {units_b} ({b_name})"
+            rows.append({"case": case, "roi": roi, "metric": metric, "unit": unit, a_name: va, b_name: vb,
+                         "diff_b_minus_a": vb - va, "rel_diff_pct": 100.0 * (vb - va) / abs(va) if va else math.nan})
+    return pd.DataFrame(rows, columns=["case", "roi", "metric", "unit", a_name, b_name, "diff_b_minus_a", "rel_diff_pct"])
+
+
+def write_case_report(per_roi: pd.DataFrame, path: str | Path, labels: tuple[str, str] = ("A", "B"),
+                      title: str = "Paired reconstruction comparison (single case)",
+                      provenance_record: Mapping[str, Any] | None = None) -> Path:
+    """HTML report of a single case: per-ROI values of A and B, B - A and units; no cohort statistics (said so)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report.html import Report
+
+    rep = Report(title)
+    cases = sorted(per_roi["case"].unique()) if len(per_roi) else []
+    rep.section("Summary").text(
+        f"Single case ({', '.join(map(str, cases)) or 'none'}) measured on both reconstructions ({labels[0]} vs "
+        f"{labels[1]}). No cohort statistics: Wilcoxon, Bland-Altman, ICC and Lin's CCC need at least two cases, so "
+        f"none is computed. The table gives each ROI's value on {labels[0]} and {labels[1]}, the difference "
+        f"{labels[1]} - {labels[0]} and the relative difference in % of {labels[0]}, with units.")
+    if len(per_roi):
+        rep.section("Per-ROI values").table(per_roi, caption=f"differences are {labels[1]} - {labels[0]}")
+        means = per_roi[per_roi["metric"] == "mean"]
+        if len(means):
+            fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(means) + 2), 4))
+            x = np.arange(len(means))
+            ax.bar(x - 0.2, means[labels[0]], 0.4, label=labels[0])
+            ax.bar(x + 0.2, means[labels[1]], 0.4, label=labels[1])
+            ax.set_xticks(x, means["roi"], rotation=45, ha="right", fontsize=8)
+            ax.set_ylabel(f"ROI mean ({means['unit'].iloc[0]})")
+            ax.legend()
+            fig.tight_layout()
+            rep.section("ROI means").figure(fig, caption=f"mean of every ROI on {labels[0]} and {labels[1]}")
+    if provenance_record:
+        rep.section("Provenance").code(dict(provenance_record))
+    return rep.write(path)
 
 
 def pooled_lesion_table(table: pd.DataFrame, metric: str, labels: tuple[str, str] = ("A", "B"),
@@ -155,13 +255,14 @@ def write_report(table: pd.DataFrame, stats: pd.DataFrame, path: str | Path, lab
         f"{n_cases} case(s) measured on both reconstructions ({labels[0]} vs {labels[1]}); {len(stats)} paired "
         f"quantities; {sig} image-quality metric(s) differ at Holm-corrected p < 0.05 (Wilcoxon signed-rank). "
         "Differences are B - A. ICC(3,1) measures consistency, ICC(2,1) and Lin's CCC absolute agreement.")
-    show = ["metric", "family", "n", "mean_a", "mean_b", "mean_rel_diff_pct", "p_wilcoxon", "p_holm", "p_bh",
+    show = ["metric", "family", "unit", "n", "mean_a", "mean_b", "mean_rel_diff_pct", "p_wilcoxon", "p_holm", "p_bh",
             "ba_bias", "ba_loa_low", "ba_loa_high", "icc3_1", "icc2_1", "ccc"]
     if len(stats):
         rep.section("Paired statistics").table(stats[[c for c in show if c in stats]].sort_values("p_wilcoxon"),
                                                caption="per metric / feature, sorted by p-value")
         sec = rep.section("Bland-Altman plots")
-        top = quality.sort_values("p_wilcoxon").head(max_plots) if len(quality) else quality
+        plottable = quality[quality["n"] >= 2] if len(quality) else quality  # Bland-Altman needs two pairs
+        top = plottable.sort_values("p_wilcoxon").head(max_plots) if len(plottable) else plottable
         for metric in top["metric"]:
             a = table[table["recon"] == labels[0]].set_index("case")[metric]
             b = table[table["recon"] == labels[1]].set_index("case")[metric].reindex(a.index)
