@@ -33,9 +33,11 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
+
+from .thyroid import COLLIMATORS, ISOTOPES  # the simulator's tables: the CLI validates --isotope/--collimator on them
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,20 @@ def case_name(index: int) -> str:
     return f"case{index:05d}"
 
 
-def case_plan(seed: int, index: int) -> dict[str, Any]:
-    """The clinical facts of case ``index`` (pathology, isotope, collimator, counts, patient), from (seed, index)."""
+def case_plan(seed: int, index: int, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The clinical facts of case ``index`` (pathology, isotope, collimator, counts, patient), from (seed, index).
+
+    ``overrides`` (``isotope``, ``collimator``, ``total_counts``) replace the drawn values; every draw is still
+    made, so the rest of the plan (patient, dates, pathology) is the same as without them."""
+    fixed = dict(overrides or {})
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]).spawn(1)[0])
     pathology = str(rng.choice(list(PATHOLOGY_MIX), p=list(PATHOLOGY_MIX.values())))
     isotope = str(rng.choice(list(ISOTOPE_MIX), p=list(ISOTOPE_MIX.values())))
+    isotope = str(fixed.get("isotope") or isotope)
     collimator = "pinhole" if rng.random() < 0.6 else "parallel"
+    collimator = str(fixed.get("collimator") or collimator)
     counts = int(round(math.exp(rng.uniform(math.log(COUNT_RANGE[0]), math.log(COUNT_RANGE[1]))), -2))
+    counts = int(fixed.get("total_counts") or counts)
     sex = "F" if rng.random() < 0.75 else "M"  # thyroid disease is ~3-4x more common in women
     age = int(rng.integers(18, 86))
     day = _dt.datetime(2024, 1, 1) + _dt.timedelta(days=int(rng.integers(0, 730)))
@@ -85,7 +94,7 @@ def _write_mask(array: np.ndarray, geometry: dict[str, Any], path: Path) -> None
     write_volume(mask, path)
 
 
-def simulate_case(seed: int, index: int, n_readers: int = 3) -> tuple[dict[str, Any], Any, list[tuple[Any, list[dict[str, Any]]]]]:
+def simulate_case(seed: int, index: int, n_readers: int = 3, overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Any, list[tuple[Any, list[dict[str, Any]]]]]:
     """In memory: (plan, :class:`~nmkit.phantoms.thyroid.ThyroidCase`, [(reader style, rois), ...]) of one case.
 
     Streams: ``SeedSequence([seed, index]).spawn(2 + n_readers)`` -> plan, simulation, one per reader.
@@ -93,7 +102,7 @@ def simulate_case(seed: int, index: int, n_readers: int = 3) -> tuple[dict[str, 
     from .readers import default_readers, read_case
     from .thyroid import simulate_thyroid
 
-    plan = case_plan(seed, index)
+    plan = case_plan(seed, index, overrides)
     streams = np.random.SeedSequence([seed, index]).spawn(2 + n_readers)
     case = simulate_thyroid(np.random.default_rng(streams[1]), plan["pathology"], plan["isotope"], plan["collimator"],
                             plan["total_counts"])
@@ -102,14 +111,14 @@ def simulate_case(seed: int, index: int, n_readers: int = 3) -> tuple[dict[str, 
     return plan, case, reads
 
 
-def make_case(out: str | Path, seed: int, index: int, n_readers: int = 3) -> dict[str, Any]:
+def make_case(out: str | Path, seed: int, index: int, n_readers: int = 3, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Simulate, write and read one case; returns its ``cases.csv`` row (``status`` 'ok' or the error)."""
     from .nm_dicom import deterministic_uid, planar_image_geometry, write_nm_planar
     from .readers import label_map, polygon_document, rois_to_masks
 
     out = Path(out)
     name = case_name(index)
-    plan, case, reads = simulate_case(seed, index, n_readers)
+    plan, case, reads = simulate_case(seed, index, n_readers, overrides)
     patient_id = f"THY{seed}-{index:05d}"
     info = dict(patient_name=f"Phantom^Thyroid{index:05d}", patient_id=patient_id, sex=plan["sex"],
                 birth_date=plan["birth_date"], study_uid=deterministic_uid(seed, index, "study"),
@@ -156,20 +165,21 @@ def make_case(out: str | Path, seed: int, index: int, n_readers: int = 3) -> dic
                 rois=f"rois/{{reader}}/{name}.json", masks=f"masks/{{reader}}/{name}.nii.gz", status="ok")
 
 
-def _safe_case(job: tuple[str, int, int, int]) -> dict[str, Any]:
-    out, seed, index, n_readers = job
+def _safe_case(job: tuple[str, int, int, int, dict[str, Any]]) -> dict[str, Any]:
+    out, seed, index, n_readers, overrides = job
     try:
-        return make_case(out, seed, index, n_readers)
+        return make_case(out, seed, index, n_readers, overrides)
     except Exception as exc:  # a batch job logs and skips a bad case
         log.error("case %s failed: %s", case_name(index), exc)
         return dict(case=case_name(index), seed=seed, case_index=index, status=f"failed: {type(exc).__name__}: {exc}")
 
 
 def generate_cohort(out: str | Path, n: int = 100, seed: int = 1, n_readers: int = 3, workers: int = 2,
-                    progress: bool = True, start: int = 0) -> dict[str, Any]:
+                    progress: bool = True, start: int = 0, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``n`` cases (indices ``start .. start+n-1``) under ``out``; returns a summary with timings.
 
-    ``workers`` > 1 uses a process pool; results do not depend on it.
+    ``workers`` > 1 uses a process pool; results do not depend on it. ``overrides``: fixed ``isotope``,
+    ``collimator`` and/or ``total_counts`` for every case (see :func:`case_plan`).
     """
     from ..provenance import library_versions, provenance
     from .readers import default_readers, style_dict
@@ -179,7 +189,8 @@ def generate_cohort(out: str | Path, n: int = 100, seed: int = 1, n_readers: int
     styles = default_readers(n_readers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), int(seed), i, int(n_readers)) for i in range(start, start + n)]
+    fixed = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    jobs = [(str(out), int(seed), i, int(n_readers), fixed) for i in range(start, start + n)]
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     bar = None
@@ -211,7 +222,7 @@ def generate_cohort(out: str | Path, n: int = 100, seed: int = 1, n_readers: int
     failed = [r for r in rows if r["status"] != "ok"]
     config = {"generator": "nmkit.phantoms.cohort.generate_cohort", "n": n, "start": start, "seed": seed,
               "n_readers": n_readers, "pathology_mix": PATHOLOGY_MIX, "isotope_mix": ISOTOPE_MIX,
-              "count_range": list(COUNT_RANGE)}
+              "count_range": list(COUNT_RANGE), "overrides": fixed}
     record = provenance(config, inputs=[], libraries=library_versions(("numpy", "scipy", "SimpleITK", "pydicom", "matplotlib")),
                         workers=workers, seconds=round(seconds, 2), n_ok=n - len(failed), n_failed=len(failed))
     (out / "provenance.json").write_text(json.dumps(record, indent=1, default=str))
@@ -229,11 +240,39 @@ def register_phantom(subparsers) -> None:
     p.add_argument("--readers", type=int, default=3, help="number of simulated readers (1-5, default 3)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--isotope", type=_isotope_name, choices=ISOTOPES, default=None,
+                   help=f"radionuclide of every case ({', '.join(ISOTOPES)}; I-123 etc. accepted; "
+                        f"default: the clinic mix {ISOTOPE_MIX})")
+    p.add_argument("--collimator", choices=COLLIMATORS, default=None,
+                   help="collimator of every case (default: 60 %% pinhole, 40 %% parallel)")
+    p.add_argument("--counts", type=_total_counts, default=None,
+                   help=f"preset total counts of every image, e.g. 1e5 (the expected image sums to it; the Poisson image "
+                        f"is within a few sqrt(counts)); default: log-uniform {COUNT_RANGE[0]:,}-{COUNT_RANGE[1]:,}")
     p.set_defaults(func=_run_cli)
 
 
+def _isotope_name(text: str) -> str:
+    """'I-123', 'i123', 'Tc-99m' -> the simulator's spelling; anything else is left for argparse to refuse."""
+    key = text.replace("-", "").replace(" ", "").lower()
+    return next((iso for iso in ISOTOPES if iso.lower() == key), text)
+
+
+def _total_counts(text: str) -> int:
+    """A positive count such as '1e5' or '200000' (argparse error otherwise)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 1000):
+        raise argparse.ArgumentTypeError(f"total counts must be at least 1000, got {text!r}")
+    return int(round(value))
+
+
 def _run_cli(args) -> int:
+    overrides = {"isotope": args.isotope, "collimator": args.collimator, "total_counts": args.counts}
     summary = generate_cohort(args.out, n=args.n, seed=args.seed, n_readers=args.readers, workers=args.workers,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, overrides=overrides)
     print(f"wrote {summary['n_ok']} cases to {args.out} ({summary['n_failed']} failed) in {summary['seconds']:.1f} s")
     return 0 if summary["n_failed"] == 0 else 1
