@@ -93,11 +93,12 @@ def test_manifest_from_catalog_links_roi_files(archive, tmp_path: Path):  # noqa
     assert len(df) == 3 and set(df.modality) == {"PT"}
     row = df.set_index("series_uid").loc[archive["P1_pet"]]
     assert row.image_format == "dicom" and Path(row.image).is_dir() and len(list(Path(row.image).iterdir())) == 3
-    assert row.roi.endswith("rt/000.dcm") and row.roi_format == "rtstruct" and row.reader == "READER^A"
+    assert [(Path(m.file).parent.name + "/" + Path(m.file).name, m.kind, m.reader) for m in row.masks] == [
+        ("rt/000.dcm", "rtstruct", "READER^A")] and row.reader == "READER^A"
+    assert row.roi == ""  # roi is a structure selector, never a file
     seg_row = df.set_index("series_uid").loc[archive["P3_psma"]]
-    assert seg_row.roi_format == "seg" and seg_row.reader == "READER^B"
-    assert df.set_index("series_uid").loc[archive["P2_pet"]].roi == ""
-    assert (df["mask"] == "").all()  # RTSTRUCT/SEG are not label maps: convert with roi2mask first
+    assert [m.kind for m in seg_row.masks] == ["seg"] and seg_row.reader == "READER^B"
+    assert df.set_index("series_uid").loc[archive["P2_pet"]].masks == []
     only = manifest_from_catalog(db, require_roi=True)
     assert set(only.series_uid) == {archive["P1_pet"], archive["P3_psma"]}
     all_images = manifest_from_catalog(db)
@@ -124,11 +125,11 @@ def test_manifest_from_nifti_pairs(tmp_path: Path):
     nib.save(img, tmp_path / "nn" / "labels" / "liver_007.nii.gz")
     flat = manifest_from_nifti(tmp_path / "flat")
     assert flat.patient_id.tolist() == ["case01", "case02", "case03"]
-    assert flat.roi.str.endswith("case01_PET_mask.nii.gz").tolist() == [True, False, False]
-    assert flat.roi.tolist()[2] == "" and flat.modality.tolist() == ["PT", "PT", "CT"]
-    assert flat["mask"].tolist() == flat.roi.tolist() and flat.case_id[0] == "case01_PET_image"
+    assert flat["mask"].str.endswith("case01_PET_mask.nii.gz").tolist() == [True, False, False]
+    assert flat["mask"].tolist()[2] == "" and flat.masks.tolist()[2] == [] and flat.modality.tolist() == ["PT", "PT", "CT"]
+    assert [m.kind for m in flat.masks[0]] == ["labelmap"] and flat.case_id[0] == "case01_PET_image"
     nn = manifest_from_nifti(tmp_path / "nn")
-    assert nn.patient_id.tolist() == ["liver_007"] and nn.roi[0].endswith("labels/liver_007.nii.gz")
+    assert nn.patient_id.tolist() == ["liver_007"] and nn["mask"][0].endswith("labels/liver_007.nii.gz")
     with pytest.raises(InputError, match="no image files"):
         manifest_from_nifti(tmp_path / "nn" / "labels")
 
@@ -153,13 +154,54 @@ def test_write_read_round_trip_and_cli(archive, tmp_path: Path, capsys):  # noqa
     assert df2[["series_uid", "split", "fold"]].equals(df[["series_uid", "split", "fold"]])
     assert main(["manifest", "--db", str(db), "--out", str(tmp_path / "x.csv"), "--split", "0.5", "0.6"]) == 2
     write_manifest(df, tmp_path / "again.csv")
-    assert read_manifest(tmp_path / "again.csv").equals(df)
+    again = read_manifest(tmp_path / "again.csv")
+    assert again.drop(columns="masks").equals(df.drop(columns="masks")) and again.masks.tolist() == df.masks.tolist()
 
 
 def test_nifti_manifest_real_sts(external_data: Path, tmp_path: Path):
     folder = need(external_data, "pet_sts/sts_images_flat/nifti")
     df = split_by_patient(manifest_from_nifti(folder), (0.34, 0.33, 0.33), seed=0, stratify=None)
-    assert len(df) == 9 and (df.roi != "").all()
+    assert len(df) == 9 and all(len(m) == 1 for m in df.masks)
     assert sorted(df.patient_id.unique()) == ["STS_001", "STS_002", "STS_003"]
     assert df.groupby("patient_id").split.nunique().eq(1).all() and df.split.nunique() == 3
     assert sorted(df.modality.unique()) == ["CT", "MR", "PT"]
+
+
+def test_manifest_on_real_corpus_lists_images_only_and_never_merges_blank_patients(external_data: Path, tmp_path: Path,
+                                                                                     capsys):
+    corpus = need(external_data, "dicom_corpus")
+    db = tmp_path / "corpus.sqlite"
+    index_folder(corpus, db)
+    # the corpus holds an ECG, a real-world value map and an annotation object: none of them is an image
+    with pytest.raises(InputError, match="without a Patient ID.*--blank-patient"):
+        manifest_from_catalog(db)
+    skipped = manifest_from_catalog(db, blank_patient="skip")
+    per_study = manifest_from_catalog(db, blank_patient="study")
+    assert not set(per_study.modality) & {"ECG", "RWV", "ANN", "SR", "SEG", "RTSTRUCT", "PR"}
+    blank_rows = per_study[per_study.patient_id.str.startswith("blank:")]
+    assert len(blank_rows) == len(per_study) - len(skipped) > 0
+    # one pseudo-patient per study: two blank-ID series of different studies are two patients
+    assert blank_rows.patient_id.nunique() == blank_rows.study_uid.nunique() > 1
+    out = tmp_path / "m.csv"
+    assert main(["manifest", "--db", str(db), "--out", str(out)]) == 2
+    assert "--blank-patient" in capsys.readouterr().err and not out.exists()
+
+
+def test_manifest_cli_reports_empty_split_and_time_points(external_data: Path, tmp_path: Path, capsys):
+    db = tmp_path / "cat.sqlite"
+    index_folder(need(external_data, "pet_sts/sts_images"), db)
+    index_folder(need(external_data, "spect_lu177"), db)
+    out = tmp_path / "fdg.csv"
+    assert main(["manifest", "--db", str(db), "--out", str(out), "--modality", "PT", "--tracer", "FDG", "--require-roi"]) == 0
+    captured = capsys.readouterr()
+    assert "test 0" in captured.out and "split 'test' got no patient" in captured.err
+    fdg = read_manifest(out)
+    assert sorted(fdg.patient_id) == ["STS_001", "STS_002", "STS_003"]  # the Lu-177 SPECT stored as PT is not FDG
+    assert all(m[0].kind == "rtstruct" and Path(m[0].file).is_file() for m in fdg.masks)
+    lu = manifest_from_catalog(db, modality="PT", tracer="Lu177")
+    assert sorted(lu.time_point) == ["TP1", "TP2"] and lu.series_description.str.contains("xSPECT").all()
+    assert (lu.acquisition_datetime.str[:10].tolist() == ["2018-11-15", "2018-11-16"])
+    # the case table re-splits: manifest --dataset
+    again = tmp_path / "again.csv"
+    assert main(["manifest", "--dataset", str(out), "--out", str(again), "--split", "0.5", "0.5", "--seed", "3"]) == 0
+    assert set(read_manifest(again).split) == {"train", "test"}

@@ -1,15 +1,13 @@
-"""Dataset manifests for training/evaluation, with patient-level splits and k-fold assignment.
+"""Dataset manifests (case tables, ``nmkit.dataset``) from a catalog or a NIfTI folder, with patient-level splits.
 
-A manifest is a table (CSV or JSON) with one row per image and the columns ``MANIFEST_COLUMNS``:
+The table follows the one contract of :mod:`nmkit.dataset` (schema ``nmkit-dataset/1``): one row per image series,
+its RTSTRUCT/SEG files as mask references, patient/study/series identifiers, study date, acquisition date-time, time
+point, modality, tracer and series description, then ``split`` (and ``fold`` after ``assign_folds``).
 
-* ``patient_id``, ``study_uid``, ``series_uid``, ``modality``;
-* ``image``: a folder holding exactly the series' DICOM files, or ``;``-separated files, or a NIfTI/NRRD file;
-  ``image_format``: ``dicom`` or ``nifti``;
-* ``roi``: ``;``-separated ROI files (RTSTRUCT/SEG/label maps), ``roi_format``: ``rtstruct``/``seg``/``nifti``;
-* ``mask``: the ROI when it already is a label map (NIfTI/NRRD), the column that ``nmkit.segment`` and
-  ``nmkit.radiomics`` manifests read (convert RTSTRUCT/SEG first with ``nmkit roi2mask``); ``case_id``;
-* ``reader``: who drew the ROI (SEG ContentCreatorName, RTSTRUCT ROIInterpreter/OperatorsName), when known;
-* ``split`` (and ``fold`` after ``assign_folds``).
+Only image series are listed: non-image objects (RTSTRUCT, SEG, SR, ECG, RWV, ANN, presentation states, plans ...)
+are recognised by their modality and SOP class. A series without a Patient ID is
+never merged silently with other blank-ID series: ``blank_patient`` says whether to fail (default), skip it, or
+give it a pseudo-patient per study (``blank:<StudyInstanceUID>``).
 
 Why patient-level: images of one patient (several studies, modalities or time points) are strongly
 correlated; a patient in both training and test sets inflates every reported metric. Splits are
@@ -18,7 +16,6 @@ deterministic given the seed and independent of row order, and can be stratified
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -26,70 +23,144 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..dataset import COLUMNS as MANIFEST_COLUMNS  # noqa: F401  (the contract's columns, re-exported)
+from ..dataset import MaskRef, new_table, read_dataset, write_dataset
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["case_id", "patient_id", "study_uid", "series_uid", "modality", "image", "image_format", "roi",
-                    "roi_format", "mask", "reader", "split"]
 ROI_MODALITIES = ("RTSTRUCT", "SEG")
-NON_IMAGE_MODALITIES = ROI_MODALITIES + ("SR", "PR", "RTPLAN", "RTDOSE", "REG", "KO", "DOC")
+NON_IMAGE_MODALITIES = ROI_MODALITIES + ("SR", "PR", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "KO", "DOC", "ECG", "RWV", "ANN",
+                                         "HD", "AU", "PLAN", "FID")
+BLANK_PATIENT_POLICIES = ("error", "skip", "study")
+#: SOP classes that carry no image (waveforms, real-world value maps, annotations, SR, presentation states, RT objects,
+#: encapsulated documents, raw data, registrations, segmentations), as UID prefixes
+NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.9.", "1.2.840.10008.5.1.4.1.1.67", "1.2.840.10008.5.1.4.1.1.91.",
+                          "1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.481.",
+                          "1.2.840.10008.5.1.4.1.1.104.", "1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.90.",
+                          "1.2.840.10008.5.1.4.1.1.200.")
 
 
-def _frame(rows: list[dict[str, Any]]):
-    import pandas as pd
+def is_image_sop_class(uid: str | None) -> bool:
+    """False for the SOP classes that carry no image; True otherwise (and for an unknown class)."""
+    return not any(str(uid or "").startswith(p) for p in NON_IMAGE_SOP_PREFIXES)
 
-    for row in rows:
-        row.setdefault("case_id", row["series_uid"])
-        row.setdefault("mask", row["roi"] if row["roi_format"] in ("nifti", "nrrd") else "")
-    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    return df.fillna("")
+
+def _iso_datetime(date: Any, time: Any) -> str:
+    date, time = str(date or "").strip(), str(time or "").strip()
+    if len(date) != 8 or not date.isdigit():
+        return ""
+    out = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    digits = time.split(".")[0]
+    if len(digits) >= 4 and digits.isdigit():
+        digits = digits.ljust(6, "0")
+        out += f"T{digits[:2]}:{digits[2:4]}:{digits[4:6]}"
+    return out
+
+
+def _tracer(row: Any) -> str:
+    for value in (row.radiopharmaceutical, row.radiopharmaceutical_code, row.radionuclide):
+        if value and str(value).strip():
+            return str(value).strip()
+    return ""
+
+
+def assign_time_points(table):
+    """``time_point`` = TP1, TP2 ... per patient, modality and tracer, in acquisition order (blank for a single scan).
+
+    Scans on the same day are one time point (a PET and its attenuation-corrected variants, say)."""
+    table = table.copy()
+    keys = table["patient_id"].astype(str) + "|" + table["modality"].astype(str) + "|" + table["tracer"].astype(str)
+    days = table["acquisition_datetime"].astype(str).str[:10].where(table["acquisition_datetime"].astype(str) != "",
+                                                                   table["study_date"].astype(str))
+    for _, index in table.groupby(keys).groups.items():
+        day_values = sorted({d for d in days[index] if d})
+        if len(day_values) < 2:
+            continue
+        rank = {d: i + 1 for i, d in enumerate(day_values)}
+        for i in index:
+            if not str(table.at[i, "time_point"]).strip() and days[i]:
+                table.at[i, "time_point"] = f"TP{rank[days[i]]}"
+    return table
 
 
 # ----- building ---------------------------------------------------------------------------------------
 def manifest_from_catalog(db: str | Path, modality: str | Sequence[str] | None = None, require_roi: bool = False,
-                          **criteria: Any):
-    """One row per image series of the catalog (``Catalog.series`` criteria apply), with its linked ROI files."""
+                          blank_patient: str = "error", **criteria: Any):
+    """One row per image series of the catalog (``Catalog.series`` criteria apply), with its RTSTRUCT/SEG files as masks."""
     from .query import Catalog
 
+    if blank_patient not in BLANK_PATIENT_POLICIES:
+        raise InputError(None, f"blank_patient must be one of {BLANK_PATIENT_POLICIES}, got {blank_patient!r}")
     rows = []
+    blank: list[str] = []
     with Catalog(db) as cat:
         series = cat.series(modality=modality, has_roi=True if require_roi else None, **criteria)
-        series = series[~series.modality.isin(NON_IMAGE_MODALITIES)]
+        series = series[~series.modality.fillna("").str.upper().isin(NON_IMAGE_MODALITIES)]
+        images = series.sop_class_uid.map(is_image_sop_class).astype(bool)
+        if (~images).any():
+            log.info("%d non-image series left out (%s)", int((~images).sum()), sorted(set(series.modality[~images]))[:8])
+        series = series[images]
         for s in series.itertuples(index=False):
             files = cat.files(s.series_uid)
             if not files:
                 continue
+            patient = str(s.patient_id or "").strip()
+            if not patient:
+                blank.append(files[0])
+                if blank_patient == "error":
+                    continue
+                if blank_patient == "skip":
+                    log.info("%s: series %s has no Patient ID; left out", files[0], s.series_uid)
+                    continue
+                patient = f"blank:{s.study_uid}"
+                log.info("%s: series %s has no Patient ID; its study becomes pseudo-patient %s", files[0], s.series_uid,
+                         patient)
             folder = str(Path(files[0]).parent)
             in_folder = cat.sql("SELECT COUNT(*) AS n FROM instance WHERE path LIKE ? ESCAPE '\\'",
                                 (folder.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%",)).n[0]
             same = all(str(Path(f).parent) == folder for f in files) and in_folder == len(files)
             rois = cat.rois(s.series_uid)
+            masks = [MaskRef(file=path, kind=str(r.modality).lower(), reader=(r.roi_creator or None))
+                     for r in rois.itertuples(index=False) if str(r.modality) in ROI_MODALITIES
+                     for path in str(r.paths).split(";") if path]
             rows.append({
-                "patient_id": s.patient_id, "study_uid": s.study_uid, "series_uid": s.series_uid, "modality": s.modality,
-                "image": folder if same else ";".join(files), "image_format": "dicom",
-                "roi": ";".join(rois.paths) if len(rois) else "",
-                "roi_format": ";".join(sorted({m.lower() for m in rois.modality})) if len(rois) else "",
-                "reader": ";".join(sorted({r for r in rois.roi_creator if r})) if len(rois) else "",
-                "split": ""})
-    return _frame(rows)
+                "patient_id": patient, "study_uid": s.study_uid, "series_uid": s.series_uid,
+                "study_date": s.study_date or "", "acquisition_datetime": _iso_datetime(s.series_date or s.study_date, s.series_time),
+                "modality": s.modality, "tracer": _tracer(s), "series_description": s.description or "",
+                "image": folder if same else ";".join(files), "image_format": "dicom", "masks": masks,
+                "reader": ";".join(sorted({m.reader for m in masks if m.reader})), "split": ""})
+    if blank and blank_patient != "error":
+        action = "left out" if blank_patient == "skip" else "given one pseudo-patient per study (blank:<StudyInstanceUID>)"
+        log.warning("%d image series without a Patient ID %s (first: %s; -v lists them)", len(blank), action, blank[0])
+    if blank and blank_patient == "error":
+        raise InputError(blank[0], f"{len(blank)} image series without a Patient ID (first shown); they cannot be split "
+                                   "safely. Use --blank-patient skip (leave them out) or study (one pseudo-patient per study)")
+    table = new_table(rows)
+    return assign_time_points(table) if len(table) else table
 
 
 _MODALITY_TOKENS = {"CT": "CT", "PET": "PT", "PT": "PT", "MR": "MR", "MRI": "MR", "NM": "NM", "SPECT": "NM"}
+_GENERIC_STEMS = {"image", "img", "ct", "pet", "pt", "mr", "scan", "volume", "data"}
 
 
 def manifest_from_nifti(folder: str | Path, image_token: str = "image", mask_token: str = "mask",
                         patient_regex: str = r"^([A-Za-z]+[-_]?\d+|[^_]+)", pattern: str = "*.nii*"):
     """Pair NIfTI/NRRD images with masks in ``folder`` (recursively).
 
-    An image is a file whose name contains ``image_token``; its mask has the same name with the last
-    ``image_token`` replaced by ``mask_token`` (``STS_001_PET_image.nii.gz`` -> ``STS_001_PET_mask.nii.gz``),
+    A folder written by ``nmkit roi2mask`` (or any producer of the contract) holds ``dataset.csv``: that table is
+    read as it is. Otherwise an image is a file whose name contains ``image_token``; its mask has the same name with
+    the last ``image_token`` replaced by ``mask_token`` (``STS_001_PET_image.nii.gz`` -> ``STS_001_PET_mask.nii.gz``),
     or the same name in a sibling folder named ``mask_token``/``masks``/``labels`` (``images/x.nii.gz`` ->
-    ``labels/x.nii.gz``). The patient ID is the first group of ``patient_regex`` on the file name.
+    ``labels/x.nii.gz``). The patient ID is the first group of ``patient_regex`` on the file name, or the case
+    folder's name when the file name is generic (``image.nii.gz``).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "NIfTI folder does not exist")
+    if (folder / "dataset.csv").is_file():
+        log.info("%s: reading the case table dataset.csv written by its producer", folder)
+        return read_dataset(folder / "dataset.csv")
     regex = re.compile(patient_regex)
     rows = []
     for path in sorted(folder.rglob(pattern)) + sorted(folder.rglob("*.nrrd")):
@@ -105,17 +176,18 @@ def manifest_from_nifti(folder: str | Path, image_token: str = "image", mask_tok
             candidates += [path.parent.parent / d / name for d in (mask_token, "masks", "labels", "mask")]
         mask = next((c for c in candidates if c.exists()), None)
         stem = name.split(".")[0]
-        match = regex.match(stem)
-        patient = match.group(1) if match else stem
-        tokens = re.split(r"[_\-. ]", stem.upper())
+        generic = stem.lower() in _GENERIC_STEMS
+        id_source = path.parent.name if generic else stem
+        match = regex.match(id_source)
+        patient = match.group(1) if match else id_source
+        tokens = re.split(r"[_\-. ]", (str(path.parent.name) + "_" + stem if generic else stem).upper())
         modality = next((_MODALITY_TOKENS[t] for t in tokens if t in _MODALITY_TOKENS), "")
-        rows.append({"patient_id": patient, "study_uid": "", "series_uid": stem, "modality": modality,
-                     "image": str(path), "image_format": "nifti" if ".nii" in name else "nrrd",
-                     "roi": str(mask) if mask else "", "roi_format": ("nifti" if ".nii" in mask.name else "nrrd") if mask else "",
-                     "reader": "", "split": ""})
+        case_id = f"{path.parent.name}_{stem}" if generic else stem
+        rows.append({"case_id": case_id, "patient_id": patient, "series_uid": "", "modality": modality,
+                     "image": str(path), "masks": [MaskRef(file=str(mask), kind="labelmap")] if mask else []})
     if not rows:
-        raise InputError(folder, f"no image files (names containing {image_token!r}) found")
-    return _frame(rows)
+        raise InputError(folder, f"no image files (names containing {image_token!r}) and no dataset.csv found")
+    return new_table(rows)
 
 
 # ----- splitting ----------------------------------------------------------------------------------------
@@ -205,44 +277,21 @@ def assign_folds(manifest, k: int, seed: int = 0, stratify: str | None = None, w
 
 
 # ----- files -------------------------------------------------------------------------------------------
-def sidecar_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name.split(".")[0] + ".provenance.json")
-
-
 def write_manifest(manifest, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
-    """Write CSV (``.csv``) or JSON records (``.json``) and a ``<name>.provenance.json`` sidecar."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".json":
-        path.write_text(manifest.to_json(orient="records", indent=1))
-    else:
-        manifest.to_csv(path, index=False)
-    side = sidecar_path(path)
-    record = dict(provenance or {})
-    record["rows"] = int(len(manifest))
-    record["patients"] = int(manifest.patient_id.nunique())
-    if "split" in manifest.columns:
-        record["split_patients"] = {str(k): int(v) for k, v in manifest.groupby("split").patient_id.nunique().items()}
-    side.write_text(json.dumps(record, indent=1, default=str))
-    return side
+    """Write the case table (``nmkit.dataset.write_dataset``) and its ``<name>.provenance.json`` sidecar."""
+    return write_dataset(manifest, path, provenance)
 
 
-def read_manifest(path: str | Path):
-    """Read a manifest written by ``write_manifest`` (CSV or JSON)."""
-    import pandas as pd
+def read_manifest(path: str | Path, **options: Any):
+    """Read a case table (``nmkit.dataset.read_dataset``)."""
+    return read_dataset(path, **options)
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "manifest file does not exist")
-    try:
-        df = pd.read_json(path, orient="records", dtype=False) if path.suffix.lower() == ".json" \
-            else pd.read_csv(path, dtype=str, keep_default_na=False)
-    except ValueError as exc:
-        raise InputError(path, f"not a readable manifest ({exc})") from exc
-    missing = [c for c in ("patient_id", "image") if c not in df.columns]
-    if missing:
-        raise InputError(path, f"manifest lacks column(s) {missing}")
-    if "fold" in df.columns:
-        df["fold"] = df["fold"].astype(int)
-    return df
+
+def split_report(table, names: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+    """Patients per split (every name listed, 0 included) and warnings for splits that got no patient."""
+    counts = {str(k): int(v) for k, v in table.groupby("split")["patient_id"].nunique().items()}
+    counts = {n: counts.get(n, 0) for n in names} | {k: v for k, v in counts.items() if k not in names}
+    n = int(table["patient_id"].nunique())
+    warnings = [f"split {name!r} got no patient ({n} patient(s) in all; give more patients or other fractions)"
+                for name, c in counts.items() if c == 0]
+    return counts, warnings

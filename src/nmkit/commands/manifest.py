@@ -1,4 +1,4 @@
-"""`nmkit manifest --db catalog.sqlite --out manifest.csv --split 0.7 0.15 0.15 --seed 1`: dataset manifests."""
+"""`nmkit manifest --db catalog.sqlite --out manifest.csv --split 0.7 0.15 0.15 --seed 1`: dataset case tables."""
 
 from __future__ import annotations
 
@@ -6,19 +6,38 @@ import argparse
 from pathlib import Path
 
 
+def glob_to_like(pattern: str | None) -> str | None:
+    """A shell glob (``*xSPECT*``) as an SQL LIKE pattern (``%xSPECT%``); LIKE's own wildcards are kept."""
+    if not pattern:
+        return None
+    return pattern.replace("*", "%").replace("?", "_")
+
+
+def add_catalog_filters(p: argparse.ArgumentParser) -> None:
+    """The cohort filters shared by the commands that read a catalog."""
+    p.add_argument("--modality", nargs="*", default=None, help="image modalities to include, e.g. PT")
+    p.add_argument("--tracer", default=None, help="radiopharmaceutical or radionuclide, e.g. FDG, PSMA, Lu177")
+    p.add_argument("--series-description", default=None, metavar="GLOB",
+                   help="series description / reconstruction, shell glob, case-insensitive, e.g. '*xSPECT*'")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "manifest", help="dataset manifest (images + ROI files) with patient-level train/val/test splits",
-        description="Build a manifest from a catalog (image series and the RTSTRUCT/SEG referencing them) or from a "
-                    "folder of NIfTI image/mask pairs, assign patient-level splits (and optionally k folds), and "
-                    "write it with a <name>.provenance.json sidecar.")
+        "manifest", help="dataset case table (images + ROI files) with patient-level train/val/test splits",
+        description="Build a case table (schema nmkit-dataset/1, see nmkit.dataset) from a catalog (image series and "
+                    "the RTSTRUCT/SEG referencing them), from a folder of NIfTI image/mask pairs (or the dataset.csv "
+                    "that roi2mask/predict/phantom wrote there), or from an existing case table; assign patient-level "
+                    "splits (and optionally k folds) and write it with a <name>.provenance.json sidecar.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--db", type=Path, help="catalog built by `nmkit index`")
-    src.add_argument("--nifti-dir", type=Path, help="folder of *image*.nii.gz files with matching *mask* files")
+    src.add_argument("--nifti-dir", type=Path, help="folder of *image*.nii.gz files with matching *mask* files, or a "
+                                                    "roi2mask output folder (its dataset.csv)")
+    src.add_argument("--dataset", type=Path, help="an existing case table (e.g. roi2mask's dataset.csv) to split")
     p.add_argument("--out", required=True, type=Path, help="manifest.csv or manifest.json")
-    p.add_argument("--modality", nargs="*", default=None, help="image modalities to include (catalog), e.g. PT")
-    p.add_argument("--tracer", default=None, help="tracer filter (catalog), e.g. FDG")
+    add_catalog_filters(p)
     p.add_argument("--require-roi", action="store_true", help="only images with at least one ROI")
+    p.add_argument("--blank-patient", choices=("error", "skip", "study"), default="error",
+                   help="series without a Patient ID: fail (default), leave out, or one pseudo-patient per study")
     p.add_argument("--split", nargs="+", type=float, default=[0.7, 0.15, 0.15], metavar="FRACTION",
                    help="split fractions (train val test by default names), default 0.7 0.15 0.15")
     p.add_argument("--names", nargs="+", default=None, help="split names (default train/val/test)")
@@ -29,28 +48,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..catalog.manifest import assign_folds, manifest_from_catalog, manifest_from_nifti, split_by_patient, write_manifest
+    import sys
+
+    from ..catalog.manifest import (_split_names, assign_folds, manifest_from_catalog, manifest_from_nifti, split_by_patient,
+                                    split_report, write_manifest)
+    from ..dataset import read_dataset
     from ..errors import InputError
     from ..provenance import provenance
 
     if args.db:
-        criteria = {"tracer": args.tracer} if args.tracer else {}
-        df = manifest_from_catalog(args.db, modality=args.modality or None, require_roi=args.require_roi, **criteria)
-        source = str(args.db.resolve())
+        if not args.db.is_file():
+            raise InputError(args.db, "catalog database does not exist (build it with `nmkit index DIR --db FILE`)")
+        criteria = {"tracer": args.tracer, "description_like": glob_to_like(args.series_description)}
+        df = manifest_from_catalog(args.db, modality=args.modality or None, require_roi=args.require_roi,
+                                   blank_patient=args.blank_patient, **{k: v for k, v in criteria.items() if v})
+        source = args.db
     else:
-        df = manifest_from_nifti(args.nifti_dir)
+        source = args.nifti_dir or args.dataset
+        df = manifest_from_nifti(args.nifti_dir) if args.nifti_dir else read_dataset(args.dataset)
+        if args.modality:
+            df = df[df.modality.str.upper().isin([m.upper() for m in args.modality])]
+        if args.tracer:
+            df = df[df.tracer.str.contains(args.tracer, case=False, regex=False)]
+        if args.series_description:
+            import fnmatch
+
+            df = df[[fnmatch.fnmatch(str(d).lower(), args.series_description.lower()) for d in df.series_description]]
         if args.require_roi:
-            df = df[df.roi != ""].reset_index(drop=True)
-        source = str(args.nifti_dir.resolve())
+            df = df[[len(m) > 0 for m in df.masks]]
+        df = df.reset_index(drop=True)
     if df.empty:
-        raise InputError(args.db or args.nifti_dir, "no images match the given criteria; manifest not written")
+        raise InputError(source, "no images match the given criteria; manifest not written")
+    names = _split_names(len(args.split), args.names)
     df = split_by_patient(df, args.split, seed=args.seed, stratify=args.stratify, names=args.names)
     if args.folds:
         df = assign_folds(df, args.folds, seed=args.seed, stratify=args.stratify, where=(df.split != "test").to_numpy())
-    config = {"source": source, "seed": args.seed, "fractions": args.split, "names": args.names, "stratify": args.stratify,
-              "folds": args.folds, "modality": args.modality, "tracer": args.tracer, "require_roi": args.require_roi}
-    side = write_manifest(df, args.out, provenance(config, [source]))
-    counts = df.groupby("split").patient_id.nunique().to_dict()
-    print(f"{len(df)} image(s) of {df.patient_id.nunique()} patient(s) -> {args.out} (patients per split: {counts}); "
-          f"provenance: {side}")
+    config = {"command": "manifest", "source": str(Path(source).resolve()), "seed": args.seed, "fractions": args.split,
+              "names": args.names, "stratify": args.stratify, "folds": args.folds, "modality": args.modality,
+              "tracer": args.tracer, "series_description": args.series_description, "require_roi": args.require_roi,
+              "blank_patient": args.blank_patient}
+    side = write_manifest(df, args.out, provenance(config, [str(Path(source).resolve())]))
+    counts, warnings = split_report(df, names)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    per_split = ", ".join(f"{k} {v}" for k, v in counts.items())
+    print(f"{len(df)} image(s) of {df.patient_id.nunique()} patient(s) -> {args.out}; patients per split: {per_split}; "
+          f"with ROI: {sum(len(m) > 0 for m in df.masks)}; provenance: {side}")
     return 0
