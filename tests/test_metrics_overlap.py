@@ -85,10 +85,10 @@ def test_evaluate_pair_rows_per_structure():
     assert set(rows) == {"liver", "spleen", "other"}
     liver = rows["liver"]
     assert liver["dice"] == pytest.approx(2 * 6 * 7 * 8 / (2 * 6 * 8 * 8))
-    assert liver["hd"] == pytest.approx(0.98)  # one-voxel shift along y
+    assert liver["hd_mm"] == pytest.approx(0.98)  # one-voxel shift along y
     assert liver["nsd"] == pytest.approx(1.0)
     assert not liver["missed"]
-    assert rows["spleen"]["missed"] and rows["spleen"]["dice"] == 0.0 and np.isinf(rows["spleen"]["hd95"])
+    assert rows["spleen"]["missed"] and rows["spleen"]["dice"] == 0.0 and np.isinf(rows["spleen"]["hd95_mm"])
     only = evaluate_pair(p, t, labels=["spleen"])
     assert [r["structure"] for r in only] == ["spleen"]
     with_lesions = evaluate_pair(p, t, labels=[1], lesions=True)[0]
@@ -156,7 +156,7 @@ def test_cli_resample_and_lesion_table(tmp_path, capsys):
     df = pd.read_csv(out)
     # rows 3..10 sampled every 2nd voxel come back as rows 4..11 (truth 2..9): 6 of 8 rows shared
     assert df.loc[df.label == 1, "dice"].item() == pytest.approx(0.75)
-    assert df.loc[df.label == 1, "hd"].item() == pytest.approx(2 * 0.98, rel=1e-6)
+    assert df.loc[df.label == 1, "hd_mm"].item() == pytest.approx(2 * 0.98, rel=1e-6)
     lesions = pd.read_csv(tmp_path / "lesions.csv")
     assert set(lesions["side"]) == {"truth", "pred"}
     spleen = lesions[(lesions.label == 2) & (lesions.side == "truth")]

@@ -49,13 +49,13 @@ def test_suv_threshold_vs_gtv_matches_surface_distance(external_data, patient, t
 
     ref = sd.compute_surface_distances(truth, seg, list(image.spacing[::-1]))
     assert row["dice"] == pytest.approx(sd.compute_dice_coefficient(truth, seg), rel=1e-12)
-    assert row["hd95"] == pytest.approx(sd.compute_robust_hausdorff(ref, 95), rel=1e-9)
-    assert row["hd"] == pytest.approx(sd.compute_robust_hausdorff(ref, 100), rel=1e-9)
+    assert row["hd95_mm"] == pytest.approx(sd.compute_robust_hausdorff(ref, 95), rel=1e-9)
+    assert row["hd_mm"] == pytest.approx(sd.compute_robust_hausdorff(ref, 100), rel=1e-9)
     assert row["nsd"] == pytest.approx(sd.compute_surface_dice_at_tolerance(ref, 5.0), rel=1e-9)
     msd_tp, msd_pt = sd.compute_average_surface_distance(ref)
-    assert row["msd_truth_to_pred"] == pytest.approx(msd_tp, rel=1e-9)
-    assert row["msd_pred_to_truth"] == pytest.approx(msd_pt, rel=1e-9)
+    assert row["msd_truth_to_pred_mm"] == pytest.approx(msd_tp, rel=1e-9)
+    assert row["msd_pred_to_truth_mm"] == pytest.approx(msd_pt, rel=1e-9)
     # plausible agreement between a threshold and an expert contour of a sarcoma on 3-5 mm PET voxels
     assert 0.3 < row["dice"] < 0.95
-    assert 3.0 < row["hd95"] < 40.0
+    assert 3.0 < row["hd95_mm"] < 40.0
     assert row["volume_truth_ml"] == pytest.approx(truth.sum() * np.prod(image.spacing) / 1000)

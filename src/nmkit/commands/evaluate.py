@@ -11,8 +11,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="compare predicted masks with true masks (NIfTI pairs matched by file name) and write a metrics CSV",
-        description="Overlap, surface-distance (on real spacing) and optional lesion-wise metrics, one row per case "
-                    "and structure. Writes CSV plus a provenance JSON sidecar (<out>.json). Bad pairs are logged and skipped.",
+        description="Overlap, surface-distance (on real spacing, columns in mm) and optional lesion-wise metrics, one "
+                    "row per case and structure, named from label sidecars (<stem>.labels.json) when present. Writes "
+                    "the CSV, <out stem>_summary.csv (per structure: mean/median of the finite values and how many are "
+                    "infinite - one mask empty - or undefined) and a provenance JSON sidecar (<out>.json). Bad pairs "
+                    "are logged and skipped.",
     )
     p.add_argument("--pred", required=True, help="predicted label map file, or folder of them")
     p.add_argument("--truth", required=True, help="reference label map file, or folder (files matched by name)")
@@ -32,7 +35,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..metrics.evaluate import evaluate_cases, pair_files, summarise
+    from ..metrics.evaluate import evaluate_cases, pair_files, summarise, summary_table
     from ..provenance import library_versions, provenance
 
     pairs = pair_files(args.pred, args.truth)
@@ -49,16 +52,30 @@ def run(args: argparse.Namespace) -> int:
 
         Path(args.lesion_table).parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(details).to_csv(args.lesion_table, index=False)
+    summary_path = out.with_name(f"{out.stem}_summary.csv")
+    summary_table(df).to_csv(summary_path, index=False)
     summary = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summarise(df).items()}
     config = {"command": "evaluate", "pred": str(args.pred), "truth": str(args.truth), "resample": args.resample, **options}
     record = provenance(config, [str(p) for _, p, t in pairs] + [str(t) for _, p, t in pairs],
-                        skipped=df.attrs.get("skipped", {}), summary=summary, libraries=library_versions(("numpy", "scipy", "SimpleITK", "pandas")))
+                        skipped=df.attrs.get("skipped", {}), summary=summary, summary_file=str(summary_path), libraries=library_versions(("numpy", "scipy", "SimpleITK", "pandas")))
     Path(str(out) + ".json").write_text(json.dumps(record, indent=2, default=str))
     n_ok = df["case"].nunique() if len(df) else 0
-    print(f"{n_ok} case(s) evaluated, {len(df.attrs.get('skipped', {}))} skipped -> {out}")
+    print(f"{n_ok} case(s) evaluated, {len(df.attrs.get('skipped', {}))} skipped -> {out} (summary: {summary_path.name})")
     if summary.get("dice_mean") is not None:
-        hd95 = summary.get("hd95_mean")
-        missed = summary.get("missed_share")
-        print(f"mean Dice {summary['dice_mean']:.4f}, mean HD95 {'n/a' if hd95 is None else f'{hd95:.2f} mm'}, "
-              f"structures missed {'n/a' if missed is None else f'{missed:.1%}'}")
+        print(summary_line(summary))
     return 0 if n_ok else 1
+
+
+def summary_line(summary: dict) -> str:
+    """One line: mean Dice, mean HD95 over the finite values with how many rows were infinite/undefined, misses."""
+    missed = summary.get("missed_share")
+    line = f"mean Dice {summary['dice_mean']:.4f} over {summary.get('dice_n_finite', summary.get('n_rows'))} row(s)"
+    if "hd95_mm_n_finite" in summary:
+        hd95, n_fin = summary.get("hd95_mm_mean"), summary["hd95_mm_n_finite"]
+        n_inf, n_nan = summary.get("hd95_mm_n_infinite", 0), summary.get("hd95_mm_n_undefined", 0)
+        line += f"; mean HD95 {'n/a' if hd95 is None else f'{hd95:.2f} mm'} over the {n_fin} finite row(s)"
+        if n_inf or n_nan:
+            line += f" ({n_inf} infinite: prediction or truth empty; {n_nan} undefined; left out of the mean)"
+    if summary.get("n_both_empty"):
+        line += f"; {summary['n_both_empty']} row(s) with the structure in neither mask (Dice 1, distances 0)"
+    return line + f"; structures missed {'n/a' if missed is None else f'{missed:.1%}'}"

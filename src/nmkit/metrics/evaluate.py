@@ -4,7 +4,13 @@
 masks; a ``GeometryError`` is raised when the grids differ) and returns one row per structure.
 ``evaluate_cases`` does that for many cases and returns a ``pandas.DataFrame``; cases that fail are logged and
 skipped (their errors are kept in ``DataFrame.attrs["skipped"]``). ``pair_files`` matches NIfTI files of two
-folders by name, for ``nmkit evaluate``.
+folders by name, for ``nmkit evaluate``; ``read_mask`` reads one with the label names of its sidecar
+(``<stem>.labels.json``, see ``nmkit.io.roi.label_sidecar``), so rows say ``gtv`` rather than ``label_1``.
+
+Distances carry their unit in the column name (``hd_mm``, ``hd95_mm``, ``assd_mm``, ``msd_*_mm``). A distance is
+infinite when exactly one of prediction and truth is empty (no surface to measure to); ``summarise`` and
+``summary_table`` average the finite values only and count the infinite and undefined ones, so that a mean HD95
+over "the cases that had one" is never mistaken for a mean over all cases.
 """
 
 from __future__ import annotations
@@ -35,16 +41,39 @@ def _layer(mask: Mask, value: int) -> np.ndarray:
     return mask.array == value
 
 
+#: columns summarised by ``summarise`` / ``summary_table``, with their unit
+SUMMARY_COLUMNS = {"dice": "1", "iou": "1", "hd95_mm": "mm", "hd_mm": "mm", "assd_mm": "mm", "nsd": "1"}
+
+
+def _is_default_name(value: int, name: str | None) -> bool:
+    return name is None or name == f"label_{value}"
+
+
+def _name(value: int, truth: Mask, pred: Mask) -> str:
+    """The structure name: the truth's, else the prediction's, when either is a real name (not ``label_<v>``)."""
+    t, p = truth.labels.get(value), pred.labels.get(value)
+    if not _is_default_name(value, t):
+        if not _is_default_name(value, p) and p != t:
+            log.warning("label %d is %r in the truth and %r in the prediction; using the truth's name", value, t, p)
+        return str(t)
+    if not _is_default_name(value, p):
+        return str(p)
+    return f"label_{value}"
+
+
 def _structures(truth: Mask, pred: Mask, labels: Mapping[int, str] | Sequence[int | str] | None) -> dict[int, str]:
     if labels is None:
-        names = {**{int(v): n for v, n in pred.labels.items()}, **{int(v): n for v, n in truth.labels.items()}}
-        return dict(sorted(names.items()))
+        values = sorted({int(v) for v in pred.labels} | {int(v) for v in truth.labels})
+        return {v: _name(v, truth, pred) for v in values}
     if isinstance(labels, Mapping):
         return {int(v): str(n) for v, n in labels.items()}
     out: dict[int, str] = {}
     for item in labels:
-        value = truth.label_value(item) if isinstance(item, str) else int(item)
-        out[value] = truth.labels.get(value, pred.labels.get(value, f"label_{value}"))
+        if isinstance(item, str):
+            value = truth.label_value(item) if item in truth.labels.values() else pred.label_value(item)
+        else:
+            value = int(item)
+        out[value] = _name(value, truth, pred)
     return out
 
 
@@ -56,7 +85,8 @@ def evaluate_pair(pred: Mask, truth: Mask, labels: Mapping[int, str] | Sequence[
 
     ``labels``: ``{value: name}``, or a list of values/names; default: every label of either mask.
     Each row holds ``structure``, ``label``, the overlap metrics (``overlap.overlap_metrics``), the surface
-    metrics (``surface.surface_metrics``: hd, hd95, assd, msd each way, nsd at ``tolerance_mm``), ``missed``
+    metrics in mm (``hd_mm``, ``hd95_mm``, ``assd_mm``, ``msd_*_mm``; infinite when exactly one side is empty)
+    and ``nsd`` at ``tolerance_mm``, ``missed``
     (truth present, prediction shares no voxel with it) and, with ``lesions=True``, the lesion-wise summary;
     ``lesion_details`` (a list) then receives one row per true and per predicted lesion.
     """
@@ -71,7 +101,8 @@ def evaluate_pair(pred: Mask, truth: Mask, labels: Mapping[int, str] | Sequence[
         row: dict[str, Any] = {"structure": name, "label": value}
         row.update(overlap_metrics(p, t, truth.spacing))
         sd = surface_distances(p, t, truth.spacing, method=method)
-        row.update(sd.summary(tolerance_mm=tolerance_mm, percentile=percentile))
+        distances = sd.summary(tolerance_mm=tolerance_mm, percentile=percentile)
+        row.update({(k if k == "nsd" else f"{k}_mm"): v for k, v in distances.items()})  # distances in mm
         row["missed"] = bool(t.any() and not (p & t).any())
         if lesions:
             result = lesion_metrics(p, t, truth.spacing, connectivity=connectivity, match=lesion_match, threshold=lesion_threshold)
@@ -94,6 +125,27 @@ def _load(item: Any, reader: Callable[[Any], Mask]) -> Mask:
     return item if isinstance(item, Mask) else reader(item)
 
 
+def read_mask(path: str | Path) -> Mask:
+    """A NIfTI/NRRD label map with the names of its label sidecar (``<stem>.labels.json`` or ``<stem>.json``,
+    ``{value: name}``), or ``label_<value>`` when there is none. A sidecar that is not a label-name file is
+    logged and ignored (the metrics do not depend on names)."""
+    from ..io.roi import label_sidecar, read_label_names
+    from ..io.volume_files import read_label_map
+
+    sidecar = label_sidecar(path)
+    names: dict[int, str] = {}
+    if sidecar is not None:
+        try:
+            names = read_label_names(sidecar)
+        except InputError as exc:
+            log.warning("label names of %s not used: %s", path, exc)
+    mask = read_label_map(path)
+    if names:
+        mask.labels = {**{v: n for v, n in mask.labels.items() if v not in names}, **names}
+        mask.labels = dict(sorted(mask.labels.items()))
+    return mask
+
+
 def evaluate_cases(cases: Iterable[CaseSource] | Mapping[str, tuple[Any, Any]], reader: Callable[[Any], Mask] | None = None,
                    resample: bool = False, **options: Any):
     """Evaluate many cases: ``cases`` yields ``(case_id, pred, truth)`` (Masks or file paths) or is a mapping
@@ -105,7 +157,7 @@ def evaluate_cases(cases: Iterable[CaseSource] | Mapping[str, tuple[Any, Any]], 
     import pandas as pd
 
     if reader is None:
-        from ..io.volume_files import read_label_map as reader  # type: ignore[assignment]
+        reader = read_mask
     items = [(k, v[0], v[1]) for k, v in cases.items()] if isinstance(cases, Mapping) else list(cases)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
@@ -131,19 +183,52 @@ def evaluate_cases(cases: Iterable[CaseSource] | Mapping[str, tuple[Any, Any]], 
     return df
 
 
+def _column_summary(values: Any) -> dict[str, Any]:
+    """Mean/median over the finite values, with how many were finite, infinite and undefined (NaN)."""
+    x = np.asarray(values, dtype=float)
+    finite = x[np.isfinite(x)]
+    return {"n_finite": int(finite.size), "n_infinite": int(np.isinf(x).sum()), "n_undefined": int(np.isnan(x).sum()),
+            "mean": float(finite.mean()) if finite.size else float("nan"),
+            "median": float(np.median(finite)) if finite.size else float("nan")}
+
+
 def summarise(df) -> dict[str, Any]:
-    """Per-structure means/medians of the main metrics and the share of structures missed over all cases."""
+    """Means/medians of the main metrics over all rows (finite values only), with ``<metric>_n_infinite`` /
+    ``_n_undefined`` counts, the share of structures missed, and ``n_both_empty`` (rows where neither mask has
+    the structure: Dice 1 and distances 0 by convention)."""
     if df.empty:
         return {"n_rows": 0}
     out: dict[str, Any] = {"n_cases": int(df["case"].nunique()) if "case" in df else 1, "n_rows": int(len(df))}
     present = df[df["volume_truth_ml"] > 0]
     out["missed_share"] = float(present["missed"].mean()) if len(present) else float("nan")
-    for col in ("dice", "iou", "hd95", "assd", "nsd"):
+    out["n_both_empty"] = int(((df["volume_truth_ml"] == 0) & (df["volume_pred_ml"] == 0)).sum())
+    for col in SUMMARY_COLUMNS:
         if col in df:
-            vals = df[col].replace([np.inf, -np.inf], np.nan)
-            out[f"{col}_mean"] = float(vals.mean())
-            out[f"{col}_median"] = float(vals.median())
+            s = _column_summary(df[col])
+            out[f"{col}_mean"], out[f"{col}_median"] = s["mean"], s["median"]
+            out[f"{col}_n_finite"], out[f"{col}_n_infinite"], out[f"{col}_n_undefined"] = s["n_finite"], s["n_infinite"], s["n_undefined"]
     return out
+
+
+def summary_table(df):
+    """Long summary, one row per (structure, metric) plus ``structure == "all"``: unit, rows, finite / infinite /
+    undefined counts, and mean / median of the finite values (the file behind ``nmkit evaluate``'s summary)."""
+    import pandas as pd
+
+    rows = []
+    if df.empty:
+        return pd.DataFrame(columns=["structure", "metric", "unit", "n_rows", "n_finite", "n_infinite", "n_undefined",
+                                     "mean_of_finite", "median_of_finite"])
+    groups = [("all", df)] + [(str(name), grp) for name, grp in df.groupby("structure", sort=True)]
+    for name, grp in groups:
+        for col, unit in SUMMARY_COLUMNS.items():
+            if col not in grp:
+                continue
+            s = _column_summary(grp[col])
+            rows.append({"structure": name, "metric": col, "unit": unit, "n_rows": int(len(grp)),
+                         "n_finite": s["n_finite"], "n_infinite": s["n_infinite"], "n_undefined": s["n_undefined"],
+                         "mean_of_finite": s["mean"], "median_of_finite": s["median"]})
+    return pd.DataFrame(rows)
 
 
 def pair_files(pred: str | Path, truth: str | Path) -> list[tuple[str, Path, Path]]:
