@@ -46,7 +46,9 @@ def roi_statistics(image: Image, mask: Mask, label: int | str | None = None) -> 
     out = {"voxels": int(n), "volume_ml": n * image.voxel_volume / 1000.0, "mean": mean, "sd": sd,
            "cov": sd / mean if mean != 0 else math.nan, "max": float(v.max()), "sum": float(v.sum()),
            "activity_mbq": math.nan}
-    if image.units.upper() in ("BQML", "BQ/ML"):
+    from ..units import is_activity_concentration
+
+    if is_activity_concentration(image.units):
         out["activity_mbq"] = float(v.sum()) * image.voxel_volume / 1000.0 / 1e6
     return out
 
@@ -120,6 +122,39 @@ def patient_quality(image: Image, mask: Mask, background: int | str | None = Non
             rc = recovery(image, mask, value, float(truth[name]))
             out[f"{name}:rc_mean"], out[f"{name}:rc_max"] = rc["rc_mean"], rc["rc_max"]
     return out
+
+
+#: unit of each per-ROI statistic: "image" stands for the image's own unit
+ROI_STAT_UNITS = {"voxels": "voxels", "volume_ml": "ml", "mean": "image", "sd": "image", "cov": "1", "max": "image",
+                  "sum": "image x voxels", "activity_mbq": "MBq", "contrast": "1", "cnr": "1"}
+
+
+def roi_table(image: Image, mask: Mask, background: int | None = None,
+              only: Any = None) -> list[dict[str, Any]]:
+    """One long-format row per (structure, statistic) with its unit: ``segment_number, structure, metric, value, unit``.
+
+    Structures are taken by label value (the ROI/segment number), so structures that share a name stay apart.
+    Statistics: voxels, volume (ml), mean, SD, CoV, max, total activity (MBq, images in Bq/ml), and contrast and CNR
+    against ``background`` (a label value) when given. ``only``: the label values to measure (default all)."""
+    from ..units import image_unit
+
+    _check_grid(image, mask)
+    unit = image_unit(image.units, image.modality)
+    rows: list[dict[str, Any]] = []
+    for value, name in sorted(mask.labels.items()):
+        if value == background or (only is not None and value not in only):
+            continue
+        stats = roi_statistics(image, mask, value)
+        if background is not None and stats["voxels"]:
+            c = lesion_contrast(image, mask, value, background)
+            stats.update(contrast=c["contrast"], cnr=c["cnr"])
+        for metric, number in stats.items():
+            if metric == "sum":
+                continue
+            u = ROI_STAT_UNITS[metric]
+            rows.append({"segment_number": int(value), "structure": name, "metric": metric, "value": number,
+                         "unit": unit if u == "image" else u})
+    return rows
 
 
 def metrics_frame(records: list[dict[str, Any]]):
