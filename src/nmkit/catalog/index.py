@@ -1,8 +1,10 @@
 """Build/update the SQLite catalog of a DICOM folder (headers only, incremental, never stops on bad files).
 
 A file already indexed with the same modification time and size is skipped, so re-running ``index_folder``
-on a growing archive only reads new or changed files. Files that cannot be read are recorded in the
-``errors`` table with the reason (and retried only when they change).
+on a growing archive only reads new or changed files. DICOM files that cannot be read are recorded in the
+``errors`` table with the reason (and retried only when they change); files that are not DICOM at all
+(README, LICENSE, CSV, PNG, NIfTI, ...) are only counted (``IndexStats.non_dicom``). pydicom's warnings are
+collected per file in a :class:`nmkit.io.dicom_warnings.DicomWarnings` (reported by the caller).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Callable, Iterable
 from pydicom.dataset import Dataset
 
 from ..io.dicom_series import iter_dicom_files, read_header
+from ..io.dicom_warnings import DicomWarnings, looks_like_dicom
 from .schema import connect
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,27 @@ class IndexStats:
     skipped_unchanged: int = 0
     errors: int = 0
     removed: int = 0
+    non_dicom: int = 0
+    warned: int = 0  # files that raised at least one pydicom warning
+
+    def line(self) -> str:
+        """The one-line summary the CLI prints."""
+        return (f"{self.seen} file(s) seen, {self.indexed} indexed, {self.skipped_unchanged} unchanged, "
+                f"{self.errors} unreadable DICOM (see the errors table), {self.non_dicom} not DICOM (skipped), "
+                f"{self.warned} with DICOM warnings, {self.removed} removed")
+
+
+NOT_DICOM = "not_dicom"
+
+
+def _walk(root: Path) -> tuple[list[Path], int]:
+    """(DICOM candidates, number of other regular files skipped by name/extension) under ``root``."""
+    candidates = list(iter_dicom_files(root))
+    if root.is_file():
+        return candidates, 0
+    wanted = set(candidates)
+    others = sum(1 for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p not in wanted)
+    return candidates, others
 
 
 def _s(ds: Dataset, keyword: str) -> str:
@@ -194,10 +218,11 @@ def _refresh_counts(con: sqlite3.Connection) -> None:
 
 
 def index_folder(root: str | Path, db: str | Path, progress: Callable[[Iterable], Iterable] | None = None,
-                 prune: bool = True, commit_every: int = 500) -> IndexStats:
+                 prune: bool = True, commit_every: int = 500, collector: DicomWarnings | None = None) -> IndexStats:
     """Index every file under ``root`` into ``db`` (created when missing); return counts.
 
-    ``prune`` removes entries of files under ``root`` that no longer exist.
+    ``prune`` removes entries of files under ``root`` that no longer exist. pydicom warnings are silenced and
+    collected per file into ``collector`` (a new one when None); ``stats.warned`` counts the files concerned.
     """
     root = Path(root).resolve()
     if not root.exists():
@@ -206,8 +231,13 @@ def index_folder(root: str | Path, db: str | Path, progress: Callable[[Iterable]
         raise InputError(root, "folder to index does not exist")
     con = connect(db)
     stats = IndexStats()
-    known = {row["path"]: (row["mtime_ns"], row["size"]) for row in con.execute("SELECT path, mtime_ns, size FROM file")}
-    paths = list(iter_dicom_files(root))
+    collector = collector if collector is not None else DicomWarnings()
+    warned_before = collector.n_files
+    rows = list(con.execute("SELECT path, mtime_ns, size, status FROM file"))
+    known = {row["path"]: (row["mtime_ns"], row["size"]) for row in rows}
+    not_dicom = {row["path"] for row in rows if row["status"] == NOT_DICOM}
+    paths, stats.non_dicom = _walk(root)
+    stats.seen = stats.non_dicom
     present = set()
     try:
         for n, path in enumerate(progress(paths) if progress else paths, 1):
@@ -220,18 +250,18 @@ def index_folder(root: str | Path, db: str | Path, progress: Callable[[Iterable]
                 log.warning("cannot stat %s: %s", path, exc)
                 continue
             if known.get(key) == (st.st_mtime_ns, st.st_size):
-                stats.skipped_unchanged += 1
+                if key in not_dicom:
+                    stats.non_dicom += 1
+                else:
+                    stats.skipped_unchanged += 1
                 continue
             _forget(con, key)
-            try:
-                ds = read_header(path)
-                _record(con, path, ds)
-                status = "ok"
+            status = _index_file(con, path, st, collector)
+            if status == "ok":
                 stats.indexed += 1
-            except Exception as exc:  # never stop on one bad file: record why
-                reason = str(exc) if str(path) in str(exc) else f"{type(exc).__name__}: {exc}"
-                con.execute("INSERT OR REPLACE INTO errors VALUES (?,?,?,?)", (key, reason, st.st_mtime_ns, st.st_size))
-                status = "error"
+            elif status == NOT_DICOM:
+                stats.non_dicom += 1
+            else:
                 stats.errors += 1
             con.execute("INSERT OR REPLACE INTO file VALUES (?,?,?,?)", (key, st.st_mtime_ns, st.st_size, status))
             if n % commit_every == 0:
@@ -245,4 +275,21 @@ def index_folder(root: str | Path, db: str | Path, progress: Callable[[Iterable]
         con.commit()
     finally:
         con.close()
+    stats.warned = collector.n_files - warned_before
     return stats
+
+
+def _index_file(con: sqlite3.Connection, path: Path, st, collector: DicomWarnings) -> str:
+    """Read one header and record it: "ok", NOT_DICOM (unreadable, no DICM prefix nor DICOM extension) or "error" (in `errors`)."""
+    key = str(path)
+    try:
+        with collector.capture(path):  # pydicom validates values lazily: _record reads them too
+            _record(con, path, read_header(path))
+        return "ok"
+    except Exception as exc:  # never stop on one bad file: record why
+        if not looks_like_dicom(path) and "SOPInstanceUID" not in str(exc):
+            collector.by_file.pop(key, None)  # warnings of a forced read of a text file say nothing
+            return NOT_DICOM
+        reason = str(exc) if key in str(exc) else f"{type(exc).__name__}: {exc}"
+        con.execute("INSERT OR REPLACE INTO errors VALUES (?,?,?,?)", (key, reason, st.st_mtime_ns, st.st_size))
+        return "error"
