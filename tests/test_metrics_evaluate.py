@@ -24,11 +24,12 @@ def sphere(shape: tuple[int, int, int], centre: tuple[float, float, float], radi
     return d2 <= radius_mm**2
 
 
-def write_case(root, name: str, pred: np.ndarray, truth: np.ndarray, pred_names=None, truth_names=None) -> None:
+def write_case(root, name: str, pred: np.ndarray, truth: np.ndarray, pred_names=None, truth_names=None,
+               sidecar: str = ".labels.json") -> None:
     for side, arr, names in (("pred", pred, pred_names), ("truth", truth, truth_names)):
         write_volume(Mask(array=arr.astype(np.uint8), spacing=SPACING, labels={1: "label_1"}), root / side / f"{name}.nii.gz")
         if names:
-            (root / side / f"{name}.labels.json").write_text(json.dumps(names))
+            (root / side / f"{name}{sidecar}").write_text(json.dumps(names))
 
 
 def test_empty_prediction_counts_one_infinite_hd95(tmp_path, capsys):
@@ -67,13 +68,14 @@ def test_both_empty_is_counted_apart():
     assert s["n_both_empty"] == 1 and s["hd95_mm_n_finite"] == 1 and s["hd95_mm_mean"] == 0.0
 
 
-@pytest.mark.parametrize("side", ["pred", "truth"])
-def test_label_name_from_sidecar_reaches_the_rows(tmp_path, side):
+@pytest.mark.parametrize("side, sidecar", [("pred", ".labels.json"), ("truth", ".labels.json"), ("pred", ".json")])
+def test_label_name_from_sidecar_reaches_the_rows(tmp_path, side, sidecar):
+    """``nmkit predict`` writes ``<case>.json`` ({"1": "gtv"} from the bundle's labels) next to each mask."""
     shape = (8, 24, 24)
     truth = sphere(shape, (4, 12, 12), 6.0)
     pred = sphere(shape, (4, 12, 13), 6.0)
     names = {"1": "gtv"}
-    write_case(tmp_path, "p1", pred, truth, **{f"{side}_names": names})
+    write_case(tmp_path, "p1", pred, truth, sidecar=sidecar, **{f"{side}_names": names})
     assert read_mask(tmp_path / side / "p1.nii.gz").labels == {1: "gtv"}
     out = tmp_path / "m.csv"
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"), "--out", str(out)]) == 0
