@@ -339,7 +339,7 @@ def test_ct_rtstruct_ibsi_phantom(external_data: Path, tmp_path: Path):
 
 
 def test_safe_private_option_and_burned_in_flag(tmp_path: Path):
-    from nmkit.io.deid import Deidentifier
+    from nmkit.io.deid import Deidentifier, profile_options
 
     paths = _ct_slices(tmp_path / "in", generate_uid(), "20200101", n=1)
     ds = pydicom.dcmread(paths[0])
@@ -352,8 +352,23 @@ def test_safe_private_option_and_burned_in_flag(tmp_path: Path):
     private = {(e.tag.group, e.tag.element & 0xFF): e.value for e in kept if e.tag.is_private and e.tag.element > 0xFF}
     assert private == {(0x7053, 0x00): "0.000551"}
     assert "113111" in {i.CodeValue for i in kept.DeidentificationMethodCodeSequence}
-    dropped = Deidentifier(SALT).deidentify(pydicom.dcmread(paths[0]))
+    dropped = Deidentifier(SALT, profile_options("basic")).deidentify(pydicom.dcmread(paths[0]))
     assert not any(e.tag.is_private for e in dropped)
     result = anonymize_tree(tmp_path / "in", tmp_path / "out", tmp_path / "map.csv", SALT)[0]
     assert result.burned_in_annotation == "YES"  # flagged, not fixed: pixels are kept as they are
     assert pydicom.dcmread(result.output).PixelData == pydicom.dcmread(paths[0]).PixelData
+
+
+def test_cli_ignores_non_dicom_files_but_fails_on_broken_dicom(ct_seg_study: Path, tmp_path: Path, capsys):
+    """A LICENSE next to the images is not a failure; a DICOM file (preamble present) that breaks is."""
+    from nmkit.cli import main
+
+    (ct_seg_study / "LICENSE").write_text("CC BY 4.0\n")
+    args = ["anonymize", str(ct_seg_study), str(tmp_path / "o"), "--map", str(tmp_path / "m.csv"), "--salt", SALT]
+    assert main(args) == 0
+    assert "9 file(s) de-identified" in capsys.readouterr().out
+    broken = next(ct_seg_study.rglob("ct_000.dcm")).read_bytes()[:200]  # preamble + truncated header
+    (ct_seg_study / "broken.dcm").write_bytes(broken)
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "1 failed" in out and "1 non-DICOM file(s) ignored" in out

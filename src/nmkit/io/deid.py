@@ -1,4 +1,4 @@
-"""DICOM de-identification: PS3.15 Annex E Basic Application Level Confidentiality Profile.
+"""DICOM de-identification: PS3.15 Annex E Basic Application Level Confidentiality Profile, and options.
 
 Why: images leave the hospital for research only without the patient's identity, but a study must stay
 usable afterwards: the same patient keeps the same pseudonym across studies and runs, UIDs are remapped
@@ -16,7 +16,23 @@ What is done to every dataset (``Deidentifier.deidentify``):
 * PatientName/PatientID become a salted pseudonym (or the one already in the mapping file);
 * dates are shifted by a per-patient whole-day offset (``date_mode="shift"``, times kept) or emptied
   (``date_mode="remove"``);
-* PatientIdentityRemoved = YES, DeidentificationMethod and DeidentificationMethodCodeSequence are set.
+* with the Clean Descriptors option, SeriesDescription/StudyDescription are kept with the patient's name
+  parts and ID replaced (a light cleaning: free text is not parsed further);
+* PatientIdentityRemoved = YES, DeidentificationMethod ("nmkit profile <name>: PS3.15 basic+<option codes>") and
+  DeidentificationMethodCodeSequence (PS3.16 CID 7050 codes) are set.
+
+Two named profiles (``profile_options``):
+
+* ``basic``: the PS3.15 Basic Profile alone; dates emptied, weight/size/age and descriptions removed.
+  PET SUV is no longer computable (unless the pixels are already SUV).
+* ``research`` (the CLI default): basic + Retain Patient Characteristics (113108: weight, size, sex, age),
+  Retain Longitudinal Temporal Information with Modified Dates (113107: every DA/DT shifted by one per-patient
+  whole-day offset derived from the salt; times of day unchanged, so injection-to-scan intervals, decay
+  corrections and intervals between time points are exact and SUV is unchanged), Clean Descriptors (113105:
+  series/study descriptions kept, cleaned), Retain Safe Private (113111: only the known-safe private
+  attributes of ``SAFE_PRIVATE``, e.g. the Philips SUV scale factor that CNTS PET needs).
+  The radiopharmaceutical sequence (tracer, dose, half-life, start time) is kept by both profiles; its start
+  DateTime is shifted like every other date.
 
 Pixel data are never changed. Burned-in annotation cannot be fixed here: files that declare it (or are of
 modalities that usually carry it) are flagged in the run report.
@@ -31,6 +47,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -42,6 +59,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from ..errors import DicomReadError, InputError
+from .dicom_warnings import DicomWarnings
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +382,14 @@ _DEID_CODES = {
     "patient": ("113108", "Retain Patient Characteristics Option"),
     "device": ("113109", "Retain Device Identity Option"),
     "private": ("113111", "Retain Safe Private Option"),
+    "descriptors": ("113105", "Clean Descriptors Option"),
 }
+#: the order codes are written in (basic first, then the options)
+_CODE_ORDER = ("basic", "dates", "patient", "descriptors", "device", "private")
+#: descriptors kept (cleaned) by the Clean Descriptors option: they tell time points and reconstructions apart
+CLEANED_DESCRIPTORS = ("SeriesDescription", "StudyDescription")
+#: named profiles for ``profile_options`` / ``nmkit anonymize --profile``
+PROFILES = ("basic", "research")
 
 _DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANONYMIZED", "ST": "ANONYMIZED",
           "UT": "ANONYMIZED", "CS": "ANONYMIZED", "DA": "19000101", "TM": "000000.00", "DT": "19000101000000",
@@ -375,11 +400,13 @@ _DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMIZED", "SH": "ANONYMIZED", "LT": "ANON
 class DeidOptions:
     """Choices beyond the basic profile (each recorded in DeidentificationMethodCodeSequence)."""
 
+    profile: str = "custom"  # the name recorded in DeidentificationMethod ("basic", "research" or "custom")
     date_mode: str = "shift"  # "shift": per-patient whole-day offset, times kept; "remove": dates emptied
     max_shift_days: int = 3650  # offsets are drawn in [-max_shift_days, -365]
     retain_patient_characteristics: bool = False  # keep sex/age/weight/size (needed for SUV)
     retain_device_identity: bool = False
     keep_safe_private: bool = False
+    clean_descriptors: bool = False  # keep SeriesDescription/StudyDescription, patient name/ID replaced
     keep: tuple[str, ...] = ()  # extra keywords kept verbatim (e.g. SeriesDescription after review)
 
     def __post_init__(self) -> None:
@@ -390,9 +417,38 @@ class DeidOptions:
                 raise ValueError(f"unknown DICOM keyword to keep: {kw!r}")
 
 
+def profile_options(name: str, **overrides: object) -> DeidOptions:
+    """The options of a named profile (``basic`` or ``research``, see the module docstring), with overrides.
+
+    Why profiles: the bare basic profile removes what quantification needs (weight, dates, descriptions);
+    ``research`` keeps it under the PS3.15 options that allow it, and says so in the files.
+    """
+    if name == "basic":
+        base = {"date_mode": "remove"}
+    elif name == "research":
+        base = {"date_mode": "shift", "retain_patient_characteristics": True, "clean_descriptors": True,
+                "keep_safe_private": True}
+    else:
+        raise ValueError(f"unknown de-identification profile {name!r}; expected one of {PROFILES}")
+    return DeidOptions(profile=name, **{**base, **overrides})  # type: ignore[arg-type]
+
+
+def method_codes(options: DeidOptions) -> list[str]:
+    """The PS3.16 CID 7050 code values that ``options`` amount to (113100 first)."""
+    chosen = {"basic", "dates" if options.date_mode == "shift" else "",
+              "patient" if options.retain_patient_characteristics else "",
+              "descriptors" if options.clean_descriptors else "",
+              "device" if options.retain_device_identity else "",
+              "private" if options.keep_safe_private else ""}
+    return [_DEID_CODES[key][0] for key in _CODE_ORDER if key in chosen]
+
+
 def effective_actions(options: DeidOptions) -> dict[BaseTag, str]:
-    """The action per tag once ``options`` are applied (options turn some actions into K)."""
+    """The action per tag once ``options`` are applied (options turn some actions into K, descriptors into C)."""
     actions = dict(BASIC_PROFILE)
+    if options.clean_descriptors:
+        for kw in CLEANED_DESCRIPTORS:
+            actions[Tag(tag_for_keyword(kw))] = "C"
     kept: list[str] = list(options.keep)
     if options.retain_patient_characteristics:
         kept += PATIENT_CHARACTERISTICS
@@ -479,18 +535,51 @@ class FileResult:
     output: str = ""
     error: str = ""
     burned_in_annotation: str = ""  # "YES" / "likely (<modality>)" / ""
+    not_dicom: bool = False  # no DICOM preamble and unreadable: skipped, not counted as a failure
+    warnings: list[str] = field(default_factory=list)  # pydicom warnings while reading/writing this file
+
+
+def _clean_text(text: str, identifiers: dict[str, str]) -> str:
+    """``text`` with every identifier (as a whole token, any case) replaced by its substitute."""
+    for value, substitute in sorted(identifiers.items(), key=lambda kv: -len(kv[0])):
+        pattern = r"(?<![A-Za-z0-9])" + re.escape(value) + r"(?![A-Za-z0-9])"
+        text = re.sub(pattern, substitute, text, flags=re.IGNORECASE)
+    return text
+
+
+def _identifiers(patient_id: str, patient_name: str, pseudonym: str) -> dict[str, str]:
+    """Strings that would identify the patient in free text: the ID and each part of the name (>= 2 chars)."""
+    out: dict[str, str] = {}
+    for part in re.split(r"[\^ ,]+", patient_name):
+        if len(part.strip()) >= 2:
+            out[part.strip()] = "X"
+    if patient_id.strip():
+        out[patient_id.strip()] = pseudonym
+    return out
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 class Deidentifier:
     """Applies the profile to datasets with one salt and one mapping (consistent across files and runs)."""
 
-    def __init__(self, salt: str, options: DeidOptions | None = None, mapping: DeidMapping | None = None):
+    def __init__(self, salt: str, options: DeidOptions | None = None, mapping: DeidMapping | None = None,
+                 dicom_warnings: DicomWarnings | None = None):
         if not salt:
             raise ValueError("a non-empty salt is required (keep it secret; the same salt gives the same pseudonyms)")
         self.salt = salt
-        self.options = options or DeidOptions()
+        self.options = options or profile_options("research")
         self.mapping = mapping or DeidMapping()
         self.actions = effective_actions(self.options)
+        self._identifiers: dict[str, str] = {}
+        self.dicom_warnings = dicom_warnings if dicom_warnings is not None else DicomWarnings()
 
     # ----- pseudonyms ------------------------------------------------------------------------------
     def pseudonym(self, patient_id: str, patient_name: str = "") -> str:
@@ -527,27 +616,18 @@ class Deidentifier:
         if pname:
             self.mapping.names.setdefault(pname, pseudo)
         offset = self.date_offset(pseudo) if self.options.date_mode == "shift" else None
+        self._identifiers = _identifiers(pid, pname, pseudo)
         self._walk(ds, offset)
         ds.PatientID = pseudo
         ds.PatientName = pseudo
-        if "PatientBirthDate" in ds or "PatientSex" in ds:
-            pass  # type-2 attributes already emptied or kept by the table
         ds.PatientIdentityRemoved = "YES"
-        codes = ["basic"]
-        if offset is not None:
-            codes.append("dates")
-        if self.options.retain_patient_characteristics:
-            codes.append("patient")
-        if self.options.retain_device_identity:
-            codes.append("device")
-        if self.options.keep_safe_private:
-            codes.append("private")
-        text = "nmkit: DICOM PS3.15 E.1 Basic Profile" + (f"; kept {','.join(self.options.keep)}" if self.options.keep else "")
-        ds.DeidentificationMethod = text[:64]
+        codes = method_codes(self.options)
+        ds.DeidentificationMethod = deidentification_method_text(self.options)
+        meanings = {code: meaning for code, meaning in _DEID_CODES.values()}
         items = []
-        for key in codes:
+        for code in codes:
             item = Dataset()
-            item.CodeValue, item.CodeMeaning = _DEID_CODES[key]
+            item.CodeValue, item.CodeMeaning = code, meanings[code]
             item.CodingSchemeDesignator = "DCM"
             items.append(item)
         ds.DeidentificationMethodCodeSequence = Sequence(items)
@@ -597,7 +677,12 @@ class Deidentifier:
                 new = [self.uid(str(v)) for v in values if v not in (None, "")]
                 elem.value = new if len(new) > 1 else (new[0] if new else "")
                 continue
-            if action == "X":
+            if action == "C":
+                if isinstance(elem.value, str):
+                    elem.value = _clean_text(elem.value, self._identifiers)
+                else:
+                    del ds[tag]  # not free text: nothing to clean safely
+            elif action == "X":
                 del ds[tag]
             elif action == "Z":
                 elem.value = None if elem.VR not in ("PN",) else ""
@@ -629,7 +714,17 @@ class Deidentifier:
 
     # ----- files -----------------------------------------------------------------------------------
     def deidentify_file(self, src: str | Path, out_dir: str | Path) -> FileResult:
-        """Read ``src``, de-identify it, write it under ``out_dir/<pseudonym>/<study>/<series>/<sop>.dcm``."""
+        """Read ``src``, de-identify it, write it under ``out_dir/<pseudonym>/<study>/<series>/<sop>.dcm``.
+
+        pydicom warnings (malformed values and the like) are silenced and collected in ``self.dicom_warnings``
+        and ``FileResult.warnings``; the caller reports them (one line per file at most).
+        """
+        with self.dicom_warnings.capture(src) as messages:
+            result = self._deidentify_file(Path(src), Path(out_dir))
+        result.warnings = list(messages)
+        return result
+
+    def _deidentify_file(self, src: Path, out_dir: Path) -> FileResult:
         result = FileResult(source=str(src))
         try:
             ds = pydicom.dcmread(str(src))
@@ -662,6 +757,21 @@ class Deidentifier:
         return result
 
 
+def deidentification_method_text(options: DeidOptions) -> str:
+    """DeidentificationMethod (LO, <= 64 chars): ``nmkit profile <name>: PS3.15 basic+<option code>+...``."""
+    head = f"nmkit profile {options.profile}: PS3.15 basic"
+    text = "+".join([head] + method_codes(options)[1:])
+    if options.keep:
+        text += "; kept " + ",".join(options.keep)
+    return text if len(text) <= 64 else head + "+options in code sequence"
+
+
+def profile_of(ds: Dataset) -> str | None:
+    """The nmkit profile name recorded in ``ds`` (None when the file was not de-identified by nmkit)."""
+    match = re.match(r"nmkit profile (\w+)", str(ds.get("DeidentificationMethod", "") or ""))
+    return match.group(1) if match else None
+
+
 def _inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
@@ -672,11 +782,15 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def anonymize_tree(src: str | Path, out_dir: str | Path, map_path: str | Path, salt: str,
                    options: DeidOptions | None = None, files: Iterable[Path] | None = None,
-                   progress: Callable[[Iterable], Iterable] | None = None) -> list[FileResult]:
+                   progress: Callable[[Iterable], Iterable] | None = None,
+                   dicom_warnings: DicomWarnings | None = None) -> list[FileResult]:
     """De-identify every DICOM file under ``src`` into ``out_dir``; write the mapping CSV to ``map_path``.
 
-    Unreadable files are logged and skipped (recorded with their error). The mapping file is loaded first
-    when it exists, so pseudonyms stay the same across runs; it must not lie inside ``out_dir``.
+    ``options`` default to the ``research`` profile. Unreadable files are logged and skipped (recorded with
+    their error; files without a DICOM preamble that do not parse are marked ``not_dicom`` and logged at
+    debug level only). The mapping file is loaded first when it exists, so pseudonyms stay the same across
+    runs; it must not lie inside ``out_dir``. pydicom warnings go to ``dicom_warnings`` (report them with
+    ``DicomWarnings.report``) and to each ``FileResult.warnings``.
     """
     from .dicom_series import iter_dicom_files
 
@@ -687,14 +801,16 @@ def anonymize_tree(src: str | Path, out_dir: str | Path, map_path: str | Path, s
         raise InputError(map_path, f"the mapping file must be kept outside the output folder {out_dir}")
     if src.is_dir() and _inside(out_dir, src):
         raise InputError(out_dir, "the output folder must not be inside the input folder")
-    deid = Deidentifier(salt, options, DeidMapping.load(map_path))
+    deid = Deidentifier(salt, options, DeidMapping.load(map_path), dicom_warnings)
     paths = list(files) if files is not None else list(iter_dicom_files(src))
     results: list[FileResult] = []
     for path in (progress(paths) if progress else paths):
         try:
             results.append(deid.deidentify_file(path, out_dir))
         except Exception as exc:  # batch job: log and skip a bad file
-            log.warning("skipping %s: %s", path, exc)
-            results.append(FileResult(source=str(path), error=str(exc)))
+            not_dicom = isinstance(exc, DicomReadError) and "not a readable DICOM" in str(exc) \
+                and not _has_dicom_preamble(Path(path))
+            log.log(logging.DEBUG if not_dicom else logging.WARNING, "skipping %s: %s", path, exc)
+            results.append(FileResult(source=str(path), error=str(exc), not_dicom=not_dicom))
     deid.mapping.save(map_path)
     return results

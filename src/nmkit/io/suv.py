@@ -16,13 +16,17 @@ Decay correction follows the image's ``DecayCorrection`` (0054,1102):
 
 ``Units`` (0054,1001): ``BQML`` is activity concentration; ``CNTS`` needs the Philips SUV scale factor
 (7053,1000) (or the activity concentration scale factor (7053,1009)); ``GML`` is already SUVbw.
-Missing attributes raise :class:`nmkit.errors.MissingTagError` naming every missing attribute.
+Missing attributes raise :class:`nmkit.errors.MissingTagError` naming every missing attribute; when the file
+carries de-identification markers (PatientIdentityRemoved / DeidentificationMethod) and the missing attributes
+are ones de-identification removes (weight, size, sex, dates/times), the message says so and names the
+``nmkit anonymize --profile research`` re-export that keeps them.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..errors import DicomReadError, MissingTagError
+from ..errors import DicomReadError, InputError, MissingTagError
 from .image import Image
 
 SUV_KINDS = ("bw", "lbm")
@@ -80,6 +84,39 @@ def _combine(date_value: Any, time_value: Any) -> _dt.datetime | None:
     if date is None or time is None:
         return None
     return _dt.datetime.combine(date, time)
+
+
+# ----- errors ------------------------------------------------------------------------------------
+#: attributes a de-identification profile may have removed (the research profile keeps or shifts them)
+_DEID_REMOVABLE = ("PatientWeight", "PatientSize", "PatientSex", "SeriesDate", "SeriesTime", "AcquisitionDate",
+                   "AcquisitionTime", "RadiopharmaceuticalStart", "Philips")
+
+
+def deidentification_hint(ds: Dataset, missing: Sequence[str]) -> str:
+    """Why ``missing`` attributes may be absent when ``ds`` was de-identified ("" when it was not)."""
+    method = str(ds.get("DeidentificationMethod", "") or "").strip()
+    removed = str(ds.get("PatientIdentityRemoved", "") or "").strip().upper() == "YES"
+    if not (method or removed) or not any(m.startswith(_DEID_REMOVABLE) for m in missing):
+        return ""
+    match = re.match(r"nmkit profile (\w+)", method)
+    if match:
+        where = f"removed by de-identification profile '{match.group(1)}'"
+    elif method:
+        where = f"probably removed by de-identification ({method[:64]!r})"
+    else:
+        where = "probably removed by de-identification (PatientIdentityRemoved YES)"
+    return f"; {where}; re-export from the original files with `nmkit anonymize --profile research`"
+
+
+def _missing_error(ds: Dataset, path: str | Path | None, missing: list[str], purpose: str) -> MissingTagError:
+    """A MissingTagError for ``missing``, with the de-identification hint appended when it applies."""
+    error = MissingTagError(path, missing, purpose)
+    hint = deidentification_hint(ds, missing)
+    if hint:
+        tags = error.tags
+        InputError.__init__(error, path, error.problem + hint)
+        error.tags = tags
+    return error
 
 
 # ----- lean body mass -----------------------------------------------------------------------------
@@ -189,7 +226,7 @@ def suv_factors(datasets: Sequence[Dataset], kind: str = "bw", path: str | Path 
         if kind == "bw":
             missing = []
         if missing:
-            raise MissingTagError(path, missing, f"SUV {kind}")
+            raise _missing_error(ref, path, missing, f"SUV {kind}")
         factor = 1.0
         if kind == "lbm":
             lbm = lean_body_mass(weight, details["height_m"], details["sex"], lbm_formula)
@@ -205,14 +242,14 @@ def suv_factors(datasets: Sequence[Dataset], kind: str = "bw", path: str | Path 
             # Philips: stored counts x SUV scale factor = SUVbw (computed by the scanner)
             bw = np.array([float(d[PHILIPS_SUV_SCALE].value) if PHILIPS_SUV_SCALE in d else float(suv_tag.value) for d in datasets])
             if missing:
-                raise MissingTagError(path, missing, f"SUV {kind}")
+                raise _missing_error(ref, path, missing, f"SUV {kind}")
             if kind == "lbm":
                 lbm = lean_body_mass(weight, details["height_m"], details["sex"], lbm_formula)
                 bw = bw * lbm / weight
             details.update(lbm_kg=lbm, philips_suv_scale_factor=float(suv_tag.value))
             return SuvResult(kind, bw, details)
         if act_tag is None or _positive(act_tag.value) is None:
-            raise MissingTagError(path, ["Philips SUV Scale Factor (7053,1000)"], "SUV from Units CNTS")
+            raise _missing_error(ref, path, ["Philips SUV Scale Factor (7053,1000)"], "SUV from Units CNTS")
         scale_per_dataset = np.array([float(d[PHILIPS_ACTIVITY_SCALE].value) if PHILIPS_ACTIVITY_SCALE in d else float(act_tag.value) for d in datasets])
         details["philips_activity_scale_factor"] = float(act_tag.value)
     elif units != "BQML":
@@ -253,7 +290,7 @@ def suv_factors(datasets: Sequence[Dataset], kind: str = "bw", path: str | Path 
         if any(r is None for r in references):
             missing.append("AcquisitionDate/AcquisitionTime")
     if missing:
-        raise MissingTagError(path, list(dict.fromkeys(missing)), f"SUV {kind}")
+        raise _missing_error(ref, path, list(dict.fromkeys(missing)), f"SUV {kind}")
 
     if decay == "ADMIN":
         decayed = np.full(len(datasets), dose)
