@@ -91,3 +91,19 @@ def test_unreadable_sidecar_keeps_default_names(tmp_path, caplog):
     (tmp_path / "pred" / "p1.json").write_text('{"model": "not a label file"}')  # e.g. some other JSON next to it
     mask = read_mask(tmp_path / "pred" / "p1.nii.gz")
     assert mask.labels == {1: "label_1"} and "label names" in caplog.text
+
+
+def test_all_cases_bad_is_one_error_naming_the_file(tmp_path, capsys):
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.eye(8, dtype=np.uint8)).save(tmp_path / "mask.png")  # no voxel spacing: no mm distances
+    write_volume(Mask(array=np.ones((2, 4, 4), np.uint8), spacing=SPACING), tmp_path / "truth.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "mask.png"), "--truth", str(tmp_path / "truth.nii.gz"),
+                 "--out", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "mask.png" in err and "--pred is not a label-map volume" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "bad.nii.gz").write_text("not a volume")
+    assert main(["evaluate", "--pred", str(tmp_path / "bad.nii.gz"), "--truth", str(tmp_path / "truth.nii.gz"),
+                 "--out", str(tmp_path / "m.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "no case could be evaluated (1 skipped" in err and "bad.nii.gz" in err

@@ -150,8 +150,8 @@ def test_cli_resample_and_lesion_table(tmp_path, capsys):
     write_volume(coarse, tmp_path / "pred.nii.gz")
     out = tmp_path / "m.csv"
     args = ["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--truth", str(tmp_path / "truth.nii.gz"), "--out", str(out)]
-    assert main(args) == 1  # different grids: the only case is skipped
-    assert "0 case(s) evaluated, 1 skipped" in capsys.readouterr().out
+    assert main(args) == 2  # different grids: the only case is skipped, and the error says why
+    assert "no case could be evaluated (1 skipped" in capsys.readouterr().err
     assert main(args + ["--resample", "--lesions", "--lesion-table", str(tmp_path / "lesions.csv"), "--labels", "1", "2"]) == 0
     df = pd.read_csv(out)
     # rows 3..10 sampled every 2nd voxel come back as rows 4..11 (truth 2..9): 6 of 8 rows shared

@@ -60,6 +60,13 @@ def run(args: argparse.Namespace) -> int:
                         skipped=df.attrs.get("skipped", {}), summary=summary, summary_file=str(summary_path), libraries=library_versions(("numpy", "scipy", "SimpleITK", "pandas")))
     Path(str(out) + ".json").write_text(json.dumps(record, indent=2, default=str))
     n_ok = df["case"].nunique() if len(df) else 0
+    skipped = df.attrs.get("skipped", {})
+    if not n_ok and skipped:  # nothing to summarise: one error line naming the first bad file
+        from ..errors import InputError
+
+        case, reason = next(iter(skipped.items()))
+        raise InputError(None, f"no case could be evaluated ({len(skipped)} skipped, reasons in {out}.json); "
+                               f"case {case}: {reason}")
     print(f"{n_ok} case(s) evaluated, {len(df.attrs.get('skipped', {}))} skipped -> {out} (summary: {summary_path.name})")
     if summary.get("dice_mean") is not None:
         print(summary_line(summary))

@@ -252,6 +252,10 @@ def pair_files(pred: str | Path, truth: str | Path) -> list[tuple[str, Path, Pat
         return name
 
     if pred.is_file() and truth.is_file():
+        for p, option in ((pred, "--pred"), (truth, "--truth")):
+            if not is_volume_file(p):  # e.g. a PNG: no voxel spacing, so no distance in mm
+                raise InputError(p, f"{option} is not a label-map volume ({', '.join(VOLUME_SUFFIXES)}); "
+                                    "surface distances need the voxel spacing these formats carry")
         return [(case_id(truth), pred, truth)]
     if pred.is_file() != truth.is_file():
         raise InputError(pred if pred.is_file() else truth, "give two files or two folders (--pred and --truth)")
