@@ -91,37 +91,30 @@ def test_catalog_rtstruct_and_seg_match_nifti_features(ibsi_ct):
 
 
 def test_manifest_with_dicom_masks_fills_ids_from_the_image(ibsi_ct, tmp_path):
+    from nmkit.errors import InputError
     from nmkit.radiomics.cohort import extract_cohort
     from nmkit.radiomics.presets import load_config
 
     root = ibsi_ct["root"]
     manifest = tmp_path / "cases.csv"
-    manifest.write_text("patient_id,series_uid,image,mask,roi\n"
-                        f",,{root / 'dicom' / 'image'},{root / 'dicom' / 'mask' / 'DCM_RS_00060.dcm'},gtv-1\n"
-                        f"MINE,,{root / 'dicom' / 'image'},{ibsi_ct['seg']},2\n"  # segment number 2 = Core
-                        f",,{root / 'dicom' / 'image'},{root / 'dicom' / 'image' / 'DCM_IMG_00000.dcm'},\n")  # not a mask
+    manifest.write_text("series_uid,image,mask,roi\n"  # no patient_id column: filled from the DICOM header
+                        f",{root / 'dicom' / 'image'},{root / 'dicom' / 'mask' / 'DCM_RS_00060.dcm'},gtv-1\n"
+                        f",{root / 'dicom' / 'image'},{ibsi_ct['seg']},2\n"  # segment number 2 = Core
+                        f",{root / 'dicom' / 'image'},{root / 'dicom' / 'image' / 'DCM_IMG_00000.dcm'},\n")  # not a mask
     result = extract_cohort(manifest, load_config("ibsi-c"), progress=False)
     t = result.table
-    assert list(t.roi_name) == ["GTV-1", "Core"]
-    assert list(t.patient_id) == [ibsi_ct["image"].meta["PatientID"], "MINE"]  # blank: from DICOM; given: kept
+    assert list(t.roi_name) == ["GTV-1", "Core"] and list(t.structure) == ["GTV-1", "Core"]
+    assert list(t.segment_number) == [1, 2] and list(t.mask_kind) == ["rtstruct", "seg"]
+    assert list(t.patient_id) == [ibsi_ct["image"].meta["PatientID"]] * 2
     assert set(t.series_uid) == {ibsi_ct["image"].meta["SeriesInstanceUID"]}
     _assert_same_features(t.iloc[0], ibsi_ct["expected"])
     assert [f["index"] for f in result.failures] == ["2"] and "not a mask" in result.failures[0]["error"]
     assert "DCM_IMG_00000.dcm" in result.failures[0]["error"]
 
-
-def test_resolve_roi_exact_then_case_insensitive_then_number():
-    from nmkit.errors import InputError
-    from nmkit.radiomics.cohort import resolve_roi
-
-    names = {1: "GTV", 2: "gtv", 3: "Liver", 7: "Lung_L"}
-    assert resolve_roi("gtv", names, "rs.dcm") == "gtv" and resolve_roi("GTV", names, "rs.dcm") == "GTV"
-    assert resolve_roi("LIVER", names, "rs.dcm") == "Liver"
-    assert resolve_roi("7", names, "rs.dcm") == "Lung_L"
-    with pytest.raises(InputError, match="ambiguous"):
-        resolve_roi("Gtv", names, "rs.dcm")
-    with pytest.raises(InputError, match=r"rs\.dcm.*'Heart' not found.*Liver"):
-        resolve_roi("Heart", names, "rs.dcm")
+    blank = tmp_path / "blank.csv"  # a patient_id column with a blank cell breaks the contract: row and column named
+    blank.write_text(f"patient_id,image,mask\n,{root / 'dicom' / 'image'},{ibsi_ct['seg']}\n")
+    with pytest.raises(InputError, match=r"blank\.csv.*row 2.*patient_id"):
+        extract_cohort(blank, load_config("ibsi-c"), progress=False)
 
 
 # ----- STS PET: several patients, SUV, a broken structure set ------------------------------------------------

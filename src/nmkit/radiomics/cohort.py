@@ -1,23 +1,29 @@
-"""Cohort radiomics: one tidy table for many (image, mask, ROI) cases from a manifest CSV, a DataFrame or a DICOM catalog.
+"""Cohort radiomics: one tidy table for many cases of a case table (``nmkit.dataset``), a DataFrame or a DICOM catalog.
 
-Manifest columns: ``image`` and ``mask`` (paths; relative paths are resolved against the manifest's folder),
-optional ``patient_id``, ``study_uid``, ``series_uid``, ``roi``, ``suv`` ("bw"/"lbm" for DICOM PET) and any other
-columns, which are copied to the output.
+Cohorts are read ONLY through :func:`nmkit.dataset.read_dataset` (schema ``nmkit-dataset/1``; older manifests with a
+``mask`` column, or the catalog's ``roi``/``roi_format``, are read too). A case row is one image (``image``; a DICOM
+series UID in ``series_uid`` picks that series in a folder holding several; ``suv`` = ``bw``/``lbm`` reads a DICOM PET
+in SUV) with its ``masks``; it expands to one extraction per structure:
 
-* ``image``: a NIfTI/NRRD file, a DICOM file or series folder (``nmkit.io.reader.read_image``; a DICOM UID in
-  ``series_uid`` picks that series in a folder holding several), or ``;``-separated files of one DICOM series.
-* ``mask``: a NIfTI/NRRD label map on the image grid (``roi`` = label name or value; blank = any foreground, one
-  row), or a DICOM RTSTRUCT/SEG (or ``nmkit-polygons/1`` JSON) rasterised onto the image grid by
-  ``nmkit.io.roi.load_rois``. With those, ``roi`` selects a structure by name (exact, else case-insensitive, else
-  ROI/segment number); a blank ``roi`` gives one output row per structure.
-* Blank ``patient_id``/``study_uid``/``series_uid`` are filled from the image's DICOM header.
+* an RTSTRUCT/SEG mask reference without ``segment``/``structure`` stands for every structure of the file (one row
+  each); with them, for that structure only;
+* a label map gives one row for its ``label`` (or the structure named), else one row for any foreground;
+* the row's ``roi`` column and the CLI ``--roi`` are selectors (``nmkit.io.roi_select``: ROI/segment number, glob such
+  as ``GTV*``, or name; repeated names select every structure carrying them) applied to the structures of all the
+  row's masks; a selector that matches nothing fails the case with the structures found listed.
 
-Each output row also carries ``roi_name``, ``config_name``, ``config_hash`` and ``nmkit_version``.
-:func:`cases_from_catalog` builds the cases from a catalog (``nmkit index``): one row per (image series, ROI file).
+Every output row carries ``segment_number`` (RTSTRUCT ROI Number, SEG Segment Number, or the label-map source's
+number), ``structure`` (also as ``roi_name``), ``label_value`` (the value in the mask: segment/ROI number for
+RTSTRUCT/SEG, the voxel value of a label map, blank for any foreground), ``mask_file``, ``mask_kind``, ``reader``,
+``image_units``, ``config_name``, ``config_hash`` and ``nmkit_version``, so lesions are told apart by number, never by
+row order. Blank ``patient_id``/``study_uid``/``series_uid`` are filled from the image's DICOM header. With a config
+whose ``native_pet`` is true (the PET presets) the row also has the native-grid PET numbers of
+``radiomics.pet.native_pet_features`` (``native_suv_max`` ..., ``mtv_ml``, ``tlg_g``).
 
-Failing cases (or single structures of a case) are logged and skipped (listed in ``CohortResult.failures``).
-Work runs in a local process pool (``n_workers``), or on Dask when ``scheduler`` is an address or
-``"dask-local"`` (a LocalCluster).
+:func:`cases_from_catalog` builds the cases from a catalog (``nmkit index``): one row per (image series, ROI file),
+filtered by modality, tracer and series description. Failing cases (or single structures of a case) are logged and
+skipped (listed in ``CohortResult.failures``). Work runs in a local process pool (``n_workers``), or on Dask when
+``scheduler`` is an address or ``"dask-local"`` (a LocalCluster).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from .config import RadiomicsConfig
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ("patient_id", "study_uid", "series_uid", "roi")
+ID_COLUMNS = ("patient_id", "study_uid", "series_uid", "roi", "segment_number", "structure", "label_value")
 
 
 @dataclass
@@ -90,52 +96,164 @@ def _roi_numbers(path: str, kind: str) -> dict[int, str]:
     return names
 
 
-def resolve_roi(requested: str, names: Mapping[int, str], where: Any) -> str:
-    """The structure name ``requested`` stands for: exact name, else the one case-insensitive match, else ROI number."""
-    if requested in names.values():
-        return requested
-    folded = sorted({n for n in names.values() if n.lower() == requested.lower()})
-    if len(folded) == 1:
-        return folded[0]
-    if len(folded) > 1:
-        raise InputError(where, f"ROI {requested!r} is ambiguous: {folded} differ only in case; give the exact name")
-    if requested.isdigit() and int(requested) in names:
-        return names[int(requested)]
-    raise InputError(where, f"ROI {requested!r} not found; the file has {sorted(names.values())}")
+@dataclass(frozen=True)
+class Structure:
+    """One structure to extract: its mask reference, number (selection key), name and value in the loaded mask."""
+
+    ref: Any  # nmkit.dataset.MaskRef
+    kind: str
+    number: int | None  # RTSTRUCT ROI Number / SEG Segment Number / label value (None: any foreground)
+    name: str
+    label: int | None  # value in the loaded Mask; None = any foreground
 
 
-def _read_mask(path: str, image, roi: str | None) -> tuple[Any, list[tuple[int | None, str]]]:
-    """The mask on the image grid and the ROIs to extract as ``(label value or None, roi_name)`` pairs.
+def _mask_kind(file: str) -> str:
+    from ..io.roi import detect_roi_kind
 
-    Label maps keep the manifest's old meaning (``roi`` = label name or value; blank = any foreground, one ROI).
-    RTSTRUCT/SEG/polygon files give one ROI per structure when ``roi`` is blank."""
-    from ..io.roi import detect_roi_kind, load_rois, read_named_label_map
-
-    if not Path(path).exists():
-        raise InputError(path, "mask file does not exist")
-    kind = detect_roi_kind(path)
+    if not Path(file).exists():
+        raise InputError(file, "mask file does not exist")
+    kind = detect_roi_kind(file)
     if kind is None:
-        raise InputError(path, "not a mask: expected a NIfTI/NRRD label map, a DICOM RTSTRUCT or SEG, or nmkit-polygons/1 JSON")
-    if kind == "labelmap":
-        mask = read_named_label_map(path)
-        if roi is None:
-            return mask, [(None, ",".join(mask.labels.values()))]
-        label: int | str = int(float(roi)) if roi.replace(".", "", 1).isdigit() else roi
-        try:
-            value = mask.label_value(label)
-        except KeyError as exc:
-            raise InputError(path, f"ROI {roi!r} not found (labels: {mask.labels})") from exc
-        return mask, [(value, mask.labels[value])]
+        raise InputError(file, "not a mask: expected a NIfTI/NRRD label map, a DICOM RTSTRUCT or SEG, or nmkit-polygons/1 JSON")
+    return kind
+
+
+def _label_map_candidates(ref, mask, selecting: bool) -> list[Structure]:
+    """Label-map structures: the reference's label, else its named structure, else each label (when a selector will
+    choose among them), else one structure of any foreground."""
+    from ..io.roi_select import select_rois
+
+    labels = dict(mask.labels)
+    if ref.label is not None:
+        if ref.label not in labels:
+            raise InputError(ref.file, f"label value {ref.label} not in the label map (labels: {labels})")
+        number = ref.segment if ref.segment is not None else ref.label
+        return [Structure(ref, "labelmap", number, ref.structure or labels[ref.label], ref.label)]
+    if ref.segment is not None and len(labels) == 1:  # one structure per file (roi2mask): the number is its source's
+        (value, name), = labels.items()
+        return [Structure(ref, "labelmap", ref.segment, ref.structure or name, value)]
+    if ref.structure:
+        chosen = select_rois(labels, ref.structure, ref.file)
+        return [Structure(ref, "labelmap", v, n, v) for v, n in chosen.items()]
+    if selecting:
+        return [Structure(ref, "labelmap", v, n, v) for v, n in sorted(labels.items())]
+    return [Structure(ref, "labelmap", None, ",".join(labels.values()), None)]
+
+
+def _candidates(ref, image, loaded: dict[str, Any], selecting: bool) -> list[Structure]:
+    """The structures a mask reference stands for (RTSTRUCT/SEG from the header only; label maps and polygon files
+    are read, on the image grid, into ``loaded``)."""
+    from ..io.roi import load_rois
+    from ..io.roi_select import select_rois
+
+    kind = _mask_kind(ref.file)
     if kind in ("rtstruct", "seg"):
-        wanted = None if roi is None else [resolve_roi(roi, _roi_numbers(path, kind), path)]
-        mask = load_rois(path, image, roi_names=wanted)
+        names = _roi_numbers(ref.file, kind)
+        if ref.segment is not None:
+            if ref.segment not in names:
+                raise InputError(ref.file, f"{'ROI' if kind == 'rtstruct' else 'segment'} number {ref.segment} not found; "
+                                           f"the file has {dict(sorted(names.items()))}")
+            names = {ref.segment: names[ref.segment]}
+        elif ref.structure:
+            names = select_rois(names, ref.structure, ref.file)
+        return [Structure(ref, kind, n, name, n) for n, name in sorted(names.items())]
+    if ref.file not in loaded:
+        loaded[ref.file] = load_rois(ref.file, image)
+    mask = loaded[ref.file]
+    if kind == "labelmap":
+        return _label_map_candidates(ref, mask, selecting)
+    labels = dict(mask.labels)
+    if ref.structure:
+        labels = select_rois(labels, ref.structure, ref.file)
+    return [Structure(ref, kind, v, n, v) for v, n in sorted(labels.items())]
+
+
+def _select(candidates: list[Structure], selector: str) -> list[Structure]:
+    """The candidates ``selector`` chooses, mask file by mask file; an error when it matches nothing in any of them
+    (the one file's own message, or every file's structures listed)."""
+    from ..io.roi_select import _listing, select_rois
+
+    groups: dict[Any, list[Structure]] = {}
+    for c in candidates:
+        groups.setdefault(c.ref, []).append(c)
+    kept: list[Structure] = []
+    errors: list[InputError] = []
+    for ref, group in groups.items():
+        names = {c.number: c.name for c in group if c.number is not None}
+        try:
+            chosen = select_rois(names, selector, ref.file)
+        except InputError as exc:
+            errors.append(exc)
+            continue
+        kept += [c for c in group if c.number in chosen]
+    if not kept:
+        if len(errors) == 1:
+            raise errors[0]
+        found = "; ".join(f"{Path(ref.file).name}: {_listing({c.number: c.name for c in g if c.number is not None})}"
+                          for ref, g in groups.items())
+        raise InputError(None, f"ROI {selector!r} matches no structure of the case's {len(groups)} masks ({found}); "
+                               "select by exact name, glob such as 'GTV*', or number")
+    return kept
+
+
+def _load_numbers(file: str, image, numbers: Mapping[int, str]):
+    """An RTSTRUCT/SEG rasterised on the image grid with only ``numbers``, and ``{number: label value in the mask}``.
+
+    ``load_rois`` selects by number where it can (label values = ROI/segment numbers); else by the names, and the
+    numbers are matched to the layers (label values = numbers, or RTSTRUCT layers 1..n in StructureSetROI order)."""
+    import inspect
+
+    from ..io.roi import load_rois
+
+    if "roi_numbers" in inspect.signature(load_rois).parameters:
+        mask = load_rois(file, image, roi_numbers=sorted(numbers))
     else:
-        mask = load_rois(path, image)
-        wanted = None if roi is None else [resolve_roi(roi, mask.labels, path)]
-    if wanted is not None:
-        value = mask.label_value(wanted[0])  # exact name: load_rois selected case-insensitively
-        return mask, [(value, wanted[0])]
-    return mask, [(value, name) for value, name in sorted(mask.labels.items())]
+        mask = load_rois(file, image, roi_names=sorted(set(numbers.values())))
+    if all(mask.labels.get(n) == name for n, name in numbers.items()):
+        return mask, {n: n for n in numbers}
+    wanted = {name.lower() for name in numbers.values()}
+    in_order = [n for n, name in _roi_numbers(file, "rtstruct").items() if name.lower() in wanted]
+    return mask, {n: in_order.index(n) + 1 for n in numbers}
+
+
+def case_masks(case: Mapping[str, Any]) -> list[Any]:
+    """The case's mask references (``masks`` list or JSON, else the legacy ``mask`` column)."""
+    from ..dataset import MaskRef, decode_masks, guess_mask_kind
+
+    try:
+        masks = decode_masks(case.get("masks"))
+    except (ValueError, TypeError) as exc:
+        raise InputError(None, f"case {case.get('case_id')!r}: masks is not a list of mask references ({exc})") from exc
+    if not masks and _text(case.get("mask")):
+        masks = [MaskRef(file=str(case["mask"]).strip(), kind=guess_mask_kind(str(case["mask"]).strip()))]
+    if not masks:
+        raise InputError(case.get("image"), "the case has no mask (masks/mask column blank)")
+    return masks
+
+
+def case_structures(case: Mapping[str, Any], image, roi: str | None = None) -> list[tuple[Structure, Any]]:
+    """Every structure of a case to extract, as ``(structure, mask on the image grid)``: each mask reference expands
+    to its structures, then the row's ``roi`` and ``roi`` (the CLI's) select among them."""
+    selectors = [s for s in (_text(case.get("roi")), _text(roi)) if s]
+    loaded: dict[str, Any] = {}
+    chosen: list[Structure] = []
+    for ref in case_masks(case):
+        chosen += _candidates(ref, image, loaded, selecting=bool(selectors))
+    for selector in selectors:
+        chosen = _select(chosen, selector)
+    out: list[tuple[Structure, Any]] = []
+    by_file: dict[str, dict[int, str]] = {}
+    for s in chosen:
+        if s.kind in ("rtstruct", "seg"):
+            by_file.setdefault(s.ref.file, {})[s.number] = s.name
+    dicom_masks = {f: _load_numbers(f, image, numbers) for f, numbers in by_file.items()}
+    for s in chosen:
+        if s.kind in ("rtstruct", "seg"):
+            mask, label_of = dicom_masks[s.ref.file]
+            out.append((Structure(s.ref, s.kind, s.number, s.name, label_of[s.number]), mask))
+        else:
+            out.append((s, loaded[s.ref.file]))
+    return out
 
 
 def _fill_ids(row: dict[str, Any], image) -> None:
@@ -146,47 +264,62 @@ def _fill_ids(row: dict[str, Any], image) -> None:
             row[column] = str(value)
 
 
-def run_case_rows(case: Mapping[str, Any], config_dict: Mapping[str, Any],
-                  errors: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
-    """Extract every ROI of one case (runs in a worker): one output row per ROI.
+def _structure_columns(s: Structure, case: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns that tell a structure apart: number, name, label value, mask file and kind, reader."""
+    return {"segment_number": s.number, "structure": s.name, "roi_name": s.name, "label_value": s.label, "mask": s.ref.file,
+            "mask_file": s.ref.file, "mask_kind": s.kind, "reader": s.ref.reader or _text(case.get("reader"))}
 
-    A failure reading the image or mask raises. A failure of one structure raises too, unless ``errors`` is
-    given: then it is appended there (``{"roi", "error"}``) and the other structures still give rows."""
+
+def run_case_rows(case: Mapping[str, Any], config_dict: Mapping[str, Any], errors: list[dict[str, str]] | None = None,
+                  roi: str | None = None, diagnostics: bool = False) -> list[dict[str, Any]]:
+    """Extract every structure of one case (runs in a worker): one output row per structure.
+
+    A failure reading the image or mask, or a selector matching nothing, raises. A failure of one structure raises
+    too, unless ``errors`` is given: then it is appended there (``{"roi", "error"}``) and the other structures still
+    give rows. ``roi`` is an extra selector (the CLI's ``--roi``); ``diagnostics`` adds the IBSI diagnostics."""
     import numpy as np
 
     from .. import __version__
     from ..provenance import config_hash
     from .engine import extract
+    from .pet import native_pet_features
 
     cfg = RadiomicsConfig.from_dict(config_dict)
     chash = config_hash(cfg.to_dict())
     image = _read_image(str(case["image"]), _text(case.get("suv")), _text(case.get("series_uid")))
-    mask, rois = _read_mask(str(case["mask"]), image, _text(case.get("roi")))
-    if mask.spatial_shape != image.spatial_shape or not image.same_grid(mask):
-        raise InputError(case["mask"], f"mask grid differs from image {case['image']}")
-    base = {k: (None if _is_blank(v) else v) for k, v in case.items()}
+    structures = case_structures(case, image, roi)
+    base = {k: (None if _is_blank(v) else v) for k, v in case.items() if k != "masks"}
     _fill_ids(base, image)
     rows = []
-    for value, name in rois:
+    for s, mask in structures:
+        if mask.spatial_shape != image.spatial_shape or not image.same_grid(mask):
+            raise InputError(s.ref.file, f"mask grid differs from image {case['image']}")
         try:
-            feats = extract(image, mask, cfg, label=value)
+            feats = extract(image, mask, cfg, label=s.label, diagnostics=diagnostics)
+            if cfg.native_pet:
+                feats.update(native_pet_features(image, mask.binary(s.label)))
         except Exception as exc:
             if errors is None:
                 raise
-            errors.append({"roi": name, "error": f"{type(exc).__name__}: {exc}"})
+            errors.append({"roi": s.name, "segment_number": "" if s.number is None else str(s.number),
+                           "error": f"{type(exc).__name__}: {exc}"})
             continue
         row = dict(base)
-        row["roi_name"] = name
+        row.update(_structure_columns(s, case))
+        row["image_units"] = image.units or ""
         row["config_name"] = cfg.name
         row["config_hash"] = chash
         row["nmkit_version"] = __version__
         row.update({k: (float(v) if np.isscalar(v) else v) for k, v in feats.items()})
+        for tag in ("morph_volume", "morph_vol_approx"):
+            if tag in feats:
+                row[f"{tag}_ml"] = float(feats[tag]) / 1000.0
         rows.append(row)
     return rows
 
 
 def run_case(case: Mapping[str, Any], config_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Extract one case with one ROI and return its row; raises on failure or when the case has several ROIs."""
+    """Extract one case with one structure and return its row; raises on failure or when the case has several."""
     rows = run_case_rows(case, config_dict)
     if len(rows) != 1:
         raise InputError(case.get("mask"), f"{len(rows)} ROIs in the mask ({[r['roi_name'] for r in rows]}); choose one with roi "
@@ -194,14 +327,15 @@ def run_case(case: Mapping[str, Any], config_dict: Mapping[str, Any]) -> dict[st
     return rows[0]
 
 
-def _safe_run_case(case: Mapping[str, Any], config_dict: Mapping[str, Any]) -> dict[str, Any]:
+def _safe_run_case(case: Mapping[str, Any], config_dict: Mapping[str, Any], options: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:
     """``run_case_rows`` for worker processes: ``{"rows": [...], "errors": [...]}`` or ``{"__error__": message}``.
 
     nmkit's exceptions take (path, problem) arguments and do not survive pickling back to the parent (which
     would break the whole pool), so the message is sent as text."""
     errors: list[dict[str, str]] = []
     try:
-        return {"rows": run_case_rows(case, config_dict, errors), "errors": errors}
+        return {"rows": run_case_rows(case, config_dict, errors, **dict(options or {})), "errors": errors}
     except Exception as exc:  # noqa: BLE001 - reported per case by the caller
         return {"__error__": f"{type(exc).__name__}: {exc}"}
 
@@ -212,68 +346,124 @@ def _unwrap(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _absolute(value: str, folder: Path) -> str:
-    """A manifest path (or ``;``-separated paths) made absolute against the manifest's folder."""
-    parts = [p.strip() for p in str(value).split(";")] if ";" in str(value) else [str(value)]
-    return ";".join(p if not p or Path(p).is_absolute() else str((folder / p).resolve()) for p in parts)
+def read_cases(path: str | Path):
+    """A case table (``nmkit.dataset.read_dataset``) with absolute paths; missing files fail their case at extraction
+    (logged and skipped), not the whole cohort."""
+    from ..dataset import read_dataset
+
+    return read_dataset(path, require=("image",), check_files=False)
 
 
-def read_manifest(path: str | Path):
-    """A manifest CSV as a DataFrame with absolute image/mask paths."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "manifest file does not exist")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises several parser errors
-        raise InputError(path, f"cannot read manifest CSV: {exc}") from exc
-    missing = {"image", "mask"} - set(df.columns)
-    if missing:
-        raise InputError(path, f"manifest lacks column(s) {sorted(missing)} (needs image, mask)")
-    for col in ("image", "mask"):
-        df[col] = [_absolute(p, path.parent) for p in df[col]]
-    return df
+read_manifest = read_cases  # the name used before the dataset contract
 
 
-CATALOG_COLUMNS = ("patient_id", "study_uid", "series_uid", "modality", "image", "mask", "mask_format", "roi_series_uid",
-                   "roi", "suv", "reader")
+# ----- catalog ------------------------------------------------------------------------------------------
+CATALOG_COLUMNS = ("patient_id", "study_uid", "series_uid", "modality", "tracer", "series_description", "image", "mask",
+                   "mask_format", "roi_series_uid", "roi", "suv", "reader")
+_NON_IMAGE = ("RTSTRUCT", "SEG", "SR", "PR", "RTPLAN", "RTDOSE", "REG", "KO", "DOC")
+
+
+def _series_image(cat, series_uid: str) -> str | None:
+    """The series' folder when it holds exactly the series' files, else its ``;``-separated files."""
+    files = cat.files(series_uid)
+    if not files:
+        return None
+    folder = str(Path(files[0]).parent)
+    pattern = folder.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+    in_folder = int(cat.sql("SELECT COUNT(*) AS n FROM instance WHERE path LIKE ? ESCAPE '\\'", (pattern,)).n[0])
+    same = all(str(Path(f).parent) == folder for f in files) and in_folder == len(files)
+    return folder if same else ";".join(files)
+
+
+def _tracer(s: Any) -> str:
+    return _text(getattr(s, "radiopharmaceutical", None)) or _text(getattr(s, "radionuclide", None)) or ""
+
+
+def check_selector(cases, selector: str | None, where: Any) -> None:
+    """Fail early, naming every structure found, when ``selector`` matches no structure of any RTSTRUCT/SEG of the
+    cases (header reads only); a selector that matches in some files lets the others fail one by one."""
+    from ..io.roi_select import select_rois
+
+    if not _text(selector):
+        return
+    found: dict[str, int] = {}
+    for masks in cases["masks"]:
+        for ref in masks:
+            if ref.kind not in ("rtstruct", "seg"):
+                return
+            try:
+                names = _roi_numbers(ref.file, ref.kind)
+            except Exception:  # noqa: BLE001 - a broken file fails its own case later
+                continue
+            try:
+                if select_rois(names, selector, ref.file):
+                    return
+            except InputError:
+                for name in names.values():
+                    found[name] = found.get(name, 0) + 1
+    listing = ", ".join(f"{n!r} ({k} file{'s' if k > 1 else ''})" for n, k in sorted(found.items()))
+    raise InputError(where, f"--roi {selector!r} matches no structure in the cohort's ROI files; structures found: "
+                            f"{listing or 'none'} (select by exact name, glob such as 'GTV*', or number)")
 
 
 def cases_from_catalog(db: str | Path, modality: str | list[str] | None = None, roi: str | None = None,
-                       suv: str | None = None, **criteria: Any):
-    """Cohort cases from a catalog (``nmkit index``): one row per (image series, RTSTRUCT/SEG file referencing it).
+                       suv: str | None = None, tracer: str | None = None, series_description: str | None = None,
+                       **criteria: Any):
+    """Cohort cases (a ``nmkit.dataset`` case table) from a catalog (``nmkit index``): one row per (image series,
+    RTSTRUCT/SEG file referencing it).
 
-    ``image`` is the series folder or its ``;``-separated files (``catalog.manifest.manifest_from_catalog``),
-    ``mask`` the ROI file. ``roi`` selects a structure by name in every ROI file (a file without it fails at
-    extraction, naming the structures it has); without ``roi`` each structure becomes its own output row.
-    ``suv`` ("bw"/"lbm") applies to PT series only. Other ``Catalog.series`` criteria (``tracer``, ``patient``, ...)
-    pass through. Raises ``InputError`` when nothing matches.
+    ``modality`` keeps those image modalities; ``tracer`` matches the radiopharmaceutical, its code meaning or the
+    radionuclide (``Catalog.series``: FDG = fluorodeoxyglucose; a series without tracer information never matches,
+    so a Lu-177 SPECT stored as PT stays out of an FDG run); ``series_description`` is a glob on the series
+    description (case-insensitive, e.g. ``'*xSPECT*'``). ``roi`` is every row's structure selector
+    (``nmkit.io.roi_select``); one that matches no structure of any ROI file fails at once, listing the structures
+    found. ``suv`` ("bw"/"lbm") applies to PT series only. Other ``Catalog.series`` criteria (``patient``, ...) pass
+    through. Raises ``InputError`` when nothing matches.
     """
-    import pandas as pd
+    import fnmatch
 
-    from ..catalog.manifest import manifest_from_catalog
+    from ..dataset import MaskRef, new_table
     from ..catalog.query import Catalog
 
     if suv not in (None, "bw", "lbm"):
         raise InputError(db, f"suv must be 'bw', 'lbm' or None, got {suv!r}")
-    manifest = manifest_from_catalog(db, modality=modality, require_roi=True, **criteria)
+    if not Path(db).is_file():
+        raise InputError(db, "catalog database does not exist (build it with `nmkit index`)")
     rows: list[dict[str, Any]] = []
     with Catalog(db) as cat:
-        for m in manifest.itertuples(index=False):
-            for r in cat.rois(m.series_uid).itertuples(index=False):
+        series = cat.series(modality=modality, tracer=tracer, has_roi=True, **criteria)
+        series = series[~series.modality.isin(_NON_IMAGE)]
+        if series_description:
+            pattern = series_description.lower()
+            series = series[[fnmatch.fnmatchcase(str(d or "").lower(), pattern) for d in series.description]]
+        for s in series.itertuples(index=False):
+            image = _series_image(cat, s.series_uid)
+            if image is None:
+                continue
+            for r in cat.rois(s.series_uid).itertuples(index=False):
                 if r.modality not in ("RTSTRUCT", "SEG"):
                     continue
-                for path in str(r.paths).split(";"):
-                    rows.append({"patient_id": m.patient_id, "study_uid": m.study_uid, "series_uid": m.series_uid,
-                                 "modality": m.modality, "image": m.image, "mask": path, "mask_format": r.modality.lower(),
-                                 "roi_series_uid": r.roi_series_uid, "roi": roi or "",
-                                 "suv": suv if suv and m.modality == "PT" else "", "reader": r.roi_creator or ""})
-    if not rows:
-        wanted = {"modality": modality, **{k: v for k, v in criteria.items() if v is not None}}
-        raise InputError(db, f"no image series with an RTSTRUCT/SEG referencing it matches {wanted}")
-    return pd.DataFrame(rows, columns=list(CATALOG_COLUMNS))
+                paths = [p for p in str(r.paths).split(";") if p]
+                for k, path in enumerate(paths):
+                    reader = _text(r.roi_creator)
+                    rows.append({"case_id": f"{s.series_uid}:{r.roi_series_uid}" + (f":{k}" if len(paths) > 1 else ""),
+                                 "patient_id": s.patient_id, "study_uid": s.study_uid, "series_uid": s.series_uid,
+                                 "study_date": _text(s.study_date) or "", "modality": s.modality, "tracer": _tracer(s),
+                                 "series_description": _text(s.description) or "", "image": image, "image_format": "dicom",
+                                 "masks": [MaskRef(file=path, kind=r.modality.lower(), reader=reader)], "mask": path,
+                                 "roi": roi or "", "reader": reader or "", "suv": suv if suv and s.modality == "PT" else "",
+                                 "mask_format": r.modality.lower(), "roi_series_uid": r.roi_series_uid})
+        if not rows:
+            wanted = {k: v for k, v in {"modality": modality, "tracer": tracer, "series_description": series_description,
+                                        **criteria}.items() if v}
+            every = cat.series(has_roi=True)
+            every = every[~every.modality.isin(_NON_IMAGE)]
+            seen = sorted({f"{m} {_tracer(x) or '(no tracer)'} {x.description!r}" for m, x in zip(every.modality, every.itertuples())})
+            raise InputError(db, f"no image series with an RTSTRUCT/SEG referencing it matches {wanted}"
+                                 + (f"; series with ROIs: {'; '.join(seen[:12])}" if seen else "; the catalog has no series with ROIs"))
+    table = new_table(rows)
+    check_selector(table, roi, db)
+    return table
 
 
 def _client(scheduler: str):
@@ -285,17 +475,20 @@ def _client(scheduler: str):
 
 
 def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler: str | None = None,
-                   progress: bool = True) -> CohortResult:
-    """Features for every case of ``cases`` (DataFrame or manifest path): one row per ROI; bad cases are logged and skipped.
+                   progress: bool = True, roi: str | None = None, diagnostics: bool = False) -> CohortResult:
+    """Features for every case of ``cases`` (case table path or DataFrame): one row per structure; bad cases are
+    logged and skipped. ``roi``: a selector applied to every case on top of its own ``roi``; ``diagnostics``: add
+    the IBSI diagnostic features.
 
     ``failures`` lists ``{"index", "image", "mask", "roi", "error"}``: ``roi`` is blank when the whole case
     failed (image or mask unreadable, ROI not found) and names the structure when only that one failed."""
     import pandas as pd
     from tqdm.auto import tqdm
 
-    df = read_manifest(cases) if isinstance(cases, (str, Path)) else cases
+    df = read_cases(cases) if isinstance(cases, (str, Path)) else cases
     records = df.to_dict(orient="records")
     cfg_dict = config.to_dict()
+    options = {"roi": roi, "diagnostics": diagnostics}
     rows: dict[int, list[dict[str, Any]]] = {}
     failures: list[dict[str, str]] = []
 
@@ -303,8 +496,11 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
         case = records[i]
         what = f"case {i} ROI {roi!r}" if roi else f"case {i}"
         log.warning("radiomics: skipping %s (%s): %s", what, case.get("image"), error)
-        failures.append({"index": str(i), "image": str(case.get("image")), "mask": str(case.get("mask")), "roi": roi,
-                         "error": str(error)})
+        try:
+            mask = ";".join(m.file for m in case_masks(case))
+        except InputError:
+            mask = str(case.get("mask") or "")
+        failures.append({"index": str(i), "image": str(case.get("image")), "mask": mask, "roi": roi, "error": str(error)})
 
     def collect(i: int, result: dict[str, Any]) -> None:
         rows[i] = result["rows"]
@@ -315,7 +511,7 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
     if scheduler:
         client = _client(scheduler)
         try:
-            futures = {client.submit(_safe_run_case, rec, cfg_dict, pure=False): i for i, rec in enumerate(records)}
+            futures = {client.submit(_safe_run_case, rec, cfg_dict, options, pure=False): i for i, rec in enumerate(records)}
             from dask.distributed import as_completed as dask_completed
 
             for fut in dask_completed(list(futures)):
@@ -331,7 +527,7 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
         for i, rec in enumerate(records):
             errors: list[dict[str, str]] = []
             try:
-                collect(i, {"rows": run_case_rows(rec, cfg_dict, errors), "errors": errors})
+                collect(i, {"rows": run_case_rows(rec, cfg_dict, errors, **options), "errors": errors})
             except Exception as exc:  # noqa: BLE001
                 fail(i, exc)
             bar.update()
@@ -340,7 +536,7 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
 
         # spawn, not fork: forking a parent whose SimpleITK/BLAS thread pools are running can crash the children
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_safe_run_case, rec, cfg_dict): i for i, rec in enumerate(records)}
+            futures = {pool.submit(_safe_run_case, rec, cfg_dict, options): i for i, rec in enumerate(records)}
             for fut in as_completed(futures):
                 i = futures[fut]
                 try:

@@ -54,6 +54,9 @@ class RadiomicsConfig:
                                  "intensity_volume_histogram", "texture")
     round_input: bool = False  # NIfTI CT input: round intensities to integers before processing (IBSI note)
     texture_dims: tuple[str, ...] | None = None  # texture aggregations; default ("2D", "2.5D") for 2D, ("3D",) for 3D
+    # PET numbers on the image's own grid before any resampling (radiomics.pet.native_pet_features): native_suv_max/
+    # mean/peak/min/std, native_voxels, mtv_ml, tlg_g. The IBSI stat_* features stay those of the processed grid.
+    native_pet: bool = False
 
     def __post_init__(self) -> None:
         if self.dims not in ("2D", "3D"):

@@ -87,12 +87,18 @@ def features_from_roi(roi: ProcessedROI, config: RadiomicsConfig) -> dict[str, f
 
 def extract(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig | Mapping[str, Any] | str,
             label: int | str | None = None, diagnostics: bool = False) -> dict[str, float]:
-    """IBSI-1 features of one ROI (``label`` of ``mask``; any foreground when None) as ``{mirp_tag: value}``."""
+    """IBSI-1 features of one ROI (``label`` of ``mask``; any foreground when None) as ``{mirp_tag: value}``.
+
+    ``diagnostics`` adds the IBSI diagnostic features (``radiomics.diagnostics``: image/ROI dimensions, voxel
+    counts and intensities before and after interpolation and re-segmentation)."""
     cfg = as_config(config)
     roi = process(image, mask, cfg, label=label)
     out = features_from_roi(roi, cfg)
     if diagnostics:
-        out.update({f"diag_{k}": v for k, v in roi.diagnostics.items() if np.isscalar(v)})
+        from .diagnostics import ibsi_diagnostics
+
+        binary = mask.binary(label) if isinstance(mask, Mask) else np.asarray(mask).astype(bool)
+        out.update(ibsi_diagnostics(image, binary, roi, cfg))
     return out
 
 

@@ -87,3 +87,59 @@ def describe(tag: str) -> dict[str, str]:
                 break
     return {"tag": tag, "name": name, "code": code, "family": family, "aggregation": agg,
             "pyradiomics": PYRADIOMICS.get(tag) or PYRADIOMICS.get(base_tag(tag), "")}
+
+
+# ----- units ----------------------------------------------------------------------------------------------
+#: intensity-valued tags (in the image's units); ``stat_var``/``stat_energy`` are squared units
+_INTENSITY_STATS = {"stat_mean", "stat_median", "stat_min", "stat_p10", "stat_p90", "stat_max", "stat_iqr", "stat_range",
+                    "stat_mad", "stat_rmad", "stat_medad", "stat_rms", "loc_peak_loc", "loc_peak_glob"}
+_GREY_LEVEL_STATS = {"ih_mean", "ih_median", "ih_min", "ih_p10", "ih_p90", "ih_max", "ih_mode", "ih_iqr", "ih_range",
+                     "ih_mad", "ih_rmad", "ih_medad"}
+_MORPH_UNITS = {"morph_volume": "mm^3", "morph_vol_approx": "mm^3", "morph_area_mesh": "mm^2", "morph_av": "1/mm",
+                "morph_com": "mm", "morph_diam": "mm", "morph_pca_maj_axis": "mm", "morph_pca_min_axis": "mm",
+                "morph_pca_least_axis": "mm", "morph_volume_ml": "ml", "morph_vol_approx_ml": "ml"}
+#: columns nmkit adds next to the IBSI tags, with fixed units ("{u}": the image's units)
+_FIXED = {"native_voxels": "voxels", "native_voxel_volume_ml": "ml", "mtv_ml": "ml", "tlg_g": "g", "tla": "{u} x ml",
+          "label_value": "1", "segment_number": "1"}
+
+
+def feature_unit(tag: str, image_unit: str = "image units") -> str:
+    """The unit of a feature column: from the IBSI family and the image's units (``"1"`` = dimensionless).
+
+    Morphology lengths/areas/volumes are in mm/mm^2/mm^3 (IBSI); ``*_ml`` columns in ml; intensity statistics and
+    local peaks in the image's units (``stat_var`` and ``stat_energy`` squared); intensity-histogram statistics in
+    grey levels (bin numbers after discretisation); IVH ``ivh_i*`` in the image's units, ``ivh_v*`` volume fractions;
+    texture matrices' features are dimensionless functions of grey levels and counts. Diagnostics: dimensions in
+    voxels, ``vox_dim_*`` in mm, intensities in the image's units."""
+    u = image_unit or "image units"
+    base = base_tag(tag)
+    if base in _FIXED:
+        return _FIXED[base].replace("{u}", u)
+    if base.startswith(("native_suv_",)):
+        return "g/ml (SUVbw)" if u in ("g/ml", "image units") else u
+    if base.startswith("native_"):
+        return u
+    if base in _MORPH_UNITS:
+        return _MORPH_UNITS[base]
+    if base == "morph_integ_int":
+        return f"{u} x mm^3"
+    if base in _INTENSITY_STATS or base in ("ivh_i10", "ivh_i90", "ivh_diff_i10_i90"):
+        return u
+    if base in ("stat_var", "stat_energy"):
+        return f"({u})^2"
+    if base in _GREY_LEVEL_STATS:
+        return "grey level"
+    if base == "ih_var":
+        return "grey level^2"
+    if base.endswith(("_int_init_img", "_int_interp_img", "_int_init_roi", "_int_interp_roi", "_int_reseg_roi")):
+        return u
+    if base.startswith("vox_dim_"):
+        return "mm"
+    if "_dim_" in base or "_vox_count_" in base:
+        return "voxels"
+    return "1"
+
+
+def units_for(columns, image_unit: str = "image units") -> dict[str, str]:
+    """``{column: unit}`` for every feature-like column among ``columns`` (ID and text columns are left out)."""
+    return {c: feature_unit(c, image_unit) for c in columns}

@@ -111,3 +111,35 @@ def label_statistics(image: Image, labels: Mask, include_background: bool = Fals
             row.update(mean=np.nan, std=np.nan, min=np.nan, max=np.nan, median=np.nan, p95=np.nan, sum=0.0, total=0.0)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def is_suv(image: Image) -> bool:
+    """True when the image is in SUV (nmkit's SUV readers set ``units="g/ml"``; SUL images say ``SUL``)."""
+    return str(image.units or "").strip().lower() in ("g/ml", "suv", "suvbw", "gml")
+
+
+def native_pet_features(image: Image, roi: np.ndarray) -> dict[str, float]:
+    """Clinical PET numbers of one ROI on the image's own (acquisition) grid, before any radiomics resampling.
+
+    ``native_suv_max/mean/min/std/peak`` (``native_*`` when the image is not in SUV: same numbers in the image's
+    units), ``native_voxels`` (ROI voxel count), ``native_voxel_volume_ml``, ``mtv_ml`` (ROI volume: voxels x voxel
+    volume / 1000; the ROI as delineated, no threshold) and ``tlg_g`` = SUVmean x MTV (SUV g/ml x ml = g; ``tla``,
+    the mean x volume in image units x ml, when the image is not in SUV).
+
+    SUVpeak is the voxel-centred variant: the highest mean over the voxels whose centres lie within a 1 cm^3
+    sphere (radius 6.2035 mm) centred on a voxel of the ROI, every image voxel in the sphere counted (also those
+    outside the ROI), as PERCIST and the IBSI local intensity peak define it (:func:`suv_peak`)."""
+    roi = np.asarray(roi, dtype=bool)
+    if roi.shape != image.array.shape:
+        raise GeometryError(f"mask shape {roi.shape} differs from image shape {image.array.shape}")
+    if not roi.any():
+        raise InputError((image.meta.get("source_files") or [None])[0], "the ROI mask is empty")
+    vals = np.asarray(image.array, dtype=np.float64)[roi]
+    voxel_ml = float(image.voxel_volume) / 1000.0
+    peak, _ = suv_peak(image, roi)
+    prefix = "native_suv_" if is_suv(image) else "native_"
+    mtv = vals.size * voxel_ml
+    mean = float(vals.mean())
+    return {f"{prefix}max": float(vals.max()), f"{prefix}mean": mean, f"{prefix}peak": float(peak),
+            f"{prefix}min": float(vals.min()), f"{prefix}std": float(vals.std()), "native_voxels": int(vals.size),
+            "native_voxel_volume_ml": voxel_ml, "mtv_ml": mtv, ("tlg_g" if is_suv(image) else "tla"): mean * mtv}
