@@ -117,7 +117,10 @@ def test_lu177_xspect_rtstruct_liver_lesions(external_data, scan):
     root = need(external_data, f"spect_lu177/{scan}")
     image, _ = stack_slices(sorted((root / "image").glob("*.dcm")))
     mask = read_rtstruct(sorted((root / "mask").iterdir())[0], image)
-    assert mask.labels == {1: "lesion1 liver R lobe", 2: "lesion2 liver L lateral"}
+    assert mask.labels == {1: "lesion1 liver R lobe", 2: "lesion2 liver L lateral"}  # label value = ROI Number
+    only = read_rtstruct(sorted((root / "mask").iterdir())[0], image, roi_numbers=[2])
+    assert only.labels == {2: "lesion2 liver L lateral"}
+    np.testing.assert_array_equal(only.binary(2), mask.binary(2))
     volumes = {name: mask.volume_ml(name) for name in mask.labels.values()}
     # a large right-lobe lesion (~100 ml) and a small left-lateral one (~3 ml): plausible tumour volumes
     assert 50 < volumes["lesion1 liver R lobe"] < 200

@@ -26,6 +26,9 @@ JSON format ``nmkit-polygons/1``::
   Several entries with the same ``name`` and ``frame`` are XOR-combined (holes); entries with the same
   ``name`` on different frames build one multi-frame ROI.
 * ``reader`` (optional) names the person or algorithm who drew the ROIs, for inter-reader studies.
+
+ROI numbers: the format has none, so the ROIs are numbered 1, 2, ... by the order of their names' first appearance
+in ``rois``; that number is the label value :func:`read_polygons` gives them (and what ``--roi 2`` selects).
 """
 
 from __future__ import annotations
@@ -181,27 +184,43 @@ def load_polygon_json(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def read_polygons(path: str | Path, reference: Image, roi_names: Sequence[str] | None = None) -> Mask:
-    """Rasterise an ``nmkit-polygons/1`` file on the grid of ``reference``.
-
-    ``reference`` is the planar image the ROIs were drawn on: a 2D image, or a 3D / multi-frame image whose
-    frames are the slices along the last index axis (``frame`` = k). Returns an overlapping ``Mask`` (one
-    layer per ROI name, in order of first appearance) on the reference grid; ``meta`` keeps the reader,
-    the image reference and the source file. ``roi_names`` selects ROIs (case-insensitive).
-    """
-    path = Path(path)
-    doc = load_polygon_json(path)
-    n_frames, plane = _planar_reference(reference, path)
+def polygon_roi_numbers(doc: dict[str, Any]) -> dict[int, str]:
+    """ROI number -> name of a loaded ``nmkit-polygons/1`` document (1, 2, ... in order of first appearance)."""
     names: list[str] = []
     for roi in doc["rois"]:
         if roi["name"] not in names:
             names.append(roi["name"])
+    return {i + 1: n for i, n in enumerate(names)}
+
+
+def read_polygons(path: str | Path, reference: Image, roi_names: Sequence[str] | None = None,
+                  roi_numbers: Sequence[int] | None = None) -> Mask:
+    """Rasterise an ``nmkit-polygons/1`` file on the grid of ``reference``.
+
+    ``reference`` is the planar image the ROIs were drawn on: a 2D image, or a 3D / multi-frame image whose
+    frames are the slices along the last index axis (``frame`` = k). Returns an overlapping ``Mask`` (one
+    layer per ROI name; label value = ROI number, 1.. in order of first appearance) on the reference grid;
+    ``meta`` keeps the reader, the image reference and the source file. ``roi_names`` selects ROIs
+    (case-insensitive), ``roi_numbers`` by number; both together select the union.
+    """
+    path = Path(path)
+    doc = load_polygon_json(path)
+    n_frames, plane = _planar_reference(reference, path)
+    numbered = polygon_roi_numbers(doc)
+    chosen = dict(numbered) if roi_names is None and roi_numbers is None else {}
     if roi_names is not None:
         wanted = {n.lower() for n in roi_names}
-        missing = wanted - {n.lower() for n in names}
+        missing = wanted - {n.lower() for n in numbered.values()}
         if missing:
-            raise InputError(path, f"ROI(s) {sorted(missing)} not found; the file has {names}")
-        names = [n for n in names if n.lower() in wanted]
+            raise InputError(path, f"ROI(s) {sorted(missing)} not found; the file has {list(numbered.values())}")
+        chosen.update({k: n for k, n in numbered.items() if n.lower() in wanted})
+    if roi_numbers is not None:
+        absent = sorted(int(k) for k in roi_numbers if int(k) not in numbered)
+        if absent:
+            raise InputError(path, f"ROI number(s) {absent} not found; the file has {numbered}")
+        chosen.update({int(k): numbered[int(k)] for k in roi_numbers})
+    chosen = dict(sorted(chosen.items()))
+    names = list(chosen.values())
     per_roi: dict[tuple[str, int], list[np.ndarray]] = {}
     for n, roi in enumerate(doc["rois"]):
         if roi["name"] not in names:
@@ -233,7 +252,7 @@ def read_polygons(path: str | Path, reference: Image, roi_names: Sequence[str] |
     for name, layer in zip(names, layers):
         if not layer.any():
             log.warning("%s: ROI %r covers no pixel centre of the reference image", path, name)
-    mask = Mask.like(reference, layers, labels={i + 1: n for i, n in enumerate(names)}, overlapping=True)
+    mask = Mask.like(reference, layers, labels=chosen, overlapping=True)
     mask.meta = {"source_files": [str(path)], "roi_format": FORMAT, "reader": doc.get("reader", ""), "image": doc.get("image", ""),
                  "FrameOfReferenceUID": reference.meta.get("FrameOfReferenceUID", "")}
     return mask

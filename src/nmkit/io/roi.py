@@ -174,12 +174,102 @@ def roi_frame_of_reference(path: str | Path) -> str | None:
     return str(getattr(ds, "FrameOfReferenceUID", "") or "") or None
 
 
-def load_rois(path: str | Path, reference: Image | None = None, roi_names: Sequence[str] | None = None) -> Mask:
-    """Read any supported ROI file as a ``Mask`` on the grid of ``reference``.
+def structure_names(path: str | Path, kind: RoiKind | None = None) -> dict[int, str]:
+    """``{number: name}`` of every structure in an ROI file, without rasterising anything.
+
+    The number is the RTSTRUCT ROI Number, the SEG Segment Number, the label value of a label map, or the position
+    (1, 2, ...) of a polygon file's ROI names. Names may repeat; numbers never do."""
+    path = Path(path)
+    kind = kind or detect_roi_kind(path)
+    if kind == "rtstruct":
+        from .rtstruct import list_rois
+
+        return dict(sorted(list_rois(path).items()))
+    if kind == "seg":
+        from .seg import segment_labels
+
+        return segment_labels(path)
+    if kind == "polygons":
+        from .polygons import load_polygon_json, polygon_roi_numbers
+
+        return polygon_roi_numbers(load_polygon_json(path))
+    if kind == "labelmap":
+        return dict(sorted(read_named_label_map(path).labels.items()))
+    raise InputError(path, "not a supported ROI file (DICOM RTSTRUCT or SEG, nmkit-polygons/1 JSON, NIfTI/NRRD label map)")
+
+
+def structure_readers(path: str | Path, kind: RoiKind | None = None) -> dict[int, str]:
+    """``{number: reader}``: who drew each structure, where the file says it (RTSTRUCT ROIInterpreter or
+    OperatorsName, SEG algorithm name or ContentCreatorName, the polygon file's ``reader``); empty when unknown."""
+    path = Path(path)
+    kind = kind or detect_roi_kind(path)
+    try:
+        if kind == "rtstruct":
+            from .rtstruct import roi_interpreters
+
+            return roi_interpreters(path)
+        if kind == "seg":
+            from .seg import segment_creators
+
+            return segment_creators(path)
+        if kind == "polygons":
+            from .polygons import load_polygon_json, polygon_roi_numbers
+
+            doc = load_polygon_json(path)
+            reader = str(doc.get("reader", "") or "").strip()
+            return {n: reader for n in polygon_roi_numbers(doc)} if reader else {}
+    except Exception as exc:  # the reader is a courtesy: a header we cannot read here fails later, with its own message
+        log.debug("%s: no reader information (%s)", path, exc)
+    return {}
+
+
+def _numbers_for(path: Path, kind: RoiKind, roi_names: Sequence[str] | None, roi_numbers: Sequence[int] | None,
+                 selector: str | Sequence[str] | None) -> list[int] | None:
+    """The structure numbers that ``roi_names``/``roi_numbers``/``selector`` choose (their union), ``None`` for all."""
+    from .roi_select import select_rois, split_selectors
+
+    if roi_names is None and roi_numbers is None and not split_selectors(selector):
+        return None
+    names = structure_names(path, kind)
+    chosen: set[int] = set()
+    if roi_names is not None:
+        wanted = {str(n).lower() for n in roi_names}
+        found = {n for n, name in names.items() if name.lower() in wanted}
+        missing = wanted - {names[n].lower() for n in found}
+        if missing:
+            raise InputError(path, f"ROI(s) {sorted(missing)} not found; the file has {dict(names)}")
+        chosen |= found
+    if roi_numbers is not None:
+        absent = sorted(int(n) for n in roi_numbers if int(n) not in names)
+        if absent:
+            raise InputError(path, f"ROI number(s) {absent} not found; the file has {dict(names)}")
+        chosen |= {int(n) for n in roi_numbers}
+    if split_selectors(selector):
+        chosen |= set(select_rois(names, selector, path))
+    return sorted(chosen)
+
+
+def load_rois(path: str | Path, reference: Image | None = None, roi_names: Sequence[str] | None = None,
+              roi_numbers: Sequence[int] | None = None, selector: str | Sequence[str] | None = None) -> Mask:
+    """Read any supported ROI file as a ``Mask`` on the grid of ``reference``; structures are keyed by NUMBER.
+
+    The returned mask's ``labels`` are ``{number: name}``: the RTSTRUCT ROI Number, the SEG Segment Number, the
+    label value of a label map, or the 1-based position of a polygon file's ROI name. Names may repeat (a SEG
+    with ten "Neoplasm, Secondary" segments), numbers never do: take ``mask.binary(number)`` for one structure.
+    RTSTRUCT/SEG/polygon masks are overlapping (one layer per structure); label maps stay label maps.
+    ``meta["readers"]`` gives ``{number: reader}`` where the file names who drew a structure.
+
+    Selection (all optional; given together they select the union, blank = every structure):
+
+    * ``selector``: the :mod:`nmkit.io.roi_select` rule used by every command: ``"3"`` (number), ``"GTV*"``
+      (glob), ``"GTV_Mass_PET"`` (exact, else case-insensitive name; a repeated name selects all), or a list /
+      ``;``-separated string of those;
+    * ``roi_numbers``: numbers;
+    * ``roi_names``: names, case-insensitive.
 
     RTSTRUCT and polygon files need ``reference`` (the image they were drawn on). SEG and label maps are
-    read on their own grid when ``reference`` is ``None``. ``roi_names`` selects ROIs by name
-    (case-insensitive) where the format names its ROIs.
+    read on their own grid when ``reference`` is ``None``. Unknown names/numbers raise ``InputError`` listing
+    what the file has.
     """
     path = Path(path)
     if not path.exists():
@@ -189,30 +279,36 @@ def load_rois(path: str | Path, reference: Image | None = None, roi_names: Seque
         raise InputError(path, "not a supported ROI file (DICOM RTSTRUCT or SEG, nmkit-polygons/1 JSON, NIfTI/NRRD label map)")
     if kind in ("rtstruct", "polygons") and reference is None:
         raise InputError(path, f"a {kind} file needs the reference image it was drawn on")
+    numbers = _numbers_for(path, kind, roi_names, roi_numbers, selector)
     if kind == "rtstruct":
         from .rtstruct import read_rtstruct
 
-        return read_rtstruct(path, reference, roi_names=roi_names)
-    if kind == "seg":
+        mask = read_rtstruct(path, reference, roi_numbers=numbers)
+    elif kind == "seg":
         from .seg import read_seg
 
-        return read_seg(path, reference, segment_names=roi_names)
-    if kind == "polygons":
+        mask = read_seg(path, reference, segment_numbers=numbers)
+    elif kind == "polygons":
         from .polygons import read_polygons
 
-        return read_polygons(path, reference, roi_names=roi_names)
-    mask = read_named_label_map(path)
-    if roi_names is not None:
-        wanted = {n.lower() for n in roi_names}
-        values = [v for v, n in mask.labels.items() if n.lower() in wanted]
-        missing = wanted - {mask.labels[v].lower() for v in values}
-        if missing:
-            raise InputError(path, f"label(s) {sorted(missing)} not found; the label map has {sorted(mask.labels.values())}")
-        import numpy as np
+        mask = read_polygons(path, reference, roi_numbers=numbers)
+    else:
+        mask = _label_map_on(path, reference, numbers)
+    readers = structure_readers(path, kind)
+    mask.meta["readers"] = {n: readers[n] for n in mask.labels if n in readers}
+    mask.meta.setdefault("roi_format", kind)
+    return mask
 
-        keep = np.isin(mask.array, values)
+
+def _label_map_on(path: Path, reference: Image | None, numbers: Sequence[int] | None) -> Mask:
+    """A named label map, reduced to the label values ``numbers`` (all when ``None``), on the reference grid."""
+    import numpy as np
+
+    mask = read_named_label_map(path)
+    if numbers is not None:
+        keep = np.isin(mask.array, list(numbers))
         mask = Mask(array=np.where(keep, mask.array, 0), spacing=mask.spacing, origin=mask.origin, direction=mask.direction,
-                    modality="SEG", meta=mask.meta, labels={v: mask.labels[v] for v in values})
+                    modality="SEG", meta=mask.meta, labels={v: mask.labels[v] for v in numbers})
     if reference is not None and not mask.same_grid(reference):
         if mask.ndim_spatial != reference.ndim_spatial:
             raise DicomReadError(path, f"a {mask.ndim_spatial}D label map cannot be put on a {reference.ndim_spatial}D image")
@@ -224,7 +320,13 @@ def load_rois(path: str | Path, reference: Image | None = None, roi_names: Seque
 
 
 # ----- folder conversion (nmkit roi2mask) ----------------------------------------------------------------
-SUMMARY_COLUMNS = ("roi_name", "voxels", "volume_ml", "mask_file", "image_file", "source_file", "roi_format", "series_uid")
+#: roi_summary.csv columns: one row per mask FILE written (voxels: count; volume_ml: millilitres; image_units: the
+#: units of the written image's values)
+SUMMARY_COLUMNS = ("case", "roi_name", "segment", "reader", "voxels", "volume_ml", "mask_file", "image_file", "image_units",
+                   "source_file", "roi_format", "series_uid")
+#: structure-number tag in a repeated name's file name (``Neoplasm_Secondary__seg03.nii.gz``)
+NUMBER_TAGS = {"seg": "seg", "rtstruct": "roi", "polygons": "roi", "labelmap": "label"}
+_RESERVED_STEMS = {"image"}
 
 
 def _safe(text: str, default: str = "x") -> str:
@@ -250,47 +352,103 @@ def find_roi_files(root: str | Path) -> list[tuple[Path, RoiKind]]:
     return found
 
 
-class _ImageCache:
-    """Reads each referenced image series once."""
+def _iso_datetime(date: str, time: str) -> str:
+    """``YYYYMMDD`` + ``HHMMSS.frac`` -> ``YYYY-MM-DDTHH:MM:SS`` (date only without a time, blank without a date)."""
+    date = (date or "").strip()
+    if len(date) != 8 or not date.isdigit():
+        return ""
+    out = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    digits = (time or "").strip().split(".")[0]
+    if len(digits) >= 4 and digits.isdigit():
+        digits = digits.ljust(6, "0")
+        out += f"T{digits[:2]}:{digits[2:4]}:{digits[4:6]}"
+    return out
+
+
+def tracer_of(ds) -> str:
+    """The tracer a PT/NM header names: Radiopharmaceutical, else its code meaning, else the radionuclide's
+    (the same order as the catalog manifest); blank when none."""
+    for item in getattr(ds, "RadiopharmaceuticalInformationSequence", None) or []:
+        text = str(getattr(item, "Radiopharmaceutical", "") or "").strip()
+        if text:
+            return text
+        for seq in ("RadiopharmaceuticalCodeSequence", "RadionuclideCodeSequence"):
+            for code in getattr(item, seq, None) or []:
+                meaning = str(getattr(code, "CodeMeaning", "") or "").strip()
+                if meaning:
+                    return meaning
+    return ""
+
+
+def _header_facts(ds, series_uid: str) -> dict[str, str]:
+    """The case-table facts of an image series from one of its headers."""
+    def get(kw: str) -> str:
+        return str(getattr(ds, kw, "") or "").strip()
+
+    date = get("AcquisitionDate") or get("SeriesDate") or get("StudyDate")
+    time = get("AcquisitionTime") if get("AcquisitionDate") else (get("SeriesTime") if get("SeriesDate") else get("StudyTime"))
+    return {"patient_id": get("PatientID"), "study_uid": get("StudyInstanceUID"), "series_uid": get("SeriesInstanceUID") or series_uid,
+            "study_date": get("StudyDate"), "acquisition_datetime": _iso_datetime(date, time), "modality": get("Modality"),
+            "tracer": tracer_of(ds), "series_description": get("SeriesDescription"), "series_number": get("SeriesNumber")}
+
+
+class _Target:
+    """One image that ROI files refer to: where it is, its header facts, its ROI files and its output folder."""
+
+    def __init__(self, key: str, files: list[Path] | None = None, volume: Path | None = None, facts: dict | None = None):
+        self.key, self.files, self.volume = key, files, volume
+        self.facts: dict[str, str] = dict(facts or {})
+        self.rois: list[tuple[Path, RoiKind]] = []
+        self.time_point = ""
+        self.folder = ""
+
+
+class _Planner:
+    """Finds the image each ROI file refers to from headers only (no pixel data), one ``_Target`` per image."""
 
     def __init__(self, root: Path):
         from .dicom_series import scan_series
 
         self.root = root
         self.series = scan_series(root)
-        self.images: dict[str, Image] = {}
+        self.targets: dict[str, _Target] = {}
         self._sop_index: dict[str, Path] | None = None
+        self._for_index: dict[str, list[str]] | None = None
 
-    def by_series(self, uid: str, where: Path) -> Image:
-        if uid not in self.images:
-            entry = self.series.get(uid)
-            if entry is None:
-                raise InputError(where, f"the referenced image series {uid} is not in {self.root}")
-            self.images[uid] = _read_series(entry.files)
-        return self.images[uid]
+    def _header(self, path: Path):
+        import pydicom
 
-    def by_frame_of_reference(self, for_uid: str, where: Path) -> tuple[Image, str]:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+
+    def _series_target(self, uid: str) -> _Target:
+        if uid not in self.targets:
+            entry = self.series[uid]
+            self.targets[uid] = _Target(uid, files=list(entry.files), facts=_header_facts(self._header(entry.files[0]), uid))
+        return self.targets[uid]
+
+    def _by_frame_of_reference(self, for_uid: str, where: Path) -> str:
         """The one image series in the folder sharing ``for_uid`` (used when the referenced series UID is absent,
         e.g. after a re-export gave the images new UIDs); an error when none or several match."""
         import pydicom
 
-        matches = []
-        for uid, entry in self.series.items():
-            if entry.modality.upper() in NON_IMAGE_MODALITIES:
-                continue
-            try:
-                ds = pydicom.dcmread(str(entry.files[0]), stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
-            except Exception:
-                continue
-            if str(getattr(ds, "FrameOfReferenceUID", "") or "") == for_uid:
-                matches.append(uid)
+        if self._for_index is None:
+            self._for_index = {}
+            for uid, entry in self.series.items():
+                if entry.modality.upper() in NON_IMAGE_MODALITIES:
+                    continue
+                try:
+                    ds = pydicom.dcmread(str(entry.files[0]), stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
+                except Exception:
+                    continue
+                self._for_index.setdefault(str(getattr(ds, "FrameOfReferenceUID", "") or ""), []).append(uid)
+        matches = sorted(self._for_index.get(for_uid, []))
         if len(matches) != 1:
-            found = "no image series" if not matches else f"{len(matches)} image series ({', '.join(sorted(matches))})"
+            found = "no image series" if not matches else f"{len(matches)} image series ({', '.join(matches)})"
             raise InputError(where, f"the referenced image series is not in {self.root} and {found} share(s) its frame of reference {for_uid}")
         log.info("%s: referenced series not found; using series %s with the same frame of reference", where, matches[0])
-        return self.by_series(matches[0], where), matches[0]
+        return matches[0]
 
-    def sop_file(self, sop_uid: str) -> Path | None:
+    def _sop_file(self, sop_uid: str) -> Path | None:
         if self._sop_index is None:
             import pydicom
 
@@ -304,109 +462,255 @@ class _ImageCache:
                     self._sop_index[str(getattr(ds, "SOPInstanceUID", ""))] = f
         return self._sop_index.get(sop_uid)
 
+    def add(self, path: Path, kind: RoiKind) -> _Target:
+        """Attach an ROI file to the image it refers to; raises ``InputError`` naming the file when none is found."""
+        if kind in ("rtstruct", "seg"):
+            uid = referenced_series_uid(path)
+            if not (uid and uid in self.series):
+                for_uid = roi_frame_of_reference(path)
+                if not for_uid:
+                    raise InputError(path, "the ROI file names neither an image series in the folder nor a frame of reference")
+                uid = self._by_frame_of_reference(for_uid, path)
+            target = self._series_target(uid)
+        else:
+            target = self._polygon_target(path)
+        target.rois.append((path, kind))
+        return target
 
-def _read_series(files: Sequence[Path]) -> Image:
-    try:
-        from .reader import read_series_files  # full dispatcher (NM, enhanced, PT units) when available
-    except ImportError:  # pragma: no cover - older layout
-        read_series_files = None
-    if read_series_files is not None:
-        return read_series_files(list(files))
-    from .dicom_series import stack_slices
-
-    return stack_slices(files)[0]
-
-
-def _reference_for(path: Path, kind: RoiKind, cache: _ImageCache) -> tuple[Image, str, str]:
-    """The image an ROI file refers to, its series UID and a short name for its output folder."""
-    if kind in ("rtstruct", "seg"):
-        uid = referenced_series_uid(path)
-        if uid and uid in cache.series:
-            return cache.by_series(uid, path), uid, uid
-        for_uid = roi_frame_of_reference(path)
-        if not for_uid:
-            raise InputError(path, "the ROI file names neither an image series in the folder nor a frame of reference")
-        image, uid = cache.by_frame_of_reference(for_uid, path)
-        return image, uid, uid
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    ref = str(doc.get("image", "") or "")
-    if not ref:
-        raise InputError(path, "the polygon file does not name its image ('image' is empty)")
-    candidate = (path.parent / ref)
-    if candidate.is_file():
-        if is_volume_file(candidate):
-            from .volume_files import read_volume
-
-            return read_volume(candidate), "", _volume_stem(candidate)
-        image_file = candidate
-    else:
-        image_file = cache.sop_file(ref)
+    def _polygon_target(self, path: Path) -> _Target:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        ref = str(doc.get("image", "") or "")
+        if not ref:
+            raise InputError(path, "the polygon file does not name its image ('image' is empty)")
+        candidate = path.parent / ref
+        if candidate.is_file() and is_volume_file(candidate):
+            key = str(candidate.resolve())
+            if key not in self.targets:
+                stem = _volume_stem(candidate)
+                self.targets[key] = _Target(key, volume=candidate, facts={"patient_id": stem, "series_description": stem})
+            return self.targets[key]
+        image_file = candidate if candidate.is_file() else self._sop_file(ref)
         if image_file is None:
-            raise InputError(path, f"the polygon file's image {ref!r} is neither a file next to it nor a SOPInstanceUID under {cache.root}")
-    image = _read_series([image_file])
-    uid = str(image.meta.get("SeriesInstanceUID", ""))
-    return image, uid, f"{uid}_{_safe(image_file.stem)}"
+            raise InputError(path, f"the polygon file's image {ref!r} is neither a file next to it nor a SOPInstanceUID under {self.root}")
+        key = f"file:{Path(image_file).resolve()}"
+        if key not in self.targets:
+            ds = self._header(Path(image_file))
+            facts = _header_facts(ds, "")
+            facts["series_description"] = " ".join(x for x in (facts["series_description"], f"image {getattr(ds, 'InstanceNumber', '') or Path(image_file).stem}") if x)
+            self.targets[key] = _Target(key, files=[Path(image_file)], facts=facts)
+        return self.targets[key]
 
 
-def convert_folder(in_dir: str | Path, out_dir: str | Path, roi_names: Sequence[str] | None = None) -> dict:
-    """Convert every ROI file under ``in_dir`` into NIfTI masks next to a NIfTI copy of their image.
+def assign_time_points(targets: Sequence[_Target]) -> None:
+    """``TP1``, ``TP2`` ... per patient, modality and tracer by acquisition day (blank for a single day), the
+    catalog manifest's rule."""
+    groups: dict[tuple[str, str, str], list[_Target]] = {}
+    for t in targets:
+        groups.setdefault((t.facts.get("patient_id", ""), t.facts.get("modality", ""), t.facts.get("tracer", "")), []).append(t)
+    for members in groups.values():
+        day = {id(t): (t.facts.get("acquisition_datetime", "")[:10] or t.facts.get("study_date", "")) for t in members}
+        days = sorted({d for d in day.values() if d})
+        if len(days) < 2:
+            continue
+        for t in members:
+            if day[id(t)]:
+                t.time_point = f"TP{days.index(day[id(t)]) + 1}"
 
-    Output: ``out_dir/<case>/image.nii.gz`` and ``out_dir/<case>/<roi>.nii.gz`` (one binary mask per ROI),
-    ``out_dir/roi_summary.csv`` (roi name, voxels, volume ml, files, series UID) and
-    ``out_dir/roi_summary.json`` (provenance, converted and failed files). A file that cannot be
-    converted is logged and listed under ``failed``; the others are still converted.
+
+def case_folder_names(targets: Sequence[_Target]) -> None:
+    """Readable, unique case folders: ``<patient>/<YYYY-MM-DD>_<series description>[_<time point>]``."""
+    used: set[str] = set()
+    for t in targets:
+        f = t.facts
+        patient = _safe(f.get("patient_id", "") or "unknown_patient")
+        date = f.get("acquisition_datetime", "")[:10]
+        if not date and len(f.get("study_date", "")) == 8:
+            date = f"{f['study_date'][:4]}-{f['study_date'][4:6]}-{f['study_date'][6:]}"
+        description = f.get("series_description", "") or " ".join(x for x in (f.get("modality", ""), f.get("series_number", "")) if x)
+        leaf = "_".join(x for x in (date, _safe(description, "image")[:60], t.time_point) if x)
+        name = f"{patient}/{leaf}"
+        extras = [f"S{_safe(f.get('series_number', ''))}" if f.get("series_number") else "", _safe(t.key)[-12:]]
+        for extra in [e for e in extras if e]:
+            if name not in used:
+                break
+            name = f"{name}_{extra}"
+        n = 2
+        base = name
+        while name in used:
+            name, n = f"{base}_{n}", n + 1
+        used.add(name)
+        t.folder = name
+
+
+def _mask_file_name(name: str, number: int, kind: RoiKind, repeated: bool, source: Path, taken: set[str]) -> str:
+    """A mask file name in a case folder that no other mask of this run has: the structure's name, with its number
+    (``__seg03``) when the name repeats in its file or is already taken, then the source file's stem."""
+    stem = _safe(name, f"roi_{number}")
+    tagged = f"{stem}__{NUMBER_TAGS.get(kind, 'roi')}{number:02d}"
+    candidates = [tagged] if repeated else [stem, tagged]
+    candidates.append(f"{tagged}__{_safe(source.stem)}")
+    for c in candidates:
+        if c.lower() not in taken and c.lower() not in _RESERVED_STEMS:
+            return f"{c}.nii.gz"
+    n = 2
+    while f"{candidates[-1]}_{n}".lower() in taken:
+        n += 1
+    return f"{candidates[-1]}_{n}.nii.gz"
+
+
+def _read_target(target: _Target, suv: str | None) -> Image:
+    """The target's image (PT in SUV when ``suv`` is given; other modalities in their stored units)."""
+    if target.volume is not None:
+        from .volume_files import read_volume
+
+        return read_volume(target.volume)
+    from .reader import read_series_files
+
+    modality = str(target.facts.get("modality", "") or "").upper()
+    if suv and modality != "PT":
+        log.info("%s: %s image kept in stored units (--suv applies to PT images)", target.files[0].parent, modality or "non-PT")
+    return read_series_files(list(target.files or []), suv=suv if modality == "PT" else None)
+
+
+def _image_units(image: Image) -> str:
+    units = str(image.units or "")
+    return "" if units in ("", "unknown") else units
+
+
+def convert_folder(in_dir: str | Path, out_dir: str | Path, roi_names: Sequence[str] | None = None,
+                   selector: str | Sequence[str] | None = None, suv: str | None = None) -> dict:
+    """Convert every ROI file under ``in_dir`` into one NIfTI mask per structure, next to a NIfTI copy of its image.
+
+    Output: ``out_dir/<patient>/<date>_<series description>[_TPn]/image.nii.gz`` and one binary mask file per
+    structure (``<name>.nii.gz``; a name repeated in its file, or already taken in the folder, gets the structure
+    number: ``Neoplasm_Secondary__seg03.nii.gz``; nothing is ever overwritten), ``roi_summary.csv`` (one row per
+    mask file, ``SUMMARY_COLUMNS``) and ``roi_summary.json`` (provenance, converted and failed files).
+    ``selector`` (``nmkit.io.roi_select``: numbers, globs, names) or ``roi_names`` chooses structures; ``suv``
+    (``bw``/``lbm``) writes PT images in SUV (g/ml), the factor recorded per case.
+
+    Returns ``{"converted": [summary rows], "cases": [case-table rows], "failed": [...], "provenance": {...}}``;
+    ``cases`` holds one row per image in the ``nmkit.dataset`` contract (``masks`` as dicts of MaskRef fields).
+    A file that cannot be converted is logged and listed under ``failed``; the others are still converted.
     """
     import csv
 
     from ..errors import NmkitError
     from ..provenance import library_versions, provenance
-    from .volume_files import write_volume
 
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise InputError(in_dir, "input folder does not exist")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = _ImageCache(in_dir)
-    rows: list[dict] = []
-    failed: list[dict] = []
-    written_images: dict[str, Path] = {}
+    if suv not in (None, "bw", "lbm"):
+        raise InputError(None, f"--suv must be 'bw' or 'lbm', got {suv!r}")
     roi_files = find_roi_files(in_dir)
     if not roi_files:
-        log.warning("%s: no RTSTRUCT, SEG or polygon file found", in_dir)
+        raise InputError(in_dir, "no DICOM RTSTRUCT, DICOM SEG or nmkit-polygons/1 JSON file found in this folder (nothing to convert)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    planner = _Planner(in_dir)
+    failed: list[dict] = []
     for path, kind in roi_files:
         try:
-            reference, series_uid, key = _reference_for(path, kind, cache)
-            mask = load_rois(path, reference, roi_names=roi_names)
-            patient = _safe(str(reference.meta.get("PatientID", "") or "patient"))
-            case = f"{patient}_{_safe(reference.modality or 'image')}_{_safe(key)[-12:]}"
-            case_dir = out_dir / case
-            if case not in written_images:
-                written_images[case] = write_volume(reference, case_dir / "image.nii.gz")
-            for value, name in sorted(mask.labels.items()):
-                target = case_dir / f"{_safe(name, f'roi_{value}')}.nii.gz"
-                if any(r["mask_file"] == str(target) for r in rows):
-                    target = case_dir / f"{_safe(path.stem)}__{_safe(name, f'roi_{value}')}.nii.gz"
-                binary = mask.binary_mask(value)
-                binary = binary.with_array(binary.array.astype("uint8"))
-                write_volume(binary, target)
-                rows.append({"roi_name": name, "voxels": mask.voxel_count(value), "volume_ml": round(mask.volume_ml(value), 4),
-                             "mask_file": str(target), "image_file": str(written_images[case]), "source_file": str(path),
-                             "roi_format": kind, "series_uid": series_uid})
+            planner.add(path, kind)
         except NmkitError as exc:
             log.warning("skipping %s: %s", path, exc)
             failed.append({"file": str(path), "error": str(exc)})
-        except Exception as exc:  # a malformed file must not stop the batch; record what broke
+        except Exception as exc:  # a malformed header must not stop the batch; record what broke
             log.warning("skipping %s: unexpected %s: %s", path, type(exc).__name__, exc)
             failed.append({"file": str(path), "error": f"{type(exc).__name__}: {exc}"})
+    targets = list(planner.targets.values())
+    assign_time_points(targets)
+    case_folder_names(targets)
+    rows: list[dict] = []
+    cases: list[dict] = []
+    suv_record: dict[str, dict] = {}
+    for target in targets:
+        case_rows, case_row = _convert_target(target, out_dir, roi_names, selector, suv, failed)
+        rows.extend(case_rows)
+        if case_row is not None:
+            cases.append(case_row)
+            if case_row.get("_suv"):
+                suv_record[case_row["case_id"]] = case_row.pop("_suv")
+            case_row.pop("_suv", None)
+    files = [r["mask_file"] for r in rows]
+    assert len(files) == len(set(files)), "two structures were given the same mask file"
     with (out_dir / "roi_summary.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_COLUMNS))
         writer.writeheader()
-        writer.writerows(rows)
-    summary = {
-        "provenance": provenance({"command": "roi2mask", "in_dir": str(in_dir), "roi_names": list(roi_names) if roi_names else None},
-                                 inputs=[str(p) for p, _ in roi_files], libraries=library_versions(("numpy", "SimpleITK", "pydicom", "highdicom"))),
-        "converted": rows,
-        "failed": failed,
-    }
+        writer.writerows([{c: r.get(c, "") for c in SUMMARY_COLUMNS} for r in rows])
+    config = {"command": "roi2mask", "in_dir": str(in_dir), "roi_names": list(roi_names) if roi_names else None,
+              "selector": selector if selector is None or isinstance(selector, str) else list(selector), "suv": suv}
+    record = provenance(config, inputs=[str(p) for p, _ in roi_files],
+                        libraries=library_versions(("numpy", "SimpleITK", "pydicom", "highdicom")))
+    summary = {"provenance": record, "units": {"voxels": "count", "volume_ml": "ml"}, "suv_factors": suv_record,
+               "converted": rows, "failed": failed}
     (out_dir / "roi_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-    return summary
+    return {**summary, "cases": cases}
+
+
+def _convert_target(target: _Target, out_dir: Path, roi_names: Sequence[str] | None, selector: str | Sequence[str] | None,
+                    suv: str | None, failed: list[dict]) -> tuple[list[dict], dict | None]:
+    """Read one image, convert its ROI files; returns the summary rows and the case-table row (None: nothing written).
+    Failures are appended to ``failed`` (``{"file", "error"}``)."""
+    from ..errors import NmkitError
+    from .volume_files import write_volume
+
+    try:
+        image = _read_target(target, suv)
+    except Exception as exc:  # NmkitError, or anything a malformed image throws: the batch goes on
+        for path, _ in target.rois:
+            log.warning("skipping %s: its image cannot be read: %s", path, exc)
+            failed.append({"file": str(path), "error": f"image {target.key}: {exc}"})
+        return [], None
+    case_dir = out_dir / target.folder
+    image_file = case_dir / "image.nii.gz"
+    taken: set[str] = set()
+    rows: list[dict] = []
+    masks: list[dict] = []
+    units = _image_units(image)
+    image_written = False
+    for path, kind in target.rois:
+        try:
+            mask = load_rois(path, image, roi_names=roi_names, selector=selector)
+        except NmkitError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            failed.append({"file": str(path), "error": str(exc)})
+            continue
+        except Exception as exc:  # a malformed file must not stop the batch; record what broke
+            log.warning("skipping %s: unexpected %s: %s", path, type(exc).__name__, exc)
+            failed.append({"file": str(path), "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        if not image_written:
+            write_volume(image, image_file)
+            image_written = True
+        names = list(mask.labels.values())
+        readers = mask.meta.get("readers", {})
+        for number, name in sorted(mask.labels.items()):
+            file_name = _mask_file_name(name, number, kind, names.count(name) > 1, path, taken)
+            taken.add(file_name[: -len(".nii.gz")].lower())
+            target_file = case_dir / file_name
+            binary = mask.binary_mask(number)
+            write_volume(binary.with_array(binary.array.astype("uint8")), target_file)
+            reader = readers.get(number) or None
+            rows.append({"case": target.folder, "roi_name": name, "segment": number, "reader": reader or "",
+                         "voxels": mask.voxel_count(number), "volume_ml": float(f"{mask.volume_ml(number):.6g}"),
+                         "mask_file": str(target_file), "image_file": str(image_file), "image_units": units,
+                         "source_file": str(path), "roi_format": kind, "series_uid": target.facts.get("series_uid", "")})
+            masks.append({"file": str(target_file), "kind": "labelmap", "segment": number, "structure": name, "label": 1,
+                          "reader": reader})
+    if not masks:
+        return rows, None
+    facts = target.facts
+    if not facts.get("patient_id"):
+        log.warning("%s: the image has no PatientID; patient_id %r used in the case table", target.key, target.folder.split("/")[0])
+    suv_meta = image.meta.get("suv") if isinstance(image.meta.get("suv"), dict) else None
+    case = {"case_id": target.folder, "patient_id": facts.get("patient_id", "") or target.folder.split("/")[0],
+            "study_uid": facts.get("study_uid", ""), "series_uid": facts.get("series_uid", ""),
+            "study_date": facts.get("study_date", ""), "acquisition_datetime": facts.get("acquisition_datetime", ""),
+            "time_point": target.time_point, "modality": facts.get("modality", ""), "tracer": facts.get("tracer", ""),
+            "series_description": facts.get("series_description", ""), "image": str(image_file), "image_format": "nifti",
+            "masks": [{k: v for k, v in m.items() if v is not None} for m in masks],
+            "reader": "; ".join(sorted({m["reader"] for m in masks if m.get("reader")})),
+            "suv": "", "units": units, "suv_factor": "" if suv_meta is None else suv_meta.get("factor", ""),
+            "source_images": str(target.volume or (Path(target.files[0]).parent if target.files else ""))}
+    case["_suv"] = suv_meta
+    return rows, case

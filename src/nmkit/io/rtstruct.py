@@ -80,30 +80,58 @@ def referenced_series_uids(path: str | Path | Dataset) -> list[str]:
     return out
 
 
-def _select(names: dict[int, str], wanted: Sequence[str] | None, where: str) -> dict[int, str]:
-    if wanted is None:
-        return names
-    lower = {w.lower() for w in wanted}
-    chosen = {num: name for num, name in names.items() if name.lower() in lower}
-    missing = lower - {n.lower() for n in chosen.values()}
-    if missing:
-        raise InputError(where, f"ROI(s) {sorted(missing)} not found; the structure set has {sorted(names.values())}")
-    return chosen
+def _select(names: dict[int, str], wanted: Sequence[str] | None, where: str,
+            numbers: Sequence[int] | None = None) -> dict[int, str]:
+    """The ROIs chosen by name (case-insensitive; a repeated name selects every ROI carrying it) and/or number."""
+    if wanted is None and numbers is None:
+        return dict(sorted(names.items()))
+    chosen: dict[int, str] = {}
+    if wanted is not None:
+        lower = {w.lower() for w in wanted}
+        chosen.update({num: name for num, name in names.items() if name.lower() in lower})
+        missing = lower - {n.lower() for n in chosen.values()}
+        if missing:
+            raise InputError(where, f"ROI(s) {sorted(missing)} not found; the structure set has {sorted(names.values())}")
+    if numbers is not None:
+        absent = sorted(int(n) for n in numbers if int(n) not in names)
+        if absent:
+            raise InputError(where, f"ROI number(s) {absent} not found; the structure set has {dict(sorted(names.items()))}")
+        chosen.update({int(n): names[int(n)] for n in numbers})
+    return dict(sorted(chosen.items()))
+
+
+def roi_interpreters(path: str | Path | Dataset) -> dict[int, str]:
+    """ROI number -> who drew it: the ROI's ROIInterpreter (RT ROI Observations), else the file's OperatorsName."""
+    ds, _ = _load(path)
+    default = str(getattr(ds, "OperatorsName", "") or "").strip()
+    out: dict[int, str] = {}
+    for item in getattr(ds, "RTROIObservationsSequence", []) or []:
+        number = getattr(item, "ReferencedROINumber", None)
+        who = str(getattr(item, "ROIInterpreter", "") or "").strip()
+        if number is not None and who:
+            out[int(number)] = who
+    if default:
+        for number in list_rois(ds):
+            out.setdefault(number, default)
+    return out
 
 
 def read_rtstruct(path: str | Path | Dataset, reference: Image, roi_names: Sequence[str] | None = None,
-                  slice_tolerance: float = SLICE_TOLERANCE, check_frame_of_reference: bool = True) -> Mask:
+                  slice_tolerance: float = SLICE_TOLERANCE, check_frame_of_reference: bool = True,
+                  roi_numbers: Sequence[int] | None = None) -> Mask:
     """Rasterise the ROIs of an RTSTRUCT on the grid of ``reference`` (a 3D image read from DICOM).
 
-    Returns an overlapping ``Mask`` with one binary layer per ROI (label values 1..n in StructureSetROI
-    order, names from ROIName); ``meta["roi_colors"]`` maps names to RGB display colours and
-    ``meta["roi_numbers"]`` names to ROI numbers. ``roi_names`` selects ROIs by name (case-insensitive).
+    Returns an overlapping ``Mask`` with one binary layer per ROI whose **label value is the ROI Number**
+    (3006,0022) and name the ROIName (names may repeat; numbers never do). ``meta["roi_colors"]`` maps names to
+    RGB display colours, ``meta["roi_numbers"]`` names to ROI numbers (first number of a repeated name; kept for
+    older callers: use ``labels`` instead). ``roi_names`` selects ROIs by name (case-insensitive, a repeated name
+    selects all), ``roi_numbers`` by ROI Number; both together select the union.
     Raises ``DicomReadError`` when the structure set's FrameOfReferenceUID differs from the image's.
     """
     ds, where = _load(path)
     if reference.ndim_spatial != 3:
         raise GeometryError(f"{where}: RTSTRUCT contours need a 3D reference image, got {reference.ndim_spatial}D")
-    names = _select(list_rois(ds), roi_names, where)
+    names = _select(list_rois(ds), roi_names, where, roi_numbers)
     image_for = str(reference.meta.get("FrameOfReferenceUID", "") or "")
     rt_for = frame_of_reference_uids(ds)
     if check_frame_of_reference and image_for and rt_for and image_for not in rt_for:
@@ -163,12 +191,12 @@ def read_rtstruct(path: str | Path | Dataset, reference: Image, roi_names: Seque
             layers[layer_index, k_int] = fill_polygons(polys, (ny, nx))
         if not layers[layer_index].any():
             log.warning("%s: ROI %r covers no voxel centre of the reference image", where, name)
-    mask = Mask.like(reference, layers, labels={i + 1: names[n] for i, n in enumerate(numbers)}, overlapping=True)
+    mask = Mask.like(reference, layers, labels={n: names[n] for n in numbers}, overlapping=True)
     mask.meta = {
         "source_files": [where],
         "roi_format": "RTSTRUCT",
         "roi_colors": colors,
-        "roi_numbers": {names[n]: n for n in numbers},
+        "roi_numbers": {names[n]: n for n in reversed(numbers)},
         "FrameOfReferenceUID": image_for or (sorted(rt_for)[0] if rt_for else ""),
         "ReferencedSeriesInstanceUID": reference.meta.get("SeriesInstanceUID", ""),
         "StructureSetLabel": str(getattr(ds, "StructureSetLabel", "") or ""),
@@ -193,6 +221,7 @@ def write_rtstruct(mask: Mask, reference: Image, path: str | Path, roi_names: Se
     ``reference`` must come from DICOM (``meta`` with StudyInstanceUID, SeriesInstanceUID,
     FrameOfReferenceUID and per-slice ``SOPInstanceUIDs``, as kept by ``stack_slices``); the mask must lie
     on its grid. ``roi_names`` overrides the mask's label names (same order as sorted label values).
+    Each label value becomes the ROI Number, so reading the file back gives the same ``labels``.
     Each slice of each label is traced into CLOSED_PLANAR contours in patient coordinates.
     """
     path = Path(path)
@@ -269,7 +298,8 @@ def write_rtstruct(mask: Mask, reference: Image, path: str | Path, roi_names: Se
 
     roi_items, contour_items, observation_items = [], [], []
     palette = list(colors) if colors is not None else DEFAULT_COLORS
-    for number, (value, name) in enumerate(zip(values, names), start=1):
+    for position, (value, name) in enumerate(zip(values, names)):
+        number = int(value)
         roi = Dataset()
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = meta["FrameOfReferenceUID"]
@@ -295,7 +325,7 @@ def write_rtstruct(mask: Mask, reference: Image, path: str | Path, roi_names: Se
         if not contours:
             log.warning("%s: ROI %r is empty; written without contours", path, name)
         rc = Dataset()
-        rc.ROIDisplayColor = [int(v) for v in palette[(number - 1) % len(palette)]]
+        rc.ROIDisplayColor = [int(v) for v in palette[position % len(palette)]]
         rc.ReferencedROINumber = number
         if contours:
             rc.ContourSequence = DicomSequence(contours)

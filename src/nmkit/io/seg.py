@@ -43,8 +43,12 @@ def _segread(path: str | Path):
         raise DicomReadError(path, f"malformed Segmentation object ({type(exc).__name__}: {exc})") from exc
 
 
-def _segments(seg, path: Path, segment_names: Sequence[str] | None) -> dict[int, str]:
-    """Segment number -> label (background 0 of label-map SEGs left out), optionally selected by label."""
+def _segments(seg, path: Path, segment_names: Sequence[str] | None,
+              segment_numbers: Sequence[int] | None = None) -> dict[int, str]:
+    """Segment number -> label (background 0 of label-map SEGs left out), optionally selected by label and/or number.
+
+    Labels may repeat (a QIN-style SEG with ten "Neoplasm, Secondary" segments): a label selects every segment
+    carrying it, each kept apart by its number."""
     numbers = [int(n) for n in seg.segment_numbers if int(n) != 0]
     names = {}
     for n in numbers:
@@ -52,14 +56,55 @@ def _segments(seg, path: Path, segment_names: Sequence[str] | None) -> dict[int,
         names[n] = label
     if not names:
         raise DicomReadError(path, "the Segmentation defines no segments")
+    if segment_names is None and segment_numbers is None:
+        return names
+    chosen: dict[int, str] = {}
     if segment_names is not None:
         wanted = {w.lower() for w in segment_names}
-        chosen = {n: lab for n, lab in names.items() if lab.lower() in wanted}
+        chosen.update({n: lab for n, lab in names.items() if lab.lower() in wanted})
         missing = wanted - {lab.lower() for lab in chosen.values()}
         if missing:
-            raise InputError(path, f"segment(s) {sorted(missing)} not found; the SEG has {sorted(names.values())}")
-        names = chosen
-    return names
+            raise InputError(path, f"segment(s) {sorted(missing)} not found; the SEG has {sorted(set(names.values()))}")
+    if segment_numbers is not None:
+        absent = sorted(int(n) for n in segment_numbers if int(n) not in names)
+        if absent:
+            raise InputError(path, f"segment number(s) {absent} not found; the SEG has {dict(sorted(names.items()))}")
+        chosen.update({int(n): names[int(n)] for n in segment_numbers})
+    return dict(sorted(chosen.items()))
+
+
+def segment_creators(path: str | Path) -> dict[int, str]:
+    """Segment number -> who or what made it: the segment's algorithm name (automatic segments), else the
+    SEG's ContentCreatorName; segments with neither are left out. Reads the header only."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises several types for broken files
+        raise DicomReadError(path, f"cannot read the SEG header ({type(exc).__name__}: {exc})") from exc
+    creator = str(getattr(ds, "ContentCreatorName", "") or "").strip()
+    out: dict[int, str] = {}
+    for item in getattr(ds, "SegmentSequence", []) or []:
+        number = int(getattr(item, "SegmentNumber", 0) or 0)
+        algorithm = str(getattr(item, "SegmentAlgorithmName", "") or "").strip()
+        if number and (algorithm or creator):
+            out[number] = algorithm or creator
+    return out
+
+
+def segment_labels(path: str | Path) -> dict[int, str]:
+    """Segment number -> SegmentLabel from the header alone (no pixel data): what ``read_seg`` would name them."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises several types for broken files
+        raise DicomReadError(path, f"cannot read the SEG header ({type(exc).__name__}: {exc})") from exc
+    names = {int(item.SegmentNumber): str(getattr(item, "SegmentLabel", "") or f"segment_{int(item.SegmentNumber)}")
+             for item in getattr(ds, "SegmentSequence", []) or [] if int(getattr(item, "SegmentNumber", 0) or 0) != 0}
+    if not names:
+        raise DicomReadError(path, "the Segmentation defines no segments")
+    return dict(sorted(names.items()))
 
 
 def _decode_error(path: Path, exc: Exception) -> DicomReadError:
@@ -97,11 +142,11 @@ def _volume_to_image(volume, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _read_layers(path: str | Path, reference: Image | None, segment_names: Sequence[str] | None,
-                 rescale: bool) -> tuple[np.ndarray, dict[int, str], Image, Any]:
+                 rescale: bool, segment_numbers: Sequence[int] | None = None) -> tuple[np.ndarray, dict[int, str], Image, Any]:
     """Per-segment layers (segment, k, j, i) on the reference grid (or the SEG's own), the segment names and the grid."""
     path = Path(path)
     seg = _segread(path)
-    names = _segments(seg, path, segment_names)
+    names = _segments(seg, path, segment_names, segment_numbers)
     numbers = sorted(names)
     coordinate_system = str(getattr(seg, "coordinate_system", "") or "")
     if coordinate_system.upper().endswith("SLIDE"):
@@ -165,7 +210,7 @@ def _meta(path: Path, seg, names: dict[int, str], grid: Image) -> dict[str, Any]
         "source_files": [str(path)],
         "roi_format": "SEG",
         "segmentation_type": getattr(seg_type, "value", str(seg_type)),
-        "segment_numbers": {name: n for n, name in names.items()},
+        "segment_numbers": {name: n for n, name in sorted(names.items(), reverse=True)},  # first number of a repeated label
         "FrameOfReferenceUID": str(getattr(seg, "FrameOfReferenceUID", "") or grid.meta.get("FrameOfReferenceUID", "")),
         "ReferencedSeriesInstanceUID": grid.meta.get("SeriesInstanceUID", ""),
         "SeriesInstanceUID": str(getattr(seg, "SeriesInstanceUID", "")),
@@ -173,16 +218,17 @@ def _meta(path: Path, seg, names: dict[int, str], grid: Image) -> dict[str, Any]
 
 
 def read_seg(path: str | Path, reference: Image | None = None, segment_names: Sequence[str] | None = None,
-             threshold: float = 0.5) -> Mask:
-    """Read a SEG as an overlapping ``Mask`` (one binary layer per segment; label value = segment number).
+             threshold: float = 0.5, segment_numbers: Sequence[int] | None = None) -> Mask:
+    """Read a SEG as an overlapping ``Mask`` (one binary layer per segment; label value = Segment Number).
 
     FRACTIONAL segments are binarised at ``threshold`` (fraction of the maximum, 0.5 by default); use
     :func:`read_seg_fractions` to keep them. ``reference`` (a 3D image from DICOM) puts the mask on that
     image's grid; without it the SEG's own volume geometry is used. ``segment_names`` selects segments
-    by label (case-insensitive).
+    by label (case-insensitive; a repeated label selects every segment carrying it), ``segment_numbers`` by
+    Segment Number; both together select the union. Labels may repeat, numbers never do.
     """
     path = Path(path)
-    layers, names, grid, seg = _read_layers(path, reference, segment_names, rescale=True)
+    layers, names, grid, seg = _read_layers(path, reference, segment_names, rescale=True, segment_numbers=segment_numbers)
     if np.issubdtype(layers.dtype, np.floating):
         binary = layers >= threshold
     else:
@@ -192,16 +238,18 @@ def read_seg(path: str | Path, reference: Image | None = None, segment_names: Se
     return mask
 
 
-def read_seg_fractions(path: str | Path, reference: Image | None = None, segment_names: Sequence[str] | None = None) -> Image:
+def read_seg_fractions(path: str | Path, reference: Image | None = None, segment_names: Sequence[str] | None = None,
+                       segment_numbers: Sequence[int] | None = None) -> Image:
     """Read a SEG keeping fractional values: a float32 ``Image`` with one layer (leading axis) per segment.
 
     Values are fractions in [0, 1] (probability or occupancy, see ``meta["fractional_type"]``); binary
     segments read as 0/1. ``meta["segment_names"]`` lists the layers' names in order.
     """
     path = Path(path)
-    layers, names, grid, seg = _read_layers(path, reference, segment_names, rescale=True)
+    layers, names, grid, seg = _read_layers(path, reference, segment_names, rescale=True, segment_numbers=segment_numbers)
     image = grid.with_array(layers.astype(np.float32), modality="SEG", units="fraction", meta=_meta(path, seg, names, grid))
     image.meta["segment_names"] = [names[n] for n in sorted(names)]
+    image.meta["segment_numbers_in_order"] = sorted(names)
     ftype = getattr(seg, "segmentation_fractional_type", None)
     image.meta["fractional_type"] = getattr(ftype, "value", str(ftype or ""))
     return image
