@@ -296,7 +296,7 @@ def read_dataset(path: str | Path, require: Sequence[str] = ("image",), need_mas
             raw = pd.read_json(path, orient="records", dtype=False).astype(object)
         else:
             raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, OSError, EOFError) as exc:  # OSError: a .gz name on a non-gzip file
         raise InputError(path, f"not a readable case table (CSV or JSON records): {str(exc).splitlines()[0]}") from exc
     except pd.errors.EmptyDataError as exc:
         raise InputError(path, "empty file, not a case table") from exc

@@ -1,22 +1,35 @@
-"""`nmkit predict`: run a model bundle on images and write masks (NIfTI and optionally DICOM SEG)."""
+"""`nmkit predict`: run a model bundle on images and write masks (NIfTI, optionally DICOM SEG) and their case table.
+
+Output folder: one label map per image and head (``<case>.nii.gz``, or ``<case>_<head>.nii.gz`` with several heads),
+each with a label-name sidecar ``<case>.json`` (``{"1": "gtv"}``, read by ``nmkit.io.roi.read_named_label_map``), the
+case table ``dataset.csv`` (``nmkit.dataset``, one row per image; its predicted masks as mask references whose
+``reader`` is ``model:<bundle>@<version>[/<head>]``), and ``provenance.json``. So ``predict -> evaluate`` and
+``predict -> radiomics`` chain without editing a file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment images with a model bundle",
-                       description="Apply a model bundle to images (NIfTI/NRRD files, DICOM files or series folders, or a manifest's "
-                                   "test split) and write one NIfTI label map per image (and a DICOM SEG for DICOM input with --seg).")
-    p.add_argument("bundle", help="model bundle folder")
-    p.add_argument("inputs", nargs="+", help="image files/folders, or one manifest CSV")
+                       description="Apply a model bundle to images (NIfTI/NRRD files, DICOM files or series folders, or a case "
+                                   "table's split) and write one NIfTI label map per image with its label names, the case "
+                                   "table dataset.csv (for nmkit evaluate/radiomics), and a DICOM SEG for DICOM input with --seg.")
+    p.add_argument("bundle", help="model bundle folder, or the name of a shipped bundle (e.g. thyroid-unet2d)")
+    p.add_argument("inputs", nargs="+", help="image files/folders, or one case table CSV (nmkit dataset / manifest)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--split", default="test", help="manifest split to predict (default test)")
+    p.add_argument("--split", default=None,
+                   help="case table input: the split to predict ('all' for every row); default: test when the table has "
+                        "splits, else every row")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time left-right flip (averaged probabilities); default: what the bundle recommends")
     p.add_argument("--largest", action=argparse.BooleanOptionalAction, default=None,
@@ -24,63 +37,157 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
                    help="fill enclosed holes in each label; default: the bundle's recommendation")
     p.add_argument("--head", nargs="+", default=None, metavar="HEAD",
-                   help="multi-reader bundles: whose delineation to write (e.g. R2, or several, or 'all'); default: the bundle's "
-                        "default head. With several heads each mask is written as <case>_<head>.nii.gz")
+                   help="multi-reader bundles: whose delineation to write (e.g. R2, or several, or 'all'; all heads come from "
+                        "one forward pass); default: the bundle's default head. With several heads each mask is written "
+                        "as <case>_<head>.nii.gz")
     p.add_argument("--seg", action="store_true", help="also write DICOM SEG referencing the source series (DICOM input)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.set_defaults(func=run)
 
 
-def _inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    if len(args.inputs) == 1 and args.inputs[0].endswith(".csv"):
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in _VOLUME_SUFFIXES + (".dcm",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _unique_ids(paths: list[Path]) -> list[str]:
+    """One case id per input: the file's name without suffix; inputs of the same name (``case1/ANT.dcm``,
+    ``case2/ANT.dcm``) get their folder's name in front, and a number when that still repeats."""
+    stems = [_stem(p) for p in paths]
+    ids = [f"{p.resolve().parent.name}_{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+    seen: dict[str, int] = {}
+    out = []
+    for case_id in ids:
+        seen[case_id] = seen.get(case_id, 0) + 1
+        out.append(case_id if ids.count(case_id) == 1 else f"{case_id}_{seen[case_id]}")
+    return out
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, Path, dict[str, Any]]]:
+    """``(case id, image path, row of the input case table or {})`` per image to predict."""
+    if len(args.inputs) == 1 and args.inputs[0].lower().endswith(".csv"):
+        from ..errors import InputError
         from ..segment.data import read_manifest
 
-        table = read_manifest(args.inputs[0])
-        rows = table[table["split"] == args.split]
-        return [(str(r.case_id), Path(r.image)) for r in rows.itertuples()]
-    return [(Path(p).name.replace(".nii.gz", "").replace(".nii", "").replace(".dcm", ""), Path(p)) for p in args.inputs]
+        table = read_manifest(args.inputs[0], require=("image",))
+        has_splits = "split" in table.columns and (table["split"] != "").any()
+        split = args.split or ("test" if has_splits else "all")
+        if split != "all":
+            if not has_splits:
+                raise InputError(args.inputs[0], f"--split {split}: the case table has no split column")
+            table = table[table["split"] == split]
+            if table.empty:
+                raise InputError(args.inputs[0], f"no rows in split {split!r} (use --split all for every row)")
+        rows = table.to_dict(orient="records")
+        ids = [str(r["case_id"]) for r in rows]
+        if len(set(ids)) != len(ids):
+            ids = _unique_ids([Path(str(r["image"]).split(";")[0]) for r in rows])
+        return [(i, Path(str(r["image"])), r) for i, r in zip(ids, rows)]
+    paths = [Path(p) for p in args.inputs]
+    return [(i, p, {}) for i, p in zip(_unique_ids(paths), paths)]
+
+
+def reader_id(bundle, head: str | None) -> str:
+    """How a prediction names its reader in a case table: ``model:<name>@<version>[/<head>]``."""
+    return f"model:{bundle.name}@{bundle.version}" + (f"/{head}" if head else "")
+
+
+def _iso(date: Any, time: Any) -> str:
+    date, time = str(date or "").strip(), str(time or "").strip()
+    if len(date) != 8 or not date.isdigit():
+        return ""
+    iso = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    digits = time.split(".")[0]
+    return f"{iso}T{digits[:2]}:{digits[2:4]}:{digits[4:6]}" if len(digits) >= 6 and digits.isdigit() else iso
+
+
+def image_fields(image, source: dict[str, Any], case_id: str) -> dict[str, Any]:
+    """Contract columns for a predicted image: from the input table's row, else from the DICOM header, else blank.
+
+    ``patient_id`` falls back to the case id (one patient per image) when neither says who the patient is."""
+    meta = image.meta or {}
+    fields = {
+        "patient_id": meta.get("PatientID"), "study_uid": meta.get("StudyInstanceUID"), "series_uid": meta.get("SeriesInstanceUID"),
+        "study_date": meta.get("StudyDate"),
+        "acquisition_datetime": _iso(meta.get("AcquisitionDate") or meta.get("SeriesDate"), meta.get("AcquisitionTime") or meta.get("SeriesTime")),
+        "modality": meta.get("Modality") or getattr(image, "modality", None), "tracer": meta.get("Radiopharmaceutical"),
+        "series_description": meta.get("SeriesDescription"),
+    }
+    fields = {k: ("" if v is None else str(v).strip()) for k, v in fields.items()}
+    for key in list(fields) + ["time_point", "split", "fold"]:
+        value = source.get(key)
+        if value is not None and str(value).strip() != "":
+            fields[key] = value
+    if not fields["patient_id"]:
+        log.info("%s: no patient ID in the input; the case id stands for the patient", case_id)
+        fields["patient_id"] = case_id
+    return fields
+
+
+def _write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
+    """The label-name sidecar ``<case>.json`` next to a label map (``{"1": "gtv"}``)."""
+    import json
+
+    sidecar = mask_path.with_name(_stem(mask_path) + ".json")
+    sidecar.write_text(json.dumps({str(k): v for k, v in sorted(labels.items())}, indent=1))
+    return sidecar
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from ..dataset import MaskRef, new_table, write_dataset
     from ..io.volume_files import write_volume
     from ..provenance import provenance
     from ..segment.bundle import load_bundle
     from ..segment.data import load_image
-    from ..segment.infer import predict_image
+    from ..segment.infer import predict_heads
 
+    inputs = _inputs(args)  # a bad case table fails here, before the network is built
     bundle = load_bundle(args.bundle, device=args.device)
-    heads: list[str | None] = [None]
+    wanted: list[str | None] = [None]  # None: the bundle's default head (the only one of a single-head bundle)
     if args.head:
-        heads = list(bundle.heads or ()) if args.head == ["all"] else list(args.head)
-        for head in heads:
-            bundle.resolve_head(head)  # unknown head: a clear error before any case runs
+        wanted = list(bundle.heads or [None]) if args.head == ["all"] else list(args.head)
+    heads = list(dict.fromkeys(bundle.resolve_head(h) for h in wanted))  # unknown head: a clear error before any case runs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    done, failed = [], []
+    flips = None if args.tta is None else ((-1,) if args.tta else ())
+    done, failed, rows = [], [], []
     from tqdm.auto import tqdm
 
-    for case_id, path in tqdm(_inputs(args), desc="predict"):
+    for case_id, path, source in tqdm(inputs, desc="predict", unit="image"):
         try:
             image = load_image(path)
-            for head in heads:
-                mask = predict_image(bundle, image, flips=None if args.tta is None else ((-1,) if args.tta else ()),
-                                     keep_largest=args.largest, fill=args.fill_holes, head=head)
+            masks = predict_heads(bundle, image, heads, flips=flips, keep_largest=args.largest, fill=args.fill_holes)
+            refs, head_columns = [], {}
+            for head, mask in masks.items():
                 stem = case_id if len(heads) == 1 else f"{case_id}_{head}"
-                write_volume(mask, out / f"{stem}.nii.gz")
-                if args.seg and not str(path).endswith((".nii", ".nii.gz", ".nrrd")):
+                mask_path = write_volume(mask, out / f"{stem}.nii.gz")
+                _write_label_names(mask_path, bundle.labels)
+                refs += [MaskRef(file=str(mask_path.resolve()), kind="labelmap", label=value, structure=name,
+                                 reader=reader_id(bundle, head)) for value, name in sorted(bundle.labels.items())]
+                if args.head and head:
+                    head_columns[f"mask_{head}"] = str(mask_path.resolve())
+                if args.seg and not str(path).lower().endswith(_VOLUME_SUFFIXES):
                     from ..io.seg import write_seg
 
                     algorithm = bundle.name if head is None else f"{bundle.name} ({head})"
                     write_seg(mask, image, out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=bundle.version)
+            rows.append({"case_id": case_id, **image_fields(image, source, case_id), "image": str(path.resolve()),
+                         "masks": refs, "reader": reader_id(bundle, heads[0] if len(heads) == 1 else None), **head_columns})
             done.append(str(path))
         except Exception as exc:  # log and skip a bad case
             log.error("%s: %s", path, exc)
             failed.append({"input": str(path), "error": str(exc)})
-    record = provenance(config={"bundle": str(args.bundle), "heads": [bundle.resolve_head(h) for h in heads], "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
-                                                "bundle_postprocessing": bundle.description.get("postprocessing", {})}, inputs=done,
-                        model={"name": bundle.name, "version": bundle.version}, failed=failed)
+    config = {"bundle": str(bundle.path), "heads": heads, "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
+              "bundle_postprocessing": bundle.description.get("postprocessing", {})}
+    model = {"name": bundle.name, "version": bundle.version, "labels": {str(k): v for k, v in bundle.labels.items()}}
+    record = provenance(config=config, inputs=done, model=model, failed=failed)
     (out / "provenance.json").write_text(json.dumps(record, indent=2))
-    print(f"{len(done)} predicted, {len(failed)} failed -> {out}")
+    if rows:
+        write_dataset(new_table(rows), out / "dataset.csv", {"producer": "nmkit predict", "config": config, "model": model})
+    print(f"{len(done)} predicted, {len(failed)} failed -> {out}" + (f" (case table {out / 'dataset.csv'})" if rows else ""))
     return 0 if done or not failed else 1

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from .train import parse_labels
+from ..segment.names import LOSS_NAMES, NETWORK_NAMES, NORMALISATIONS
+from .train import label_item, parse_labels
+
+
+def variant_item(text: str) -> str:
+    """argparse type of one ``NETWORK[:LOSS]`` variant: both names from the registries (fails at parse time)."""
+    network, _, loss = text.partition(":")
+    if network not in NETWORK_NAMES:
+        raise argparse.ArgumentTypeError(f"{text!r}: network {network!r} is not one of {', '.join(NETWORK_NAMES)}")
+    if loss and loss not in LOSS_NAMES:
+        raise argparse.ArgumentTypeError(f"{text!r}: loss {loss!r} is not one of {', '.join(LOSS_NAMES)}")
+    return text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,14 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("manifest", help="dataset manifest CSV (image, mask, split)")
         q.add_argument("--out", required=True)
-        q.add_argument("--network", default="unet")
-        q.add_argument("--loss", default="dice-ce")
+        q.add_argument("--network", default="unet", choices=NETWORK_NAMES)
+        q.add_argument("--loss", default="dice-ce", choices=LOSS_NAMES)
         q.add_argument("--size", type=int, nargs="+", default=[128, 128])
-        q.add_argument("--normalisation", default="counts")
+        q.add_argument("--normalisation", default="counts", choices=NORMALISATIONS)
         q.add_argument("--epochs", type=int, default=30)
         q.add_argument("--batch-size", type=int, default=8)
         q.add_argument("--seed", type=int, default=1)
-        q.add_argument("--labels", nargs="+", default=["1=roi"])
+        q.add_argument("--labels", nargs="+", default=["1=roi"], type=label_item, metavar="VALUE=NAME")
         q.add_argument("--test-limit", type=int, default=None, help="evaluate on at most N test cases")
 
     lc = ss.add_parser("learning-curve", help="Dice vs number of training images, with bootstrap CIs")
@@ -32,19 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     cp = ss.add_parser("compare", help="several networks/losses: Dice, HD95, ASSD, parameters, training time")
     common(cp)
     cp.add_argument("--variants", nargs="+", default=["unet:dice-ce", "attention-unet:dice-ce", "hrnet:dice-ce", "unet:dice-boundary"],
-                    help="NETWORK:LOSS pairs")
+                    type=variant_item, help="NETWORK:LOSS pairs")
     cp.add_argument("--limit", type=int, default=None, help="training cases to use")
     cp.set_defaults(func=run_compare)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
 
-def _setup(args: argparse.Namespace):
+def _setup(args: argparse.Namespace, networks: list[str] | None = None):
+    from ..errors import InputError
     from ..segment.data import load_split, read_manifest
     from ..segment.preprocess import Preprocessing
     from ..segment.train import TrainConfig
+    from .train import check_network
 
-    table = read_manifest(args.manifest)
     dims = len(args.size)
+    if dims not in (2, 3):
+        raise InputError(None, f"--size needs 2 (2D) or 3 (3D) values; got {len(args.size)}")
+    n_classes = 1 + max(parse_labels(args.labels))
+    for network in dict.fromkeys(networks or [args.network]):  # every network buildable before any data is read
+        check_network(network, dims, tuple(args.size), n_classes)
+    table = read_manifest(args.manifest, require=("image", "split"))
     prep = Preprocessing(normalisation=args.normalisation, spatial_dims=dims, target_size=tuple(args.size) if dims == 2 else None,
                          patch_size=tuple(args.size) if dims == 3 else None)
     config = TrainConfig(network=args.network, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
@@ -67,7 +85,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..segment.data import load_split
     from ..segment.study import compare
 
-    table, prep, config, val, test = _setup(args)
+    table, prep, config, val, test = _setup(args, [item.partition(":")[0] for item in args.variants])
     variants = []
     for item in args.variants:
         network, _, loss = item.partition(":")

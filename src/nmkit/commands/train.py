@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import argparse
 
+from ..segment.names import BOUNDARY_SCHEDULES, LOSS_NAMES, NETWORK_NAMES, NORMALISATIONS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a segmentation network from a manifest (writes a model bundle)",
-                       description="Train a 2D/3D segmentation network on the train split of a manifest (columns image, mask, split), "
-                                   "validate on the val split, and write a bundle (safetensors + bundle.json + training log).")
-    p.add_argument("manifest", help="dataset manifest CSV (image, mask, split[, case_id])")
+    p = sub.add_parser("train", help="train a segmentation network from a case table (writes a model bundle)",
+                       description="Train a 2D/3D segmentation network on the train split of a case table (nmkit dataset: "
+                                   "image, a label-map mask, split), validate on the val split, and write a bundle "
+                                   "(safetensors + bundle.json + training log).")
+    p.add_argument("manifest", help="case table CSV (dataset.csv / manifest.csv: image, masks or mask, split)")
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--network", default="unet", help="unet | attention-unet | unetr | swin-unetr | hrnet")
-    p.add_argument("--loss", default="dice-ce", help="dice | dice-ce | dice-boundary")
-    p.add_argument("--boundary-schedule", default="increase", help="constant | increase | adaptive (dice-boundary only)")
+    p.add_argument("--network", default="unet", choices=NETWORK_NAMES, help="network (default unet)")
+    p.add_argument("--loss", default="dice-ce", choices=LOSS_NAMES, help="loss (default dice-ce)")
+    p.add_argument("--boundary-schedule", default="increase", choices=BOUNDARY_SCHEDULES,
+                   help="weight schedule of the boundary term (dice-boundary only; default increase)")
     p.add_argument("--dims", type=int, default=2, choices=(2, 3))
     p.add_argument("--size", type=int, nargs="+", default=None, help="2D: input size (e.g. 128 128); 3D: patch size")
-    p.add_argument("--normalisation", default="counts", help="counts | zscore | suv | window | percentile")
+    p.add_argument("--normalisation", default="counts", choices=NORMALISATIONS,
+                   help="intensity normalisation (default counts: Anscombe + percentile, for count images)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="use only the first N training cases (learning curves)")
-    p.add_argument("--labels", nargs="+", default=["1=roi"], help="label names, e.g. 1=thyroid 2=nodule")
+    p.add_argument("--labels", nargs="+", default=["1=roi"], type=label_item, metavar="VALUE=NAME",
+                   help="label values and names, e.g. 1=thyroid 2=nodule (names travel to predictions and evaluate)")
     p.add_argument("--name", default=None, help="bundle name (default: folder name)")
     p.add_argument("--version", default="1.0.0", help="bundle version")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
@@ -34,23 +40,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def label_item(text: str) -> str:
+    """argparse type of one ``VALUE=NAME`` label: a positive integer value and a non-empty name."""
+    value, sep, name = text.partition("=")
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0 or (sep and not name.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected VALUE=NAME with a positive integer value, e.g. 1=gtv")
+    return text
+
+
 def parse_labels(items: list[str]) -> dict[int, str]:
     labels = {}
     for item in items:
-        value, _, name = item.partition("=")
-        labels[int(value)] = name or f"label_{value}"
+        value, _, name = label_item(item).partition("=")
+        labels[int(value)] = name.strip() or f"label_{value}"
     return labels
 
 
+def check_network(network: str, dims: int, size: tuple[int, ...], out_channels: int, options: dict | None = None) -> None:
+    """Build the network once before any data is read: a listed network that cannot be built for this input (size not
+    divisible by its stride, a missing optional package, bad options) is one clear line naming ``--network``."""
+    from ..errors import InputError
+    from ..segment.nets import build_network, required_divisor
+
+    options = dict(options or {})
+    divisor = required_divisor(network, options)
+    if any(s % divisor for s in size):
+        raise InputError(None, f"--network {network} needs --size values divisible by {divisor}; got {' '.join(map(str, size))}")
+    try:
+        build_network(network, dims, 1, out_channels, img_size=size, **options)
+    except (ValueError, TypeError, ImportError, RuntimeError, AssertionError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(None, f"--network {network} cannot be built for {dims}D input {'x'.join(map(str, size))}: {detail}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..provenance import config_hash
     from ..segment.data import load_split, read_manifest
     from ..segment.preprocess import Preprocessing
     from ..segment.train import TrainConfig, train
-    from ..errors import InputError
-    from ..provenance import config_hash
 
-    table = read_manifest(args.manifest)
     size = tuple(args.size) if args.size else ((128, 128) if args.dims == 2 else (64, 64, 64))
+    if len(size) != args.dims:
+        raise InputError(None, f"--size needs {args.dims} values for --dims {args.dims}; got {' '.join(map(str, size))}")
     prep = Preprocessing(normalisation=args.normalisation, spatial_dims=args.dims,
                          target_size=size if args.dims == 2 else None, patch_size=size if args.dims == 3 else None)
     config = TrainConfig(network=args.network, loss=args.loss, boundary_schedule=args.boundary_schedule, epochs=args.epochs,
@@ -60,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config.resolved_default_head()  # a wrong --default-head fails before any training
     except ValueError as exc:
-        raise InputError(args.manifest, str(exc)) from exc
+        raise InputError(None, f"--default-head: {exc}") from exc
     if args.pretrained_diffusion:
         if args.dims != 2:
             raise InputError(args.pretrained_diffusion, "diffusion pre-training is for 2D networks (use --dims 2)")
@@ -69,9 +105,13 @@ def run(args: argparse.Namespace) -> int:
         config.network = "diffusion-unet"
         config.network_options = segnet_options(args.pretrained_diffusion)
         config.pretrained_diffusion = args.pretrained_diffusion
+    check_network(config.network, args.dims, size, (1 + max(config.labels)) * config.n_heads, config.network_options)
+    table = read_manifest(args.manifest, require=("image", "split"), heads=config.heads)  # data only after the options
     train_cases = load_split(table, "train", args.limit, heads=config.heads)
+    if not train_cases:
+        raise InputError(args.manifest, "no readable cases in split 'train'")
     val_cases = load_split(table, "val", heads=config.heads)
-    print(f"training {args.network} ({args.dims}D, loss {args.loss}) on {len(train_cases)} cases, validating on {len(val_cases)}")
+    print(f"training {config.network} ({args.dims}D, loss {args.loss}) on {len(train_cases)} cases, validating on {len(val_cases)}")
     summary = {"manifest": str(args.manifest), "manifest_hash": config_hash(table.to_dict(orient="list"))}
     out = train(train_cases, val_cases, prep, config, args.out, data_summary=summary)
     if args.name or args.version != "1.0.0":

@@ -166,26 +166,28 @@ def load_source(source: dict[str, Any]) -> list[TrainingImage]:
 
 
 def load_manifest(path: str | Path, split: str | None = "train", limit: int | None = None) -> list[TrainingImage]:
-    """Image/label pairs of a segmentation manifest (``nmkit manifest``); bad cases are logged and skipped."""
+    """Images (with their label map when the row has one) of a case table's split (``nmkit.dataset``; every row when
+    ``split`` is None); unreadable cases are logged and skipped."""
+    from ..dataset import single_label_map
     from ..segment.data import load_case, read_manifest
 
-    table = read_manifest(path)
+    table = read_manifest(path, require=("image", "split") if split else ("image",))
     if split:
         table = table[table["split"] == split]
     out: list[TrainingImage] = []
-    for row in table.itertuples():
+    for row in table.to_dict(orient="records"):
         if limit is not None and len(out) >= limit:
             break
+        mask = single_label_map(row, path)
         try:
-            mask = row.mask if isinstance(row.mask, str) and row.mask else None
-            case = load_case(row.image, mask, str(row.case_id))
+            case = load_case(row["image"], mask, str(row["case_id"]))
             if case.image.ndim_spatial != 2:
-                raise InputError(row.image, "expected a 2D image")
+                raise InputError(row["image"], "expected a 2D image")
             out.append(TrainingImage(name=case.case_id, image=case.image, label=case.label if mask else None))
         except Exception as exc:  # batch job: log and skip
-            log.warning("skipping case %s: %s", row.case_id, exc)
+            log.warning("skipping case %s: %s", row["case_id"], exc)
     if not out:
-        raise InputError(path, "no readable 2D cases in the manifest")
+        raise InputError(path, "no readable 2D cases in the manifest" + (f" (split {split!r})" if split else ""))
     return out
 
 

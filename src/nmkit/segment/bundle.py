@@ -124,19 +124,56 @@ def write_bundle(out_dir: str | Path, model: nn.Module, config: Any, prep: Prepr
     return out_dir
 
 
+def _shipped_root() -> Path:
+    return Path(__file__).resolve().parents[1] / "data" / "bundles"
+
+
 def shipped_bundle(name: str) -> Path | None:
     """Folder of a bundle shipped inside the package (``nmkit/data/bundles/<name>``), or None when absent."""
-    folder = Path(__file__).resolve().parents[1] / "data" / "bundles" / name
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    folder = _shipped_root() / name
     return folder if (folder / DESCRIPTION).exists() and (folder / WEIGHTS).exists() else None
 
 
+def shipped_bundle_names() -> list[str]:
+    """Names of the bundles shipped inside the package."""
+    root = _shipped_root()
+    return sorted(p.name for p in root.iterdir() if shipped_bundle(p.name)) if root.is_dir() else []
+
+
+def resolve_bundle(spec: str | Path) -> Path:
+    """The bundle folder a user named: an existing folder (or its ``bundle.json``), else a shipped bundle's name.
+
+    Anything else is an ``InputError`` that lists the shipped names, so ``nmkit predict thyroid-unet2d img.dcm``
+    works from any folder and a typo says what exists."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if path.is_file() and path.name == DESCRIPTION:
+        return path.parent
+    shipped = shipped_bundle(str(spec))
+    if shipped is not None:
+        return shipped
+    names = shipped_bundle_names()
+    listed = ", ".join(names) if names else "none"
+    what = "is a file, not a bundle folder" if path.exists() else "is neither a bundle folder nor a shipped bundle name"
+    raise InputError(path, f"{what}; shipped bundles: {listed}")
+
+
 def load_bundle(path: str | Path, device: str | torch.device | None = None) -> Bundle:
-    """Build the network described in ``bundle.json`` and load its safetensors weights."""
-    path = Path(path)
+    """Build the network described in ``bundle.json`` and load its safetensors weights.
+
+    ``path``: a bundle folder, or the name of a shipped bundle (:func:`resolve_bundle`)."""
+    path = resolve_bundle(path)
     desc_path = path / DESCRIPTION
     if not desc_path.exists():
-        raise InputError(path, f"not a model bundle ({DESCRIPTION} missing)")
-    description = json.loads(desc_path.read_text())
+        names = ", ".join(shipped_bundle_names()) or "none"
+        raise InputError(path, f"not a model bundle ({DESCRIPTION} missing); shipped bundles: {names}")
+    try:
+        description = json.loads(desc_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(desc_path, f"not a readable bundle description ({exc})") from exc
     if description.get("format") != BUNDLE_FORMAT:
         raise InputError(desc_path, f"unknown bundle format {description.get('format')!r}")
     net = description["network"]
@@ -145,7 +182,10 @@ def load_bundle(path: str | Path, device: str | torch.device | None = None) -> B
     weights = path / WEIGHTS
     if not weights.exists():
         raise InputError(path, f"{WEIGHTS} missing")
-    model.load_state_dict(load_weights(weights))
+    try:
+        model.load_state_dict(load_weights(weights))
+    except RuntimeError as exc:  # weights of another network than bundle.json describes
+        raise InputError(weights, f"weights do not fit the network in {DESCRIPTION}: {str(exc).splitlines()[0]}") from exc
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()

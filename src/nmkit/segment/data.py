@@ -1,8 +1,9 @@
-"""Training data from a dataset manifest: image/mask pairs with their split, loaded with geometry.
+"""Training data from a case table (``nmkit.dataset``, schema ``nmkit-dataset/1``): images with label maps and a split.
 
-A manifest is a CSV with at least the columns ``image`` and ``mask`` (paths, relative to the manifest's
-folder or absolute) and ``split`` (train / val / test); ``case_id`` and ``patient_id`` are used when
-present. Images may be NIfTI/NRRD or DICOM (any file our readers understand); masks are label maps.
+Tables are read ONLY through :func:`nmkit.dataset.read_dataset` (:func:`read_manifest` here delegates to it, with
+``split`` required where a split is needed), so a bad row fails with the row, column and file named. A row's mask is
+its one label-map file (:func:`nmkit.dataset.single_label_map`; RTSTRUCT/SEG must be converted with ``nmkit roi2mask``
+first). Images may be NIfTI/NRRD or DICOM (any file our readers understand).
 
 Several readers' masks of the same image (for a network with one output head per reader, see
 ``TrainConfig.heads``) go in columns ``mask_<head>``, e.g. ``mask_R1``, ``mask_R2``, ``mask_consensus``.
@@ -103,42 +104,70 @@ def head_mask_columns(table: pd.DataFrame, heads: Sequence[str]) -> dict[str, st
     return {h: f"mask_{h}" for h in heads}
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest CSV and resolve relative paths against its folder."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "manifest not found")
-    table = pd.read_csv(path)
-    missing = {"image", "split"} - set(table.columns)
-    if missing:
-        raise InputError(path, f"manifest lacks column(s) {sorted(missing)}")
-    if "mask" not in table.columns and not any(str(c).startswith("mask_") for c in table.columns):
-        raise InputError(path, "manifest lacks a 'mask' column (or per-reader 'mask_<head>' columns)")
-    base = path.parent
-    table.attrs["path"] = str(path)
-    for column in [c for c in table.columns if c in ("image", "mask") or str(c).startswith("mask_")]:
-        table[column] = [str(p if Path(str(p)).is_absolute() else base / str(p)) if isinstance(p, str) else p for p in table[column]]
-    if "case_id" not in table.columns:
-        table["case_id"] = [Path(p).stem.replace(".nii", "") for p in table["image"]]
-    return table
+def read_manifest(path: str | Path, require: Sequence[str] = ("image", "split"), heads: Sequence[str] | None = None,
+                  need_masks: bool = False, check_files: bool = True) -> pd.DataFrame:
+    """Read and validate a case table (``nmkit.dataset.read_dataset``): absolute paths, ``masks`` as ``MaskRef`` lists.
 
-
-def load_split(table: pd.DataFrame, split: str, limit: int | None = None, heads: Sequence[str] | None = None) -> list[Case]:
-    """Load the cases of one split; unreadable cases are logged and skipped.
-
-    ``heads``: load one mask per head from the columns ``mask_<head>`` (multi-reader training) instead of ``mask``.
+    ``require``: columns that must be non-blank in every row (``split`` for training/studies; ``("image",)`` when any
+    row will do). ``heads``: the ``mask_<head>`` columns must exist. ``need_masks``: every row must have a mask.
     """
+    from ..dataset import read_dataset
+
+    return read_dataset(path, require=tuple(require), need_masks=need_masks, check_files=check_files, heads=heads)
+
+
+def as_case_table(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``masks`` as ``MaskRef`` lists (a DataFrame built in code, e.g. by the demo, gets them from its
+    ``mask`` column); the row index is kept so errors can name the CSV line."""
+    from ..dataset import new_table
+
+    if "masks" in table.columns and all(isinstance(m, list) for m in table["masks"]):
+        return table
+    out = new_table(table.to_dict(orient="records")).set_axis(table.index)
+    out.attrs.update(table.attrs)
+    return out
+
+
+def _row_where(table: pd.DataFrame, index: object) -> str:
+    """``row N, `` (the CSV line, header = line 1) for a table read from a file; empty for one built in code."""
+    return f"row {int(index) + 2}, " if table.attrs.get("path") and isinstance(index, (int, np.integer)) else ""
+
+
+def load_split(table: pd.DataFrame, split: str, limit: int | None = None, heads: Sequence[str] | None = None,
+               need_masks: bool = True) -> list[Case]:
+    """Load the cases of one split; unreadable image/mask files are logged and skipped.
+
+    The mask is the row's one label map (``masks``/``mask``); ``heads``: one mask per head from the columns
+    ``mask_<head>`` (multi-reader training) instead. ``need_masks``: a row without a mask is an error naming its
+    row (training on an empty label would teach the network that nothing is there); otherwise its label is empty.
+    """
+    from ..dataset import single_label_map
+
     columns = head_mask_columns(table, heads) if heads else None
+    if "split" not in table.columns:
+        raise InputError(table.attrs.get("path"), f"the case table has no 'split' column; cannot select split {split!r}")
+    table = as_case_table(table)
+    where = table.attrs.get("path") or "case table"
     rows = table[table["split"] == split]
     if limit is not None:
         rows = rows.iloc[:limit]
     cases = []
-    for row in rows.to_dict(orient="records"):
+    for index, row in zip(rows.index, rows.to_dict(orient="records")):
+        case_id = str(row["case_id"])
+        if columns:
+            masks = {h: row.get(c) for h, c in columns.items()}
+            blank = [c for h, c in columns.items() if not isinstance(masks[h], str) or not masks[h].strip()]
+            if blank:
+                raise InputError(where, f"{_row_where(table, index)}column {blank[0]!r}: no mask for case {case_id!r}")
+        else:
+            mask = single_label_map(row, where)
+            if mask is None and need_masks:
+                raise InputError(where, f"{_row_where(table, index)}column 'masks': case {case_id!r} (split {split}) has no mask")
         try:
             if columns:
-                cases.append(load_multi_reader_case(row["image"], {h: row[c] for h, c in columns.items()}, str(row["case_id"])))
+                cases.append(load_multi_reader_case(row["image"], masks, case_id))
             else:
-                cases.append(load_case(row["image"], row["mask"], str(row["case_id"])))
-        except Exception as exc:  # a bad case never stops the cohort
-            log.warning("skipping case %s: %s", row["case_id"], exc)
+                cases.append(load_case(row["image"], mask, case_id))
+        except Exception as exc:  # an unreadable file never stops the cohort
+            log.warning("skipping case %s: %s", case_id, exc)
     return cases

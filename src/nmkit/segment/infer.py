@@ -93,13 +93,14 @@ def bundle_postprocessing(bundle) -> dict:
     return dict(description.get("postprocessing") or {})
 
 
-def predict_image(bundle, image: Image, flips: Sequence[int] | None = None, keep_largest: bool | None = None,
-                  fill: bool | None = None, head: str | None = None) -> Mask:
-    """Segment one image with a loaded bundle; returns a label map on the image's own grid.
+def predict_heads(bundle, image: Image, heads: Sequence[str | None] | None = None, flips: Sequence[int] | None = None,
+                  keep_largest: bool | None = None, fill: bool | None = None) -> dict[str | None, Mask]:
+    """Label maps of several output heads from ONE forward pass per test-time flip; ``{head: Mask}``.
 
-    ``flips``, ``keep_largest`` and ``fill`` (hole filling) default to the bundle's recommended post-processing.
-    ``head``: for a bundle with one output head per reader, whose delineation to produce (default: the bundle's
-    ``default_head``, usually the readers' consensus).
+    A multi-head network computes every head in the same pass, so asking for all readers' delineations costs as much
+    as asking for one. ``heads``: head names (``None`` = the bundle's default head; a single-head bundle has only
+    ``None``); default: the default head. ``flips``, ``keep_largest`` and ``fill`` (hole filling) default to the
+    bundle's recommended post-processing. Each mask is on the image's own grid and carries the bundle's label names.
     """
     from .data import squeeze_planar
 
@@ -107,19 +108,36 @@ def predict_image(bundle, image: Image, flips: Sequence[int] | None = None, keep
     flips = tuple(defaults.get("flips", ())) if flips is None else tuple(flips)
     keep_largest = bool(defaults.get("keep_largest", False)) if keep_largest is None else keep_largest
     fill = bool(defaults.get("fill_holes", False)) if fill is None else fill
+    names = list(dict.fromkeys(bundle.resolve_head(h) for h in (heads if heads else [None])))  # unknown head: error first
     image2 = squeeze_planar(image)
     device = next(bundle.model.parameters()).device
-    head_name = bundle.resolve_head(head)
-    labels = predict_array(bundle.model, image2.array, bundle.preprocessing, device, bundle.n_classes, flips,
-                           n_heads=bundle.n_heads, head=bundle.head_index(head_name))
-    if keep_largest:
-        labels = largest_component(labels, list(bundle.labels))
-    if fill:
-        labels = fill_holes(labels, list(bundle.labels))
-    if image2 is not image:  # back onto the caller's (one-slice 3D) grid
-        labels = labels[None]
-    mask = Mask.like(image, labels, labels=bundle.labels)
-    mask.meta.update({"model_name": bundle.name, "model_version": bundle.version, "head": head_name,
-                      "postprocessing": {"flips": list(flips), "keep_largest": keep_largest, "fill_holes": fill},
-                      "SeriesInstanceUID": image.meta.get("SeriesInstanceUID"), "source_files": image.meta.get("source_files")})
-    return mask
+    every_head = predict_array(bundle.model, image2.array, bundle.preprocessing, device, bundle.n_classes, flips,
+                               n_heads=bundle.n_heads, head=None)
+    masks: dict[str | None, Mask] = {}
+    for name in names:
+        labels = every_head[bundle.head_index(name)]
+        if keep_largest:
+            labels = largest_component(labels, list(bundle.labels))
+        if fill:
+            labels = fill_holes(labels, list(bundle.labels))
+        if image2 is not image:  # back onto the caller's (one-slice 3D) grid
+            labels = labels[None]
+        mask = Mask.like(image, labels, labels=bundle.labels)
+        mask.meta.update({"model_name": bundle.name, "model_version": bundle.version, "head": name,
+                          "postprocessing": {"flips": list(flips), "keep_largest": keep_largest, "fill_holes": fill},
+                          "SeriesInstanceUID": image.meta.get("SeriesInstanceUID"), "source_files": image.meta.get("source_files")})
+        masks[name] = mask
+    return masks
+
+
+def predict_image(bundle, image: Image, flips: Sequence[int] | None = None, keep_largest: bool | None = None,
+                  fill: bool | None = None, head: str | None = None) -> Mask:
+    """Segment one image with a loaded bundle; returns a label map on the image's own grid.
+
+    ``flips``, ``keep_largest`` and ``fill`` (hole filling) default to the bundle's recommended post-processing.
+    ``head``: for a bundle with one output head per reader, whose delineation to produce (default: the bundle's
+    ``default_head``, usually the readers' consensus). For several heads of one image use :func:`predict_heads`
+    (one forward pass for all of them).
+    """
+    masks = predict_heads(bundle, image, [head], flips=flips, keep_largest=keep_largest, fill=fill)
+    return next(iter(masks.values()))

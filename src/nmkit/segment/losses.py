@@ -19,7 +19,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-LOSS_NAMES = ("dice", "dice-ce", "dice-boundary")
+from .names import BOUNDARY_SCHEDULES, LOSS_NAMES
 
 
 def signed_distance_map(target: np.ndarray, spacing: tuple[float, ...] | None = None) -> np.ndarray:
@@ -72,8 +72,8 @@ class WeightSchedule:
     """Weight ``a`` of the boundary term per epoch (see module docstring)."""
 
     def __init__(self, kind: str = "increase", start: float = 0.01, step: float = 0.01, maximum: float = 0.5):
-        if kind not in ("constant", "increase", "adaptive"):
-            raise ValueError("schedule must be constant, increase or adaptive")
+        if kind not in BOUNDARY_SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(BOUNDARY_SCHEDULES)}")
         self.kind, self.start, self.step, self.maximum = kind, start, step, maximum
         self.value = start
         self._best_dice = -np.inf

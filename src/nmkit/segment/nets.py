@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-NETWORK_NAMES = ("unet", "attention-unet", "unetr", "swin-unetr", "hrnet", "diffusion-unet")
+from .names import NETWORK_NAMES  # the registry of names (torch-free, so the CLI can offer them as choices)
 
 
 def _conv(dims: int):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-NORMALISATIONS = ("counts", "peak", "zscore", "suv", "window", "percentile")
+from .names import NORMALISATIONS
 
 
 @dataclass
