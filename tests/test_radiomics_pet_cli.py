@@ -121,6 +121,29 @@ def test_units_and_per_patient_summary(fdg_run):
         np.testing.assert_allclose(p[col], by_patient.loc[p.index, src])
 
 
+def test_pet_native_preset_agrees_with_ibsi_features_on_the_native_grid(catalog, fdg_run, tmp_path, capsys):
+    """Without resampling the IBSI features are on the PET grid: stat_max = SUVmax, the IBSI global intensity peak =
+    SUVpeak (two implementations), voxel-counting volume = MTV; --diagnostics adds the IBSI diagnostics."""
+    import pandas as pd
+
+    from nmkit.cli import main
+
+    out = tmp_path / "native.csv"
+    assert main(["radiomics", "--catalog", str(catalog["db"]), "--tracer", "FDG", "--roi", "1", "--suv", "bw",
+                 "--preset", "pet-native", "--diagnostics", "--no-progress", "--out", str(out)]) == 0
+    t = pd.read_csv(out)
+    np.testing.assert_allclose(t.stat_max, t.native_suv_max, rtol=1e-6)
+    np.testing.assert_allclose(t.loc_peak_glob, t.native_suv_peak, rtol=1e-6)
+    np.testing.assert_allclose(t.morph_vol_approx_ml, t.mtv_ml, rtol=1e-9)
+    np.testing.assert_allclose(t.native_suv_max, fdg_run["table"].native_suv_max, rtol=1e-9)  # same as lifex-pet
+    assert list(t.int_mask_vox_count_init_roi) == list(t.native_voxels) and set(t.segment_number) == {1}
+    units = json.loads(Path(str(out) + ".units.json").read_text())["columns"]
+    assert units["int_mask_vox_count_init_roi"] == "voxels" and units["vox_dim_x_init_img"] == "mm"
+    assert main(["radiomics", "--catalog", str(catalog["db"]), "--preset", "ibsi-c", "--per-patient",
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert "--per-patient needs the native PET numbers" in capsys.readouterr().err
+
+
 def test_roi_name_that_matches_nothing_lists_the_structures(catalog, tmp_path, capsys):
     from nmkit.cli import main
 

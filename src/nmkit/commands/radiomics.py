@@ -18,10 +18,11 @@ ROIs: every structure of an RTSTRUCT/SEG gets its own row, told apart by ``segme
 (``3``), glob (``'GTV*'``, quote it) or name (exact, else case-insensitive; a repeated name selects all); a selector
 that matches nothing stops with the structures found listed.
 
-PET presets (lifex-pet) add the clinical numbers on the PET's own grid, before any resampling: native_suv_max,
-native_suv_mean, native_suv_peak (1 cm^3 sphere, voxel-centred), mtv_ml and tlg_g; the IBSI stat_* features are
-those of the resampled grid. ``--per-patient`` also writes one row per patient and scan (patient SUVmax, SUVpeak,
-total MTV ml, total TLG g, lesion count) to ``<out stem>.patients.csv``.
+PET presets (lifex-pet, pet-native) add the clinical numbers on the PET's own grid, before any resampling:
+native_suv_max, native_suv_mean, native_suv_peak (1 cm^3 sphere, voxel-centred), mtv_ml and tlg_g; the IBSI stat_*
+features are those of the processed grid (lifex-pet: 2 mm resampled; pet-native: no resampling, no texture).
+``--per-patient`` also writes one row per patient and scan (patient SUVmax, SUVpeak, total MTV ml, total TLG g,
+lesion count) to ``<out stem>.patients.csv``.
 
 Units: ``<out>.units.json`` gives the unit of every numeric column (``"1"`` = dimensionless; morphology in mm/mm^2/
 mm^3 as IBSI defines it, with ``morph_volume_ml`` next to ``morph_volume``; intensities in the image's units, the
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
     p.add_argument("--tracer", help="with --catalog: radiopharmaceutical or radionuclide (FDG, PSMA, DOTATATE, Lu-177, ...)")
     p.add_argument("--series-description", metavar="GLOB", help="with --catalog: series description glob, case-insensitive ('*AC*')")
     cfg = p.add_mutually_exclusive_group()
-    cfg.add_argument("--preset", help="shipped preset: ibsi-a..ibsi-e, ibsi-digital-phantom, lifex-pet")
+    cfg.add_argument("--preset", help="shipped preset: ibsi-a..ibsi-e, ibsi-digital-phantom, lifex-pet, pet-native")
     cfg.add_argument("--config", help="YAML config file (may start from a preset with 'base: ibsi-c')")
     p.add_argument("--suv", choices=["bw", "lbm"], help="convert DICOM PET images to SUV (other modalities are left as they are)")
     p.add_argument("--format", choices=["wide", "long"], default="wide",
@@ -167,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise InputError(None, f"--workers must be >= 1, got {args.workers}")
     config = load_config(args.config or args.preset or "ibsi-c")
+    if args.per_patient is not None and not config.native_pet:
+        raise InputError(None, f"--per-patient needs the native PET numbers, which config {config.name!r} does not compute: "
+                               "use --preset lifex-pet or 'native_pet: true' in the config")
     out = Path(args.out)
     failures: list = []
     selection: dict = {}

@@ -206,14 +206,16 @@ def _load_numbers(file: str, image, numbers: Mapping[int, str]):
     from ..io.roi import load_rois
 
     if "roi_numbers" in inspect.signature(load_rois).parameters:
-        mask = load_rois(file, image, roi_numbers=sorted(numbers))
-    else:
-        mask = load_rois(file, image, roi_names=sorted(set(numbers.values())))
-    if all(mask.labels.get(n) == name for n, name in numbers.items()):
-        return mask, {n: n for n in numbers}
+        return load_rois(file, image, roi_numbers=sorted(numbers)), {n: n for n in numbers}
+    mask = load_rois(file, image, roi_names=sorted(set(numbers.values())))
+    if mask.meta.get("roi_format") != "RTSTRUCT":
+        return mask, {n: n for n in numbers}  # SEG layers are labelled by segment number
     wanted = {name.lower() for name in numbers.values()}
-    in_order = [n for n, name in _roi_numbers(file, "rtstruct").items() if name.lower() in wanted]
-    return mask, {n: in_order.index(n) + 1 for n in numbers}
+    header = _roi_numbers(file, "rtstruct")
+    in_order = [n for n, name in header.items() if name.lower() in wanted]
+    if set(mask.labels) == set(in_order) and all(mask.labels[n] == header[n] for n in in_order):  # values = ROI numbers
+        return mask, {n: n for n in numbers}
+    return mask, {n: in_order.index(n) + 1 for n in numbers}  # older reader: layers 1..n in StructureSetROI order
 
 
 def case_masks(case: Mapping[str, Any]) -> list[Any]:

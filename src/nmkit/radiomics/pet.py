@@ -5,6 +5,8 @@
   PERCIST/IBSI local intensity peak. One FFT convolution gives the sphere mean at every voxel.
 * MTV: volume (ml) of ROI voxels at or above an absolute SUV threshold (default 2.5) or a fraction of the ROI
   SUVmax (default 41% and 50%); TLG = SUVmean x MTV of the same voxels.
+* ``native_pet_features``: the numbers the PET presets (``native_pet: true``) add to every radiomics row, on the
+  image's own grid before any resampling: SUVmax/mean/min/std/peak, voxel count, MTV (ml) and TLG (g).
 * ``label_statistics``: count, volume, mean, SD, min, max, median, p95, sum and total (sum x voxel volume, e.g.
   Bq/ml -> Bq) for every label of a whole-body label map in a few vectorised passes (bincount + one sort).
 """

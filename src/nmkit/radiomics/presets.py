@@ -1,7 +1,8 @@
 """Named radiomics presets (``presets/*.yaml`` shipped with nmkit) and user YAML configuration files.
 
 Shipped: ``ibsi-digital-phantom``, ``ibsi-a`` .. ``ibsi-e`` (IBSI-1 reference configurations, see
-ibsi1_configs.md) and ``lifex-pet`` (LIFEx-like PET settings, documented in its YAML file).
+ibsi1_configs.md), ``lifex-pet`` (LIFEx-like PET settings) and ``pet-native`` (clinical PET numbers and first-order
+features on the PET's own grid, no texture); the PET presets set ``native_pet`` (documented in their YAML files).
 """
 
 from __future__ import annotations
