@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "with segment number, structure name and label value), roi_summary.csv (voxels, volume_ml) and "
                                    "roi_summary.json (provenance, SUV factors, failures). Files that cannot be converted are "
                                    "reported and skipped.")
-    p.add_argument("in_dir", help="folder with DICOM images and ROI files")
+    p.add_argument("in_dir", help="folder with DICOM images and ROI files, or a case table (nmkit-dataset/1 CSV, e.g. from "
+                                  "`nmkit query --format dataset` or `nmkit manifest --db`) whose rows name the images "
+                                  "and their RTSTRUCT/SEG files")
     p.add_argument("out_dir", help="output folder (created)")
     p.add_argument("--roi", action="append", dest="rois", metavar="SELECTOR",
                    help="convert only these structures: an ROI/segment number (3), a glob (GTV*) or a name (exact, else "
@@ -35,18 +37,24 @@ def case_table(cases: list[dict]):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dataset import write_dataset
-    from ..io.roi import convert_folder
+    from pathlib import Path
 
-    summary = convert_folder(args.in_dir, args.out_dir, selector=args.rois, suv=args.suv)
+    from ..dataset import read_dataset, write_dataset
+    from ..io.roi import convert_cases, convert_folder
+
+    source = Path(args.in_dir)
+    if source.is_file() and source.suffix.lower() in (".csv", ".json"):
+        table = read_dataset(source)
+        summary = convert_cases(table.to_dict(orient="records"), args.out_dir, selector=args.rois, suv=args.suv,
+                                source=source)
+    else:
+        summary = convert_folder(args.in_dir, args.out_dir, selector=args.rois, suv=args.suv)
     rows, failed, cases = summary["converted"], summary["failed"], summary["cases"]
     for row in rows:
         print(f"{row['case'] + '/' + row['roi_name']:<50} #{row['segment']:<3} {row['voxels']:>10d} voxels {row['volume_ml']:>12.3f} ml  "
               f"{row['mask_file']}")
     for item in failed:
         print(f"FAILED {item['file']}: {item['error']}")
-    from pathlib import Path
-
     out = Path(args.out_dir)
     table_file = out / "dataset.csv"
     if cases:

@@ -592,10 +592,7 @@ def convert_folder(in_dir: str | Path, out_dir: str | Path, roi_names: Sequence[
     ``cases`` holds one row per image in the ``nmkit.dataset`` contract (``masks`` as dicts of MaskRef fields).
     A file that cannot be converted is logged and listed under ``failed``; the others are still converted.
     """
-    import csv
-
     from ..errors import NmkitError
-    from ..provenance import library_versions, provenance
 
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
@@ -617,8 +614,87 @@ def convert_folder(in_dir: str | Path, out_dir: str | Path, roi_names: Sequence[
         except Exception as exc:  # a malformed header must not stop the batch; record what broke
             log.warning("skipping %s: unexpected %s: %s", path, type(exc).__name__, exc)
             failed.append({"file": str(path), "error": f"{type(exc).__name__}: {exc}"})
-    targets = list(planner.targets.values())
-    assign_time_points(targets)
+    return _convert_targets(list(planner.targets.values()), out_dir, roi_names, selector, suv, failed,
+                            config={"command": "roi2mask", "in_dir": str(in_dir)}, inputs=[str(p) for p, _ in roi_files])
+
+
+def convert_cases(cases: Sequence[Mapping], out_dir: str | Path, selector: str | Sequence[str] | None = None,
+                  suv: str | None = None, source: str | Path | None = None) -> dict:
+    """``convert_folder`` for the rows of a case table (``nmkit.dataset``): each row's image (DICOM folder or
+    ``;``-separated files; ``series_uid`` picks the series in a folder holding several) and its RTSTRUCT/SEG/polygon
+    masks (``masks``: ``MaskRef`` objects or dicts; label-map masks are already masks and are left out).
+    Row facts (patient, tracer, time point ...) fill what the headers lack. Returns what ``convert_folder`` returns."""
+    from .dicom_series import scan_series
+
+    out_dir = Path(out_dir)
+    if suv not in (None, "bw", "lbm"):
+        raise InputError(None, f"--suv must be 'bw' or 'lbm', got {suv!r}")
+    failed: list[dict] = []
+    targets: list[_Target] = []
+    inputs: list[str] = []
+    for number, row in enumerate(cases, start=1):
+        where = row.get("image") or f"row {number}"
+        try:
+            masks = [m if isinstance(m, Mapping) else m.to_dict() for m in (row.get("masks") or [])]
+            rois = [(Path(m["file"]), m.get("kind") or detect_roi_kind(m["file"])) for m in masks]
+            rois = [(f, k) for f, k in rois if k in ("rtstruct", "seg", "polygons")]
+            if not rois:
+                log.info("%s: no RTSTRUCT/SEG/polygon mask to convert", where)
+                continue
+            image = str(row.get("image") or "")
+            paths = [Path(p.strip()) for p in image.split(";") if p.strip()]
+            if len(paths) == 1 and is_volume_file(paths[0]):
+                target = _Target(str(paths[0].resolve()), volume=paths[0], facts={})
+            else:
+                if len(paths) == 1 and paths[0].is_dir():
+                    found = scan_series(paths[0])
+                    uid = str(row.get("series_uid") or "")
+                    if uid not in found:
+                        images = [u for u, e in found.items() if e.modality.upper() not in NON_IMAGE_MODALITIES]
+                        if len(images) != 1:
+                            raise InputError(paths[0], f"holds {len(images)} image series; give series_uid in the case table")
+                        uid = images[0]
+                    files = list(found[uid].files)
+                else:
+                    files = paths
+                missing = [f for f in files if not Path(f).is_file()]
+                if not files or missing:
+                    raise InputError(missing[0] if missing else where, "image file does not exist")
+                import pydicom
+
+                facts = _header_facts(pydicom.dcmread(str(files[0]), stop_before_pixels=True), str(row.get("series_uid") or ""))
+                target = _Target(facts.get("series_uid") or str(files[0]), files=files, facts=facts)
+            for key in ("patient_id", "study_uid", "series_uid", "study_date", "acquisition_datetime", "modality", "tracer",
+                        "series_description"):
+                if not target.facts.get(key) and str(row.get(key) or "").strip():
+                    target.facts[key] = str(row[key]).strip()
+            target.rois = rois
+            target.time_point = str(row.get("time_point") or "").strip()
+            targets.append(target)
+            inputs += [str(f) for f, _ in rois]
+        except Exception as exc:  # batch job: one bad row never stops the others
+            log.warning("skipping row %d (%s): %s", number, where, exc)
+            failed.append({"file": str(where), "error": str(exc)})
+    if not targets and not failed:
+        raise InputError(source, "no row of the case table has an RTSTRUCT, SEG or polygon mask to convert")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not any(t.time_point for t in targets):
+        assign_time_points(targets)
+    return _convert_targets(targets, out_dir, None, selector, suv, failed,
+                            config={"command": "roi2mask", "case_table": str(source or "")}, inputs=inputs,
+                            time_points_given=True)
+
+
+def _convert_targets(targets: list[_Target], out_dir: Path, roi_names: Sequence[str] | None,
+                     selector: str | Sequence[str] | None, suv: str | None, failed: list[dict], config: dict,
+                     inputs: list[str], time_points_given: bool = False) -> dict:
+    """Convert planned targets (shared by ``convert_folder`` and ``convert_cases``) and write the summaries."""
+    import csv
+
+    from ..provenance import library_versions, provenance
+
+    if not time_points_given:
+        assign_time_points(targets)
     case_folder_names(targets)
     rows: list[dict] = []
     cases: list[dict] = []
@@ -637,9 +713,9 @@ def convert_folder(in_dir: str | Path, out_dir: str | Path, roi_names: Sequence[
         writer = csv.DictWriter(fh, fieldnames=list(SUMMARY_COLUMNS))
         writer.writeheader()
         writer.writerows([{c: r.get(c, "") for c in SUMMARY_COLUMNS} for r in rows])
-    config = {"command": "roi2mask", "in_dir": str(in_dir), "roi_names": list(roi_names) if roi_names else None,
+    config = {**config, "roi_names": list(roi_names) if roi_names else None,
               "selector": selector if selector is None or isinstance(selector, str) else list(selector), "suv": suv}
-    record = provenance(config, inputs=[str(p) for p, _ in roi_files],
+    record = provenance(config, inputs=inputs,
                         libraries=library_versions(("numpy", "SimpleITK", "pydicom", "highdicom")))
     summary = {"provenance": record, "units": {"voxels": "count", "volume_ml": "ml"}, "suv_factors": suv_record,
                "converted": rows, "failed": failed}
