@@ -17,8 +17,12 @@ def register(subparsers) -> None:
                     "infinite - one mask empty - or undefined) and a provenance JSON sidecar (<out>.json). Bad pairs "
                     "are logged and skipped.",
     )
-    p.add_argument("--pred", required=True, help="predicted label map file, or folder of them")
-    p.add_argument("--truth", required=True, help="reference label map file, or folder (files matched by name)")
+    p.add_argument("--pred", required=True, help="predicted label map file, folder of them, or a case table (dataset.csv "
+                                                 "from predict/roi2mask/manifest)")
+    p.add_argument("--truth", required=True, help="reference label map file, folder (files matched by name), or a case "
+                                                  "table (rows matched by series UID, else patient/modality/time point)")
+    p.add_argument("--pred-roi", default=None, metavar="SELECTOR", help="case tables: prediction structures (number, glob, name)")
+    p.add_argument("--truth-roi", default=None, metavar="SELECTOR", help="case tables: truth structures (number, glob, name)")
     p.add_argument("--out", required=True, help="output CSV path")
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="tolerance of the normalised surface Dice (default 2 mm)")
     p.add_argument("--method", choices=("surface-distance", "voxel"), default="surface-distance",
@@ -35,15 +39,19 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..metrics.evaluate import evaluate_cases, pair_files, summarise, summary_table
+    from ..metrics.evaluate import (evaluate_cases, is_case_table, pair_case_tables, pair_files, read_mask_or_ref, summarise,
+                                    summary_table)
     from ..provenance import library_versions, provenance
 
-    pairs = pair_files(args.pred, args.truth)
+    if is_case_table(args.pred) or is_case_table(args.truth):
+        pairs = pair_case_tables(args.pred, args.truth, pred_roi=args.pred_roi, truth_roi=args.truth_roi)
+    else:
+        pairs = pair_files(args.pred, args.truth)
     options = {"tolerance_mm": args.tolerance_mm, "method": args.method, "lesions": args.lesions, "connectivity": args.connectivity}
     if args.labels:
         options["labels"] = args.labels
     details: list | None = [] if (args.lesions and args.lesion_table) else None
-    df = evaluate_cases(pairs, resample=args.resample, **options, **({"lesion_details": details} if details is not None else {}))
+    df = evaluate_cases(pairs, reader=read_mask_or_ref, resample=args.resample, **options, **({"lesion_details": details} if details is not None else {}))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
@@ -56,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     summary_table(df).to_csv(summary_path, index=False)
     summary = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summarise(df).items()}
     config = {"command": "evaluate", "pred": str(args.pred), "truth": str(args.truth), "resample": args.resample, **options}
-    record = provenance(config, [str(p) for _, p, t in pairs] + [str(t) for _, p, t in pairs],
+    record = provenance(config, [str(getattr(p, "file", p)) for _, p, t in pairs] + [str(getattr(t, "file", t)) for _, p, t in pairs],
                         skipped=df.attrs.get("skipped", {}), summary=summary, summary_file=str(summary_path), libraries=library_versions(("numpy", "scipy", "SimpleITK", "pandas")))
     Path(str(out) + ".json").write_text(json.dumps(record, indent=2, default=str))
     n_ok = df["case"].nunique() if len(df) else 0

@@ -269,3 +269,93 @@ def pair_files(pred: str | Path, truth: str | Path) -> list[tuple[str, Path, Pat
     if not pairs:
         raise InputError(truth, f"no file names in common with {pred}")
     return pairs
+
+
+# ----- case tables (nmkit.dataset) ---------------------------------------------------------------------------------
+def is_case_table(path: str | Path) -> bool:
+    """A CSV/JSON file (a case table), as opposed to a label-map file or a folder of them."""
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in (".csv", ".json")
+
+
+def _row_keys(row: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """How rows of two tables find each other: the series UID when both know it, else patient + modality + time point."""
+    keys: list[tuple[str, ...]] = []
+    series = str(row.get("series_uid") or "").strip()
+    if series:
+        keys.append(("series", series))
+    keys.append(("patient", str(row.get("patient_id") or ""), str(row.get("modality") or "").upper(),
+                 str(row.get("time_point") or "")))
+    return keys
+
+
+def mask_of_ref(ref: Any) -> Mask:
+    """One structure of a case table's mask reference as a one-label mask ``{1: structure name}``."""
+    from ..io.image import Mask as MaskType
+
+    if ref.kind != "labelmap":
+        raise InputError(ref.file, f"is a {ref.kind.upper()}; convert it to label maps first with `nmkit roi2mask`")
+    mask = read_mask(ref.file)
+    if ref.label is not None:
+        layer = mask.binary(ref.label)
+        default = mask.labels.get(ref.label, f"label_{ref.label}")
+    else:
+        layer = mask.binary()
+        default = ",".join(mask.labels.values()) or "foreground"
+    name = ref.structure or default
+    return MaskType.like(mask, layer.astype(np.uint8), labels={1: name})
+
+
+def pair_case_tables(pred: str | Path, truth: str | Path, pred_roi: str | None = None,
+                     truth_roi: str | None = None) -> list[tuple[str, Any, Any]]:
+    """Pairs ``(case, pred MaskRef, truth MaskRef)`` from two case tables (``nmkit.dataset``).
+
+    Rows match by series UID, else by patient, modality and time point. Within a row pair, the truth's masks
+    (``truth_roi`` selects structures by number, glob or name) meet the prediction's masks of the same structure
+    name; when each side has a single mask (after selection), those two meet whatever their names."""
+    from ..dataset import read_dataset
+    from ..io.roi_select import select_rois
+
+    tables = {}
+    for option, path in (("--pred", pred), ("--truth", truth)):
+        tables[option] = read_dataset(path, need_masks=True)
+    preds: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    for row in tables["--pred"].to_dict(orient="records"):
+        for key in _row_keys(row):
+            preds.setdefault(key, row)
+
+    def chosen(refs: list, selector: str | None, where: Any) -> list:
+        if not selector:
+            return list(refs)
+        names = {i: (r.structure or Path(r.file).name) for i, r in enumerate(refs, start=1)}
+        return [refs[i - 1] for i in select_rois(names, selector, where)]
+
+    pairs: list[tuple[str, Any, Any]] = []
+    for row in tables["--truth"].to_dict(orient="records"):
+        other = next((preds[k] for k in _row_keys(row) if k in preds), None)
+        if other is None:
+            log.warning("no prediction row for truth case %s (%s)", row["case_id"], row["image"])
+            continue
+        truth_refs = chosen(row["masks"], truth_roi, truth)
+        pred_refs = chosen(other["masks"], pred_roi, pred)
+        if len(truth_refs) == 1 and len(pred_refs) == 1:
+            pairs.append((str(row["case_id"]), pred_refs[0], truth_refs[0]))
+            continue
+        by_name = {(r.structure or "").lower(): r for r in pred_refs}
+        for ref in truth_refs:
+            match = by_name.get((ref.structure or "").lower())
+            if match is None:
+                log.warning("case %s: no predicted structure %r", row["case_id"], ref.structure)
+                continue
+            pairs.append((f"{row['case_id']}:{ref.structure}", match, ref))
+    if not pairs:
+        raise InputError(truth, f"no case of {truth} pairs with a case of {pred} (rows match by series UID, else "
+                                "patient, modality and time point; structures by name: use --truth-roi/--pred-roi)")
+    return pairs
+
+
+def read_mask_or_ref(item: Any) -> Mask:
+    """The reader ``evaluate_cases`` needs for files and case-table mask references alike."""
+    if hasattr(item, "kind") and hasattr(item, "file"):
+        return mask_of_ref(item)
+    return read_mask(item)
