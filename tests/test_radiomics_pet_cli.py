@@ -237,3 +237,46 @@ def test_diagnostics_match_ibsi_reference_config_c(external_data):
         if not any(close):
             bad.append(f"{tag}: {x} vs {value} +- {tol}")
     assert len(ref) >= 60 and not bad, bad
+
+
+def test_roi2mask_case_table_to_radiomics_by_segment_number(catalog, fdg_run, tmp_path):
+    """roi2mask (SUV NIfTI + one mask per segment + dataset.csv) -> radiomics --manifest: a QIN-style SEG whose
+    segments 2 and 3 share a label keeps them apart by number, with the DICOM run's SUV numbers."""
+    import pandas as pd
+
+    from nmkit.cli import main
+    from nmkit.dataset import MaskRef, new_table, write_dataset
+    from nmkit.io.image import Mask
+    from nmkit.io.reader import read_image
+    from nmkit.io.roi import load_rois
+    from nmkit.io.seg import write_seg
+
+    series = catalog["sts"] / "STS_002" / "PET" / "dicom"
+    image = read_image(series / "image")
+    gtv = load_rois(next((series / "mask").glob("*.dcm")), image).binary()
+    z = np.nonzero(gtv.any(axis=(1, 2)))[0]
+    lower = gtv.copy()
+    lower[z[len(z) // 2]:] = False
+    seg = tmp_path / "seg.dcm"
+    write_seg(Mask.like(image, np.stack([gtv, lower, gtv & ~lower]),
+                        labels={1: "Neoplasm, Primary", 2: "Neoplasm, Secondary", 3: "Neoplasm, Secondary"}, overlapping=True),
+              image, seg)
+    cases = tmp_path / "cases.csv"
+    write_dataset(new_table([{"patient_id": "STS_002", "image": str(series / "image"),
+                              "masks": [MaskRef(file=str(seg), kind="seg")]}]), cases, {"producer": "test"})
+    converted = tmp_path / "masks"
+    assert main(["roi2mask", str(cases), str(converted), "--suv", "bw"]) == 0
+    out = tmp_path / "r.csv"
+    assert main(["radiomics", "--manifest", str(converted / "dataset.csv"), "--roi", "3", "--preset", "pet-native",
+                 "--no-progress", "--out", str(out)]) == 0
+    t = pd.read_csv(out)
+    assert list(t.segment_number) == [3] and list(t.mask_kind) == ["labelmap"] and list(t.image_units) == ["g/ml"]
+    assert t.native_voxels[0] == int((gtv & ~lower).sum())
+    every = tmp_path / "all.csv"
+    assert main(["radiomics", "--manifest", str(converted / "dataset.csv"), "--preset", "pet-native", "--no-progress",
+                 "--out", str(every)]) == 0
+    a = pd.read_csv(every).set_index("segment_number")
+    assert sorted(a.index) == [1, 2, 3] and list(a.loc[[2, 3], "structure"]) == ["Neoplasm, Secondary"] * 2
+    dicom = fdg_run["table"].set_index("patient_id").loc["STS_002"]
+    assert a.loc[1, "native_suv_max"] == pytest.approx(dicom.native_suv_max, rel=1e-5)  # NIfTI in SUV = DICOM in SUV
+    assert a.loc[1, "mtv_ml"] == pytest.approx(dicom.mtv_ml, rel=1e-6)

@@ -200,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
                                 progress=not args.no_progress, roi=roi, diagnostics=args.diagnostics)
         table, failures = result.table, result.failures  # each failure was logged once by extract_cohort
         case_columns = [c for c in cases.columns if c != "masks"]
+    if not len(table):
+        table = pd.DataFrame(columns=["patient_id", "image", "segment_number", "structure", "label_value", "mask_file"])
     features = feature_columns(table, case_columns) if len(table) else []
     units = units_table(table, features) if len(table) else {"scheme": "nmkit-units/1", "columns": {}}
     write_table(_long(table, features) if args.format == "long" and len(table) else table, out)

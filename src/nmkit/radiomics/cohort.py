@@ -15,7 +15,8 @@ in SUV) with its ``masks``; it expands to one extraction per structure:
 Every output row carries ``segment_number`` (RTSTRUCT ROI Number, SEG Segment Number, or the label-map source's
 number), ``structure`` (also as ``roi_name``), ``label_value`` (the value in the mask: segment/ROI number for
 RTSTRUCT/SEG, the voxel value of a label map, blank for any foreground), ``mask_file``, ``mask_kind``, ``reader``,
-``image_units``, ``config_name``, ``config_hash`` and ``nmkit_version``, so lesions are told apart by number, never by
+``image_units`` (the image's, else the table's ``units`` column), ``config_name``, ``config_hash`` and
+``nmkit_version``, so lesions are told apart by number, never by
 row order. Blank ``patient_id``/``study_uid``/``series_uid`` are filled from the image's DICOM header. With a config
 whose ``native_pet`` is true (the PET presets) the row also has the native-grid PET numbers of
 ``radiomics.pet.native_pet_features`` (``native_suv_max`` ..., ``mtv_ml``, ``tlg_g``).
@@ -266,6 +267,16 @@ def _fill_ids(row: dict[str, Any], image) -> None:
             row[column] = str(value)
 
 
+def _table_units(image, case: Mapping[str, Any]) -> None:
+    """The case table's ``units`` (e.g. ``g/ml`` for the SUV NIfTI files of ``roi2mask --suv``) for an image whose file
+    does not state them (NIfTI/NRRD); the file's own units win when both are given."""
+    units = _text(case.get("units"))
+    if units and not image.units:
+        image.units = units
+    elif units and units.lower() != str(image.units).lower():
+        log.warning("%s: the case table says units %r, the image %r; using the image's", case.get("image"), units, image.units)
+
+
 def _structure_columns(s: Structure, case: Mapping[str, Any]) -> dict[str, Any]:
     """The columns that tell a structure apart: number, name, label value, mask file and kind, reader."""
     return {"segment_number": s.number, "structure": s.name, "roi_name": s.name, "label_value": s.label, "mask": s.ref.file,
@@ -289,6 +300,7 @@ def run_case_rows(case: Mapping[str, Any], config_dict: Mapping[str, Any], error
     cfg = RadiomicsConfig.from_dict(config_dict)
     chash = config_hash(cfg.to_dict())
     image = _read_image(str(case["image"]), _text(case.get("suv")), _text(case.get("series_uid")))
+    _table_units(image, case)
     structures = case_structures(case, image, roi)
     base = {k: (None if _is_blank(v) else v) for k, v in case.items() if k != "masks"}
     _fill_ids(base, image)
