@@ -115,8 +115,9 @@ def _long(table, features: list[str]):
 
 
 def per_patient(table):
-    """One row per patient and scan: lesion count, patient SUVmax/SUVpeak (highest over its ROIs), total MTV (ml) and
-    total TLG (g) (sums over the ROIs: overlapping ROIs are counted twice, so select the lesions with --roi)."""
+    """One row per patient, scan and reader: lesion count, patient SUVmax/SUVpeak (highest over its ROIs), total MTV
+    (ml) and total TLG (g). Sums run over the selected ROIs: overlapping ROIs (a GTV and a lesion inside it) count
+    twice, so select the lesions with --roi."""
     import pandas as pd
 
     from ..errors import InputError
@@ -127,7 +128,8 @@ def per_patient(table):
         raise InputError(None, "--per-patient needs the native PET numbers: use a PET preset (--preset lifex-pet) or "
                                "'native_pet: true' in the config")
     total = "tlg_g" if suv else "tla"
-    keys = [k for k in ("patient_id", "image") if k in table.columns]
+    keys = [k for k in ("patient_id", "image", "reader") if k in table.columns]
+    table = table.assign(**{k: table[k].fillna("") for k in keys})
     extra = [c for c in ("study_uid", "series_uid", "study_date", "time_point", "tracer", "series_description", "image_units")
              if c in table.columns]
     rows = []
