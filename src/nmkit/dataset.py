@@ -205,7 +205,9 @@ def _relative(value: str, folder: Path) -> str:
     parts = [p.strip() for p in str(value).split(";")]
     out = []
     for p in parts:
-        if p and Path(p).is_absolute():
+        if p and not Path(p).is_absolute():
+            p = str(Path(p).resolve())  # in memory, a relative path is relative to the working directory
+        if p:
             try:
                 p = os.path.relpath(p, folder) if Path(p).resolve().is_relative_to(folder.resolve()) else p
             except ValueError:
@@ -217,7 +219,8 @@ def _relative(value: str, folder: Path) -> str:
 def write_dataset(table, path: str | Path, provenance: Mapping[str, Any] | None = None, relative: bool = True) -> Path:
     """Write the case table (CSV, or JSON records for ``.json``) and its ``<name>.provenance.json``; returns the sidecar.
 
-    Paths under the table's folder are written relative to it, so the folder can be moved or shared as one piece."""
+    Paths in ``table`` are absolute or relative to the working directory; those under the table's folder are written
+    relative to it (so the folder can be moved or shared as one piece), the others absolute."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = table if "masks" in table.columns and all(isinstance(m, list) for m in table["masks"]) else new_table(
@@ -301,16 +304,16 @@ def read_dataset(path: str | Path, require: Sequence[str] = ("image",), need_mas
     except pd.errors.EmptyDataError as exc:
         raise InputError(path, "empty file, not a case table") from exc
     if "image" not in raw.columns:
-        raise InputError(path, f"not a case table: no 'image' column (columns: {list(raw.columns)[:12]})")
+        raise DatasetError(path, f"not a case table: no 'image' column (columns: {list(raw.columns)[:12]})")
     missing = [c for c in require if c not in raw.columns]
     if missing:
-        raise InputError(path, f"case table lacks column(s) {missing}")
+        raise DatasetError(path, f"case table lacks column(s) {missing}")
     folder = path.parent
     rows = raw.to_dict(orient="records")
     head_columns = [f"mask_{h}" for h in heads] if heads else []
     missing_heads = [c for c in head_columns if c not in raw.columns]
     if missing_heads:
-        raise InputError(path, f"no column(s) {missing_heads} for head(s) {list(heads or [])}")
+        raise DatasetError(path, f"no column(s) {missing_heads} for head(s) {list(heads or [])}")
     for i, row in enumerate(rows):
         line = i + 2
         for column in require:
