@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from nmkit.dataset import SCHEMA, DatasetError, MaskRef, new_table, read_dataset, single_label_map, write_dataset
@@ -90,3 +91,24 @@ def test_roi_selection_by_number_glob_and_repeated_names():
         select_rois(names, "GTV", "rs.dcm")
     with pytest.raises(InputError, match="ROI number 9 not found"):
         select_rois(names, "9")
+
+
+def test_thyroid_phantom_writes_a_case_table_that_training_reads(tmp_path: Path):
+    from nmkit.phantoms.cohort import generate_cohort
+    from nmkit.segment.data import read_manifest
+
+    generate_cohort(tmp_path / "ph", n=2, seed=4, workers=1, progress=False)
+    table = read_dataset(tmp_path / "ph" / "dataset.csv", need_masks=True, heads=["R1", "R2", "R3"])
+    cases = pd.read_csv(tmp_path / "ph" / "cases.csv")
+    assert table.patient_id.tolist() == cases.patient_id.tolist() and (table.modality == "NM").all()
+    assert [m[0].reader for m in table.masks] == ["truth", "truth"] and table.series_uid.str.startswith("2.25.").all()
+    assert all(Path(f).is_file() for f in table.mask_R2)
+    assert (tmp_path / "ph" / "dataset.provenance.json").is_file()
+    with pytest.raises(DatasetError, match="column 'split'"):  # training needs a split: manifest makes one
+        read_manifest(tmp_path / "ph" / "dataset.csv")
+    from nmkit.cli import main
+
+    assert main(["manifest", "--dataset", str(tmp_path / "ph" / "dataset.csv"), "--out", str(tmp_path / "m.csv"),
+                 "--split", "0.5", "0.5"]) == 0
+    segment_view = read_manifest(tmp_path / "m.csv")  # segmentation reads the same table, reader columns kept
+    assert len(segment_view) == 2 and set(segment_view.split) == {"train", "test"} and "mask_R3" in segment_view

@@ -15,6 +15,7 @@ Layout written under ``out``::
     rois/<reader>/<case>.json        nmkit-polygons/1, pixel coordinates, "image" relative to ``out``
     masks/<reader>/<case>.nii.gz     the reader's polygons rasterised: 1 thyroid, 1+k nodule_k
     cases.csv                        one row per case (ids, pathology, isotope, counts, files)
+    dataset.csv                      the case table (``nmkit.dataset``): image, truth gland mask, mask_<reader> columns
     readers.json, provenance.json    reader habits; how the cohort was made
 
 Masks are 2D NIfTI on the DICOM pixel grid (spacing from PixelSpacing, origin 0, identity direction; see
@@ -48,7 +49,7 @@ ISOTOPE_MIX = {"Tc99m": 0.70, "I123": 0.20, "I131": 0.10}
 #: diagnostic administered activity ranges (MBq)
 ACTIVITY_MBQ = {"Tc99m": (74.0, 185.0), "I123": (7.4, 20.0), "I131": (1.0, 4.0)}
 COUNT_RANGE = (50_000, 500_000)
-CSV_FIELDS = ["case", "patient_id", "pathology", "isotope", "collimator", "counts_requested", "counts_recorded",
+CSV_FIELDS = ["case", "patient_id", "study_uid", "series_uid", "acquisition_datetime", "pathology", "isotope", "collimator", "counts_requested", "counts_recorded",
               "n_nodules", "isthmus", "seed", "case_index", "dicom", "truth_json", "truth_gland", "truth_lobes",
               "truth_nodules", "rois", "masks", "status"]
 
@@ -156,7 +157,10 @@ def make_case(out: str | Path, seed: int, index: int, n_readers: int = 3, overri
         labels, _ = label_map(rois_to_masks(doc["rois"], case.counts.shape), case.counts.shape)
         _write_mask(labels, geometry, out / "masks" / style.name / f"{name}.nii.gz")
 
-    return dict(case=name, patient_id=patient_id, pathology=plan["pathology"], isotope=plan["isotope"],
+    return dict(case=name, patient_id=patient_id, study_uid=info["study_uid"], series_uid=info["series_uid"],
+                acquisition_datetime=plan["acquisition_datetime"].isoformat(timespec="seconds")
+                if isinstance(plan["acquisition_datetime"], _dt.datetime) else str(plan["acquisition_datetime"]),
+                pathology=plan["pathology"], isotope=plan["isotope"],
                 collimator=plan["collimator"], counts_requested=plan["total_counts"],
                 counts_recorded=case.params["total_counts_recorded"], n_nodules=len(case.nodules),
                 isthmus=int(case.params["isthmus"]["present"]), seed=seed, case_index=index, dicom=dicom_rel,
@@ -219,6 +223,7 @@ def generate_cohort(out: str | Path, n: int = 100, seed: int = 1, n_readers: int
         writer.writeheader()
         writer.writerows(rows)
     (out / "readers.json").write_text(json.dumps([style_dict(s) for s in styles], indent=1))
+    write_case_table(out, rows, [s.name for s in styles])
     failed = [r for r in rows if r["status"] != "ok"]
     config = {"generator": "nmkit.phantoms.cohort.generate_cohort", "n": n, "start": start, "seed": seed,
               "n_readers": n_readers, "pathology_mix": PATHOLOGY_MIX, "isotope_mix": ISOTOPE_MIX,
@@ -227,6 +232,29 @@ def generate_cohort(out: str | Path, n: int = 100, seed: int = 1, n_readers: int
                         workers=workers, seconds=round(seconds, 2), n_ok=n - len(failed), n_failed=len(failed))
     (out / "provenance.json").write_text(json.dumps(record, indent=1, default=str))
     return {"n_ok": n - len(failed), "n_failed": len(failed), "seconds": seconds, "rows": rows}
+
+
+def write_case_table(out: Path, rows: list[dict[str, Any]], readers: list[str]) -> Path:
+    """``out/dataset.csv`` (``nmkit.dataset``): one row per case, the truth gland as its mask and each reader's label
+    map in ``mask_<reader>`` (multi-reader training, ``train --heads R1 R2 R3``), for ``train``/``evaluate``/``radiomics``."""
+    from ..dataset import MaskRef, new_table, write_dataset
+
+    cases = []
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        name = row["case"]
+        truth = str(out / row["truth_gland"])
+        refs = [MaskRef(truth, "labelmap", structure="thyroid", label=1, reader="truth")]
+        extra = {}
+        for reader in readers:
+            extra[f"mask_{reader}"] = str(out / "masks" / reader / f"{name}.nii.gz")
+        cases.append({"case_id": name, "patient_id": row["patient_id"], "study_uid": row.get("study_uid", ""),
+                      "series_uid": row.get("series_uid", ""), "acquisition_datetime": row.get("acquisition_datetime", ""),
+                      "modality": "NM", "tracer": row["isotope"], "series_description": f"thyroid ANT {row['collimator']}",
+                      "image": str(out / row["dicom"]), "masks": refs, "mask": truth, "pathology": row["pathology"],
+                      **extra})
+    return write_dataset(new_table(cases), out / "dataset.csv", {"producer": "nmkit phantom thyroid", "readers": readers})
 
 
 def register_phantom(subparsers) -> None:
