@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .errors import InputError
 from .provenance import library_versions, provenance
 
 
@@ -96,6 +97,9 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     from .segment.train import TrainConfig, train
 
     train_cases, val_cases, test_cases = (load_split(manifest, s) for s in ("train", "val", "test"))
+    if not (train_cases and val_cases and test_cases):
+        raise InputError(None, f"{cfg.n_cases} cases give {len(train_cases)}/{len(val_cases)}/{len(test_cases)} "
+                               "train/validation/test cases; the demo needs at least one in each (use more cases)")
     tconfig = TrainConfig(network="unet", network_options={"channels": (16, 32, 64, 128)}, loss="dice-ce", epochs=cfg.epochs,
                           batch_size=8, learning_rate=3e-3, patience=8, seed=cfg.seed, labels={1: "thyroid"})
     shipped = shipped_bundle("thyroid-unet2d") if cfg.use_shipped_model else None
@@ -127,7 +131,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
 
     from .segment.study import learning_curve
 
-    sizes = [n for n in cfg.learning_curve_sizes if n <= len(train_cases)]
+    sizes = [n for n in cfg.learning_curve_sizes if n <= len(train_cases)] or [len(train_cases)]
     small = Preprocessing(normalisation="counts", spatial_dims=2, target_size=(cfg.size, cfg.size))
     results["learning_curve"] = learning_curve(train_cases, val_cases, test_cases, sizes, small,
                                                replace(tconfig, network_options={"channels": (8, 16, 32, 64)},

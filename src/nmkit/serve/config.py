@@ -182,8 +182,12 @@ def load_config(path: str | Path) -> ServerConfig:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "configuration file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder; give the server's YAML configuration file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise InputError(path, "not a YAML text file (binary content)") from None
     except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML: {exc}") from exc
+        raise InputError(path, f"not valid YAML: {' '.join(str(exc).split())}") from exc
     return parse_config(data, path, path.parent)
