@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
+import pytest
 
 from conftest import need
 from nmkit.cli import main
@@ -64,3 +65,13 @@ def test_quality_cohort_mode_reads_the_case_table(external_data: Path, tmp_path:
     assert result.case_id.nunique() == 2 and set(result.structure) == {"lesion1 liver R lobe"}
     assert sorted(result.time_point.unique()) == ["TP1", "TP2"]
     assert (result[result.metric == "activity_mbq"].unit == "MBq").all()
+    # the same case table feeds compare: the two time points paired by patient, TP1's RTSTRUCT as the ROIs
+    cmp_dir = tmp_path / "cmp"
+    assert main(["compare", "--manifest", str(table), "--pair-by", "time_point", "--a", "TP1", "--b", "TP2",
+                 "--out", str(cmp_dir)]) == 0
+    per_roi = pd.read_csv(cmp_dir / "per_roi.csv")
+    a_mean = per_roi[(per_roi.roi == "lesion1 liver R lobe") & (per_roi.metric == "mean")]
+    tp1 = result[(result.time_point == "TP1") & (result.metric == "mean")].value.item()
+    assert a_mean.A.item() == pytest.approx(tp1, rel=1e-9) and a_mean.unit.item() == "Bq/ml"
+    assert main(["compare", "--manifest", str(table), "--a", "TP1", "--b", "TP9", "--pair-by", "time_point",
+                 "--out", str(cmp_dir)]) == 2

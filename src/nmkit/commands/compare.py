@@ -20,9 +20,15 @@ def register(subparsers) -> None:
                     "provenance.json to --out. With a single case the report lists every ROI's values and differences "
                     "and computes no cohort statistics. Bad cases are logged and skipped.",
     )
-    p.add_argument("recon_a", help="folder of reconstruction A, one file or DICOM folder per case")
-    p.add_argument("recon_b", help="folder of reconstruction B, same case names")
-    p.add_argument("--rois", required=True, help="folder of ROI files per case (same case names)")
+    p.add_argument("recon_a", nargs="?", help="folder of reconstruction A, one file or DICOM folder per case")
+    p.add_argument("recon_b", nargs="?", help="folder of reconstruction B, same case names")
+    p.add_argument("--rois", default=None, help="folder of ROI files per case (same case names)")
+    p.add_argument("--manifest", default=None, help="instead of folders: a case table (nmkit-dataset/1) holding both "
+                                                    "reconstructions of each patient/time point; see --pair-by")
+    p.add_argument("--pair-by", default="series_description",
+                   help="with --manifest: the column telling the reconstructions apart (default series_description)")
+    p.add_argument("--a", dest="pick_a", default=None, metavar="GLOB", help="with --manifest: rows of reconstruction A")
+    p.add_argument("--b", dest="pick_b", default=None, metavar="GLOB", help="with --manifest: rows of reconstruction B")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--labels", nargs=2, default=("A", "B"), metavar=("NAME_A", "NAME_B"), help="names of the two reconstructions")
     p.add_argument("--units", default=None,
@@ -60,6 +66,38 @@ def case_entries(folder: str | Path) -> dict[str, Path]:
     return out
 
 
+def cases_from_table(path: str, column: str, pick_a: str | None, pick_b: str | None) -> tuple[dict, dict, dict]:
+    """``(A, B, ROIs)`` case dicts from a case table: rows of one patient and time point (else study date) form a case;
+    ``column`` matched against the globs ``pick_a``/``pick_b`` says which row is which; the ROIs are A's masks (else B's)."""
+    import fnmatch
+
+    from ..dataset import read_dataset
+    from ..errors import InputError
+
+    if not (pick_a and pick_b):
+        raise InputError(None, "--manifest needs --a GLOB and --b GLOB to tell the two reconstructions apart")
+    table = read_dataset(path)
+    if column not in table.columns:
+        raise InputError(path, f"--pair-by {column!r} is not a column of the case table")
+    a_cases: dict[str, object] = {}
+    b_cases: dict[str, object] = {}
+    rois: dict[str, object] = {}
+    for row in table.to_dict(orient="records"):
+        when = "" if column == "time_point" else (row.get("time_point") or row.get("study_date") or "")
+        name = "_".join(x for x in (str(row["patient_id"]), str(when)) if x)
+        value = str(row.get(column, "")).lower()
+        for pick, target in ((pick_a, a_cases), (pick_b, b_cases)):
+            if fnmatch.fnmatch(value, pick.lower()):
+                if name in target:
+                    raise InputError(path, f"case {name}: several rows match {pick!r} in {column!r}")
+                target[name] = row["image"]
+                if row["masks"] and (pick is pick_a or name not in rois):
+                    rois[name] = row["masks"][0].file
+    if not a_cases or not b_cases:
+        raise InputError(path, f"no row matches --a {pick_a!r} or --b {pick_b!r} in column {column!r}")
+    return a_cases, b_cases, rois
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -73,10 +111,16 @@ def run(args: argparse.Namespace) -> int:
                                   write_case_report, write_report)
 
     log = logging.getLogger("nmkit.compare")
-    a_cases, b_cases, roi_cases = case_entries(args.recon_a), case_entries(args.recon_b), case_entries(args.rois)
+    if args.manifest:
+        a_cases, b_cases, roi_cases = cases_from_table(args.manifest, args.pair_by, args.pick_a, args.pick_b)
+    else:
+        if not (args.recon_a and args.recon_b and args.rois):
+            raise InputError(None, "give RECON_A RECON_B --rois DIR (folders), or --manifest TABLE --a GLOB --b GLOB")
+        a_cases, b_cases, roi_cases = case_entries(args.recon_a), case_entries(args.recon_b), case_entries(args.rois)
     names = sorted(set(a_cases) & set(b_cases) & set(roi_cases))
     if not names:
-        raise InputError(args.recon_a, f"no case name present in all of {args.recon_a}, {args.recon_b} and {args.rois}")
+        raise InputError(args.manifest or args.recon_a, "no case has reconstruction A, reconstruction B and ROIs"
+                         + ("" if args.manifest else f" in all of {args.recon_a}, {args.recon_b} and {args.rois}"))
     missing = sorted((set(a_cases) | set(b_cases) | set(roi_cases)) - set(names))
     truth: dict[str, dict[str, float]] = {}
     if args.truth:
@@ -107,12 +151,13 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if table.empty:
         (out / "skipped.json").write_text(json.dumps(skipped, indent=2))
-        raise InputError(args.recon_a, f"no case could be measured; see {out / 'skipped.json'}")
+        raise InputError(args.manifest or args.recon_a, f"no case could be measured; see {out / 'skipped.json'}")
     table.to_csv(out / "metrics.csv", index=False)
     per_roi = per_roi_table(table, labels=labels)
     per_roi.to_csv(out / "per_roi.csv", index=False)
     n_cases = int(table["case"].nunique())
-    config = {"command": "compare", "labels": list(labels), "units": args.units, "background": args.background, "uniform": args.uniform,
+    config = {"command": "compare", "manifest": args.manifest, "pair_by": args.pair_by, "a": args.pick_a, "b": args.pick_b,
+              "labels": list(labels), "units": args.units, "background": args.background, "uniform": args.uniform,
               "lesions": args.lesions, "radiomics": args.radiomics, "segment_threshold": args.segment_threshold, "truth": args.truth}
     inputs = [str(p) for n in names for p in (a_cases[n], b_cases[n], roi_cases[n])]
     record = provenance(config, inputs, skipped=skipped, n_cases=n_cases,
