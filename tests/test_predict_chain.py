@@ -172,3 +172,47 @@ def test_train_options_fail_before_the_data_is_read(case_table, tmp_path, capsys
     assert main(["train", str(case_table), "--out", str(tmp_path / "b"), "--network", "swin-unetr", "--size", "64", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--network swin-unetr cannot be built" in err[0] and "einops" in err[0]
+
+
+def _whole_image_bundle(out: Path, normalisation: str) -> Path:
+    """A 3D U-Net bundle whose output layer says "gtv" everywhere (bias only): predictions are the whole image, so
+    what the chain reads (SUV, IDs, table) is checked without training a model."""
+    import torch
+
+    from nmkit.segment.bundle import write_bundle
+    from nmkit.segment.nets import build_network
+    from nmkit.segment.preprocess import Preprocessing
+    from nmkit.segment.train import TrainConfig
+
+    config = TrainConfig(network="unet", network_options={"channels": (4, 8)}, labels={1: "gtv"})
+    prep = Preprocessing(normalisation=normalisation, spatial_dims=3, target_size=None, patch_size=(16, 16, 16))
+    model = build_network("unet", 3, 1, 2, img_size=(16, 16, 16), channels=(4, 8))
+    last = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([-10.0, 10.0]))
+    return write_bundle(out, model, config, prep, name="whole-gtv", version="0.0.1")
+
+
+def test_pet_dicom_prediction_chains_to_radiomics_in_suv(external_data, tmp_path):
+    """Real FDG PET DICOM (pet_sts): a bundle trained on SUV reads the PET in SUV (the table says so), the rows carry
+    the DICOM IDs, and radiomics on predict's table finds the SUVmax of the reference SUV NIfTI (mirp's conversion)."""
+    import pydicom
+    import SimpleITK as sitk
+
+    from conftest import need
+
+    series = need(external_data, "pet_sts/sts_images/STS_001/PET/dicom/image")
+    reference = need(external_data, "pet_sts/sts_images_flat/nifti/STS_001_PET_image.nii.gz")
+    bundle = _whole_image_bundle(tmp_path / "bundle", "suv")
+    out = tmp_path / "pred"
+    assert main(["predict", str(bundle), str(series), "--out", str(out)]) == 0
+    (row,) = read_dataset(out / "dataset.csv", need_masks=True).to_dict(orient="records")
+    ds = pydicom.dcmread(sorted(series.iterdir())[0], stop_before_pixels=True)
+    assert (row["patient_id"], row["series_uid"], row["modality"], row["suv"]) == (ds.PatientID, ds.SeriesInstanceUID, "PT", "bw")
+    assert row["masks"][0].structure == "gtv" and row["masks"][0].reader == "model:whole-gtv@0.0.1"
+    assert main(["radiomics", "--manifest", str(out / "dataset.csv"), "--preset", "lifex-pet", "--out", str(tmp_path / "rad.csv")]) == 0
+    features = pd.read_csv(tmp_path / "rad.csv")
+    suv_max = float(sitk.GetArrayFromImage(sitk.ReadImage(str(reference))).max())
+    assert list(features["structure"]) == ["gtv"]
+    assert features["native_suv_max"][0] == pytest.approx(suv_max, rel=0.005)

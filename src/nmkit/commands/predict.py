@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="multi-reader bundles: whose delineation to write (e.g. R2, or several, or 'all'; all heads come from "
                         "one forward pass); default: the bundle's default head. With several heads each mask is written "
                         "as <case>_<head>.nii.gz")
+    p.add_argument("--suv", choices=("bw", "lbm", "none"), default=None,
+                   help="read DICOM PET in SUV (body weight / lean body mass) or as stored; default: bw for a bundle trained "
+                        "on SUV (normalisation suv), else as stored; a case table's suv column wins")
     p.add_argument("--seg", action="store_true", help="also write DICOM SEG referencing the source series (DICOM input)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.set_defaults(func=run)
@@ -55,9 +58,19 @@ def _stem(path: Path) -> str:
 
 def _unique_ids(paths: list[Path]) -> list[str]:
     """One case id per input: the file's name without suffix; inputs of the same name (``case1/ANT.dcm``,
-    ``case2/ANT.dcm``) get their folder's name in front, and a number when that still repeats."""
+    ``case2/ANT.dcm``; ``STS_001/PET/dicom/image``, ``STS_002/PET/dicom/image``) get the nearest folder name that
+    tells them apart in front (``case1_ANT``, ``STS_001_image``), and a number when nothing does."""
     stems = [_stem(p) for p in paths]
-    ids = [f"{p.resolve().parent.name}_{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
+    ids = list(stems)
+    for stem in {s for s in stems if stems.count(s) > 1}:
+        group = [i for i, s in enumerate(stems) if s == stem]
+        parents = [paths[i].resolve().parents for i in group]
+        for level in range(min(len(p) for p in parents)):
+            names = [p[level].name for p in parents]
+            if len(set(names)) == len(names):
+                for i, name in zip(group, names):
+                    ids[i] = f"{name}_{stem}"
+                break
     seen: dict[str, int] = {}
     out = []
     for case_id in ids:
@@ -127,6 +140,16 @@ def image_fields(image, source: dict[str, Any], case_id: str) -> dict[str, Any]:
     return fields
 
 
+def _default_suv(option: str | None, bundle) -> str | None:
+    """SUV reading of DICOM PET: the option, else ``bw`` when the bundle was trained on SUV images."""
+    if option is not None:
+        return None if option == "none" else option
+    if bundle.preprocessing.normalisation == "suv":
+        log.info("bundle %s was trained on SUV: DICOM PET is read in SUV (body weight); --suv none to read as stored", bundle.name)
+        return "bw"
+    return None
+
+
 def _write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
     """The label-name sidecar ``<case>.json`` next to a label map (``{"1": "gtv"}``)."""
     import json
@@ -155,12 +178,15 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     flips = None if args.tta is None else ((-1,) if args.tta else ())
+    default_suv = _default_suv(args.suv, bundle)
     done, failed, rows = [], [], []
     from tqdm.auto import tqdm
 
     for case_id, path, source in tqdm(inputs, desc="predict", unit="image"):
         try:
-            image = load_image(path)
+            suv = str(source.get("suv") or "").strip() or default_suv
+            image = load_image(path, suv=suv)
+            suv = suv if image.modality == "PT" and not str(path).lower().endswith(_VOLUME_SUFFIXES) else None
             masks = predict_heads(bundle, image, heads, flips=flips, keep_largest=args.largest, fill=args.fill_holes)
             refs, head_columns = [], {}
             for head, mask in masks.items():
@@ -177,12 +203,13 @@ def run(args: argparse.Namespace) -> int:
                     algorithm = bundle.name if head is None else f"{bundle.name} ({head})"
                     write_seg(mask, image, out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=bundle.version)
             rows.append({"case_id": case_id, **image_fields(image, source, case_id), "image": str(path.resolve()),
-                         "masks": refs, "reader": reader_id(bundle, heads[0] if len(heads) == 1 else None), **head_columns})
+                         "masks": refs, "reader": reader_id(bundle, heads[0] if len(heads) == 1 else None), "suv": suv or "",
+                         **head_columns})
             done.append(str(path))
         except Exception as exc:  # log and skip a bad case
             log.error("%s: %s", path, exc)
             failed.append({"input": str(path), "error": str(exc)})
-    config = {"bundle": str(bundle.path), "heads": heads, "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
+    config = {"bundle": str(bundle.path), "heads": heads, "suv": default_suv, "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
               "bundle_postprocessing": bundle.description.get("postprocessing", {})}
     model = {"name": bundle.name, "version": bundle.version, "labels": {str(k): v for k, v in bundle.labels.items()}}
     record = provenance(config=config, inputs=done, model=model, failed=failed)

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N training cases (learning curves)")
     p.add_argument("--labels", nargs="+", default=["1=roi"], type=label_item, metavar="VALUE=NAME",
                    help="label values and names, e.g. 1=thyroid 2=nodule (names travel to predictions and evaluate)")
-    p.add_argument("--name", default=None, help="bundle name (default: folder name)")
+    p.add_argument("--name", default=None, help="bundle name recorded in bundle.json (default: the last part of --out)")
     p.add_argument("--version", default="1.0.0", help="bundle version")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--heads", nargs="+", default=None, metavar="HEAD",
@@ -61,20 +61,30 @@ def parse_labels(items: list[str]) -> dict[int, str]:
 
 
 def check_network(network: str, dims: int, size: tuple[int, ...], out_channels: int, options: dict | None = None) -> None:
-    """Build the network once before any data is read: a listed network that cannot be built for this input (size not
-    divisible by its stride, a missing optional package, bad options) is one clear line naming ``--network``."""
+    """Build the network and run one training-mode forward pass on a blank input before any data is read: a listed
+    network that cannot be trained on this input (size not divisible by its strides, feature maps shrinking to one
+    voxel, a missing optional package, bad options) is one clear line naming ``--network`` and ``--size``."""
+    import torch
+
     from ..errors import InputError
     from ..segment.nets import build_network, required_divisor
 
     options = dict(options or {})
+    shape = "x".join(map(str, size))
     divisor = required_divisor(network, options)
     if any(s % divisor for s in size):
         raise InputError(None, f"--network {network} needs --size values divisible by {divisor}; got {' '.join(map(str, size))}")
     try:
-        build_network(network, dims, 1, out_channels, img_size=size, **options)
+        model = build_network(network, dims, 1, out_channels, img_size=size, **options)
     except (ValueError, TypeError, ImportError, RuntimeError, AssertionError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(None, f"--network {network} cannot be built for {dims}D input {'x'.join(map(str, size))}: {detail}") from exc
+        raise InputError(None, f"--network {network} cannot be built for {dims}D input {shape}: {detail}") from exc
+    try:
+        with torch.no_grad():
+            model.train()(torch.zeros((1, 1, *size)))
+    except (ValueError, RuntimeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(None, f"--network {network} cannot run on {dims}D input {shape} (try a larger --size): {detail}") from exc
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,15 +40,17 @@ class Case:
         return self.image.spacing
 
 
-def load_image(path: str | Path) -> Image:
-    """Read any image nmkit understands; a single-frame planar image becomes 2D."""
+def load_image(path: str | Path, suv: str | None = None) -> Image:
+    """Read any image nmkit understands; a single-frame planar image becomes 2D.
+
+    ``suv`` (``bw``/``lbm``): a DICOM PET is read in SUV (NIfTI/NRRD files are taken as stored)."""
     path = Path(path)
     if is_volume_file(path):
         image = read_volume(path)
     else:
         from ..io import reader  # DICOM readers (planar NM, series)
 
-        image = reader.read_image(path)
+        image = reader.read_image(path, suv=suv)
     return squeeze_planar(image)
 
 
