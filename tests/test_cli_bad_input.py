@@ -39,13 +39,7 @@ from nmkit.cli import build_parser, main
 
 #: (command words, case id) -> why; cases where today the catch-all "internal error" fires (or the command
 #: succeeds on bad input), in commands owned elsewhere: their owners fix them and remove the entry.
-_SQLITE = "index: --db that is not an SQLite catalog -> sqlite3 error"
 KNOWN_INTERNAL: dict[tuple[str, str], str] = {
-    ("index", "empty_dir"): "index: --db is a folder -> sqlite3.OperationalError 'unable to open database file'",
-    ("index", "text_nii"): _SQLITE,
-    ("index", "png"): _SQLITE,
-    ("index", "csv"): _SQLITE,
-    ("index", "non_dicom"): _SQLITE,
     ("info", "text_nii"): "info: a text file named .nii.gz is listed as unreadable but the exit code is 0",
 }
 #: (command words, case id): the "bad" input is valid for this command (exit 0 is right)
@@ -355,3 +349,17 @@ def test_subprocess_smoke(tmp_path):
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr and str(missing) in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(("yaml_text", "expected"), [
+    ("registry: {}\n", "registry: expected path | None, got dict"),
+    ("port: eleven\n", "port: expected int, got str"),
+    ("instances: {thyroid: 1}\n", "instances: expected a list"),
+    ("instances: [{name: thyroid, outputs: seg}]\n", "instance 'thyroid': outputs: expected list[str], got str"),
+])
+def test_server_config_type_errors_name_the_key(yaml_text, expected, tmp_path, capsys):
+    config = tmp_path / "server.yaml"
+    config.write_text(yaml_text)
+    assert main(["model", "--config", str(config), "list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"nmkit model list: error: {config}: {err.split(': ', 3)[-1]}" and expected in err and "\n" not in err

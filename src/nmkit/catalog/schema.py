@@ -65,14 +65,18 @@ CREATE VIEW IF NOT EXISTS roi_link AS
 
 
 def connect(db: str | Path, read_only: bool = False) -> sqlite3.Connection:
-    """Open (and for writing, create) a catalog database."""
-    db = Path(db)
-    if read_only:
-        from ..errors import InputError
+    """Open (and for writing, create) a catalog database; a path that is not one is an ``InputError``."""
+    from ..errors import InputError
 
+    db = Path(db)
+    check_database_file(db)
+    if read_only:
         if not db.exists():
             raise InputError(db, "catalog database does not exist (build it with `nmkit index DIR --db ...`)")
         con = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True)
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'series'").fetchone() is None:
+            con.close()
+            raise InputError(db, "an SQLite database but not an nmkit catalog (no 'series' table); build one with `nmkit index`")
     else:
         db.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(str(db))
@@ -80,3 +84,18 @@ def connect(db: str | Path, read_only: bool = False) -> sqlite3.Connection:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     con.row_factory = sqlite3.Row
     return con
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_database_file(db: Path) -> None:
+    """Refuse a folder, or an existing non-empty file that is not SQLite (a CSV, an image ...), before sqlite3 opens it."""
+    from ..errors import InputError
+
+    if db.is_dir():
+        raise InputError(db, "is a folder; give the catalog database file (e.g. catalog.sqlite)")
+    if db.is_file() and db.stat().st_size > 0:
+        with db.open("rb") as handle:
+            if handle.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                raise InputError(db, "not an SQLite database (an nmkit catalog is made by `nmkit index DIR --db FILE`)")

@@ -101,6 +101,22 @@ _INSTANCE_KEYS = set(Instance.__dataclass_fields__)
 _MATCH_KEYS = {"modality", "series_description", "tracer", "body_part", "sop_class_uid", "study_description"}
 
 
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "Path": (str, Path), "None": (type(None),)}
+
+
+def _check_types(cls: type, raw: dict[str, Any], source: str | None, where: str) -> None:
+    """Each value of ``raw`` must have the type its dataclass field is annotated with (e.g. ``int | None``)."""
+    for key, value in raw.items():
+        annotation = str(cls.__dataclass_fields__[key].type)
+        allowed: tuple[type, ...] = ()
+        for part in annotation.split("|"):
+            name = part.strip().split("[")[0]
+            allowed += {"dict": (dict,), "list": (list,)}.get(name, _TYPES.get(name, (object,)))
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed and object not in allowed)
+        if not ok:
+            raise _fail(source, f"{where}{key}: expected {annotation.replace('Path', 'path')}, got {type(value).__name__} {value!r}")
+
+
 def _fail(source: str | None, problem: str) -> InputError:
     return InputError(source, problem)
 
@@ -115,9 +131,13 @@ def parse_config(data: dict[str, Any], source: str | Path | None = None, base: P
     http = data.pop("http", None) or {}
     dests_raw = data.pop("destinations", None) or {}
     insts_raw = data.pop("instances", None) or []
+    for key, value, kind in (("http", http, dict), ("destinations", dests_raw, dict), ("instances", insts_raw, list)):
+        if not isinstance(value, kind):
+            raise _fail(src, f"{key}: expected a {'mapping' if kind is dict else 'list'}, got {type(value).__name__}")
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise _fail(src, f"unknown configuration key(s) {sorted(unknown)}; known: {sorted(_TOP_KEYS | {'http', 'destinations', 'instances'})}")
+    _check_types(ServerConfig, data, src, "")
     cfg = ServerConfig(**data)
     cfg.source = src
     cfg.storage = (base / Path(cfg.storage)).resolve()
@@ -147,6 +167,7 @@ def parse_config(data: dict[str, Any], source: str | Path | None = None, base: P
         unknown = set(raw) - _INSTANCE_KEYS
         if unknown:
             raise _fail(src, f"instance {raw['name']!r}: unknown key(s) {sorted(unknown)}")
+        _check_types(Instance, raw, src, f"instance {raw['name']!r}: ")
         inst = Instance(**raw)
         bad = set(inst.match) - _MATCH_KEYS
         if bad:
