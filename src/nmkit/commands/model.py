@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("register", help="copy a model bundle into the registry as a new version")
     s.add_argument("instance")
-    s.add_argument("bundle")
+    s.add_argument("bundle", help="model bundle folder, or the name of a shipped bundle (e.g. thyroid-unet2d)")
     s.add_argument("--version", default=None, help="version label (default: the bundle's own)")
     s.add_argument("--note", default="")
     s = sub.add_parser("promote", help="make a version current (regression gate on the instance's validation set)")
@@ -55,7 +55,9 @@ def run(args) -> int:
                 print(f"{r['model']:20s} {r['version']:12s} {flag:8s} {metric}")
         return 0
     if args.action == "register":
-        version = registry.register(model_of(args.instance), args.bundle, args.version, args.note)
+        from ..segment.bundle import resolve_bundle  # a folder, or a shipped bundle's name (as `nmkit predict` takes)
+
+        version = registry.register(model_of(args.instance), resolve_bundle(args.bundle), args.version, args.note)
         print(f"registered {model_of(args.instance)} {version}")
         return 0
     if args.action == "promote":

@@ -250,6 +250,10 @@ def write_spect_ct_study(out_dir: str | Path, ct: Image, recons: Mapping[str, Im
             arr = img.array.astype(np.uint8)
             img = Mask(arr, spacing=img.spacing, origin=img.origin, direction=img.direction, labels=img.labels, modality="SEG")
         written[f"truth_{name}"] = write_volume(img, out / "truth" / f"{name}.nii.gz")
+        if isinstance(img, Mask):  # label names next to the label map (io.roi.label_sidecar), for `nmkit quality`/`compare`
+            sidecar = out / "truth" / f"{name}.labels.json"
+            sidecar.write_text(json.dumps({str(k): v for k, v in img.labels.items()}, indent=1))
+            written[f"truth_{name}_labels"] = sidecar
     labels = {name: {str(k): v for k, v in img.labels.items()} for name, img in truth.items() if isinstance(img, Mask)}
     record = provenance(dict(config), inputs=[], libraries=library_versions(), labels=labels, **dict(extra or {}))
     (out / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
