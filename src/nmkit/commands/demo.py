@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import at_least
+
 #: fewest cases that give every split (train/validation/test) a case and the learning curve a point
 MIN_CASES = 8
-
-
-def _at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum`` (checked before any simulation starts)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is too small; give at least {minimum}")
-        return value
-    return parse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "small U-Net on CPU, evaluate it against the readers, run a learning curve and radiomics, "
                                    "compare two SPECT reconstructions of a NEMA phantom, and write OUT/report.html.")
     p.add_argument("--out", default="demo-output")
-    p.add_argument("--cases", type=_at_least(MIN_CASES), default=None,
+    p.add_argument("--cases", type=at_least(MIN_CASES), default=None,
                    help=f"cohort size (default 150, --quick 24; at least {MIN_CASES})")
-    p.add_argument("--epochs", type=_at_least(1), default=None, help="training epochs (default 30, --quick 3)")
+    p.add_argument("--epochs", type=at_least(1), default=None, help="training epochs (default 30, --quick 3)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a tiny run (seconds) exercising the same steps")
     p.set_defaults(func=run)

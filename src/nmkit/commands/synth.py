@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import at_least, positive_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="diffusion models: train, sample synthetic images, audit for memorisation",
@@ -16,33 +18,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--folder", help="folder of 2D images (NIfTI/NRRD/PNG/planar DICOM)")
     src.add_argument("--manifest", help="manifest CSV (image, mask, split): its train split, with masks for --conditioned")
-    src.add_argument("--phantom-thyroid", type=int, metavar="N", help="train on N simulated thyroid scans (with masks)")
+    src.add_argument("--phantom-thyroid", type=at_least(1), metavar="N", help="train on N simulated thyroid scans (with masks)")
     t.add_argument("--out", required=True, help="checkpoint folder")
     t.add_argument("--conditioned", action="store_true", help="mask-conditioned model (label maps as extra input channels)")
     t.add_argument("--labels", nargs="+", default=None, help="conditioning label names, e.g. 1=gland 2=cold_nodule (default: thyroid)")
     t.add_argument("--normalisation", default="counts", choices=("counts", "percentile"))
-    t.add_argument("--size", type=int, default=64, help="square model size in pixels")
-    t.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
-    t.add_argument("--timesteps", type=int, default=1000, help="training diffusion timesteps")
-    t.add_argument("--iterations", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--size", type=at_least(8), default=64, help="square model size in pixels")
+    t.add_argument("--channels", type=at_least(1), nargs="+", default=[32, 64, 64])
+    t.add_argument("--timesteps", type=at_least(1), default=1000, help="training diffusion timesteps")
+    t.add_argument("--iterations", type=at_least(1), default=2000)
+    t.add_argument("--batch-size", type=at_least(1), default=16)
+    t.add_argument("--lr", type=positive_float, default=2e-4)
     t.add_argument("--seed", type=int, default=1)
-    t.add_argument("--matrix", type=int, default=64, help="phantom matrix size")
+    t.add_argument("--matrix", type=at_least(16), default=64, help="phantom matrix size")
     t.add_argument("--device", default=None)
     t.set_defaults(func=run_train)
 
     m = s.add_parser("sample", help="sample synthetic images from a checkpoint")
     m.add_argument("checkpoint")
     m.add_argument("--out", required=True)
-    m.add_argument("-n", "--number", type=int, default=16)
+    m.add_argument("-n", "--number", type=at_least(1), default=16)
     m.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
-    m.add_argument("--steps", type=int, default=None, help="sampling steps (DDIM default 50; DDPM default: all)")
+    m.add_argument("--steps", type=at_least(1), default=None, help="sampling steps (DDIM default 50; DDPM default: all)")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--counts", type=float, default=None, help="Poisson-resample every sample at this total count level")
+    m.add_argument("--counts", type=positive_float, default=None, help="Poisson-resample every sample at this total count level")
     m.add_argument("--mask", nargs="+", default=None, help="conditioning label maps (one per sample, cycled)")
-    m.add_argument("--nodule-mm", type=float, default=None, help="conditioned thyroid model: simulated glands with a cold nodule of this size")
-    m.add_argument("--formats", nargs="+", default=["dcm", "nii.gz", "png"])
+    m.add_argument("--nodule-mm", type=positive_float, default=None, help="conditioned thyroid model: simulated glands with a cold nodule of this size")
+    m.add_argument("--formats", nargs="+", default=["dcm", "nii.gz", "png"], choices=("dcm", "nii.gz", "png"))
     m.add_argument("--device", default=None)
     m.set_defaults(func=run_sample)
 
@@ -51,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--synthetic", required=True, help="folder of synthetic images (e.g. the nifti/ folder of nmkit synth sample)")
     a.add_argument("--training", default=None, help="folder of training images (default: the checkpoint's training source)")
     a.add_argument("--out", required=True, help="report folder (audit.html, audit.csv, audit.json)")
-    a.add_argument("--threshold", type=float, default=None, help="copy threshold (default: 0.5 x 5th percentile of training NN distances)")
+    a.add_argument("--threshold", type=positive_float, default=None, help="copy threshold (default: 0.5 x 5th percentile of training NN distances)")
     a.add_argument("--features", default="diffusion", choices=("diffusion", "radiomics"), help="feature space of the Fréchet distance")
     a.set_defaults(func=run_audit)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
@@ -108,6 +110,9 @@ def run_sample(args: argparse.Namespace) -> int:
 
     model, config = load_diffusion(args.checkpoint, device=args.device)
     conditions, condition_text = None, ""
+    if not config.n_condition and (args.mask or args.nodule_mm):
+        raise InputError(args.checkpoint, f"{'--mask' if args.mask else '--nodule-mm'} needs a mask-conditioned model "
+                                          "(nmkit synth train --conditioned); this one is not")
     if config.n_condition:
         if args.mask:
             maps = [np.asarray(read_label_map(m).array).squeeze() for m in args.mask]
