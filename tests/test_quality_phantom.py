@@ -156,7 +156,9 @@ def test_quality_cli_phantom_and_roi_modes(phantom, tmp_path):
     assert prov["summary"]["fwhm_mm_median"] == pytest.approx(10.0, rel=0.1)
     out2 = tmp_path / "roi.csv"
     assert main(["quality", str(tmp_path / "recon.nii.gz"), "--rois", str(tmp_path / "masks.nii.gz"), "--background", "background",
-                 "--uniform", "background", "--out", str(out2)]) == 0
-    rois = pd.read_csv(out2).set_index(["roi", "metric"])["value"]
-    assert rois[("sphere_37mm", "contrast")] > rois[("sphere_10mm", "contrast")] > 0
+                 "--out", str(out2)]) == 0
+    rois = pd.read_csv(out2).set_index(["structure", "metric"])
+    assert rois.value[("sphere_37mm", "contrast")] > rois.value[("sphere_10mm", "contrast")] > 0
+    assert rois.unit[("sphere_37mm", "volume_ml")] == "ml" and rois.unit[("sphere_37mm", "cnr")] == "1"
+    assert "background" not in rois.index.get_level_values(0)  # the reference region is not a lesion row
     assert main(["quality", str(tmp_path / "recon.nii.gz"), "--out", str(out2)]) == 2
