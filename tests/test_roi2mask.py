@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,17 @@ def test_roi2mask_finds_re_exported_series_by_frame_of_reference(external_data, 
     mask = read_label_map(rows[0]["mask_file"])
     assert mask.same_grid(expected)
     np.testing.assert_array_equal(mask.binary(), expected.binary())
+
+
+def test_roi2mask_reads_the_thyroid_phantom_readers_polygons(tmp_path):
+    """Polygon files name their image relative to the cohort root (rois/R1/x.json -> dicom/x/ANT.dcm)."""
+    from nmkit.dataset import read_dataset
+    from nmkit.phantoms.cohort import generate_cohort
+
+    generate_cohort(tmp_path / "ph", n=1, seed=5, workers=1, progress=False)
+    assert main(["roi2mask", str(tmp_path / "ph"), str(tmp_path / "out")]) == 0
+    table = read_dataset(tmp_path / "out" / "dataset.csv", need_masks=True)
+    refs = table.masks[0]
+    assert sorted(m.reader for m in refs) == ["R1", "R2", "R3"]
+    names = sorted(Path(m.file).name for m in refs if m.structure == "thyroid")
+    assert names == ["thyroid.nii.gz", "thyroid__R2.nii.gz", "thyroid__R3.nii.gz"]

@@ -482,7 +482,9 @@ class _Planner:
         ref = str(doc.get("image", "") or "")
         if not ref:
             raise InputError(path, "the polygon file does not name its image ('image' is empty)")
-        candidate = path.parent / ref
+        # "image" is relative to the JSON's folder, or to a folder above it (a cohort root: rois/R1/x.json -> dicom/...)
+        folders = [path.parent, *[p for p in path.parent.parents if self.root == p or self.root in p.parents]]
+        candidate = next((f / ref for f in folders if (f / ref).is_file()), path.parent / ref)
         if candidate.is_file() and is_volume_file(candidate):
             key = str(candidate.resolve())
             if key not in self.targets:
@@ -542,12 +544,15 @@ def case_folder_names(targets: Sequence[_Target]) -> None:
         t.folder = name
 
 
-def _mask_file_name(name: str, number: int, kind: RoiKind, repeated: bool, source: Path, taken: set[str]) -> str:
+def _mask_file_name(name: str, number: int, kind: RoiKind, repeated: bool, source: Path, taken: set[str],
+                    reader: str | None = None) -> str:
     """A mask file name in a case folder that no other mask of this run has: the structure's name, with its number
-    (``__seg03``) when the name repeats in its file or is already taken, then the source file's stem."""
+    (``__seg03``) when the name repeats in its file, or its reader (``thyroid__R2``) when another file took the name,
+    then the source file's stem."""
     stem = _safe(name, f"roi_{number}")
     tagged = f"{stem}__{NUMBER_TAGS.get(kind, 'roi')}{number:02d}"
-    candidates = [tagged] if repeated else [stem, tagged]
+    by_reader = [f"{stem}__{_safe(reader)}"] if reader and not repeated else []
+    candidates = [tagged] if repeated else [stem, *by_reader, tagged]
     candidates.append(f"{tagged}__{_safe(source.stem)}")
     for c in candidates:
         if c.lower() not in taken and c.lower() not in _RESERVED_STEMS:
@@ -761,12 +766,12 @@ def _convert_target(target: _Target, out_dir: Path, roi_names: Sequence[str] | N
         names = list(mask.labels.values())
         readers = mask.meta.get("readers", {})
         for number, name in sorted(mask.labels.items()):
-            file_name = _mask_file_name(name, number, kind, names.count(name) > 1, path, taken)
+            reader = readers.get(number) or None
+            file_name = _mask_file_name(name, number, kind, names.count(name) > 1, path, taken, reader)
             taken.add(file_name[: -len(".nii.gz")].lower())
             target_file = case_dir / file_name
             binary = mask.binary_mask(number)
             write_volume(binary.with_array(binary.array.astype("uint8")), target_file)
-            reader = readers.get(number) or None
             rows.append({"case": target.folder, "roi_name": name, "segment": number, "reader": reader or "",
                          "voxels": mask.voxel_count(number), "volume_ml": float(f"{mask.volume_ml(number):.6g}"),
                          "mask_file": str(target_file), "image_file": str(image_file), "image_units": units,
