@@ -40,7 +40,6 @@ from nmkit.cli import build_parser, main
 #: (command words, case id) -> why; cases where today the catch-all "internal error" fires (or the command
 #: succeeds on bad input), in commands owned elsewhere: their owners fix them and remove the entry.
 KNOWN_INTERNAL: dict[tuple[str, str], str] = {
-    ("info", "text_nii"): "info: a text file named .nii.gz is listed as unreadable but the exit code is 0",
 }
 #: (command words, case id): the "bad" input is valid for this command (exit 0 is right)
 VALID_INPUT = {

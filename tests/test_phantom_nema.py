@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from nmkit.errors import InputError  # noqa: E402
 from nmkit.io.dicom_series import stack_slices  # noqa: E402
 from nmkit.io.nm import read_nm_recon  # noqa: E402
 from nmkit.io.reader import read_image  # noqa: E402
@@ -209,5 +210,5 @@ def test_cli_registration_parses_options():
 
 
 def test_too_small_grid_is_refused():
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(InputError, match="too small"):
         make_nema_phantom(NemaConfig(n=32, nz=16, voxel_mm=4.0))

@@ -198,7 +198,7 @@ def _convert_rois(cohort_dir: Path, cases: pd.DataFrame, readers: list[str], mas
     masks: dict[str, dict[str, np.ndarray]] = {r: {} for r in readers}
     consensus_masks: dict[str, np.ndarray] = {}
     rows = []
-    for row in tqdm(list(cases.itertuples()), desc="ROIs -> masks"):
+    for row in tqdm(list(cases.itertuples()), desc="ROIs -> masks", disable=None):
         image = read_image(cohort_dir / row.dicom)
         for reader in readers:
             roi_file = cohort_dir / row.rois.format(reader=reader)

@@ -396,6 +396,9 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise InputError(args.path, f"no DICOM series or NIfTI/NRRD image found ({counts['not_image_files']} other file(s), "
                                     f"{counts['unreadable_dicom']} unreadable DICOM file(s))")
+    status = str(records[0].get("status", "")) if len(records) == 1 else ""
+    if status.startswith("error: ") and Path(args.path).is_file():
+        raise InputError(None, status[len("error: "):])  # the one file asked about cannot be read: say so and fail
     if args.json:
         json.dump(records, sys.stdout, indent=2, default=str)
         print()

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     done, failed, rows = [], [], []
     from tqdm.auto import tqdm
 
-    for case_id, path, source in tqdm(inputs, desc="predict", unit="image"):
+    for case_id, path, source in tqdm(inputs, desc="predict", unit="image", disable=None):
         try:
             suv = str(source.get("suv") or "").strip() or default_suv
             image = load_image(path, suv=suv)

@@ -145,9 +145,12 @@ def per_patient(table):
 
 
 def _patient_units(summary, unit: str) -> dict:
+    import pandas as pd
+
     u = "g/ml (SUVbw)" if unit in ("g/ml", "image units") and "patient_suv_max" in summary else unit
     cols = {"lesion_count": "1", "total_mtv_ml": "ml", "total_tlg_g": "g", "total_tla": f"{unit} x ml"}
-    cols.update({c: u for c in summary.columns if c.startswith("patient_")})
+    cols.update({c: u for c in summary.columns if c.startswith("patient_") and c != "patient_id"
+                 and pd.api.types.is_numeric_dtype(summary[c])})
     return {"scheme": "nmkit-units/1", "image_units": unit, "columns": {c: v for c, v in cols.items() if c in summary}}
 
 

@@ -201,7 +201,7 @@ def generate_cohort(out: str | Path, n: int = 100, seed: int = 1, n_readers: int
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n, desc="thyroid cohort", unit="case")
+        bar = tqdm(total=n, desc="thyroid cohort", unit="case", disable=None)
     if workers > 1 and n > 1:
         import multiprocessing as mp
 

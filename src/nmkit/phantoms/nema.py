@@ -163,7 +163,10 @@ def make_nema_phantom(config: NemaConfig | None = None) -> NemaPhantom:
     cfg = config or NemaConfig()
     n, nz, v, ss = cfg.n, cfg.nz, float(cfg.voxel_mm), max(1, int(cfg.supersample))
     if n * v < 300.0 or nz * v < 186.0:
-        raise ValueError(f"grid {n}x{n}x{nz} at {v} mm is too small for the phantom (300 x 230 x 186 mm)")
+        from ..errors import InputError
+
+        raise InputError(None, f"grid {n}x{n}x{nz} at {v} mm is too small for the phantom (300 x 230 x 186 mm): "
+                               "raise --matrix/--slices or --voxel-mm")
     if cfg.camera.radius_mm < 200.0:  # the outer body reaches ~190 mm from the scanner axis
         raise ValueError(f"camera orbit radius {cfg.camera.radius_mm} mm would cut through the phantom (needs >= 200 mm)")
     xs, ys, zs, origin = _grid_axes(n, nz, v)

@@ -521,7 +521,7 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
         for err in result["errors"]:
             fail(i, err["error"], err["roi"])
 
-    bar = tqdm(total=len(records), disable=not progress, desc="radiomics", unit="case")
+    bar = tqdm(total=len(records), disable=None if progress else True, desc="radiomics", unit="case")  # None: only on a terminal
     if scheduler:
         client = _client(scheduler)
         try:
