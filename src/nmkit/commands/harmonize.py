@@ -16,6 +16,9 @@ def register(subparsers) -> None:
                     "--estimates. All numeric columns other than the batch, covariates and --id columns are features.",
     )
     p.add_argument("--features", required=True, help="CSV: one row per sample, feature columns, batch and covariate columns")
+    p.add_argument("--manifest", default=None,
+                   help="case table (nmkit-dataset/1) to take the batch/covariate columns from, joined on case_id "
+                        "(e.g. a 'centre' or 'series_description' column the feature table lacks)")
     p.add_argument("--batch-col", required=True, help="column naming the batch (scanner, site, reconstruction)")
     p.add_argument("--categorical", nargs="*", default=[], help="categorical covariates to preserve (e.g. sex)")
     p.add_argument("--continuous", nargs="*", default=[], help="continuous covariates to preserve (e.g. age)")
@@ -41,6 +44,20 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise InputError(path, f"not a readable CSV ({exc})") from exc
     needed = [args.batch_col, *args.categorical, *args.continuous, *args.id]
+    if args.manifest:
+        from ..dataset import read_dataset
+
+        cases = read_dataset(args.manifest, check_files=False)
+        if "case_id" not in table.columns:
+            raise InputError(path, "--manifest joins on case_id, which the feature table lacks")
+        join = [c for c in needed if c not in table.columns and c in cases.columns]
+        unknown = sorted(set(table.case_id.astype(str)) - set(cases.case_id.astype(str)))
+        if unknown:
+            raise InputError(args.manifest, f"{len(unknown)} case_id(s) of the feature table are not in the case table "
+                                            f"(first: {unknown[0]!r})")
+        table = table.merge(cases[["case_id", *join]].astype({"case_id": str}), how="left",
+                            left_on=table.case_id.astype(str), right_on="case_id", suffixes=("", "_table"))
+        table = table.drop(columns=[c for c in ("key_0", "case_id_table") if c in table.columns])
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise InputError(path, f"column(s) {missing} not found; columns are {list(table.columns)}")
@@ -56,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         if absent:
             raise InputError(path, f"feature column(s) {absent[:10]} of the estimates are missing")
     else:
+        from ..dataset import COLUMNS as CASE_COLUMNS
+
+        # identifiers from the case table and structure numbers are not measurements: never harmonised
+        skip |= set(CASE_COLUMNS) | {"segment_number", "label_value", "suv_factor", "case_index", "seed"}
         features = [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])]
         model = ComBat(batch_col=args.batch_col, categorical=args.categorical, continuous=args.continuous,
                        eb=not args.no_eb, parametric=not args.non_parametric, mean_only=args.mean_only)
