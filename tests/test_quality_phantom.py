@@ -152,6 +152,8 @@ def test_quality_cli_phantom_and_roi_modes(phantom, tmp_path):
                  "--phantom-activity", str(tmp_path / "activity.nii.gz"), "--out", str(out)]) == 0
     table = pd.read_csv(out)
     assert len(table) == 6 and table["contrast_recovery_qh"].iloc[-1] > table["contrast_recovery_qh"].iloc[0]
+    units = json.loads((tmp_path / "nema.csv.units.json").read_text())
+    assert units["columns"]["fwhm_mm"] == "mm" and units["columns"]["rc_mean"] == "1"
     prov = json.loads((tmp_path / "nema.csv.json").read_text())
     assert prov["summary"]["fwhm_mm_median"] == pytest.approx(10.0, rel=0.1)
     out2 = tmp_path / "roi.csv"

@@ -28,6 +28,7 @@ def register(subparsers) -> None:
                    help="structures to measure: number, glob or name (repeatable; default all)")
     p.add_argument("--background", default=None, help="background ROI (selector: number or name) for contrast and CNR")
     p.add_argument("--suv", choices=("bw", "lbm"), default=None, help="read DICOM PET in SUV (g/ml)")
+    p.add_argument("--units", default=None, help="unit of the voxel values when the image does not state it (NIfTI), e.g. Bq/ml")
     p.add_argument("--out", required=True, help="output CSV")
     p.set_defaults(func=run)
 
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         from ..quality.phantom import analyse_nema_phantom, phantom_from_truth
 
         image = read_image(args.image)
+        if args.units and not image.units:
+            image.units = args.units
         masks = read_named_label_map(args.phantom_masks)
         truth = read_image(args.phantom_activity)
         if not truth.same_grid(masks):
@@ -93,6 +96,15 @@ def run(args: argparse.Namespace) -> int:
         table, summary = analyse_nema_phantom(image, ph, locate=not args.no_locate)
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index=False)
+        from ..units import image_unit
+
+        unit = image_unit(image.units, image.modality) if image.units else (args.units or "unknown (give --units)")
+        columns = {"diameter_mm": "mm", "voxels": "voxels", "c_sphere": unit, "c_background": unit, "n_background_rois": "1",
+                   "contrast_recovery_qh": "1", "background_variability": "1", "rc_mean": "1", "rc_max": "1", "fwhm_mm": "mm"}
+        units = {"scheme": "nmkit-units/1", "image_units": unit, "columns": {c: u for c, u in columns.items() if c in table},
+                 "summary": {k: ("mm" if k.endswith("_mm") or "_mm_" in k else unit if k == "background_mean" else "1")
+                             for k in summary}}
+        Path(str(out) + ".units.json").write_text(json.dumps(units, indent=1))
         inputs += [args.phantom_masks, args.phantom_activity]
         print(table[["diameter_mm", "contrast_recovery_qh", "background_variability", "rc_mean", "rc_max", "fwhm_mm"]].round(3).to_string(index=False))
         print(", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
