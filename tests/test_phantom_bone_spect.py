@@ -121,6 +121,15 @@ def test_cohort_files_read_back(tmp_path):
         assert len(uids) == 1
         study_uids |= uids
     assert len(study_uids) == 2  # distinct studies per patient
+    # the case table pairs the two reconstructions of each patient for `nmkit compare --manifest`
+    from nmkit.cli import main
+    from nmkit.dataset import read_dataset
+
+    table = read_dataset(root / "dataset.csv", need_masks=True)
+    assert sorted(table.series_description) == ["CTGUIDED", "CTGUIDED", "OSEM", "OSEM"]
+    assert main(["compare", "--manifest", str(root / "dataset.csv"), "--a", "OSEM", "--b", "CTGUIDED",
+                 "--labels", "OSEM", "CTGUIDED", "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "paired_statistics.csv").is_file()  # two patients: cohort statistics
 
 
 def test_bad_case_is_logged_and_skipped(tmp_path, caplog):

@@ -330,7 +330,26 @@ def generate_cohort(out_dir: str | Path, n_patients: int = 20, seed: int = 0, co
                 wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
                 wr.writeheader()
                 wr.writerows(rows)
+    write_case_table(out, cases)
     return out / "cases.csv"
+
+
+def write_case_table(out: Path, cases: list[dict]) -> Path | None:
+    """``out/dataset.csv`` (``nmkit.dataset``): one row per reconstruction (OSEM, CT-guided) of each patient, the truth
+    label map as its mask, so that ``nmkit compare --manifest out/dataset.csv --a OSEM --b CTGUIDED`` and the
+    segmentation commands read the cohort directly."""
+    from ..dataset import MaskRef, new_table, write_dataset
+
+    rows = []
+    for case in cases:
+        masks = [MaskRef(str(out / case["truth_masks"]), "labelmap", reader="truth")]
+        for recon, column in (("OSEM", "osem_pt_dir"), ("CTGUIDED", "ctguided_pt_dir")):
+            rows.append({"case_id": f"{case['case_id']}_{recon}", "patient_id": case["case_id"], "modality": "PT",
+                         "tracer": "Tc-99m bone (simulated)", "series_description": recon, "image": str(out / case[column]),
+                         "masks": masks, "n_lesions": case["n_lesions"]})
+    if not rows:
+        return None
+    return write_dataset(new_table(rows), out / "dataset.csv", {"producer": "nmkit phantom bone-spect"})
 
 
 # ----- CLI --------------------------------------------------------------------------------------------
