@@ -132,3 +132,25 @@ def test_info_errors_are_one_line(tmp_path: Path, external_data: Path, capsys):
     assert main(["info", str(readme)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "README.md" in err[0]
+
+
+def test_info_counts_the_voxels_of_a_single_frame_seg(tmp_path, capsys):
+    """The server's SEG of a planar image has one frame whose segment is named in the shared functional groups."""
+    import numpy as np
+    import pydicom
+
+    from nmkit.cli import main as cli_main
+    from nmkit.io.image import Mask
+    from nmkit.io.reader import read_image
+    from nmkit.phantoms.cohort import generate_cohort
+    from nmkit.serve.outputs import ModelTag, make_seg
+
+    generate_cohort(tmp_path / "ph", n=1, seed=3, workers=1, progress=False)
+    dcm = tmp_path / "ph" / "dicom" / "case00000" / "ANT.dcm"
+    image = read_image(dcm)
+    labels = np.zeros(image.array.shape, np.uint8)
+    labels[..., 20:40, 30:41] = 1
+    make_seg(Mask.like(image, labels, labels={1: "thyroid"}), image, [pydicom.dcmread(dcm)], tmp_path / "seg.dcm",
+             ModelTag(name="t", version="1"), "job")
+    assert cli_main(["info", str(tmp_path / "seg.dcm")]) == 0
+    assert "segment 1: 'thyroid' 220 voxels" in capsys.readouterr().out

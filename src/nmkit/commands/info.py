@@ -284,10 +284,14 @@ def seg_segments(path: str | Path) -> list[dict[str, Any]]:
         else:
             threshold = 0.5 * float(getattr(ds, "MaximumFractionalValue", 1) or 1) if seg_type == "FRACTIONAL" else 0.5
             per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
+            shared = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [None])[0]
+            shared_ident = getattr(shared, "SegmentIdentificationSequence", None) if shared is not None else None
+            default = int(shared_ident[0].ReferencedSegmentNumber) if shared_ident else (
+                next(iter(segments)) if len(segments) == 1 else None)  # one segment: every frame is its
             frame_segment = []
-            for item in per_frame:
-                ident = getattr(item, "SegmentIdentificationSequence", None)
-                frame_segment.append(int(ident[0].ReferencedSegmentNumber) if ident else None)
+            for item in per_frame or [None] * arr.shape[0]:
+                ident = getattr(item, "SegmentIdentificationSequence", None) if item is not None else None
+                frame_segment.append(int(ident[0].ReferencedSegmentNumber) if ident else default)
             if len(frame_segment) == arr.shape[0]:
                 counts = (arr >= threshold).reshape(arr.shape[0], -1).sum(axis=1)
                 for k in voxels:
