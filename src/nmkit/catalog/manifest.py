@@ -26,6 +26,7 @@ import numpy as np
 from ..dataset import COLUMNS as MANIFEST_COLUMNS  # noqa: F401  (the contract's columns, re-exported)
 from ..dataset import MaskRef, new_table, read_dataset, write_dataset
 from ..errors import InputError
+from ..io.dicom_dates import iso_datetime
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,6 @@ NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.9.", "1.2.840.10008.5.1.4.1.1
 def is_image_sop_class(uid: str | None) -> bool:
     """False for the SOP classes that carry no image; True otherwise (and for an unknown class)."""
     return not any(str(uid or "").startswith(p) for p in NON_IMAGE_SOP_PREFIXES)
-
-
-def _iso_datetime(date: Any, time: Any) -> str:
-    date, time = str(date or "").strip(), str(time or "").strip()
-    if len(date) != 8 or not date.isdigit():
-        return ""
-    out = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-    digits = time.split(".")[0]
-    if len(digits) >= 4 and digits.isdigit():
-        digits = digits.ljust(6, "0")
-        out += f"T{digits[:2]}:{digits[2:4]}:{digits[4:6]}"
-    return out
 
 
 def _tracer(row: Any) -> str:
@@ -126,7 +115,7 @@ def manifest_from_catalog(db: str | Path, modality: str | Sequence[str] | None =
                      for path in str(r.paths).split(";") if path]
             rows.append({
                 "patient_id": patient, "study_uid": s.study_uid, "series_uid": s.series_uid,
-                "study_date": s.study_date or "", "acquisition_datetime": _iso_datetime(s.series_date or s.study_date, s.series_time),
+                "study_date": s.study_date or "", "acquisition_datetime": iso_datetime(s.series_date or s.study_date, s.series_time),
                 "modality": s.modality, "tracer": _tracer(s), "series_description": s.description or "",
                 "image": folder if same else ";".join(files), "image_format": "dicom", "masks": masks,
                 "reader": ";".join(sorted({m.reader for m in masks if m.reader})), "split": ""})

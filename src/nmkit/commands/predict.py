@@ -108,24 +108,17 @@ def reader_id(bundle, head: str | None) -> str:
     return f"model:{bundle.name}@{bundle.version}" + (f"/{head}" if head else "")
 
 
-def _iso(date: Any, time: Any) -> str:
-    date, time = str(date or "").strip(), str(time or "").strip()
-    if len(date) != 8 or not date.isdigit():
-        return ""
-    iso = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-    digits = time.split(".")[0]
-    return f"{iso}T{digits[:2]}:{digits[2:4]}:{digits[4:6]}" if len(digits) >= 6 and digits.isdigit() else iso
-
-
 def image_fields(image, source: dict[str, Any], case_id: str) -> dict[str, Any]:
     """Contract columns for a predicted image: from the input table's row, else from the DICOM header, else blank.
 
     ``patient_id`` falls back to the case id (one patient per image) when neither says who the patient is."""
+    from ..io.dicom_dates import iso_datetime
+
     meta = image.meta or {}
     fields = {
         "patient_id": meta.get("PatientID"), "study_uid": meta.get("StudyInstanceUID"), "series_uid": meta.get("SeriesInstanceUID"),
         "study_date": meta.get("StudyDate"),
-        "acquisition_datetime": _iso(meta.get("AcquisitionDate") or meta.get("SeriesDate"), meta.get("AcquisitionTime") or meta.get("SeriesTime")),
+        "acquisition_datetime": iso_datetime(meta.get("AcquisitionDate") or meta.get("SeriesDate"), meta.get("AcquisitionTime") or meta.get("SeriesTime")),
         "modality": meta.get("Modality") or getattr(image, "modality", None), "tracer": meta.get("Radiopharmaceutical"),
         "series_description": meta.get("SeriesDescription"),
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 from ..errors import DicomReadError, InputError
+from .dicom_dates import iso_datetime
 from .image import Image, Mask, resample_to
 from .volume_files import is_volume_file, read_label_map
 
@@ -352,19 +353,6 @@ def find_roi_files(root: str | Path) -> list[tuple[Path, RoiKind]]:
     return found
 
 
-def _iso_datetime(date: str, time: str) -> str:
-    """``YYYYMMDD`` + ``HHMMSS.frac`` -> ``YYYY-MM-DDTHH:MM:SS`` (date only without a time, blank without a date)."""
-    date = (date or "").strip()
-    if len(date) != 8 or not date.isdigit():
-        return ""
-    out = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-    digits = (time or "").strip().split(".")[0]
-    if len(digits) >= 4 and digits.isdigit():
-        digits = digits.ljust(6, "0")
-        out += f"T{digits[:2]}:{digits[2:4]}:{digits[4:6]}"
-    return out
-
-
 def tracer_of(ds) -> str:
     """The tracer a PT/NM header names: Radiopharmaceutical, else its code meaning, else the radionuclide's
     (the same order as the catalog manifest); blank when none."""
@@ -388,7 +376,7 @@ def _header_facts(ds, series_uid: str) -> dict[str, str]:
     date = get("AcquisitionDate") or get("SeriesDate") or get("StudyDate")
     time = get("AcquisitionTime") if get("AcquisitionDate") else (get("SeriesTime") if get("SeriesDate") else get("StudyTime"))
     return {"patient_id": get("PatientID"), "study_uid": get("StudyInstanceUID"), "series_uid": get("SeriesInstanceUID") or series_uid,
-            "study_date": get("StudyDate"), "acquisition_datetime": _iso_datetime(date, time), "modality": get("Modality"),
+            "study_date": get("StudyDate"), "acquisition_datetime": iso_datetime(date, time), "modality": get("Modality"),
             "tracer": tracer_of(ds), "series_description": get("SeriesDescription"), "series_number": get("SeriesNumber")}
 
 

@@ -374,25 +374,6 @@ read_manifest = read_cases  # the name used before the dataset contract
 # ----- catalog ------------------------------------------------------------------------------------------
 CATALOG_COLUMNS = ("patient_id", "study_uid", "series_uid", "modality", "tracer", "series_description", "image", "mask",
                    "mask_format", "roi_series_uid", "roi", "suv", "reader")
-_NON_IMAGE = ("RTSTRUCT", "SEG", "SR", "PR", "RTPLAN", "RTDOSE", "REG", "KO", "DOC")
-
-
-def _series_image(cat, series_uid: str) -> str | None:
-    """The series' folder when it holds exactly the series' files, else its ``;``-separated files."""
-    files = cat.files(series_uid)
-    if not files:
-        return None
-    folder = str(Path(files[0]).parent)
-    pattern = folder.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
-    in_folder = int(cat.sql("SELECT COUNT(*) AS n FROM instance WHERE path LIKE ? ESCAPE '\\'", (pattern,)).n[0])
-    same = all(str(Path(f).parent) == folder for f in files) and in_folder == len(files)
-    return folder if same else ";".join(files)
-
-
-def _tracer(s: Any) -> str:
-    return _text(getattr(s, "radiopharmaceutical", None)) or _text(getattr(s, "radionuclide", None)) or ""
-
-
 def check_selector(cases, selector: str | None, where: Any) -> None:
     """Fail early, naming every structure found, when ``selector`` matches no structure of any RTSTRUCT/SEG of the
     cases (header reads only); a selector that matches in some files lets the others fail one by one."""
@@ -434,45 +415,35 @@ def cases_from_catalog(db: str | Path, modality: str | list[str] | None = None, 
     found. ``suv`` ("bw"/"lbm") applies to PT series only. Other ``Catalog.series`` criteria (``patient``, ...) pass
     through. Raises ``InputError`` when nothing matches.
     """
-    import fnmatch
-
-    from ..dataset import MaskRef, new_table
+    from ..catalog.manifest import manifest_from_catalog
     from ..catalog.query import Catalog
+    from ..dataset import new_table
 
     if suv not in (None, "bw", "lbm"):
         raise InputError(db, f"suv must be 'bw', 'lbm' or None, got {suv!r}")
     if not Path(db).is_file():
         raise InputError(db, "catalog database does not exist (build it with `nmkit index`)")
+    like = series_description.replace("*", "%").replace("?", "_") if series_description else None
+    filters = {k: v for k, v in {"tracer": tracer, "description_like": like, **criteria}.items() if v}
+    images = manifest_from_catalog(db, modality=modality, require_roi=True, blank_patient="skip", **filters)
     rows: list[dict[str, Any]] = []
     with Catalog(db) as cat:
-        series = cat.series(modality=modality, tracer=tracer, has_roi=True, **criteria)
-        series = series[~series.modality.isin(_NON_IMAGE)]
-        if series_description:
-            pattern = series_description.lower()
-            series = series[[fnmatch.fnmatchcase(str(d or "").lower(), pattern) for d in series.description]]
-        for s in series.itertuples(index=False):
-            image = _series_image(cat, s.series_uid)
-            if image is None:
-                continue
-            for r in cat.rois(s.series_uid).itertuples(index=False):
-                if r.modality not in ("RTSTRUCT", "SEG"):
-                    continue
-                paths = [p for p in str(r.paths).split(";") if p]
-                for k, path in enumerate(paths):
-                    reader = _text(r.roi_creator)
-                    rows.append({"case_id": f"{s.series_uid}:{r.roi_series_uid}" + (f":{k}" if len(paths) > 1 else ""),
-                                 "patient_id": s.patient_id, "study_uid": s.study_uid, "series_uid": s.series_uid,
-                                 "study_date": _text(s.study_date) or "", "modality": s.modality, "tracer": _tracer(s),
-                                 "series_description": _text(s.description) or "", "image": image, "image_format": "dicom",
-                                 "masks": [MaskRef(file=path, kind=r.modality.lower(), reader=reader)], "mask": path,
-                                 "roi": roi or "", "reader": reader or "", "suv": suv if suv and s.modality == "PT" else "",
-                                 "mask_format": r.modality.lower(), "roi_series_uid": r.roi_series_uid})
+        roi_series = {path: r.roi_series_uid for s in images.series_uid for r in cat.rois(s).itertuples(index=False)
+                      for path in str(r.paths).split(";") if path}
+        for image in images.to_dict(orient="records"):
+            refs = [m for m in image["masks"] if m.kind in ("rtstruct", "seg")]
+            for k, ref in enumerate(refs):  # one case per ROI file: each reader's file gets its own rows
+                uid = roi_series.get(ref.file, "")
+                same_series = [m for m in refs if roi_series.get(m.file, "") == uid]
+                suffix = f":{same_series.index(ref)}" if len(same_series) > 1 else ""
+                rows.append({**image, "case_id": f"{image['series_uid']}:{uid}{suffix}", "masks": [ref], "mask": ref.file,
+                             "roi": roi or "", "reader": ref.reader or "", "suv": suv if suv and image["modality"] == "PT" else "",
+                             "mask_format": ref.kind, "roi_series_uid": uid})
         if not rows:
             wanted = {k: v for k, v in {"modality": modality, "tracer": tracer, "series_description": series_description,
                                         **criteria}.items() if v}
-            every = cat.series(has_roi=True)
-            every = every[~every.modality.isin(_NON_IMAGE)]
-            seen = sorted({f"{m} {_tracer(x) or '(no tracer)'} {x.description!r}" for m, x in zip(every.modality, every.itertuples())})
+            every = manifest_from_catalog(db, require_roi=True, blank_patient="skip")
+            seen = sorted({f"{r.modality} {r.tracer or '(no tracer)'} {r.series_description!r}" for r in every.itertuples()})
             raise InputError(db, f"no image series with an RTSTRUCT/SEG referencing it matches {wanted}"
                                  + (f"; series with ROIs: {'; '.join(seen[:12])}" if seen else "; the catalog has no series with ROIs"))
     table = new_table(rows)
@@ -489,10 +460,15 @@ def _client(scheduler: str):
 
 
 def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler: str | None = None,
-                   progress: bool = True, roi: str | None = None, diagnostics: bool = False) -> CohortResult:
+                   progress: bool = True, roi: str | None = None, diagnostics: bool = False,
+                   partial: str | Path | None = None, restart: bool = False) -> CohortResult:
     """Features for every case of ``cases`` (case table path or DataFrame): one row per structure; bad cases are
     logged and skipped. ``roi``: a selector applied to every case on top of its own ``roi``; ``diagnostics``: add
     the IBSI diagnostic features.
+
+    ``partial``: an append log (``radiomics.resume``, e.g. ``<out>.partial.jsonl``) where every finished case is
+    written durably as it arrives; cases already in it (same case record, configuration and options) are taken from
+    it and not recomputed, so a killed run resumes where it stopped. ``restart`` discards the log first.
 
     ``failures`` lists ``{"index", "image", "mask", "roi", "error"}``: ``roi`` is blank when the whole case
     failed (image or mask unreadable, ROI not found) and names the structure when only that one failed."""
@@ -500,11 +476,14 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
     from tqdm.auto import tqdm
 
     df = read_cases(cases) if isinstance(cases, (str, Path)) else cases
-    records = df.to_dict(orient="records")
+    all_records = df.to_dict(orient="records")
     cfg_dict = config.to_dict()
     options = {"roi": roi, "diagnostics": diagnostics}
     rows: dict[int, list[dict[str, Any]]] = {}
     failures: list[dict[str, str]] = []
+    store, keys = _open_store(partial, restart, cfg_dict, all_records, options)
+    todo = [i for i in range(len(all_records)) if store is None or keys[i] not in store.done]
+    records = dict(enumerate(all_records))
 
     def fail(i: int, error: Any, roi: str = "") -> None:
         case = records[i]
@@ -517,15 +496,63 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
         failures.append({"index": str(i), "image": str(case.get("image")), "mask": mask, "roi": roi, "error": str(error)})
 
     def collect(i: int, result: dict[str, Any]) -> None:
+        if store is not None:
+            store.append(keys[i], i, result)
+            result = store.done[keys[i]]  # the logged (JSON round-tripped) rows: resumed and fresh rows alike
         rows[i] = result["rows"]
         for err in result["errors"]:
             fail(i, err["error"], err["roi"])
 
-    bar = tqdm(total=len(records), disable=None if progress else True, desc="radiomics", unit="case")  # None: only on a terminal
+    if store is not None:
+        for i in range(len(all_records)):
+            if keys[i] in store.done:
+                _collect_logged(i, store.done[keys[i]], rows, fail)
+        if len(todo) < len(all_records):
+            log.info("radiomics: %d of %d cases taken from %s, %d to compute", len(all_records) - len(todo),
+                     len(all_records), store.path, len(todo))
+    bar = tqdm(total=len(todo), disable=None if progress else True, desc="radiomics", unit="case")  # None: only on a terminal
+    try:
+        _run_cases(todo, records, cfg_dict, options, n_workers, scheduler, collect, fail, bar)
+    finally:
+        bar.close()
+        if store is not None:
+            store.close()
+    table = pd.DataFrame([row for i in sorted(rows) for row in rows[i]])
+    failures.sort(key=lambda f: (int(f["index"]), f["roi"]))
+    return CohortResult(table=table, failures=failures)
+
+
+def _open_store(partial: str | Path | None, restart: bool, cfg_dict: Mapping[str, Any], records: list[dict[str, Any]],
+                options: Mapping[str, Any]):
+    """The partial store of a resumable run and every case's key (``(None, [])`` without one)."""
+    if partial is None:
+        return None, []
+    from ..provenance import config_hash
+    from .resume import PartialStore, case_key
+
+    chash = config_hash(dict(cfg_dict))
+    store = PartialStore(partial, chash)
+    if restart:
+        store.clear()
+    return store, [case_key(rec, chash, options) for rec in records]
+
+
+def _collect_logged(i: int, logged: Mapping[str, Any], rows: dict[int, list[dict[str, Any]]], fail) -> None:
+    """A case taken from the partial store: its rows, and its per-structure failures reported again."""
+    rows[i] = logged["rows"]
+    for err in logged["errors"]:
+        fail(i, err["error"], err["roi"])
+
+
+def _run_cases(todo: list[int], records: Mapping[int, dict[str, Any]], cfg_dict: dict[str, Any],
+               options: dict[str, Any], n_workers: int, scheduler: str | None, collect, fail, bar) -> None:
+    """Run the cases ``todo`` serially, in a local process pool or on Dask; ``collect``/``fail`` get each result."""
+    if not todo:
+        return
     if scheduler:
         client = _client(scheduler)
         try:
-            futures = {client.submit(_safe_run_case, rec, cfg_dict, options, pure=False): i for i, rec in enumerate(records)}
+            futures = {client.submit(_safe_run_case, records[i], cfg_dict, options, pure=False): i for i in todo}
             from dask.distributed import as_completed as dask_completed
 
             for fut in dask_completed(list(futures)):
@@ -538,10 +565,10 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
         finally:
             client.close()
     elif n_workers <= 1:
-        for i, rec in enumerate(records):
+        for i in todo:
             errors: list[dict[str, str]] = []
             try:
-                collect(i, {"rows": run_case_rows(rec, cfg_dict, errors, **options), "errors": errors})
+                collect(i, {"rows": run_case_rows(records[i], cfg_dict, errors, **options), "errors": errors})
             except Exception as exc:  # noqa: BLE001
                 fail(i, exc)
             bar.update()
@@ -550,7 +577,7 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
 
         # spawn, not fork: forking a parent whose SimpleITK/BLAS thread pools are running can crash the children
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_safe_run_case, rec, cfg_dict, options): i for i, rec in enumerate(records)}
+            futures = {pool.submit(_safe_run_case, records[i], cfg_dict, options): i for i in todo}
             for fut in as_completed(futures):
                 i = futures[fut]
                 try:
@@ -558,10 +585,6 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
                 except Exception as exc:  # noqa: BLE001
                     fail(i, exc)
                 bar.update()
-    bar.close()
-    table = pd.DataFrame([row for i in sorted(rows) for row in rows[i]])
-    failures.sort(key=lambda f: (int(f["index"]), f["roi"]))
-    return CohortResult(table=table, failures=failures)
 
 
 def write_table(table, path: str | Path) -> Path:
