@@ -30,6 +30,11 @@ mm^3 as IBSI defines it, with ``morph_volume_ml`` next to ``morph_volume``; inte
 diagnostic features (image and ROI dimensions, voxel counts and intensities before and after resampling and
 re-segmentation). A provenance JSON (config, hash, inputs, selection, failures, nmkit version) is written as
 ``<out>.provenance.json``. Failing cases are logged and skipped; the exit status is 1 only when nothing worked.
+
+Resuming: a cohort run appends every finished case to ``<out>.partial.jsonl`` (flushed to disk case by case). Run the
+same command again after a crash or kill and only the cases not yet logged are computed (with the same config,
+options and case record; changed cases are recomputed, failed cases retried); the table equals an uninterrupted
+run's. The log is kept after the run; ``--restart`` discards it, ``--no-resume`` writes none.
 """
 
 from __future__ import annotations
@@ -67,6 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1, help="local worker processes for a case table or catalog")
     p.add_argument("--scheduler", help="Dask scheduler address, or 'dask-local' for a LocalCluster")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--restart", action="store_true",
+                   help="cohorts: discard <out>.partial.jsonl (the log of finished cases) and compute every case again")
+    p.add_argument("--no-resume", action="store_true",
+                   help="cohorts: keep no log of finished cases (by default a re-run computes only the cases not yet logged)")
     p.add_argument("--out", required=True, help="output table (.csv, or .parquet with pyarrow)")
     p.set_defaults(func=run)
 
@@ -201,8 +210,11 @@ def run(args: argparse.Namespace) -> int:
                 cases["suv"] = [s or args.suv for s in cases["suv"]]
             inputs = [args.manifest]
             roi = args.roi
+        from ..radiomics.resume import partial_path
+
         result = extract_cohort(cases, config, n_workers=args.workers, scheduler=args.scheduler,
-                                progress=not args.no_progress, roi=roi, diagnostics=args.diagnostics)
+                                progress=not args.no_progress, roi=roi, diagnostics=args.diagnostics,
+                                partial=None if args.no_resume else partial_path(out), restart=args.restart)
         table, failures = result.table, result.failures  # each failure was logged once by extract_cohort
         case_columns = [c for c in cases.columns if c != "masks"]
     if not len(table):
