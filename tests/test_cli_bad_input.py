@@ -59,6 +59,11 @@ OUTPUT_DESTS = {"output", "out", "out_dir", "map", "report", "lesion_table", "pe
 ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stays an input
     (("roi2mask",), "rois"): "value",  # --roi NAME
     (("train",), "name"): "value",  # bundle name
+    # whole-body PET (issue #17): masks, lesion maps and the two PET scans of percist are inputs
+    **{(("delineate",), d): "input" for d in ("voi", "exclude", "seed_roi", "liver")},
+    **{(("burden",), "lesions"): "input", (("organs",), "lesions"): "input"},
+    **{(("percist",), d): "input" for d in ("baseline", "followup", "baseline_lesions", "followup_lesions",
+                                            "baseline_organs", "followup_organs")},
 }
 #: values for required non-path arguments
 VALUES = {"batch_col": "batch", "instance": "thyroid", "version": "1"}

@@ -1,0 +1,71 @@
+"""`nmkit organs PET ORGANS OUT_CSV` (or a case table): organ uptake table, one row per patient x organ
+(nmkit.petwb.organs); `nmkit organs ... --network` is in `nmkit network`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("organs", help="organ uptake per patient x organ: SUVmean, median, SUVpeak, CoV, volume",
+                       description="Reads a PET (SUV) and a multi-organ label map (any segmenter; RTSTRUCT/SEG too), or a "
+                                   "case table (nmkit-dataset/1 CSV) whose rows name the PET and its organ label map. Writes "
+                                   "OUT (CSV; one row per patient x organ: volume_ml, suv_mean, suv_median, suv_sd, suv_cov, "
+                                   "suv_max, suv_peak; SUV in g/ml) and <OUT>.provenance.json. --lesions removes lesion "
+                                   "voxels from every organ (non-tumoural statistics).")
+    p.add_argument("input", help="PET (DICOM folder/file, or NIfTI in SUV with --assume-suv), or a case table CSV")
+    p.add_argument("rois", nargs="?", help="organ label map / RTSTRUCT / SEG on the PET (not with a case table)")
+    p.add_argument("out", help="output CSV")
+    p.add_argument("--roi", action="append", metavar="SELECTOR", help="organs to measure (number, glob, name; default all)")
+    p.add_argument("--lesions", metavar="FILE", help="lesion mask whose voxels are excluded from the organs")
+    p.add_argument("--suv", choices=("bw", "lbm"), default="bw", help="SUV kind for DICOM PET")
+    p.add_argument("--assume-suv", action="store_true", help="a NIfTI/NRRD PET's values are SUV")
+    p.set_defaults(func=run)
+
+
+def _one(pet_path, organ_path, args, case_id, lesion_path=None) -> list[dict]:
+    from pathlib import Path
+
+    from ..petwb.inputs import read_mask_on, read_suv_pet
+    from ..petwb.organs import organ_table
+
+    pet = read_suv_pet(pet_path, suv=args.suv, assume_suv=args.assume_suv)
+    organs = read_mask_on(organ_path, pet, args.roi, "organ map")
+    exclude = read_mask_on(lesion_path, pet, None, "lesion mask").binary(None) if lesion_path else None
+    case = case_id or str(pet.meta.get("PatientID") or Path(pet_path).name.split(".")[0])
+    return [{"patient_id": case, **r, "units": "SUV g/ml"} for r in organ_table(pet, organs, exclude)]
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ..errors import InputError
+    from ..provenance import provenance
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(out, "is a folder; give the output CSV file")
+    src = Path(args.input)
+    rows: list[dict] = []
+    if src.is_file() and src.suffix.lower() == ".csv":
+        from ..dataset import read_dataset, single_label_map
+
+        if args.rois:
+            raise InputError(args.rois, "give the organ maps in the case table, not as an argument")
+        table = read_dataset(src, need_masks=True)
+        for row in table.to_dict(orient="records"):
+            rows += _one(row["image"], single_label_map(row), args, str(row.get("patient_id") or row["case_id"]),
+                         args.lesions)
+    else:
+        if not args.rois:
+            raise InputError(src, "give the organ label map after the PET (or a case table CSV as the only input)")
+        rows = _one(args.input, args.rois, args, None, args.lesions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out, index=False)
+    out.with_name(out.stem + ".provenance.json").write_text(json.dumps(
+        provenance({k: v for k, v in vars(args).items() if k != "func"}, [str(args.input)]), indent=1, default=str))
+    print(f"{len(rows)} organ rows -> {out}")
+    return 0
