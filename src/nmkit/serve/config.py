@@ -7,6 +7,7 @@ registry, makes the listed outputs and sends them to its destinations. See ``exa
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,33 @@ class ServerConfig:
     lease_seconds: float = 60.0
     max_attempts: int = 3
     retry_base_seconds: float = 5.0
-    send_attempts: int = 3
+    send_attempts: int = 3  # kept for older configurations; delivery now uses the outbox back-off below
+    send_retry_base_seconds: float = 5.0  # outbox: first retry after 5 s, doubling ...
+    send_max_backoff_seconds: float = 600.0  # ... up to 10 min between tries
+    send_horizon_hours: float = 24.0  # then the result is parked (visible in /status, `nmkit jobs`)
+    send_timeout_seconds: float = 30.0
+    # denial-of-service limits of the DICOM listener
+    association_timeout_seconds: float = 10.0  # the whole A-ASSOCIATE-RQ must arrive within this time
+    idle_timeout_seconds: float = 60.0  # an association (or a TLS handshake) silent this long is closed
+    tls_handshake_timeout_seconds: float = 5.0
+    max_associations: int = 32  # connections at once (pending + established)
+    max_associations_per_ip: int = 8
+    allowed_ips: list[str] | None = None  # addresses or networks (CIDR); None: any
+    # storage guards and retention
+    min_free_disk_mb: float = 1024.0  # refuse new objects with 0xA700 below this free space
+    max_object_mb: float = 2048.0  # refuse larger objects with 0xA700
+    resend_policy: str = "new_revision"  # a re-sent image with changed content: new_revision (new job) or ignore
+    unrouted_policy: str = "keep"  # objects no instance takes: keep (tracked, retained) or refuse (status 0x0124)
+    unrouted_retention_days: float = 7.0
+    retention_days: float | None = None  # inputs/results of finished jobs deleted after this (None: kept)
+    log_max_mb: float = 50.0  # log rotation
+    log_backups: int = 5
     workers: int = 1
     dask: dict[str, Any] | None = None  # {"scheduler": "tcp://..."} or {"local": true, "n_workers": 2}
     http_host: str = "127.0.0.1"
     http_port: int | None = None
+    http_token: str | None = None  # when set, /status and /metrics need "Authorization: Bearer <token>"
+    http_threads: int = 8
     registry: Path | None = None
     log_file: str | None = None
     device: str = "cpu"
@@ -96,7 +119,9 @@ class ServerConfig:
         return d
 
 
-_TOP_KEYS = {f for f in ServerConfig.__dataclass_fields__} - {"destinations", "instances", "source", "http_host", "http_port"}
+_TOP_KEYS = {f for f in ServerConfig.__dataclass_fields__} - {"destinations", "instances", "source", "http_host", "http_port", "http_token",
+                                                              "http_threads"}
+_HTTP_KEYS = {"host", "port", "token", "token_file", "threads"}
 _INSTANCE_KEYS = set(Instance.__dataclass_fields__)
 _MATCH_KEYS = {"modality", "series_description", "tracer", "body_part", "sop_class_uid", "study_description"}
 
@@ -122,11 +147,15 @@ def _fail(source: str | None, problem: str) -> InputError:
 
 
 def parse_config(data: dict[str, Any], source: str | Path | None = None, base: Path | None = None) -> ServerConfig:
-    """Validate a configuration mapping (as read from YAML); relative paths are resolved against ``base``."""
+    """Validate a configuration mapping (as read from YAML); relative paths (storage, registry, log_file, tls files,
+    validation manifests) are resolved against ``base`` (the configuration file's folder).
+
+    Every problem found is reported, one per line of the error (so an operator fixes them all in one go)."""
     src = str(source) if source else None
     if not isinstance(data, dict):
         raise _fail(src, "the configuration must be a mapping")
     base = base or Path.cwd()
+    problems: list[str] = []
     data = dict(data)
     http = data.pop("http", None) or {}
     dests_raw = data.pop("destinations", None) or {}
@@ -136,64 +165,139 @@ def parse_config(data: dict[str, Any], source: str | Path | None = None, base: P
             raise _fail(src, f"{key}: expected a {'mapping' if kind is dict else 'list'}, got {type(value).__name__}")
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise _fail(src, f"unknown configuration key(s) {sorted(unknown)}; known: {sorted(_TOP_KEYS | {'http', 'destinations', 'instances'})}")
+        problems.append(f"unknown configuration key(s) {sorted(unknown)}; known: {sorted(_TOP_KEYS | {'http', 'destinations', 'instances'})}")
+        data = {k: v for k, v in data.items() if k not in unknown}
     _check_types(ServerConfig, data, src, "")
     cfg = ServerConfig(**data)
     cfg.source = src
     cfg.storage = (base / Path(cfg.storage)).resolve()
     if cfg.registry is not None:
         cfg.registry = (base / Path(cfg.registry)).resolve()
-    cfg.http_host = http.get("host", cfg.http_host)
+    if cfg.log_file:
+        cfg.log_file = str((base / cfg.log_file).resolve())
+    bad_http = set(http) - _HTTP_KEYS
+    if bad_http:
+        problems.append(f"http: unknown key(s) {sorted(bad_http)}; known: {sorted(_HTTP_KEYS)}")
+    cfg.http_host = str(http.get("host", cfg.http_host))
     cfg.http_port = http.get("port")
+    if cfg.http_port is not None and (not isinstance(cfg.http_port, int) or not 0 <= cfg.http_port <= 65535):
+        problems.append(f"http: port must be an integer 0-65535, got {cfg.http_port!r}")
+    cfg.http_threads = int(http.get("threads", cfg.http_threads))
+    cfg.http_token = http.get("token")
+    if http.get("token_file"):
+        token_path = (base / str(http["token_file"])).resolve()
+        try:
+            cfg.http_token = token_path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"http: token_file {token_path}: cannot be read ({exc.strerror or exc})")
+    if not 0 <= cfg.port <= 65535:
+        problems.append(f"port must be 0-65535, got {cfg.port}")
     if len(cfg.ae_title) > 16:
-        raise _fail(src, f"ae_title {cfg.ae_title!r} is longer than 16 characters")
+        problems.append(f"ae_title {cfg.ae_title!r} is longer than 16 characters")
+    for key in ("association_timeout_seconds", "idle_timeout_seconds", "tls_handshake_timeout_seconds", "send_retry_base_seconds",
+                "send_max_backoff_seconds", "send_horizon_hours", "send_timeout_seconds", "max_object_mb", "quiet_seconds",
+                "lease_seconds", "poll_seconds", "unrouted_retention_days"):
+        if getattr(cfg, key) <= 0:
+            problems.append(f"{key} must be > 0, got {getattr(cfg, key)}")
+    for key in ("max_associations", "max_associations_per_ip", "workers", "max_attempts"):
+        if getattr(cfg, key) < 1:
+            problems.append(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.min_free_disk_mb < 0:
+        problems.append(f"min_free_disk_mb must be >= 0, got {cfg.min_free_disk_mb}")
+    if cfg.resend_policy not in ("new_revision", "ignore"):
+        problems.append(f"resend_policy must be new_revision or ignore, got {cfg.resend_policy!r}")
+    if cfg.unrouted_policy not in ("keep", "refuse"):
+        problems.append(f"unrouted_policy must be keep or refuse, got {cfg.unrouted_policy!r}")
+    if cfg.allowed_ips is not None:
+        import ipaddress
+
+        for net in cfg.allowed_ips:
+            try:
+                ipaddress.ip_network(str(net), strict=False)
+            except ValueError:
+                problems.append(f"allowed_ips: {net!r} is not an IP address or network (e.g. 10.1.2.0/24)")
     if cfg.tls:
         for key in ("cert", "key"):
             if not cfg.tls.get(key):
-                raise _fail(src, f"tls needs '{key}' (path to a PEM file)")
+                problems.append(f"tls needs '{key}' (path to a PEM file)")
+                continue
             cfg.tls[key] = str((base / cfg.tls[key]).resolve())
+            if not Path(cfg.tls[key]).is_file():
+                problems.append(f"tls: {key} file {cfg.tls[key]} not found")
         if cfg.tls.get("ca"):
             cfg.tls["ca"] = str((base / cfg.tls["ca"]).resolve())
     for name, d in dests_raw.items():
         try:
-            cfg.destinations[name] = Destination(name=name, ae_title=d["ae_title"], host=d.get("host", "127.0.0.1"), port=int(d["port"]),
-                                                 tls=d.get("tls"))
+            if not isinstance(d, dict):
+                raise TypeError("expected a mapping")
+            tls = d.get("tls")
+            if tls:
+                tls = {k: (str((base / v).resolve()) if k in ("ca", "cert", "key") and isinstance(v, str) else v) for k, v in tls.items()}
+            cfg.destinations[name] = Destination(name=name, ae_title=str(d["ae_title"]), host=str(d.get("host", "127.0.0.1")),
+                                                 port=int(d["port"]), tls=tls)
         except (KeyError, TypeError, ValueError) as exc:
-            raise _fail(src, f"destination {name!r} needs ae_title, host, port ({exc})") from exc
-    seen_ae = set()
+            problems.append(f"destination {name!r} needs ae_title, host, port ({exc})")
     for raw in insts_raw:
         if not isinstance(raw, dict) or "name" not in raw:
-            raise _fail(src, "each instance needs a 'name'")
+            problems.append("each instance needs a 'name'")
+            continue
         unknown = set(raw) - _INSTANCE_KEYS
         if unknown:
-            raise _fail(src, f"instance {raw['name']!r}: unknown key(s) {sorted(unknown)}")
+            problems.append(f"instance {raw['name']!r}: unknown key(s) {sorted(unknown)}; known: {sorted(_INSTANCE_KEYS)}")
+            continue
         _check_types(Instance, raw, src, f"instance {raw['name']!r}: ")
         inst = Instance(**raw)
-        bad = set(inst.match) - _MATCH_KEYS
-        if bad:
-            raise _fail(src, f"instance {inst.name!r}: unknown match attribute(s) {sorted(bad)}; use {sorted(_MATCH_KEYS)}")
-        for key, pattern in inst.match.items():
-            try:
-                re.compile(str(pattern))
-            except re.error as exc:
-                raise _fail(src, f"instance {inst.name!r}: bad regular expression for {key}: {exc}") from exc
-        bad_out = set(inst.outputs) - set(OUTPUT_KINDS)
-        if bad_out:
-            raise _fail(src, f"instance {inst.name!r}: unknown output(s) {sorted(bad_out)}; use {list(OUTPUT_KINDS)}")
-        missing = [d for d in inst.destinations if d not in cfg.destinations]
-        if missing:
-            raise _fail(src, f"instance {inst.name!r}: destination(s) {missing} not defined under 'destinations'")
-        if inst.ae_title and len(inst.ae_title) > 16:
-            raise _fail(src, f"instance {inst.name!r}: ae_title longer than 16 characters")
-        if inst.validation:
-            inst.validation = str((base / inst.validation).resolve())
-        if not inst.ae_title and not inst.match:
-            raise _fail(src, f"instance {inst.name!r} needs an ae_title or match rules (else it would take every series)")
-        if any(i.name == inst.name for i in cfg.instances):
-            raise _fail(src, f"instance name {inst.name!r} used twice")
-        seen_ae.add(inst.ae_title)
+        problems += _instance_problems(inst, cfg, base)
         cfg.instances.append(inst)
+    if problems:
+        raise _fail(src, problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + " | ".join(problems))
     return cfg
+
+
+def _instance_problems(inst: Instance, cfg: ServerConfig, base: Path) -> list[str]:
+    """Every problem of one interpretation instance (against the destinations and instances read so far)."""
+    problems = []
+    bad = set(inst.match) - _MATCH_KEYS
+    if bad:
+        problems.append(f"instance {inst.name!r}: unknown match attribute(s) {sorted(bad)}; use {sorted(_MATCH_KEYS)}")
+    for key, pattern in inst.match.items():
+        try:
+            re.compile(str(pattern))
+        except re.error as exc:
+            problems.append(f"instance {inst.name!r}: bad regular expression for {key}: {exc}")
+    bad_out = set(inst.outputs) - set(OUTPUT_KINDS)
+    if bad_out:
+        problems.append(f"instance {inst.name!r}: unknown output(s) {sorted(bad_out)}; use {list(OUTPUT_KINDS)}")
+    missing = [d for d in inst.destinations if d not in cfg.destinations]
+    if missing:
+        problems.append(f"instance {inst.name!r}: destination(s) {missing} not defined under 'destinations'")
+    if not inst.destinations:
+        problems.append(f"instance {inst.name!r} has no destinations (its results would go nowhere); list at least one")
+    if inst.ae_title and len(inst.ae_title) > 16:
+        problems.append(f"instance {inst.name!r}: ae_title longer than 16 characters")
+    if inst.validation:
+        inst.validation = str((base / inst.validation).resolve())
+    if not inst.ae_title and not inst.match:
+        problems.append(f"instance {inst.name!r} needs an ae_title or match rules (else it would take every series)")
+    if any(i.name == inst.name for i in cfg.instances):
+        problems.append(f"instance name {inst.name!r} used twice")
+    return problems
+
+
+def prepare_folders(cfg: ServerConfig) -> None:
+    """Create the storage, registry and log folders; a folder that cannot be made is an error naming its key."""
+    from ..errors import InputError
+
+    targets = [("storage", cfg.storage), ("registry", cfg.registry_path)]
+    if cfg.log_file:
+        targets.append(("log_file", Path(cfg.log_file).parent))
+    for key, folder in targets:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(cfg.source, f"{key}: cannot create folder {folder} ({exc.strerror or exc})") from None
+        if not os.access(folder, os.W_OK):
+            raise InputError(cfg.source, f"{key}: folder {folder} is not writable")
 
 
 def load_config(path: str | Path) -> ServerConfig:

@@ -35,9 +35,18 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_try);
 CREATE TABLE IF NOT EXISTS sent (
     job_id TEXT NOT NULL, output TEXT NOT NULL, destination TEXT NOT NULL, sop_uid TEXT, sent_at REAL,
     PRIMARY KEY (job_id, output, destination));
+CREATE TABLE IF NOT EXISTS outbox (
+    job_id TEXT NOT NULL, output TEXT NOT NULL, destination TEXT NOT NULL, path TEXT NOT NULL, sop_uid TEXT, state TEXT NOT NULL,
+    attempts INTEGER DEFAULT 0, next_try REAL DEFAULT 0, created REAL, last_error TEXT, sent_at REAL,
+    PRIMARY KEY (job_id, output, destination));
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox(destination, state, next_try);
+CREATE TABLE IF NOT EXISTS unrouted (
+    sop_uid TEXT NOT NULL, path TEXT NOT NULL, reason TEXT, sop_class_uid TEXT, calling_ae TEXT, called_ae TEXT, peer TEXT,
+    received_at REAL, expires_at REAL, purged_at REAL, PRIMARY KEY (sop_uid, path));
 """
 
-STATES = ("queued", "running", "done", "failed", "parked")
+STATES = ("queued", "running", "done", "failed", "parked", "cancelled")
+OUTBOX_STATES = ("pending", "sent", "parked", "cancelled")
 
 
 @dataclass
@@ -105,19 +114,75 @@ class Store:
 
     # ----- reception ----------------------------------------------------------------------------
     def record_received(self, *, sop_uid: str, instances: list[str], series_uid: str, study_uid: str, path: str,
-                        sop_class_uid: str, calling_ae: str, called_ae: str, when: float | None = None) -> None:
-        """Record a durably written file for each routed instance and touch its series (quiet-period clock)."""
+                        sop_class_uid: str, calling_ae: str, called_ae: str, when: float | None = None,
+                        resend_policy: str = "new_revision") -> list[str]:
+        """Record a durably written file for each routed instance and touch its series (quiet-period clock).
+
+        An identical duplicate (same SOP Instance UID and file) changes nothing. A *re-sent* image (same UID, other
+        content, hence another path) replaces the stored one and makes a new series revision (a new job) under
+        ``resend_policy="new_revision"``; under ``"ignore"`` the first version is kept. Returns what happened per
+        instance: ``new``, ``duplicate``, ``resent`` or ``ignored``."""
         when = time.time() if when is None else when
+        outcome = []
         with self.tx() as c:
             for inst in instances:
-                new = c.execute("INSERT OR IGNORE INTO received VALUES (?,?,?,?,?,?,?,?,?)",
-                                (sop_uid, inst, series_uid, study_uid, path, sop_class_uid, calling_ae, called_ae, when)).rowcount
-                if not new:  # a duplicate of an instance we already hold: nothing new to interpret
+                old = c.execute("SELECT path FROM received WHERE sop_uid=? AND instance=?", (sop_uid, inst)).fetchone()
+                if old is not None and old["path"] == path:
+                    outcome.append("duplicate")  # nothing new to interpret
                     continue
+                if old is not None and resend_policy == "ignore":
+                    outcome.append("ignored")
+                    continue
+                if old is None:
+                    c.execute("INSERT INTO received VALUES (?,?,?,?,?,?,?,?,?)",
+                              (sop_uid, inst, series_uid, study_uid, path, sop_class_uid, calling_ae, called_ae, when))
+                else:
+                    c.execute("UPDATE received SET path=?, received_at=?, calling_ae=? WHERE sop_uid=? AND instance=?",
+                              (path, when, calling_ae, sop_uid, inst))
+                outcome.append("new" if old is None else "resent")
                 c.execute("""INSERT INTO series(series_uid, instance, study_uid, first_at, last_at, n, revision) VALUES (?,?,?,?,?,1,0)
-                             ON CONFLICT(series_uid, instance) DO UPDATE SET last_at=excluded.last_at, n=n+1,
+                             ON CONFLICT(series_uid, instance) DO UPDATE SET last_at=excluded.last_at, n=n+?,
                              revision = CASE WHEN queued_revision = revision THEN revision + 1 ELSE revision END""",
-                          (series_uid, inst, study_uid, when, when))
+                          (series_uid, inst, study_uid, when, when, 1 if old is None else 0))
+        return outcome
+
+    def record_unrouted(self, *, sop_uid: str, path: str, reason: str, sop_class_uid: str, calling_ae: str, called_ae: str,
+                        peer: str, retention_s: float, when: float | None = None) -> None:
+        """Track an object no instance takes (kept for ``retention_s``, then purged by :meth:`purge_unrouted`)."""
+        when = time.time() if when is None else when
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO unrouted VALUES (?,?,?,?,?,?,?,?,?,NULL)",
+                      (sop_uid, path, reason, sop_class_uid, calling_ae, called_ae, peer, when, when + retention_s))
+
+    def purge_unrouted(self, now: float | None = None) -> int:
+        """Delete unrouted files past their retention (rows kept, marked purged); returns how many."""
+        now = time.time() if now is None else now
+        rows = self.query("SELECT sop_uid, path FROM unrouted WHERE purged_at IS NULL AND expires_at <= ?", (now,))
+        for r in rows:
+            try:
+                os.unlink(r["path"])
+            except FileNotFoundError:
+                pass
+            with self.tx() as c:
+                c.execute("UPDATE unrouted SET purged_at=? WHERE sop_uid=? AND path=?", (now, r["sop_uid"], r["path"]))
+        return len(rows)
+
+    def purge_finished(self, older_than_s: float, storage: Path, now: float | None = None) -> int:
+        """Retention of finished work: delete inputs and results of jobs done/cancelled more than ``older_than_s`` ago
+        whose results were all delivered (or parked/cancelled); returns how many jobs were cleaned."""
+        import shutil
+
+        now = time.time() if now is None else now
+        rows = self.query("""SELECT id, instance, series_uid FROM jobs j WHERE state IN ('done', 'cancelled') AND finished <= ?
+                             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id=j.id AND o.state='pending')
+                             AND (result IS NULL OR result NOT LIKE '%"purged": true%')""", (now - older_than_s,))
+        for r in rows:
+            for f in self.series_files(r["instance"], r["series_uid"]):
+                Path(f).unlink(missing_ok=True)
+            shutil.rmtree(storage / "results" / r["id"], ignore_errors=True)
+            with self.tx() as c:
+                c.execute("UPDATE jobs SET result=json_set(COALESCE(result, '{}'), '$.purged', json('true')) WHERE id=?", (r["id"],))
+        return len(rows)
 
     def series_files(self, instance: str, series_uid: str) -> list[str]:
         return [r["path"] for r in self.query("SELECT path FROM received WHERE instance=? AND series_uid=? ORDER BY path", (instance, series_uid))]
@@ -192,10 +257,31 @@ class Store:
             c.execute("UPDATE jobs SET state='failed', reason=?, next_try=?, lease_owner=NULL WHERE id=?", (reason, now + delay, job_id))
             return "failed"
 
-    def requeue(self, job_id: str) -> None:
-        """Operator action: give a parked/failed job a fresh set of attempts."""
+    def requeue(self, job_id: str) -> str:
+        """Operator action. A job whose results wait in the outbox (parked or pending deliveries): its deliveries are
+        retried now, without re-running the model. A parked/failed/cancelled job: a fresh set of attempts.
+        Returns what was done (``deliveries``, ``job``, or ``nothing``)."""
+        now = time.time()
         with self.tx() as c:
-            c.execute("UPDATE jobs SET state='queued', attempts=0, next_try=0, reason=NULL, lease_owner=NULL WHERE id=?", (job_id,))
+            row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                return "nothing"
+            n = c.execute("UPDATE outbox SET state='pending', next_try=0, created=? WHERE job_id=? AND state IN ('parked', 'pending', 'cancelled')",
+                          (now, job_id)).rowcount
+            if row["state"] == "done":
+                return "deliveries" if n else "nothing"
+            if row["state"] in ("parked", "failed", "cancelled"):
+                c.execute("UPDATE jobs SET state='queued', attempts=0, next_try=0, reason=NULL, lease_owner=NULL WHERE id=?", (job_id,))
+                return "job"
+        return "nothing"
+
+    def cancel(self, job_id: str, reason: str = "cancelled by operator") -> bool:
+        """Operator action: a job that has not finished will not run; its undelivered results are not sent."""
+        with self.tx() as c:
+            n = c.execute("UPDATE jobs SET state='cancelled', reason=?, finished=?, lease_owner=NULL WHERE id=? AND state NOT IN ('done', 'cancelled')",
+                          (reason, time.time(), job_id)).rowcount
+            m = c.execute("UPDATE outbox SET state='cancelled', last_error=? WHERE job_id=? AND state IN ('pending', 'parked')", (reason, job_id)).rowcount
+        return bool(n or m)
 
     def job(self, job_id: str) -> Job | None:
         rows = self.query("SELECT * FROM jobs WHERE id=?", (job_id,))
@@ -213,6 +299,51 @@ class Store:
         with self.tx() as c:
             c.execute("INSERT OR IGNORE INTO sent VALUES (?,?,?,?,?)", (job_id, output, destination, sop_uid, time.time()))
 
+    # ----- outbox -------------------------------------------------------------------------------
+    def add_outbox(self, job_id: str, items: list[tuple[str, str, str, str]], when: float | None = None) -> None:
+        """Queue results for delivery: (output, destination, path, sop_uid) each; already queued ones are kept as they are."""
+        when = time.time() if when is None else when
+        with self.tx() as c:
+            c.executemany("INSERT OR IGNORE INTO outbox(job_id, output, destination, path, sop_uid, state, attempts, next_try, created) "
+                          "VALUES (?,?,?,?,?,'pending',0,0,?)", [(job_id, o, d, p, u, when) for o, d, p, u in items])
+
+    def due_deliveries(self, destination: str, now: float | None = None, limit: int = 50) -> list[sqlite3.Row]:
+        now = time.time() if now is None else now
+        return self.query("""SELECT o.* FROM outbox o JOIN jobs j ON j.id=o.job_id WHERE o.destination=? AND o.state='pending'
+                             AND o.next_try <= ? AND j.state != 'cancelled' ORDER BY o.created, o.job_id, o.output LIMIT ?""",
+                          (destination, now, limit))
+
+    def delivered(self, job_id: str, output: str, destination: str, sop_uid: str) -> None:
+        now = time.time()
+        with self.tx() as c:
+            c.execute("UPDATE outbox SET state='sent', sent_at=?, attempts=attempts+1, last_error=NULL WHERE job_id=? AND output=? AND destination=?",
+                      (now, job_id, output, destination))
+            c.execute("INSERT OR IGNORE INTO sent VALUES (?,?,?,?,?)", (job_id, output, destination, sop_uid, now))
+
+    def delivery_failed(self, job_id: str, output: str, destination: str, error: str, next_try: float, horizon_s: float,
+                        permanent: bool = False) -> str:
+        """Record a failed try: ``pending`` (retried at ``next_try``) or ``parked`` (past the horizon, or ``permanent``)."""
+        now = time.time()
+        with self.tx() as c:
+            row = c.execute("SELECT created FROM outbox WHERE job_id=? AND output=? AND destination=?", (job_id, output, destination)).fetchone()
+            if row is None:
+                return "lost"
+            parked = permanent or now - float(row["created"]) >= horizon_s
+            c.execute("UPDATE outbox SET state=?, attempts=attempts+1, next_try=?, last_error=? WHERE job_id=? AND output=? AND destination=?",
+                      ("parked" if parked else "pending", next_try, error[:500], job_id, output, destination))
+        return "parked" if parked else "pending"
+
+    def outbox(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM outbox" + (" WHERE job_id=?" if job_id else "") + " ORDER BY created, job_id, output, destination"
+        return [dict(r) for r in self.query(sql, (job_id,) if job_id else ())]
+
+    def outbox_counts(self) -> dict[str, dict[str, int]]:
+        """Per destination: deliveries by state."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.query("SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state"):
+            out.setdefault(r["destination"], {s: 0 for s in OUTBOX_STATES})[r["state"]] = r["n"]
+        return out
+
     # ----- status -------------------------------------------------------------------------------
     def counts(self) -> dict[str, Any]:
         queue = {s: 0 for s in STATES}
@@ -227,7 +358,9 @@ class Store:
         received = {r["instance"]: r["n"] for r in self.query("SELECT instance, COUNT(*) AS n FROM received GROUP BY instance")}
         for inst, n in received.items():
             per.setdefault(inst, {s: 0 for s in STATES})["received"] = n
-        return {"queue": queue, "instances": per, "sent": self.query("SELECT COUNT(*) AS n FROM sent")[0]["n"]}
+        unrouted = self.query("SELECT COUNT(*) AS n, SUM(purged_at IS NULL) AS kept FROM unrouted")[0]
+        return {"queue": queue, "instances": per, "sent": self.query("SELECT COUNT(*) AS n FROM sent")[0]["n"],
+                "outbox": self.outbox_counts(), "unrouted": {"total": unrouted["n"], "kept": unrouted["kept"] or 0}}
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -239,13 +372,15 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_durably(data: bytes, final: Path) -> None:
-    """Write ``data`` to ``final`` atomically and durably: temp file, fsync, rename, fsync folder."""
+def write_durably(data: bytes | list, final: Path) -> None:
+    """Write ``data`` (bytes, or a list of byte buffers written in turn) to ``final`` atomically and durably:
+    temp file, fsync, rename, fsync folder."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            for part in data if isinstance(data, list) else [data]:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)

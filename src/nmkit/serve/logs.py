@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import logging.handlers
 import time
 from typing import Any
 
@@ -45,14 +46,34 @@ def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     log.log(level, name, extra={"fields": fields})
 
 
-def configure(path: str | None = None, level: int = logging.INFO) -> logging.Handler:
-    """Send the server's events as JSON lines to ``path`` (or stderr)."""
-    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler()
+class _SafeRotatingHandler(logging.handlers.RotatingFileHandler):
+    """Rotating JSON log that never prints "Logging error" tracebacks (e.g. disk full): failed lines are counted
+    in ``dropped`` (shown in /status and /metrics) and writing resumes when space returns."""
+
+    dropped = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        type(self).dropped += 1
+
+
+def configure(path: str | None = None, level: int = logging.INFO, max_mb: float = 50.0, backups: int = 5) -> logging.Handler:
+    """Send the server's events as JSON lines to ``path`` (rotated at ``max_mb``, ``backups`` old files kept) or stderr."""
+    import logging.handlers  # noqa: F401 - RotatingFileHandler
+
+    if path:
+        handler: logging.Handler = _SafeRotatingHandler(path, maxBytes=int(max_mb * 1024 * 1024), backupCount=backups, delay=True)
+    else:
+        handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
     return handler
+
+
+def dropped_lines() -> int:
+    """Log lines lost because the log could not be written (disk full, permissions)."""
+    return _SafeRotatingHandler.dropped
 
 
 def now() -> float:
