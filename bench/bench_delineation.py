@@ -1,7 +1,8 @@
 """Every `nmkit delineate` method against the expert GTV of the 3 pet_sts patients (FDG-PET, TCIA, CC BY 3.0).
 
 Run: .venv/bin/python bench/bench_delineation.py [DATA_ROOT]  (default ../shared/data). Prints a Markdown table
-(Dice, HD95 in mm, volume ratio = delineated / GTV volume) and writes bench/delineation_pet_sts.csv.
+(Dice, HD95 in mm, volume ratio = delineated / GTV volume); the same table is checked by
+tests/test_petwb_delineate.py (nmkit.petwb.bench.delineation_table).
 
 Setup, per patient: the PET read from DICOM in SUVbw; the search VOI is the whole crop; per-lesion methods (rel41,
 rel50, adaptive, grow) are seeded by the GTV's bounding box dilated by 10 mm; global methods (suv2.5, suv4.0,
@@ -26,7 +27,6 @@ from nmkit.petwb.bench import delineation_table  # noqa: E402
 def main() -> None:
     data = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data"
     table = delineation_table(data)
-    table.to_csv(ROOT / "bench" / "delineation_pet_sts.csv", index=False)
     print("| patient | method | Dice | HD95 (mm) | volume ratio | lesions |")
     print("|---|---|---|---|---|---|")
     for r in table.itertuples():

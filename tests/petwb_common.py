@@ -1,0 +1,13 @@
+"""Shared, cached whole-body phantoms for the tests/test_petwb_*.py files (built once per test session)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from nmkit.petwb.phantom import WholeBodyPhantom, make_phantom
+
+
+@lru_cache(maxsize=4)
+def phantom(seed: int = 3) -> WholeBodyPhantom:
+    """The default phantom (5 lesions); do not modify the returned arrays."""
+    return make_phantom(seed=seed)
