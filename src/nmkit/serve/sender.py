@@ -49,6 +49,27 @@ def c_store(destination: Destination, path: Path, calling_ae: str, timeout_s: fl
     return int(status.Status)
 
 
+def try_send(destination: Destination, path: Path, calling_ae: str, timeout_s: float = 30.0) -> tuple[str, str]:
+    """One delivery try: ("ok", ""), ("retry", why) for a destination that is down or busy (connection refused,
+    timeout, out-of-resources status), ("failed", why) for a refusal of this object, ("permanent", why) when the
+    result file is gone."""
+    if not Path(path).is_file():
+        return "permanent", f"result file {path} is missing"
+    try:
+        status = c_store(destination, Path(path), calling_ae, timeout_s)
+    except SendError as exc:
+        return "retry", str(exc)
+    except (OSError, RuntimeError) as exc:
+        return "retry", f"{type(exc).__name__}: {exc}"
+    except ValueError as exc:
+        return "failed", f"{type(exc).__name__}: {exc}"
+    if status == 0x0000 or (status & 0xF000) == 0xB000:
+        return "ok", ""
+    if (status & 0xFF00) == 0xA700:
+        return "retry", f"status 0x{status:04X} (out of resources at {destination.name})"
+    return "failed", f"status 0x{status:04X}"
+
+
 def send_with_retry(destination: Destination, path: Path, calling_ae: str, attempts: int = 3, base_delay_s: float = 1.0) -> None:
     """C-STORE with retries (1, 2, 4... s); success and warning statuses are accepted."""
     last = ""

@@ -1,11 +1,14 @@
 """The headless AI server: DICOM node + quiet-period scheduler + durable job queue + workers + status.
 
-Threads: the pynetdicom server (associations), one dispatcher (queues complete series, claims jobs,
-renews leases) and a pool of job threads. Each job thread resolves the model version from the registry
-at job start (so promotions apply to the next job without restart), runs :func:`worker.compute_outputs`
-locally or on Dask, then sends each output to each destination unless the ``sent`` table says it already
-went, and marks the job done. Kill the process at any point: the job's lease expires and it re-runs
-with the same (pinned) model version and the same output UIDs, and nothing already sent is sent again.
+Threads: the pynetdicom server (associations, behind a connection guard), one dispatcher (queues complete
+series, claims jobs, renews leases, applies retention), a pool of job threads and one delivery thread per
+destination. Each job thread resolves the model version from the registry at job start (so promotions apply
+to the next job without restart), runs :func:`worker.compute_outputs` locally or on Dask, puts every output
+for every destination into the durable *outbox* and marks the job done. Delivery is decoupled from inference:
+a destination that is down is retried with exponential back-off (per destination) over a horizon (24 h by
+default), then its results are parked (visible in /status, the log and ``nmkit jobs``); the model never runs
+again for a delivery. Kill the process at any point: a running job's lease expires and it re-runs with the
+same (pinned) model version and the same output UIDs; a delivered result is never queued again.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .config import ServerConfig
+from ..errors import InputError
+from .config import ServerConfig, prepare_folders
 from .db import Job, Store
 from .logs import event
 from .node import DicomNode
 from .registry import Registry
-from .sender import send_with_retry
+from .sender import try_send
 from .worker import compute_outputs
 
 
@@ -36,7 +40,7 @@ class PermanentJobError(Exception):
 class Server:
     def __init__(self, config: ServerConfig):
         self.config = config
-        config.storage.mkdir(parents=True, exist_ok=True)
+        prepare_folders(config)
         self.store = Store(config.storage / "server.sqlite")
         self.registry = Registry(config.registry_path)
         self.node = DicomNode(config, self.store)
@@ -52,6 +56,10 @@ class Server:
         self.started_at = time.time()
         self.port: int | None = None
         self.http_port: int | None = None
+        self._senders: list[threading.Thread] = []
+        self.destination_state: dict[str, dict[str, Any]] = {n: {"reachable": True, "failures": 0, "next_try": 0.0, "since": None,
+                                                                 "last_error": None} for n in config.destinations}
+        self._last_cleanup = 0.0
 
     # ----- life cycle ---------------------------------------------------------------------------
     def start(self) -> "Server":
@@ -61,10 +69,15 @@ class Server:
         if self.config.http_port is not None:
             from .status import StatusServer
 
-            self.http = StatusServer(self.config.http_host, int(self.config.http_port), self.status)
+            self.http = StatusServer(self.config.http_host, int(self.config.http_port), self.status, health_fn=self.health,
+                                     metrics_fn=self.metrics, token=self.config.http_token, threads=self.config.http_threads)
             self.http_port = self.http.start()
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="nmkit-dispatch", daemon=True)
         self._dispatcher.start()
+        for name in self.config.destinations:
+            t = threading.Thread(target=self._delivery_loop, args=(name,), name=f"nmkit-send-{name}", daemon=True)
+            t.start()
+            self._senders.append(t)
         event("server_started", owner=self.owner, port=self.port, http_port=self.http_port, workers=self.config.workers,
               dask=bool(self.config.dask), instances=[i.name for i in self.config.instances])
         return self
@@ -74,6 +87,8 @@ class Server:
         self.node.stop()
         if self._dispatcher is not None:
             self._dispatcher.join(timeout=30)
+        for t in self._senders:
+            t.join(timeout=self.config.send_timeout_seconds + 5)
         self._pool.shutdown(wait=wait, cancel_futures=True)
         if self.http is not None:
             self.http.stop()
@@ -132,6 +147,8 @@ class Server:
                     with self._active_lock:
                         self._active[job.id] = self._pool.submit(self._run_job, job)
                     free -= 1
+                if time.time() - self._last_cleanup > 60:
+                    self._cleanup()
                 if time.time() - last_beat > cfg.lease_seconds / 3:
                     with self._active_lock:
                         running = list(self._active)
@@ -172,23 +189,130 @@ class Server:
                     result["shadow"] = self._compute(sspec)  # kept, never sent
                 except Exception as exc:
                     event("shadow_failed", logging.WARNING, job=job.id, shadow=shadow, error=f"{type(exc).__name__}: {exc}"[:300])
-            for kind, out in result["outputs"].items():
-                for dest_name in inst.destinations:
-                    if self.store.was_sent(job.id, kind, dest_name):
-                        continue
-                    send_with_retry(cfg.destinations[dest_name], Path(out["path"]), cfg.ae_title, cfg.send_attempts)
-                    self.store.mark_sent(job.id, kind, dest_name, out["sop_uid"])
-                    event("sent", job=job.id, output=kind, destination=dest_name, version=version)
+            items = [(kind, dest, out["path"], out["sop_uid"]) for kind, out in result["outputs"].items() for dest in inst.destinations]
+            self.store.add_outbox(job.id, items)  # durable before the job counts as done; delivery threads take it from here
             result["wall_seconds"] = round(time.time() - t0, 3)
             if self.store.complete(job.id, self.owner, result):
                 event("job_done", job=job.id, version=version, seconds=result["wall_seconds"])
-        except PermanentJobError as exc:
-            self.store.fail(job.id, self.owner, str(exc), cfg.max_attempts, cfg.retry_base_seconds, permanent=True)
-            event("job_parked", logging.ERROR, job=job.id, reason=str(exc)[:300])
+        except (PermanentJobError, InputError) as exc:  # an unchangeable input or set-up error: parked at once, not retried
+            reason = str(exc) if isinstance(exc, PermanentJobError) else f"input error: {exc.problem}"
+            self.store.fail(job.id, self.owner, reason, cfg.max_attempts, cfg.retry_base_seconds, permanent=True)
+            event("job_parked", logging.ERROR, job=job.id, reason=reason[:300])
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"[:500]
             state = self.store.fail(job.id, self.owner, reason, cfg.max_attempts, cfg.retry_base_seconds)
             event("job_failed", logging.WARNING if state == "failed" else logging.ERROR, job=job.id, state=state, reason=reason[:300])
+
+    # ----- delivery (outbox) ---------------------------------------------------------------------
+    def _backoff(self, failures: int) -> float:
+        cfg = self.config
+        return min(cfg.send_retry_base_seconds * 2 ** max(failures - 1, 0), cfg.send_max_backoff_seconds)
+
+    def _delivery_loop(self, name: str) -> None:
+        """Deliver the outbox rows of one destination, oldest first; a destination that is down is retried with
+        exponential back-off (all its rows wait together), a refused object alone with its own back-off."""
+        cfg = self.config
+        dest = cfg.destinations[name]
+        state = self.destination_state[name]
+        horizon = cfg.send_horizon_hours * 3600
+        while not self._stop.is_set():
+            try:
+                if time.time() >= state["next_try"]:
+                    for row in self.store.due_deliveries(name):
+                        if self._stop.is_set() or not self._deliver(dest, row, state, horizon):
+                            break
+            except Exception as exc:  # a busy database must not end delivery
+                event("delivery_error", logging.ERROR, destination=name, error=f"{type(exc).__name__}: {exc}"[:300])
+            self._stop.wait(cfg.poll_seconds)
+
+    def _deliver(self, dest: Any, row: Any, state: dict[str, Any], horizon: float) -> bool:
+        """One try of one outbox row; False when the destination is down (stop trying its other rows for now)."""
+        cfg = self.config
+        outcome, why = try_send(dest, Path(row["path"]), cfg.ae_title, cfg.send_timeout_seconds)
+        now = time.time()
+        if outcome == "ok":
+            self.store.delivered(row["job_id"], row["output"], row["destination"], row["sop_uid"])
+            if not state["reachable"]:
+                event("destination_reachable", destination=dest.name, down_s=round(now - (state["since"] or now), 1))
+            state.update(reachable=True, failures=0, next_try=0.0, since=None, last_error=None)
+            event("sent", job=row["job_id"], output=row["output"], destination=dest.name, attempts=row["attempts"] + 1)
+            return True
+        if outcome == "retry":  # the destination is down or full: back off for all its results
+            state["failures"] += 1
+            delay = self._backoff(state["failures"])
+            if state["reachable"]:
+                state.update(reachable=False, since=now)
+                event("destination_unreachable", logging.ERROR, destination=dest.name, error=why[:300])
+            state.update(next_try=now + delay, last_error=why)
+            new = self.store.delivery_failed(row["job_id"], row["output"], row["destination"], why, now + delay, horizon)
+        else:
+            delay = self._backoff(row["attempts"] + 1)
+            new = self.store.delivery_failed(row["job_id"], row["output"], row["destination"], why, now + delay, horizon,
+                                             permanent=outcome == "permanent")
+        if new == "parked":
+            event("delivery_parked", logging.ERROR, job=row["job_id"], output=row["output"], destination=dest.name, reason=why[:300])
+        else:
+            event("delivery_retry", logging.WARNING, job=row["job_id"], output=row["output"], destination=dest.name,
+                  retry_in_s=round(delay, 2), reason=why[:200])
+        return outcome != "retry"
+
+    def _cleanup(self) -> None:
+        """Retention: purge unrouted objects past their period, and finished jobs' inputs/results when configured."""
+        self._last_cleanup = time.time()
+        n = self.store.purge_unrouted()
+        if n:
+            event("unrouted_purged", count=n)
+        if self.config.retention_days is not None:
+            m = self.store.purge_finished(self.config.retention_days * 86400, self.config.storage)
+            if m:
+                event("retention_purged", jobs=m)
+
+    # ----- health and metrics ---------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """Liveness of the parts: DICOM listener, dispatcher, delivery threads, database, free disk."""
+        checks: dict[str, Any] = {"dicom_listener": self.node.alive(),
+                                  "dispatcher": self._dispatcher is not None and self._dispatcher.is_alive(),
+                                  "delivery": all(t.is_alive() for t in self._senders)}
+        try:
+            self.store.query("SELECT 1")
+            checks["database"] = True
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["database"] = f"{type(exc).__name__}: {exc}"[:200]
+        try:
+            free = self.node.free_bytes()
+            checks["free_disk_mb"] = round(free / 2**20, 1)
+            checks["disk"] = free >= self.config.min_free_disk_mb * 2**20
+        except OSError as exc:
+            checks["disk"] = str(exc)
+        ok = all(v is True for k, v in checks.items() if k != "free_disk_mb")
+        return {"status": "ok" if ok else "error", "checks": checks}
+
+    def metrics(self) -> str:
+        """Prometheus text exposition of counters and gauges."""
+        from .logs import dropped_lines
+
+        counts = self.store.counts()
+        lines = ["# TYPE nmkit_uptime_seconds gauge", f"nmkit_uptime_seconds {time.time() - self.started_at:.1f}",
+                 "# TYPE nmkit_objects_total counter"]
+        lines += [f'nmkit_objects_total{{outcome="{k}"}} {v}' for k, v in sorted(self.node.counts.items())]
+        if self.node.guard is not None:
+            lines.append("# TYPE nmkit_connections_refused_total counter")
+            lines += [f'nmkit_connections_refused_total{{reason="{k}"}} {v}' for k, v in sorted(self.node.guard.counts.items())]
+            lines.append("# TYPE nmkit_connections gauge")
+            lines += [f'nmkit_connections{{kind="{k}"}} {v}' for k, v in sorted(self.node.guard.active().items())]
+        lines.append("# TYPE nmkit_jobs gauge")
+        lines += [f'nmkit_jobs{{state="{k}"}} {v}' for k, v in sorted(counts["queue"].items())]
+        lines.append("# TYPE nmkit_outbox gauge")
+        lines += [f'nmkit_outbox{{destination="{d}",state="{k}"}} {v}' for d, per in sorted(counts["outbox"].items()) for k, v in sorted(per.items())]
+        lines.append("# TYPE nmkit_destination_up gauge")
+        lines += [f'nmkit_destination_up{{destination="{d}"}} {int(st["reachable"])}' for d, st in sorted(self.destination_state.items())]
+        lines += ["# TYPE nmkit_unrouted_kept gauge", f"nmkit_unrouted_kept {counts['unrouted']['kept']}",
+                  "# TYPE nmkit_log_dropped_lines_total counter", f"nmkit_log_dropped_lines_total {dropped_lines()}"]
+        try:
+            lines += ["# TYPE nmkit_free_disk_bytes gauge", f"nmkit_free_disk_bytes {self.node.free_bytes()}"]
+        except OSError:
+            pass
+        return "\n".join(lines) + "\n"
 
     # ----- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -202,7 +326,15 @@ class Server:
                 models[inst.name] = {"model": inst.model_name, "error": str(exc)}
         with self._active_lock:
             running = len([f for f in self._active.values() if not f.done()])
+        parked = [{"job": j.id, "instance": j.instance, "reason": j.reason} for j in self.store.jobs("parked")[-20:]]
+        parked_deliveries = [{"job": r["job_id"], "output": r["output"], "destination": r["destination"], "reason": r["last_error"]}
+                             for r in self.store.query("SELECT * FROM outbox WHERE state='parked' ORDER BY created DESC LIMIT 20")]
+        destinations = {n: {"reachable": st["reachable"], "down_since": st["since"], "last_error": st["last_error"],
+                            "next_try_in_s": max(0.0, round(st["next_try"] - time.time(), 1)) if not st["reachable"] else 0.0,
+                            **counts["outbox"].get(n, {})} for n, st in self.destination_state.items()}
         return {"status": "ok", "ae_title": self.config.ae_title, "port": self.port, "uptime_s": round(time.time() - self.started_at, 1),
-                "node": dict(self.node.counts), "queue": counts["queue"], "instances": counts["instances"], "sent": counts["sent"],
+                "node": dict(self.node.counts), "connections": self.node.guard.active() if self.node.guard else {},
+                "queue": counts["queue"], "instances": counts["instances"], "sent": counts["sent"], "destinations": destinations,
+                "parked_jobs": parked, "parked_deliveries": parked_deliveries, "unrouted": counts["unrouted"],
                 "models": models, "running_here": running}
 

@@ -51,7 +51,39 @@ def read_series(files: list[str]) -> tuple[Any, list[Any]]:
     return image, datasets
 
 
+def planar_units(files: list[str]) -> list[list[str]]:
+    """How a received series is interpreted: one unit for a volume (or a single file); one unit per image for a
+    multi-image planar NM series (static views, whole-body passes: files without slice geometry), in
+    InstanceNumber order, so that a 4-image series gives 4 results."""
+    import pydicom
+
+    from ..io.reader import _has_volume_geometry
+
+    if len(files) < 2:
+        return [list(files)]
+    heads = [(pydicom.dcmread(str(f), stop_before_pixels=True), f) for f in files]
+    if all(str(h.get("Modality", "")) == "NM" for h, _ in heads) and not all(_has_volume_geometry(h) for h, _ in heads):
+        heads.sort(key=lambda hf: (int(hf[0].get("InstanceNumber", 0) or 0), str(hf[1])))
+        return [[f] for _, f in heads]
+    return [list(files)]
+
+
 def compute_outputs(spec: dict[str, Any]) -> dict[str, Any]:
+    """All results of one job: one unit (see :func:`planar_units`) gives outputs ``seg``, ``sr``, ``overlay``;
+    several give ``seg-1``, ``sr-1``, ... (one set per image, with their own deterministic UIDs)."""
+    units = planar_units(spec["files"])
+    if len(units) == 1:
+        return compute_unit(spec)
+    result: dict[str, Any] = {"outputs": {}, "measurements": [], "images": len(units)}
+    for k, files in enumerate(units, start=1):
+        part = compute_unit(dict(spec, files=files, job_id=f"{spec['job_id']}-img{k}", out_dir=str(Path(spec["out_dir"]) / f"img{k}")))
+        result["outputs"].update({f"{kind}-{k}": out for kind, out in part["outputs"].items()})
+        result["measurements"] += [dict(row, image=k) for row in part["measurements"]]
+        result.update(model=part["model"], version=part["version"])
+    return result
+
+
+def compute_unit(spec: dict[str, Any]) -> dict[str, Any]:
     """Segment and write the requested outputs under ``spec['out_dir']``; returns paths, UIDs and measurements.
 
     ``spec``: job_id, files, model_name, version, bundle_path, outputs (seg/sr/overlay), out_dir,
