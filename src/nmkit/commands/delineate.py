@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", metavar="FILE", help="organ label map / RTSTRUCT / SEG whose structures are physiological "
                                                      "uptake to remove (brain, bladder, kidneys, heart ...)")
     p.add_argument("--exclude-roi", action="append", metavar="SELECTOR", help="structures of --exclude to remove (default all)")
-    p.add_argument("--exclude-margin-mm", type=float, default=5.0, help="dilation of the removed organs (mm, default 5)")
+    p.add_argument("--exclude-margin-mm", type=float, default=10.0,
+                   help="dilation of the removed organs, for spill-out of hot organs at PET resolution (mm, default 10)")
     p.add_argument("--seed-roi", metavar="FILE", help="existing ROI whose components seed the per-lesion methods")
     p.add_argument("--seed-roi-name", action="append", metavar="SELECTOR", help="structures of --seed-roi (default all)")
     p.add_argument("--seed", action="append", metavar="X,Y,Z", help="seed point in mm (LPS), repeatable")
