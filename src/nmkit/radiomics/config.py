@@ -57,6 +57,10 @@ class RadiomicsConfig:
     # PET numbers on the image's own grid before any resampling (radiomics.pet.native_pet_features): native_suv_max/
     # mean/peak/min/std, native_voxels, mtv_ml, tlg_g. The IBSI stat_* features stay those of the processed grid.
     native_pet: bool = False
+    # IBSI-2 convolutional filter applied after interpolation and re-segmentation (radiomics.filters.FilterSpec
+    # keys: kind, dims, boundary, rotation, sigma_mm, ...); features are then those of the filtered image inside
+    # the intensity mask (re-segmented on the unfiltered intensities). None: no filter.
+    filter: Any = None
 
     def __post_init__(self) -> None:
         if self.dims not in ("2D", "3D"):
@@ -76,6 +80,15 @@ class RadiomicsConfig:
             lo, hi = self.reseg_range
             self.reseg_range = (None if lo is None else float(lo), None if hi is None else float(hi))
         self.families = tuple(self.families)
+        if self.filter is not None:
+            from .filters import FilterSpec
+
+            if isinstance(self.filter, Mapping):
+                self.filter = FilterSpec.from_dict(self.filter)
+            elif not isinstance(self.filter, FilterSpec):
+                raise InputError(None, f"filter must be a mapping of filter settings, got {self.filter!r}")
+            if self.filter.kind == "none":
+                self.filter = None
         if self.texture_dims is not None:
             self.texture_dims = tuple(self.texture_dims)
             bad = set(self.texture_dims) - {"2D", "2.5D", "3D"}
@@ -99,4 +112,6 @@ class RadiomicsConfig:
             out["new_spacing"] = list(self.new_spacing)
         if self.reseg_range is not None:
             out["reseg_range"] = list(self.reseg_range)
+        if out.get("filter") and out["filter"].get("riesz_order") is not None:
+            out["filter"]["riesz_order"] = list(out["filter"]["riesz_order"])
         return out

@@ -85,6 +85,31 @@ def features_from_roi(roi: ProcessedROI, config: RadiomicsConfig) -> dict[str, f
     return out
 
 
+def filtered_roi(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig,
+                 label: int | str | None = None) -> tuple[ProcessedROI, RadiomicsConfig]:
+    """The processed ROI with its image replaced by the IBSI-2 response map, and the config for its features.
+
+    Order (IBSI-2 phase 2): interpolation, rounding and re-segmentation on the unfiltered intensities, then the
+    filter. The crop around the ROI is widened by the filter's reach so that ROI voxels see the same neighbourhood
+    as when the whole image is filtered (where the crop meets the image edge, the boundary condition applies as
+    for the whole image). The re-segmentation range is in unfiltered units, so discretisation and IVH of the
+    response map do not use it."""
+    import dataclasses
+
+    from .filters import WHOLE_IMAGE, apply_filter, margin_voxels
+    from .preprocess import PEAK_RADIUS_MM
+
+    spec = config.filter
+    sp = [s for s in (config.new_spacing or (None, None, None))]
+    spacing = [float(s) if s is not None else float(o) for s, o in zip(sp, image.spacing)]
+    reach = margin_voxels(spec, tuple(spacing))
+    reach_mm = float("inf") if reach >= WHOLE_IMAGE else (reach + 2) * max(spacing)
+    roi = process(image, mask, config, label=label, margin_mm=PEAK_RADIUS_MM + 2.0 + reach_mm)
+    roi.image = apply_filter(roi.image, roi.spacing, spec)
+    roi.diagnostics["filter"] = spec.kind
+    return roi, dataclasses.replace(config, reseg_range=None, outlier_sigma=None, ivh_use_reseg_range=False)
+
+
 def extract(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig | Mapping[str, Any] | str,
             label: int | str | None = None, diagnostics: bool = False) -> dict[str, float]:
     """IBSI-1 features of one ROI (``label`` of ``mask``; any foreground when None) as ``{mirp_tag: value}``.
@@ -92,8 +117,11 @@ def extract(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig | Map
     ``diagnostics`` adds the IBSI diagnostic features (``radiomics.diagnostics``: image/ROI dimensions, voxel
     counts and intensities before and after interpolation and re-segmentation)."""
     cfg = as_config(config)
-    roi = process(image, mask, cfg, label=label)
-    out = features_from_roi(roi, cfg)
+    if cfg.filter is not None:
+        roi, feat_cfg = filtered_roi(image, mask, cfg, label=label)
+    else:
+        roi, feat_cfg = process(image, mask, cfg, label=label), cfg
+    out = features_from_roi(roi, feat_cfg)
     if diagnostics:
         from .diagnostics import ibsi_diagnostics
 

@@ -295,6 +295,8 @@ def _gabor_plane(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) 
         thetas = [spec.theta]
     else:
         n = max(1, int(round(2 * math.pi / spec.delta_theta)))
+        # theta + pi conjugates the response of a real image: same modulus, so half the circle suffices
+        n = n // 2 if n % 2 == 0 else n
         thetas = [spec.theta + k * spec.delta_theta for k in range(n)]
     acc = None
     for th in thetas:
@@ -453,9 +455,13 @@ def apply_filter(image: np.ndarray, spacing: tuple[float, ...], spec: FilterSpec
     return out
 
 
+WHOLE_IMAGE = 1 << 30  # margin meaning "filter the whole image"
+
+
 def margin_voxels(spec: FilterSpec, spacing: tuple[float, ...]) -> int:
     """How far (voxels) the response at a voxel looks: a crop this much larger than the ROI filters like the whole
-    image does. Fourier filters (Simoncelli, Riesz) have no compact support; their margin covers the main lobe."""
+    image does. Filters defined in the Fourier domain (Simoncelli, Riesz) have no compact support and their
+    frequency grid depends on the image size, so they get ``WHOLE_IMAGE``."""
     k = spec.kind
     if k == "none":
         return 0
@@ -472,4 +478,4 @@ def margin_voxels(spec: FilterSpec, spacing: tuple[float, ...]) -> int:
     if k == "wavelet":
         n = len(_wavelet_filters(spec.wavelet)[0])
         return sum(n * 2 ** (j - 1) for j in range(1, spec.level + 1))
-    return 16 * 2 ** spec.level  # Simoncelli / Riesz: band-pass kernels decay within a few periods of the band
+    return WHOLE_IMAGE
