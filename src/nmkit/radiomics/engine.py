@@ -103,7 +103,8 @@ def filtered_roi(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig,
     sp = [s for s in (config.new_spacing or (None, None, None))]
     spacing = [float(s) if s is not None else float(o) for s, o in zip(sp, image.spacing)]
     reach = margin_voxels(spec, tuple(spacing))
-    reach_mm = float("inf") if reach >= WHOLE_IMAGE else (reach + 2) * max(spacing)
+    in_plane = spec.dims == "2D" and not spec.orthogonal_planes  # slice-by-slice filters never look along z
+    reach_mm = float("inf") if reach >= WHOLE_IMAGE else (reach + 2) * max(spacing[:2] if in_plane else spacing)
     roi = process(image, mask, config, label=label, margin_mm=PEAK_RADIUS_MM + 2.0 + reach_mm)
     roi.image = apply_filter(roi.image, roi.spacing, spec)
     roi.diagnostics["filter"] = spec.kind

@@ -67,3 +67,7 @@ def load_config(name_or_path: str | Path) -> RadiomicsConfig:
         return RadiomicsConfig.from_dict(data)
     except TypeError as exc:
         raise InputError(text, f"invalid radiomics config: {exc}") from exc
+    except InputError as exc:  # a bad key or value (e.g. in the filter section): name the file it came from
+        if exc.path is not None:
+            raise
+        raise InputError(text, exc.problem) from exc
