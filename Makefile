@@ -12,7 +12,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --upgrade pip
 	# Exactly this torch: a looser range pulls a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,nnunet]"
+	# nnU-Net v2 without its dependency list: dynamic-network-architectures asks for timm -> torchvision -> a CUDA
+	# torch; timm is only used by its Primus/Eva networks. Their other dependencies come with the [nnunet] extra.
+	$(PY) -m pip install --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4
 	touch $(STAMP)
 
 install: $(STAMP)

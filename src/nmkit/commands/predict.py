@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Apply a model bundle to images (NIfTI/NRRD files, DICOM files or series folders, or a case "
                                    "table's split) and write one NIfTI label map per image with its label names, the case "
                                    "table dataset.csv (for nmkit evaluate/radiomics), and a DICOM SEG for DICOM input with --seg.")
-    p.add_argument("bundle", help="model bundle folder, or the name of a shipped bundle (e.g. thyroid-unet2d)")
+    p.add_argument("bundle", help="model bundle folder, the name of a shipped bundle (e.g. thyroid-unet2d), an nnU-Net v2 "
+                                  "results folder or exported zip, or a MONAI bundle folder (run offline, never downloaded)")
     p.add_argument("inputs", nargs="+", help="image files/folders, or one case table CSV (nmkit dataset / manifest)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", default=None,
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "on SUV (normalisation suv), else as stored; a case table's suv column wins")
     p.add_argument("--seg", action="store_true", help="also write DICOM SEG referencing the source series (DICOM input)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
+                   help="nnU-Net models: the folds to ensemble (e.g. 0 1 2 3 4, or all); default: every fold in the folder")
+    p.add_argument("--checkpoint", default=None, help="nnU-Net models: checkpoint file name in each fold (default checkpoint_final.pth)")
     p.set_defaults(func=run)
 
 
@@ -152,6 +156,49 @@ def _write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
     return sidecar
 
 
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Options for foreign engines (nnU-Net folds and checkpoint); only those the user gave."""
+    options: dict[str, Any] = {}
+    if getattr(args, "folds", None):
+        options["folds"] = args.folds
+    if getattr(args, "checkpoint", None):
+        options["checkpoint"] = args.checkpoint
+    return options
+
+
+def _channel_inputs(inputs: list[tuple[str, Path, dict[str, Any]]], bundle, args: argparse.Namespace) -> list[tuple[str, Path, dict[str, Any]]]:
+    """For a model with several input channels (e.g. PET+CT): one input per case with its channel images.
+
+    A case table gives each channel as a row of the same study (matched by modality); files are taken in groups, in the
+    model's channel order (``pet1 ct1 pet2 ct2``)."""
+    channels = list(getattr(bundle, "channels", None) or [])
+    if len(channels) < 2:
+        return inputs
+    from ..errors import InputError
+    from ..segment.engines.channels import group_rows
+
+    if any(source for _, _, source in inputs):
+        groups = group_rows([{**source, "_path": path, "_id": case_id} for case_id, path, source in inputs], channels, args.inputs[0])
+        return [(g[0]["_id"], g[0]["_path"], {**g[0], "_channel_paths": [r["_path"] for r in g]}) for g in groups]
+    if len(inputs) % len(channels):
+        raise InputError(None, f"model {bundle.name} takes {len(channels)} channels ({', '.join(channels)}): give the images "
+                               f"in groups of {len(channels)} in that order; got {len(inputs)} inputs")
+    grouped = [inputs[i:i + len(channels)] for i in range(0, len(inputs), len(channels))]
+    return [(g[0][0], g[0][1], {"_channel_paths": [p for _, p, _ in g]}) for g in grouped]
+
+
+def _load_input(path: Path, source: dict[str, Any], suv: str | None):
+    """The image to predict: one file/series, or the model's channels stacked on the first channel's grid."""
+    from ..segment.data import load_image
+
+    paths = source.get("_channel_paths")
+    if not paths:
+        return load_image(path, suv=suv)
+    from ..segment.engines.channels import stack_channels
+
+    return stack_channels([load_image(p, suv=suv) for p in paths])
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -163,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     from ..segment.infer import predict_heads
 
     inputs = _inputs(args)  # a bad case table fails here, before the network is built
-    bundle = load_bundle(args.bundle, device=args.device)
+    bundle = load_bundle(args.bundle, device=args.device, **_engine_options(args))
+    inputs = _channel_inputs(inputs, bundle, args)
     wanted: list[str | None] = [None]  # None: the bundle's default head (the only one of a single-head bundle)
     if args.head:
         wanted = list(bundle.heads or [None]) if args.head == ["all"] else list(args.head)
@@ -178,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     for case_id, path, source in tqdm(inputs, desc="predict", unit="image", disable=None):
         try:
             suv = str(source.get("suv") or "").strip() or default_suv
-            image = load_image(path, suv=suv)
+            image = _load_input(path, source, suv)
             suv = suv if image.modality == "PT" and not str(path).lower().endswith(_VOLUME_SUFFIXES) else None
             masks = predict_heads(bundle, image, heads, flips=flips, keep_largest=args.largest, fill=args.fill_holes)
             refs, head_columns = [], {}
@@ -194,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
                     from ..io.seg import write_seg
 
                     algorithm = bundle.name if head is None else f"{bundle.name} ({head})"
-                    write_seg(mask, image, out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=bundle.version)
+                    write_seg(mask, load_image(path, suv=suv) if image.array.ndim > image.ndim_spatial else image,
+                              out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=bundle.version)
             rows.append({"case_id": case_id, **image_fields(image, source, case_id), "image": str(path.resolve()),
                          "masks": refs, "reader": reader_id(bundle, heads[0] if len(heads) == 1 else None), "suv": suv or "",
                          **head_columns})
@@ -204,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
             failed.append({"input": str(path), "error": str(exc)})
     config = {"bundle": str(bundle.path), "heads": heads, "suv": default_suv, "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
               "bundle_postprocessing": bundle.description.get("postprocessing", {})}
-    model = {"name": bundle.name, "version": bundle.version, "labels": {str(k): v for k, v in bundle.labels.items()}}
+    model = {"name": bundle.name, "version": bundle.version, "labels": {str(k): v for k, v in bundle.labels.items()},
+             **({"identity": bundle.identity} if getattr(bundle, "identity", None) else {})}
     record = provenance(config=config, inputs=done, model=model, failed=failed)
     (out / "provenance.json").write_text(json.dumps(record, indent=2))
     if rows:

@@ -37,6 +37,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="one output head per reader, e.g. R1 R2 R3 consensus: masks from the manifest columns mask_<HEAD>")
     p.add_argument("--default-head", default=None, help="head used when predict names none (default: consensus if present, else the first)")
     p.add_argument("--pretrained-diffusion", default=None, help="initialise the encoder from a diffusion model (nmkit synth train)")
+    g = p.add_argument_group("nnU-Net engine (--engine nnunet)")
+    g.add_argument("--engine", default="nmkit", choices=("nmkit", "nnunet"),
+                   help="nmkit: the own networks (default); nnunet: nnU-Net v2 fingerprint, plans, preprocessing and "
+                        "training, wrapped as an nmkit bundle")
+    g.add_argument("--channels", nargs="+", default=None, metavar="MODALITY",
+                   help="input channels, e.g. PT CT: one case table row per channel image of a study (matched by the "
+                        "modality column); the first channel's row carries the label map and its grid (default: one "
+                        "channel, one row per case)")
+    g.add_argument("--configuration", default="3d_fullres", choices=("2d", "3d_fullres", "3d_lowres"),
+                   help="nnU-Net configuration (default 3d_fullres)")
+    g.add_argument("--folds", nargs="+", type=int, default=[0], metavar="FOLD",
+                   help="folds to train (default 0: train/val splits; with a fold column, fold k validates on fold k)")
+    g.add_argument("--iterations", type=int, default=250, help="training iterations per epoch (nnU-Net default 250)")
+    g.add_argument("--val-iterations", type=int, default=50, help="validation iterations per epoch (default 50)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for nnU-Net (default: up to 4)")
     p.set_defaults(func=run)
 
 
@@ -87,8 +102,34 @@ def check_network(network: str, dims: int, size: tuple[int, ...], out_channels: 
         raise InputError(None, f"--network {network} cannot run on {dims}D input {shape} (try a larger --size): {detail}") from exc
 
 
+def run_nnunet(args: argparse.Namespace) -> int:
+    """``--engine nnunet``: nnU-Net v2 trains on the case table; the result is an nmkit bundle."""
+    from ..errors import InputError
+    from ..segment.data import read_manifest
+    from ..segment.engines.nnunet_train import train_nnunet
+
+    for option, value in (("--epochs", args.epochs), ("--iterations", args.iterations), ("--val-iterations", args.val_iterations)):
+        if value < 1:
+            raise InputError(None, f"{option} must be at least 1; got {value}")
+    if any(f < 0 for f in args.folds):
+        raise InputError(None, f"--folds must be non-negative; got {' '.join(map(str, args.folds))}")
+    table = read_manifest(args.manifest, require=("image", "split"))
+    channels = list(args.channels or ["image"])
+    print(f"training nnU-Net v2 ({args.configuration}, folds {' '.join(map(str, args.folds))}, channels {', '.join(channels)}) "
+          f"for {args.epochs} epochs x {args.iterations} iterations")
+    out = train_nnunet(table, args.manifest, args.out, parse_labels(args.labels), channels=channels,
+                       configuration=args.configuration, folds=args.folds, epochs=args.epochs, iterations=args.iterations,
+                       val_iterations=args.val_iterations, device=args.device, name=args.name, version=args.version,
+                       threads=args.threads)
+    print(f"bundle written to {out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
+
+    if getattr(args, "engine", "nmkit") == "nnunet":
+        return run_nnunet(args)
     from ..provenance import config_hash
     from ..segment.data import load_split, read_manifest
     from ..segment.preprocess import Preprocessing

@@ -161,10 +161,19 @@ def resolve_bundle(spec: str | Path) -> Path:
     raise InputError(path, f"{what}; shipped bundles: {listed}")
 
 
-def load_bundle(path: str | Path, device: str | torch.device | None = None) -> Bundle:
+def load_bundle(path: str | Path, device: str | torch.device | None = None, **engine_options: Any) -> Bundle:
     """Build the network described in ``bundle.json`` and load its safetensors weights.
 
-    ``path``: a bundle folder, or the name of a shipped bundle (:func:`resolve_bundle`)."""
+    ``path``: a bundle folder, or the name of a shipped bundle (:func:`resolve_bundle`). An nnU-Net v2 results folder
+    or exported zip, a MONAI bundle folder, or an nmkit bundle of another engine loads through
+    :mod:`nmkit.segment.engines` (``engine_options``: e.g. ``folds`` for nnU-Net)."""
+    from .engines import detect_engine
+
+    engine = detect_engine(Path(path))
+    if engine != "nmkit":
+        from .engines.load import load_engine
+
+        return load_engine(engine, Path(path), device=None if device is None else str(device), **engine_options)  # type: ignore[return-value]
     path = resolve_bundle(path)
     desc_path = path / DESCRIPTION
     if not desc_path.exists():

@@ -105,14 +105,19 @@ def predict_heads(bundle, image: Image, heads: Sequence[str | None] | None = Non
     from .data import squeeze_planar
 
     defaults = bundle_postprocessing(bundle)
+    asked_flips = flips
     flips = tuple(defaults.get("flips", ())) if flips is None else tuple(flips)
     keep_largest = bool(defaults.get("keep_largest", False)) if keep_largest is None else keep_largest
     fill = bool(defaults.get("fill_holes", False)) if fill is None else fill
     names = list(dict.fromkeys(bundle.resolve_head(h) for h in (heads if heads else [None])))  # unknown head: error first
     image2 = squeeze_planar(image)
-    device = next(bundle.model.parameters()).device
-    every_head = predict_array(bundle.model, image2.array, bundle.preprocessing, device, bundle.n_classes, flips,
-                               n_heads=bundle.n_heads, head=None)
+    engine_predict = getattr(bundle, "predict_labels", None)  # nnU-Net / MONAI bundle (nmkit.segment.engines)
+    if engine_predict is not None:
+        every_head = engine_predict(image2, flips=asked_flips)[None]  # flips None: the engine's own default
+    else:
+        device = next(bundle.model.parameters()).device
+        every_head = predict_array(bundle.model, image2.array, bundle.preprocessing, device, bundle.n_classes, flips,
+                                   n_heads=bundle.n_heads, head=None)
     masks: dict[str | None, Mask] = {}
     for name in names:
         labels = every_head[bundle.head_index(name)]
@@ -123,6 +128,8 @@ def predict_heads(bundle, image: Image, heads: Sequence[str | None] | None = Non
         if image2 is not image:  # back onto the caller's (one-slice 3D) grid
             labels = labels[None]
         mask = Mask.like(image, labels, labels=bundle.labels)
+        if getattr(bundle, "identity", None):
+            mask.meta["model_identity"] = bundle.identity
         mask.meta.update({"model_name": bundle.name, "model_version": bundle.version, "head": name,
                           "postprocessing": {"flips": list(flips), "keep_largest": keep_largest, "fill_holes": fill},
                           "SeriesInstanceUID": image.meta.get("SeriesInstanceUID"), "source_files": image.meta.get("source_files")})
