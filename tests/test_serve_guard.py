@@ -71,7 +71,7 @@ def is_closed(sock: socket.socket) -> bool:
 
 
 def test_half_open_associations_do_not_lock_out_a_sender(tmp_path, events):
-    node, store, cfg = make_node(tmp_path, association_timeout_seconds=3.0, max_associations=32, max_associations_per_ip=8)
+    node, store, cfg = make_node(tmp_path, association_timeout_seconds=1.5, max_associations=32, max_associations_per_ip=8)
     try:
         attackers = half_open(node.port, 33)
         st = thyroid_study(tmp_path / "in", 1)
@@ -88,7 +88,7 @@ def test_half_open_associations_do_not_lock_out_a_sender(tmp_path, events):
         assert echo(node.port)[1] == 0x0000
         # the limits held: the half-open connections beyond the per-IP limit were dropped at once, the rest at the deadline
         assert sum(is_closed(s) for s in attackers[:20]) == 20
-        time.sleep(3.5)
+        time.sleep(2.0)
         assert all(is_closed(s) for s in attackers)
         assert node.guard.active()["pending"] == 0
         assert named(events, "connection_dropped") and named(events, "association_timeout")

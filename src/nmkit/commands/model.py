@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     s.add_argument("instance")
     s.add_argument("version")
     s.add_argument("--force", action="store_true", help="skip the regression gate")
+    s = sub.add_parser("history", help="registrations, promotions, refusals (with their reasons) and rollbacks")
+    s.add_argument("instance")
     s = sub.add_parser("rollback", help="return to the version current before the last promotion")
     s.add_argument("instance")
     s = sub.add_parser("shadow", help="run a version in shadow mode (results kept, never sent); --off to stop")
@@ -57,15 +59,25 @@ def run(args) -> int:
     if args.action == "register":
         from ..segment.bundle import resolve_bundle  # a folder, or a shipped bundle's name (as `nmkit predict` takes)
 
-        version = registry.register(model_of(args.instance), resolve_bundle(args.bundle), args.version, args.note)
+        try:
+            bundle = resolve_bundle(args.bundle)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+            raise InputError(args.bundle, f"not a model bundle ({type(exc).__name__}: {exc})") from None
+        version = registry.register(model_of(args.instance), bundle, args.version, args.note)
         print(f"registered {model_of(args.instance)} {version}")
         return 0
     if args.action == "promote":
         inst = config.instance(args.instance) if args.instance in [i.name for i in config.instances] else None
         out = registry.promote(model_of(args.instance), args.version, validation=inst.validation if inst else None,
                                tolerance=inst.gate_tolerance if inst else 0.02, force=args.force, split=inst.validation_split if inst else None,
-                               head=inst.head if inst else None)
+                               head=inst.head if inst else None, min_dice=inst.gate_min_dice if inst else 0.5)
         print(json.dumps(out, default=str))
+        return 0
+    if args.action == "history":
+        rows = registry.history(model_of(args.instance))
+        print(json.dumps(rows, indent=2, default=str))
         return 0
     if args.action == "rollback":
         print(f"{model_of(args.instance)} now at {registry.rollback(model_of(args.instance))}")

@@ -41,6 +41,7 @@ class Instance:
     validation_split: str | None = None
     gate_metric: str = "dice"
     gate_tolerance: float = 0.02
+    gate_min_dice: float = 0.5  # the first promotion (nothing to compare with) needs at least this Dice on the validation set
     keep_largest: bool = False
     head: str | None = None  # multi-reader bundles: whose delineation to send (default: the bundle's default head)
 

@@ -86,7 +86,11 @@ class Registry:
         desc_path = bundle / "bundle.json"
         if not desc_path.exists():
             raise InputError(bundle, "not a model bundle (bundle.json missing)")
-        desc = json.loads(desc_path.read_text())
+        try:
+            desc = json.loads(desc_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(desc_path, f"not a readable bundle description ({exc})") from None
+        check_bundle(bundle)
         version = str(version or desc.get("version") or "")
         if not version or "/" in version or version.startswith("."):
             raise InputError(bundle, f"invalid model version {version!r}")
@@ -131,30 +135,56 @@ class Registry:
 
     # ----- promotion ------------------------------------------------------------------------------
     def promote(self, model: str, version: str, validation: str | None = None, tolerance: float = 0.02, force: bool = False,
-                split: str | None = None, head: str | None = None) -> dict[str, Any]:
-        """Make ``version`` current (one transaction). With a validation manifest, refuse a regression."""
-        self.path(model, version)
-        cur = self.current(model)
+                split: str | None = None, head: str | None = None, min_dice: float = 0.5) -> dict[str, Any]:
+        """Make ``version`` current (one transaction). With a validation manifest, refuse a regression against the
+        current version, or (first promotion) a Dice below ``min_dice``. Every refusal - gate, unknown version,
+        a bundle or manifest that fails - is recorded in the history and raised as :class:`PromotionRefused`."""
+        cur = Resolved(model, None, None, None, None)
+        try:
+            self.path(model, version)
+            cur = self.current(model)
+            return self._promote(model, version, cur, validation, tolerance, force, split, head, min_dice)
+        except PromotionRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing gate is a refusal with its reason, never a traceback
+            problem = exc.problem if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+            self._refused(model, version, cur.version, {"error": problem[:500]})
+            raise PromotionRefused(getattr(exc, "path", None) or validation, f"promotion of {model} {version} refused: {problem}") from None
+
+    def _refused(self, model: str, version: str, previous: str | None, detail: dict[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO history(model, action, version, previous, at, detail) VALUES (?,?,?,?,?,?)",
+                      (model, "refused", version, previous, time.time(), json.dumps(detail, default=str)))
+
+    def _promote(self, model: str, version: str, cur: Resolved, validation: str | None, tolerance: float, force: bool,
+                 split: str | None, head: str | None, min_dice: float) -> dict[str, Any]:
         detail: dict[str, Any] = {"tolerance": tolerance}
-        if validation and cur.version and cur.version != version and not force:
+        if validation and cur.version != version and not force:
             cand = evaluate_bundle(self.path(model, version), validation, split, head=head)
-            base = evaluate_bundle(self.path(model, cur.version), validation, split, head=head)
-            detail.update(candidate=cand, current=base)
+            detail["candidate"] = cand
             with self._tx() as c:
                 c.execute("UPDATE versions SET metric=? WHERE model=? AND version=?", (cand["dice"], model, version))
-                c.execute("UPDATE versions SET metric=? WHERE model=? AND version=?", (base["dice"], model, cur.version))
-            if cand["dice"] < base["dice"] - tolerance:
+            if cur.version is None:  # first promotion: an absolute floor, since there is nothing to compare with
+                detail["min_dice"] = min_dice
+                if cand["dice"] < min_dice:
+                    self._refused(model, version, None, detail)
+                    raise PromotionRefused(validation, f"promotion of {model} {version} refused: Dice {cand['dice']:.4f} is below "
+                                                       f"gate_min_dice {min_dice} (first promotion)")
+            else:
+                base = evaluate_bundle(self.path(model, cur.version), validation, split, head=head)
+                detail["current"] = base
                 with self._tx() as c:
-                    c.execute("INSERT INTO history(model, action, version, previous, at, detail) VALUES (?,?,?,?,?,?)",
-                              (model, "refused", version, cur.version, time.time(), json.dumps(detail)))
-                raise PromotionRefused(validation, f"promotion of {model} {version} refused: Dice {cand['dice']:.4f} is worse than "
-                                                   f"current {cur.version} ({base['dice']:.4f}) by more than {tolerance}")
+                    c.execute("UPDATE versions SET metric=? WHERE model=? AND version=?", (base["dice"], model, cur.version))
+                if cand["dice"] < base["dice"] - tolerance:
+                    self._refused(model, version, cur.version, detail)
+                    raise PromotionRefused(validation, f"promotion of {model} {version} refused: Dice {cand['dice']:.4f} is worse than "
+                                                       f"current {cur.version} ({base['dice']:.4f}) by more than {tolerance}")
         with self._tx() as c:
             c.execute("INSERT INTO current(model, version, shadow, changed) VALUES (?,?,NULL,?) ON CONFLICT(model) DO UPDATE SET "
                       "version=excluded.version, shadow=CASE WHEN shadow=excluded.version THEN NULL ELSE shadow END, changed=excluded.changed",
                       (model, version, time.time()))
             c.execute("INSERT INTO history(model, action, version, previous, at, detail) VALUES (?,?,?,?,?,?)",
-                      (model, "promote", version, cur.version, time.time(), json.dumps(detail)))
+                      (model, "promote", version, cur.version, time.time(), json.dumps(detail, default=str)))
         return {"model": model, "version": version, "previous": cur.version, **detail}
 
     def rollback(self, model: str) -> str:
@@ -176,6 +206,20 @@ class Registry:
             c.execute("INSERT INTO current(model, version, shadow, changed) VALUES (?,NULL,?,?) ON CONFLICT(model) DO UPDATE SET shadow=excluded.shadow",
                       (model, version, time.time()))
             c.execute("INSERT INTO history(model, action, version, at) VALUES (?,?,?,?)", (model, "shadow", version, time.time()))
+
+
+def check_bundle(bundle: str | Path) -> None:
+    """Load the bundle on the CPU (network built, weights read): a bundle that cannot be served is
+    refused at registration with the reason, not found out by the first patient's job."""
+    try:
+        from ..segment.bundle import load_bundle
+
+        loaded = load_bundle(bundle, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - any failure is the refusal's reason
+        problem = exc.problem if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        raise InputError(bundle, f"model bundle cannot be loaded: {problem}"[:500]) from None
+    if not getattr(loaded, "labels", None):
+        raise InputError(bundle, "model bundle has no labels (nothing to segment)")
 
 
 def evaluate_bundle(bundle_path: str | Path, manifest: str | Path, split: str | None = None, keep_largest: bool = False,
