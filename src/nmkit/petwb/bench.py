@@ -16,7 +16,8 @@ ASSUMED_LIVER = (2.0, 0.3)
 
 
 def compare_one(pet, gtv: np.ndarray, method: str, margin_mm: float = 10.0) -> dict:
-    """Dice, HD95 (mm), volume ratio of one method's lesions (union) against the GTV."""
+    """Dice, HD95 (mm), volume ratio of one method's lesions (union) against the GTV, and Dice/HD95 of the lesions
+    that overlap the GTV only."""
     from ..io.image import Mask
     from ..metrics.overlap import dice
     from ..metrics.surface import surface_distances
@@ -25,9 +26,14 @@ def compare_one(pet, gtv: np.ndarray, method: str, margin_mm: float = 10.0) -> d
     result = delineate(pet, method, seeds=seeds, liver_reference=ASSUMED_LIVER, min_volume_ml=0.5)
     pred = result.labels.array > 0
     sd = surface_distances(pred, gtv, pet.spacing)
+    # lesion-matched: only the delineated lesions that overlap the GTV (global methods also find other hot spots)
+    hit = [v for v in np.unique(result.labels.array[gtv]) if v]
+    matched = np.isin(result.labels.array, hit)
+    sd_m = surface_distances(matched, gtv, pet.spacing)
     voxel_ml = pet.voxel_volume / 1000.0
     return {"method": method, "dice": float(dice(pred, gtv)), "hd95_mm": float(sd.hd_percentile(95.0)),
-            "volume_ratio": float(pred.sum() / gtv.sum()), "volume_ml": float(pred.sum() * voxel_ml),
+            "volume_ratio": float(pred.sum() / gtv.sum()), "dice_matched": float(dice(matched, gtv)),
+            "hd95_matched_mm": float(sd_m.hd_percentile(95.0)), "volume_ml": float(pred.sum() * voxel_ml),
             "gtv_volume_ml": float(gtv.sum() * voxel_ml), "lesions": len(result.lesions)}
 
 
