@@ -69,6 +69,16 @@ def test_cli_burden_on_real_gtv(external_data, tmp_path):
     assert p.case_id == "STS_001" and p.lesion_count == 1 and p.dmax_mm == 0.0
     assert p.tmtv_ml == pytest.approx(gtv.volume_ml(1), rel=1e-6)
     assert p.weight_kg > 0 and p.bsa_m2 == pytest.approx(body_surface_area(p.weight_kg, p.height_m))
+    # the same numbers in the DICOM SR (TID 1500), referencing the PET series
+    import pydicom
+
+    sr = pydicom.dcmread(out / "STS_001_burden_sr.dcm")
+    assert sr.Modality == "SR" and sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    nums = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
+            for i in sr.ContentSequence[-1].ContentSequence[0].ContentSequence if i.ValueType == "NUM"}
+    assert nums["Total metabolic tumour volume"] == pytest.approx(p.tmtv_ml, rel=1e-9)
+    assert sr.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == pydicom.dcmread(
+        next((folder / "image").glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
     lesion = pd.read_csv(out / "burden_lesions.csv").iloc[0]
     assert lesion.suv_peak <= lesion.suv_max and lesion.tlg_g == pytest.approx(lesion.suv_mean * lesion.volume_ml)
 

@@ -12,8 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "delineate`), or a case table (nmkit-dataset/1 CSV, e.g. delineate's dataset.csv) whose "
                                    "rows name the PET and its lesion label map. Writes OUT_DIR/burden_patients.csv (tmtv_ml, "
                                    "tlg_total_g, lesion_count, suv_max, suv_peak, dmax_mm, bsa_m2, sdmax_per_m), "
-                                   "OUT_DIR/burden_lesions.csv (volume_ml, suv_max/mean/peak, tlg_g, centroid_*_mm) and "
-                                   "burden.provenance.json. SDmax = Dmax (m) / body surface area (m^2).")
+                                   "OUT_DIR/burden_lesions.csv (volume_ml, suv_max/mean/peak, tlg_g, centroid_*_mm), "
+                                   "burden.provenance.json and, for DICOM PET, <case>_burden_sr.dcm (DICOM SR, TID 1500 "
+                                   "measurement report). SDmax = Dmax (m) / body surface area (m^2).")
     p.add_argument("input", help="PET (DICOM folder/file, or NIfTI in SUV with --assume-suv), or a case table CSV")
     p.add_argument("lesions", nargs="?", help="lesion label map / RTSTRUCT / SEG on the PET (not with a case table)")
     p.add_argument("out_dir", help="output folder (created)")
@@ -24,12 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-kg", type=float, help="patient weight (default: DICOM PatientWeight)")
     p.add_argument("--height-m", type=float, help="patient height in metres (default: DICOM PatientSize)")
     p.add_argument("--bsa", choices=("mosteller", "dubois"), default="mosteller", help="body surface area formula")
+    p.add_argument("--no-sr", action="store_true", help="do not write the DICOM SR (TID 1500) for DICOM PET inputs")
     p.set_defaults(func=run)
 
 
 def _one(pet_path: str, lesion_path: str, args, case_id: str | None, selector=None) -> tuple[dict, list[dict]]:
     from pathlib import Path
 
+    from ..petwb.inputs import is_dicom_input
     from ..petwb.burden import patient_burden, split_components
     from ..petwb.inputs import read_mask_on, read_suv_pet
 
@@ -39,7 +42,28 @@ def _one(pet_path: str, lesion_path: str, args, case_id: str | None, selector=No
         lesions = split_components(lesions)
     patient, rows = patient_burden(pet, lesions, args.weight_kg, args.height_m, args.bsa)
     case = case_id or str(pet.meta.get("PatientID") or Path(pet_path).name.split(".")[0])
+    if is_dicom_input(pet) and not args.no_sr:
+        _write_sr(patient, rows, pet, Path(args.out_dir) / f"{_safe(case)}_burden_sr.dcm", args)
     return {"case_id": case, **patient}, [{"case_id": case, **r} for r in rows]
+
+
+def _safe(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text) or "case"
+
+
+def _write_sr(patient: dict, rows: list[dict], pet, path, args) -> None:
+    import logging
+
+    from ..io.dicom_warnings import DicomWarnings
+    from ..petwb.sr import write_burden_sr
+
+    collector = DicomWarnings()
+    with collector.capture(path):
+        write_burden_sr(patient, rows, pet.meta["source_files"], path, suv_kind=args.suv)
+    if getattr(args, "verbose", 0):  # warnings about tags copied from the source series: details only with -v
+        collector.report(logging.getLogger("nmkit.burden"), verbose=True)
 
 
 def run(args: argparse.Namespace) -> int:
