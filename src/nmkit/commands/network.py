@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=at_least(0), default=100, help="bootstrap resamples for edge stability (default 100)")
     p.add_argument("--fdr", type=float, default=0.05, help="FDR level for spearman/partial edges (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
+    p.add_argument("--batch-col", metavar="COLUMN", help="ComBat-harmonise the organ values by this column (e.g. centre), "
+                                                          "refitted inside every bootstrap resample; kept in node_scores.csv")
     p.set_defaults(func=run)
 
 
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..errors import InputError
-    from ..petwb.network import build_network, node_scores, plot_network, wide_matrix, write_graphml
+    from ..petwb.network import batch_of, build_network, node_scores, plot_network, wide_matrix, write_graphml
     from ..provenance import provenance
 
     src, out = Path(args.features), Path(args.out_dir)
@@ -44,15 +46,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(src, f"not a readable CSV ({type(exc).__name__})") from None
     try:
         wide = wide_matrix(table, args.feature)
+        batch = batch_of(table, wide, args.batch_col) if args.batch_col else None
     except InputError as exc:
         raise InputError(src, exc.problem) from None
-    net = build_network(wide, args.method, args.bootstrap, args.fdr, args.seed)
+    net = build_network(wide, args.method, args.bootstrap, args.fdr, args.seed, batch=batch)
     out.mkdir(parents=True, exist_ok=True)
     edges = net.edges()
     edges.to_csv(out / "edges.csv", index=False)
     write_graphml(net, wide, out / "network.graphml")
     plot_network(net, out / "network.png")
-    node_scores(wide).to_csv(out / "node_scores.csv", index=False)
+    scores = node_scores(wide)
+    if batch is not None:
+        scores.insert(1, args.batch_col, batch)
+    scores.to_csv(out / "node_scores.csv", index=False)
     (out / "network.provenance.json").write_text(json.dumps(
         provenance({k: v for k, v in vars(args).items() if k != "func"}, [str(src)]), indent=1, default=str))
     print(f"{len(wide)} patients x {wide.shape[1]} organs: {int(edges.selected.sum())} of {len(edges)} edges selected "

@@ -169,12 +169,15 @@ def _nearest_label(label: np.ndarray, sub: int) -> np.ndarray:
     return label.reshape(z, sub, y, sub, x, sub).max(axis=(1, 3, 5))
 
 
-def simulate_cohort(n: int = 200, k: int = 10, n_edges: int = 12, seed: int = 0, strength: float = 0.5):
+def simulate_cohort(n: int = 200, k: int = 10, n_edges: int = 12, seed: int = 0, strength: float = 0.5,
+                    centres: int = 1, centre_effect: float = 0.0):
     """(organ table, true adjacency, outcome): ``n`` x ``k`` organ SUVmeans with a planted sparse precision matrix.
 
     The organ table is long (patient_id, organ, suv_mean); log SUVmean = log(base) + 0.15 x a multivariate normal
     whose precision matrix has ``n_edges`` random off-diagonal entries of size ``strength`` (diagonally dominant).
-    The outcome (0/1) is a logistic function of the first two organs."""
+    The outcome (0/1) is a logistic function of the first two organs. With ``centres`` > 1 each patient gets a
+    centre (column ``centre``) whose scanner scales every organ's SUV by exp(centre_effect x a centre-wide shift
+    + 0.3 x centre_effect x an organ-specific one): a batch effect that induces spurious positive correlations."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -192,8 +195,13 @@ def simulate_cohort(n: int = 200, k: int = 10, n_edges: int = 12, seed: int = 0,
     names = [f"organ_{i:02d}" for i in range(k)]
     base = np.linspace(1.0, 4.0, k)
     suv = base * np.exp(0.15 * latent / np.sqrt(np.diag(cov)))
+    centre = rng.integers(0, centres, n)
+    if centres > 1 and centre_effect:
+        shift = rng.standard_normal(centres)[:, None] + 0.3 * rng.standard_normal((centres, k))
+        suv = suv * np.exp(centre_effect * shift[centre])
     risk = 1.2 * latent[:, 0] - 1.0 * latent[:, 1]
     outcome = (rng.random(n) < 1.0 / (1.0 + np.exp(-risk))).astype(int)
-    rows = [{"patient_id": f"sim_{p:03d}", "organ": names[o], "suv_mean": float(suv[p, o])} for p in range(n) for o in range(k)]
+    rows = [{"patient_id": f"sim_{p:03d}", "centre": f"centre_{centre[p]}", "organ": names[o], "suv_mean": float(suv[p, o])}
+            for p in range(n) for o in range(k)]
     return pd.DataFrame(rows), pd.DataFrame(truth, index=names, columns=names), \
         pd.DataFrame({"patient_id": [f"sim_{p:03d}" for p in range(n)], "event": outcome})
