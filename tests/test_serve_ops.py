@@ -238,6 +238,8 @@ def _get(url: str, token: str | None = None) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError:  # not listening (yet)
+        return 0, ""
 
 
 def test_http_token_health_metrics_and_bounded_threads(tmp_path, bundle, monkeypatch):
