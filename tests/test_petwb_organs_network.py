@@ -109,3 +109,17 @@ def test_network_refuses_a_too_small_cohort(tmp_path, capsys):
     table.to_csv(tmp_path / "small.csv", index=False)
     assert main(["network", str(tmp_path / "small.csv"), str(tmp_path / "n")]) == 2
     assert ">= 10 patients" in capsys.readouterr().err
+
+
+def test_wbphantom_case_table_feeds_organs_and_burden(tmp_path):
+    out = tmp_path / "wb"
+    assert main(["wbphantom", str(out), "--voxel-mm", "6", "--followup-factor", "0.5", "--cohort", "20"]) == 0
+    assert main(["organs", str(out / "dataset.csv"), str(tmp_path / "o.csv"), "--assume-suv", "--exclude-lesions"]) == 0
+    table = pd.read_csv(tmp_path / "o.csv")
+    assert len(table) == 2 * len(ORGANS) and set(table.time_point) == {1, 2}
+    liver = table[table.organ == "liver"]
+    assert (liver.lesion_voxels_excluded > 0).all() and liver.suv_mean.between(2.0, 2.4).all()
+    truth = pd.read_csv(out / "wbphantom_0" / "tp1" / "truth.csv")
+    assert truth.volume_ml.sum() == pytest.approx(33.0)
+    assert len(pd.read_csv(out / "cohort_organs.csv")) == 20 * 10
+    assert main(["network", str(tmp_path / "o.csv"), str(tmp_path / "n")]) == 2  # two scans per patient: refused

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("features", help="organ table CSV (patient_id, organ and the feature column)")
     p.add_argument("out_dir", help="output folder (created)")
     p.add_argument("--feature", default="suv_mean", help="column of the organ table to correlate (default suv_mean)")
+    p.add_argument("--id-col", default="patient_id", help="column identifying a patient/scan (default patient_id; "
+                                                           "case_id for one node set per scan)")
     p.add_argument("--method", choices=("spearman", "partial", "glasso"), default="partial", help="edge definition")
     p.add_argument("--bootstrap", type=at_least(0), default=100, help="bootstrap resamples for edge stability (default 100)")
     p.add_argument("--fdr", type=float, default=0.05, help="FDR level for spearman/partial edges (default 0.05)")
@@ -45,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:  # parser errors, bad gzip/zip, binary files
         raise InputError(src, f"not a readable CSV ({type(exc).__name__})") from None
     try:
-        wide = wide_matrix(table, args.feature)
-        batch = batch_of(table, wide, args.batch_col) if args.batch_col else None
+        wide = wide_matrix(table, args.feature, patient_col=args.id_col)
+        batch = batch_of(table, wide, args.batch_col, patient_col=args.id_col) if args.batch_col else None
     except InputError as exc:
         raise InputError(src, exc.problem) from None
     net = build_network(wide, args.method, args.bootstrap, args.fdr, args.seed, batch=batch)

@@ -31,6 +31,9 @@ def wide_matrix(table, feature: str = "suv_mean", patient_col: str = "patient_id
     for col in (patient_col, organ_col, feature):
         if col not in table.columns:
             raise InputError(None, f"the organ table has no column {col!r} (columns: {', '.join(map(str, table.columns))})")
+    if table.duplicated([patient_col, organ_col]).any():
+        raise InputError(None, f"some {patient_col} x {organ_col} pairs appear more than once (several time points?); "
+                               f"keep one row per pair or choose another id column")
     wide = table.pivot_table(index=patient_col, columns=organ_col, values=feature, aggfunc="mean")
     complete = wide.dropna()
     if len(complete) < 10 or complete.shape[1] < 3:
