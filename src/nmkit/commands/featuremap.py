@@ -78,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
     values = np.asarray(image.array, dtype=np.float64)
     unit = image_unit(image.units, image.modality)
     if spec is not None:
-        from ..radiomics.filters import apply_filter
+        from ..radiomics.filters import apply_filter, response_unit
 
         values = apply_filter(values, tuple(image.spacing), spec)
-        unit = f"{spec.kind} response of {unit}"
+        unit = response_unit(spec, unit)
     try:
         maps = local_feature_maps(values, tuple(image.spacing), args.radius_mm, roi, feats, args.within_roi)
     except InputError as exc:

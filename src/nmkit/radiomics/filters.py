@@ -479,3 +479,12 @@ def margin_voxels(spec: FilterSpec, spacing: tuple[float, ...]) -> int:
         n = len(_wavelet_filters(spec.wavelet)[0])
         return sum(n * 2 ** (j - 1) for j in range(1, spec.level + 1))
     return WHOLE_IMAGE
+
+
+def response_unit(spec: FilterSpec | None, image_unit: str) -> str:
+    """Unit of a response map's values, for units files. Every kernel here is dimensionless (weights, normalised
+    Laws kernels, wavelet taps, unnormalised Gabor envelope, Fourier multipliers), so responses keep the image's
+    unit, except the Laplacian of Gaussian, a second derivative in voxel units."""
+    if spec is not None and spec.kind in ("log", "riesz_log"):
+        return f"{image_unit} per voxel^2"
+    return image_unit
