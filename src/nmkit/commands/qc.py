@@ -1,4 +1,6 @@
-"""`nmkit qc`: quality control of real phantom scans (PET image quality: NEMA NU 2-2018 / EARL)."""
+"""`nmkit qc`: quality control of real phantom scans: PET/SPECT image quality (NEMA NU 2-2018 / EARL), gamma camera
+(NEMA NU 1: flood uniformity, line-source resolution, slit linearity), tomographic resolution and uniformity, and the
+per-scanner QC history with its trend plot."""
 
 from __future__ import annotations
 
@@ -33,8 +35,72 @@ def register(subparsers) -> None:
     p.add_argument("--wall-mm", type=float, default=1.0, help="sphere wall thickness for the FWHM fit (mm, default 1.0)")
     p.add_argument("--a50-background", type=float, default=None,
                    help="background value for the A50 isocontour (image units; default: NEMA background ROI mean)")
+    _history_arg(p)
     p.set_defaults(func=run_iq)
+
+    p = sub.add_parser("flood", help="NEMA NU 1 flood: integral and differential uniformity (%) in UFOV and CFOV",
+                       description="Rebins to the pixel nearest 6.4 mm, finds the UFOV (0.95 of the field, edge pixels under "
+                                   "75 %% of the CFOV mean dropped) and CFOV (0.75 of it), 9-point smoothing, integral and "
+                                   "differential uniformity. Writes DIR/flood.json.")
+    p.add_argument("image", help="planar flood image (DICOM file)")
+    p.add_argument("--out", required=True, help="output folder")
+    _history_arg(p)
+    p.set_defaults(func=run_flood)
+
+    p = sub.add_parser("lines", help="planar spatial resolution FWHM/FWTM (mm) from two parallel line sources",
+                       description="Profiles across the two lines in 30 mm bands; NEMA peak/interpolation widths. "
+                                   "--spacing-mm calibrates the pixel size from the lines' true distance. Writes "
+                                   "DIR/lines.csv and DIR/lines.json.")
+    p.add_argument("image", help="planar two-line-source image (DICOM file)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--spacing-mm", type=float, default=None, help="true distance between the two lines (mm): calibrates the pixel size")
+    p.add_argument("--band-mm", type=float, default=30.0, help="width of the bands summed into each profile (mm, default 30)")
+    _history_arg(p)
+    p.set_defaults(func=run_lines)
+
+    p = sub.add_parser("slit", help="NEMA NU 1 spatial linearity and intrinsic FWHM/FWTM from a slit-mask image",
+                       description="Slit peak positions in ~6 mm bands, a straight line per slit: absolute linearity (max "
+                                   "deviation, mm) and differential linearity (SD, mm) in UFOV/CFOV; intrinsic FWHM/FWTM. "
+                                   "Writes DIR/slit.csv and DIR/slit.json.")
+    p.add_argument("image", help="planar slit-mask image (DICOM file)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--slit-spacing-mm", type=float, default=30.0, help="slit spacing of the mask (mm, NEMA 30)")
+    p.add_argument("--calibrate", action="store_true", help="take the pixel size from the slit spacing instead of the header")
+    _history_arg(p)
+    p.set_defaults(func=run_slit)
+
+    p = sub.add_parser("spect-resolution", help="tomographic FWHM/FWTM (mm) along x, y, z of a point-source reconstruction",
+                       description="Profiles through the hottest voxel along x, y, z; NEMA widths and a Gaussian-fit check. "
+                                   "Writes DIR/spect_resolution.csv and .json.")
+    p.add_argument("image", help="reconstructed point-source volume (DICOM series/file or NIfTI)")
+    p.add_argument("--out", required=True, help="output folder")
+    _history_arg(p)
+    p.set_defaults(func=run_spect_resolution)
+
+    p = sub.add_parser("spect-uniformity", help="uniform cylinder / Jaszczak: per-slice integral uniformity and noise (%)",
+                       description="Central disc of 75 %% of the cylinder radius on each slice of the central 80 %% of its "
+                                   "length (or --slices A:B), rebinned to ~6.4 mm, 9-point smoothing: integral uniformity; "
+                                   "noise = CoV. Writes DIR/spect_uniformity.csv and .json.")
+    p.add_argument("image", help="reconstructed uniform-phantom volume (DICOM series/file or NIfTI)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--slices", default=None, metavar="A:B", help="slice indices to analyse (default: automatic)")
+    _history_arg(p)
+    p.set_defaults(func=run_spect_uniformity)
+
+    p = sub.add_parser("trend", help="plot a scanner's QC history over time against tolerances and flag drifts",
+                       description="Reads one scanner's QC history (an .sqlite file written by --history) and writes "
+                                   "DIR/trend.png and DIR/trend.csv (flags: out of tolerance, drift > 3 SD).")
+    p.add_argument("history", help="QC history database file (<folder>/<scanner>.sqlite)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tolerance", action="append", default=None, metavar="MEASURE=MIN:MAX",
+                   help="tolerance of a measure (repeatable), e.g. integral_uniformity_cfov_percent=0:3.5")
+    p.set_defaults(func=run_trend)
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
+
+
+def _history_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--history", default=None, metavar="DIR",
+                   help="QC history folder: append the results to the scanner's SQLite file there (one per scanner)")
 
 
 def _check_activity_args(args: argparse.Namespace) -> None:
@@ -179,6 +245,16 @@ def run_iq(args: argparse.Namespace) -> int:
     report.section("Per sphere").table(table[cols], caption=note)
     report.section("Scanner and provenance").code({"scanner": scanner, "summary": summary, "provenance": record["provenance"]})
     report.write(out / "iq_report.html")
+    if args.history:
+        from ..quality.qc_history import record, scanner_identity
+
+        measures = {"lung_residual_percent": summary["lung_residual_percent"], "fwhm_mm_median_large": summary["fwhm_mm_median_large"]}
+        for _, r in table.iterrows():
+            for m in ("rc_max", "rc_mean", "rc_peak", "contrast_q_h_percent", "background_variability_n_percent"):
+                measures[f"{m}_{r['diameter_mm']:g}mm"] = float(r[m])
+        hist_units = {k: ("%" if "percent" in k else "mm" if k.endswith("_mm") else "1") for k in measures}
+        db = record(args.history, scanner_identity(meta, args.image), "iq", measures, hist_units, source=str(Path(args.image).resolve()))
+        print(f"history: {db}")
     log.info("wrote %s", out)
     print(f"{'ESTIMATED ratio ' if summary['ratio_estimated'] else ''}{summary['sphere_to_background_ratio']:.3g}:1  "
           f"EARL1 {'pass' if summary['earl1_pass'] else 'fail'}  EARL2 {'pass' if summary['earl2_pass'] else 'fail'}  "
@@ -186,4 +262,175 @@ def run_iq(args: argparse.Namespace) -> int:
     print(table[["diameter_mm", "fwhm_mm", "contrast_q_h_percent", "background_variability_n_percent", "rc_max", "rc_mean",
                  "rc_peak"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {csv_path}, {out / 'iq_summary.json'}, {out / 'iq_report.html'}")
+    return 0
+
+
+# ----- the other tests -------------------------------------------------------------------------------
+def _read(path: str):
+    """The image at ``path`` (DICOM warnings collected into one log line, errors naming the file)."""
+    import logging
+
+    from ..errors import InputError
+    from ..io.dicom_warnings import DicomWarnings
+    from ..io.reader import read_image
+
+    collector = DicomWarnings()
+    with collector.capture(path):
+        image = read_image(path)
+    collector.report(logging.getLogger(__name__))
+    if image is None:
+        raise InputError(path, "no image")
+    return image
+
+
+def _finish(args: argparse.Namespace, test: str, image: Any, summary: dict, units: dict, table: Any = None) -> int:
+    """Write DIR/<test>.json (+ .csv), append to the history when asked, print the summary."""
+    from ..provenance import provenance
+    from ..quality.qc_history import record, scanner_identity
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ident = scanner_identity(image.meta or {}, args.image)
+    config = {k: v for k, v in vars(args).items() if k not in ("func",) and not callable(v)}
+    payload = {"test": test, "summary": summary, "units": units, "scanner": ident, "provenance": provenance(config, [args.image])}
+    (out / f"{test}.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    if table is not None:
+        table.to_csv(out / f"{test}.csv", index=False)
+    if getattr(args, "history", None):
+        db = record(args.history, ident, test, history_measures(summary), units, source=str(Path(args.image).resolve()))
+        print(f"history: {db}")
+    for k, v in summary.items():
+        if isinstance(v, float):
+            print(f"{k}: {v:.4g}{' ' + units[k] if units.get(k) and units[k] != '1' else ''}")
+        elif not isinstance(v, (list, dict)):
+            print(f"{k}: {v}")
+    print(f"wrote {out / (test + '.json')}")
+    return 0
+
+
+def history_measures(summary: dict) -> dict:
+    """The measures worth a trend: widths (mm) and percentages, not positions, pixel sizes or counts."""
+    skip = ("pixel_", "peak_", "line_separation", "slit_spacing", "cylinder_radius", "roi_radius", "lung_x", "lung_y",
+            "sphere_plane", "cfov_poisson")
+    return {k: v for k, v in summary.items() if (k.endswith("_mm") or k.endswith("_percent") or k.startswith("rc_"))
+            and not k.startswith(skip)}
+
+
+def _units_by_suffix(summary: dict) -> dict:
+    """Units from the key suffixes (_mm, _percent, _px, counts)."""
+    out = {}
+    for k in summary:
+        out[k] = ("mm" if k.endswith("_mm") or "_mm_" in k else "%" if k.endswith("_percent") or "_percent_" in k
+                  else "px" if k.endswith("_px") else "counts" if "counts" in k else "1")
+    return out
+
+
+def _in_file_error(path: str, fn, *a, **kw):
+    from ..errors import InputError
+
+    try:
+        return fn(*a, **kw)
+    except InputError as exc:
+        if exc.path:
+            raise
+        raise InputError(path, exc.problem) from None
+
+
+def run_flood(args: argparse.Namespace) -> int:
+    from ..quality.qc_gamma import flood_uniformity
+
+    image = _read(args.image)
+    summary = _in_file_error(args.image, flood_uniformity, image)
+    return _finish(args, "flood", image, summary, _units_by_suffix(summary))
+
+
+def run_lines(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..quality.qc_gamma import line_resolution
+
+    if args.spacing_mm is not None and not (args.spacing_mm > 0 and math.isfinite(args.spacing_mm)):
+        raise InputError(None, f"--spacing-mm must be a positive distance, got {args.spacing_mm}")
+    if not args.band_mm > 0:
+        raise InputError(None, f"--band-mm must be positive, got {args.band_mm}")
+    image = _read(args.image)
+    table, summary = _in_file_error(args.image, line_resolution, image, spacing_mm=args.spacing_mm, band_mm=args.band_mm)
+    return _finish(args, "lines", image, summary, _units_by_suffix(summary), table)
+
+
+def run_slit(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..quality.qc_gamma import slit_linearity
+
+    if not args.slit_spacing_mm > 0:
+        raise InputError(None, f"--slit-spacing-mm must be positive, got {args.slit_spacing_mm}")
+    image = _read(args.image)
+    table, summary = _in_file_error(args.image, slit_linearity, image, slit_spacing_mm=args.slit_spacing_mm, calibrate=args.calibrate)
+    return _finish(args, "slit", image, summary, _units_by_suffix(summary), table)
+
+
+def run_spect_resolution(args: argparse.Namespace) -> int:
+    from ..quality.qc_spect import point_resolution
+
+    image = _read(args.image)
+    table, summary = _in_file_error(args.image, point_resolution, image)
+    for _, r in table.iterrows():
+        summary[f"fwhm_{r['axis']}_mm"] = float(r["fwhm_mm"])
+        summary[f"fwtm_{r['axis']}_mm"] = float(r["fwtm_mm"])
+    return _finish(args, "spect_resolution", image, summary, _units_by_suffix(summary), table)
+
+
+def run_spect_uniformity(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..errors import InputError
+    from ..quality.qc_spect import tomo_uniformity
+
+    image = _read(args.image)
+    if args.slices:
+        try:
+            a, b = (int(v) for v in args.slices.split(":"))
+        except ValueError:
+            raise InputError(None, f"--slices must be A:B (slice indices), got {args.slices!r}") from None
+        n = image.array.shape[0]
+        if not 0 <= a < b <= n:
+            raise InputError(None, f"--slices {a}:{b} outside the volume's 0:{n}")
+        from ..io.image import Image
+
+        image = Image(array=image.array[a:b], spacing=image.spacing, origin=tuple(image.index_to_physical(np.array([0.0, 0.0, a]))),
+                      direction=image.direction, modality=image.modality, units=image.units, meta=image.meta)
+    table, summary = _in_file_error(args.image, tomo_uniformity, image)
+    units = _units_by_suffix(summary)
+    from ..units import image_unit
+
+    units["mean_value"] = image_unit(image.units, image.modality)
+    return _finish(args, "spect_uniformity", image, summary, units, table)
+
+
+def run_trend(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..quality.qc_history import read_history, trend_figure, trend_table
+
+    tol = {}
+    for item in args.tolerance or []:
+        try:
+            name, rng = item.split("=")
+            lo, hi = (float(v) if v else math.nan for v in rng.split(":"))
+        except ValueError:
+            raise InputError(None, f"--tolerance must be MEASURE=MIN:MAX, got {item!r}") from None
+        tol[name] = (lo, hi)
+    history = read_history(args.history)
+    if history.empty:
+        raise InputError(args.history, "the QC history holds no results yet")
+    trend = trend_table(history, tol)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trend.to_csv(out / "trend.csv", index=False)
+    fig = trend_figure(trend, Path(args.history).stem)
+    fig.savefig(out / "trend.png", dpi=100, bbox_inches="tight")
+    flagged = trend[trend["out_of_tolerance"] | trend["drift"]]
+    print(f"{len(trend)} points, {trend.groupby(['test', 'measure']).ngroups} measures, {len(flagged)} flagged")
+    for _, r in flagged.iterrows():
+        why = "out of tolerance" if r["out_of_tolerance"] else "drift > 3 SD"
+        print(f"  {r['acquired']} {r['test']} {r['measure']} = {r['value']:.4g} {r['unit']} ({why})")
+    print(f"wrote {out / 'trend.png'}, {out / 'trend.csv'}")
     return 0

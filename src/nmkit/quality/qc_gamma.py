@@ -203,8 +203,8 @@ def line_resolution(image: Any, spacing_mm: float | None = None, band_mm: float 
     """Planar FWHM/FWTM (mm) of two parallel line sources, per 30 mm band and line; optional pixel calibration."""
     counts, px = planar_counts(image)
     arr, axis = _orient_vertical(counts)
-    arr = arr - np.median(arr)  # NEMA profiles are background-subtracted only by the peak-relative levels; the
-    arr = np.clip(arr, 0, None)  # median (empty detector) is ~0 anyway
+    raw = arr
+    arr = np.clip(arr - np.median(arr), 0, None)  # the empty detector's level (~0) off
     rows = arr.sum(axis=1)
     present = rows > 0.3 * np.percentile(rows, 95)
     idx = np.nonzero(present)[0]
@@ -218,6 +218,9 @@ def line_resolution(image: Any, spacing_mm: float | None = None, band_mm: float 
         pk = _two_peaks(prof, int(10 / px))
         if len(pk) != 2:
             continue
+        rp = raw[start:start + band].sum(axis=0)
+        if rp[pk[0]:pk[1] + 1].min() > 0.5 * min(rp[pk[0]], rp[pk[1]]):
+            continue  # no deep valley between the peaks: not two line sources
         for line, p in enumerate(pk):
             try:
                 w = nema_peak_width(prof, p)
@@ -225,9 +228,11 @@ def line_resolution(image: Any, spacing_mm: float | None = None, band_mm: float 
                 continue
             recs.append({"band_start_px": start, "line": line, "position_px": w["position_px"], "fwhm_px": w["fwhm_px"],
                          "fwtm_px": w["fwtm_px"], "peak_counts": w["height"]})
-    if not recs:
-        raise InputError(None, "no band shows two separate line-source peaks: not a two-line resolution image?")
     table = pd.DataFrame(recs)
+    if table.empty or (table["peak_counts"] < 5 * max(float(np.median(arr)), 1.0)).mean() > 0.5 \
+            or not (table["fwhm_px"] * px < 40.0).mean() > 0.5:
+        raise InputError(None, "no band shows two narrow line-source peaks well above the background: not a two-line "
+                               "resolution image?")
     sep = table.pivot_table(index="band_start_px", columns="line", values="position_px").dropna()
     sep_px = float((sep[1] - sep[0]).mean()) if len(sep) else math.nan
     pixel_mm = spacing_mm / sep_px if spacing_mm else px
@@ -258,6 +263,11 @@ def slit_linearity(image: Any, band_mm: float = 6.0, slit_spacing_mm: float = 30
     slits, _ = find_peaks(global_prof, distance=max(int(0.6 * sep), 1), prominence=0.2 * (global_prof.max() - np.median(global_prof)))
     if len(slits) < 3:
         raise InputError(None, f"found {len(slits)} slits (need >= 3 parallel slits {slit_spacing_mm} mm apart): not a slit-mask image?")
+    inner = global_prof[slits[0]:slits[-1] + 1]
+    contrast = 1.0 - float(inner.min()) / float(global_prof[slits].mean())
+    if contrast < 0.5:
+        raise InputError(None, f"the profile across the field has valleys at {100 * (1 - contrast):.0f} % of its peaks: "
+                               "no slit mask (its slits give valleys near zero)")
     band = max(int(round(band_mm / px)), 2)
     recs = []
     for start in range(0, arr.shape[0] - band + 1, band):
@@ -279,6 +289,9 @@ def slit_linearity(image: Any, band_mm: float = 6.0, slit_spacing_mm: float = 30
         raise InputError(None, "no slit peaks inside the useful field of view")
     table = table[table.groupby("slit")["row_px"].transform("count") >= 5].copy()
     spacing = float(np.median(np.diff(sorted(table.groupby("slit")["position_px"].median()))))
+    if not calibrate and abs(spacing * px / slit_spacing_mm - 1) > 0.2:
+        raise InputError(None, f"slits are {spacing * px:.1f} mm apart by the header pixel size, not {slit_spacing_mm} mm: "
+                               "give --slit-spacing-mm, or --calibrate to trust the mask")
     pixel_mm = slit_spacing_mm / spacing if calibrate else px
     dev = np.zeros(len(table))
     keep = np.ones(len(table), bool)
