@@ -4,8 +4,10 @@
    for both receivers), nmkit's node (durable write + SQLite record before success) vs Orthanc.
 2. End to end: latency from the C-STORE response of the last image of a thyroid study to its SEG being
    stored in Orthanc (quiet period included; reported with and without it).
+3. Memory: peak resident memory of a node process (``VmHWM``) while it receives one large object (200 MB by
+   default), as a multiple of the object size (``--rss-mb 0`` skips it).
 
-Usage: .venv/bin/python bench/bench_serve.py [--images 200] [--matrix 256] [--studies 3] [--quiet 1.0]
+Usage: .venv/bin/python bench/bench_serve.py [--images 200] [--matrix 256] [--studies 3] [--quiet 1.0] [--rss-mb 200]
 Needs the Debian package orthanc (skips the Orthanc columns without it).
 """
 
@@ -122,12 +124,75 @@ class OrthancProc:
         self.proc.wait(timeout=30)
 
 
+_NODE = """
+import sys, time, logging
+logging.disable(logging.WARNING)
+from pathlib import Path
+from nmkit.serve.config import parse_config
+from nmkit.serve.db import Store
+from nmkit.serve.node import DicomNode
+raw = {"ae_title": "NMKIT", "port": 0, "storage": sys.argv[1], "quiet_seconds": 1e9, "max_object_mb": 4096, "min_free_disk_mb": 100,
+       "destinations": {"none": {"ae_title": "NONE", "port": 1}},
+       "instances": [{"name": "big", "match": {"modality": "NM"}, "destinations": ["none"]}]}
+cfg = parse_config(raw, None, Path(sys.argv[1]))
+cfg.storage.mkdir(parents=True, exist_ok=True)
+node = DicomNode(cfg, Store(cfg.storage / "server.sqlite"))
+print(node.start(), flush=True)
+sys.stdin.readline()
+node.stop()
+"""
+
+
+def _hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def rss_rows(tmp: Path, size_mb: float) -> list[tuple[str, str, str]]:
+    """Peak RSS of a node process receiving one object of ``size_mb`` MB (NM, one frame, 16-bit)."""
+    import numpy as np
+
+    from nmkit.serve.demo import thyroid_study
+
+    side = int((size_mb * 1e6 / 2) ** 0.5)
+    ds = pydicom.dcmread(str(thyroid_study(tmp / "big_src", 1)["path"]))
+    ds.Rows = ds.Columns = side
+    ds.NumberOfFrames = 1
+    ds.PixelData = (np.arange(side * side, dtype=np.uint16) % 997).tobytes()
+    size = len(ds.PixelData)
+    proc = subprocess.Popen([sys.executable, "-c", _NODE, str(tmp / "big_node")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        time.sleep(1.0)
+        base = _rss_kb(proc.pid)
+        send(port, "NMKIT", [ds], 1)
+        peak = _hwm_kb(proc.pid)
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    extra = (peak - base) * 1024
+    return [(f"node peak RSS receiving one {size / 1e6:.0f} MB object", f"+{extra / 1e6:.0f} MB", ""),
+            ("  as a multiple of the object size", f"{extra / size:.2f}x", "")]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--matrix", type=int, default=256)
     ap.add_argument("--studies", type=int, default=3)
     ap.add_argument("--quiet", type=float, default=1.0, help="quiet period (s) of the end-to-end server")
+    ap.add_argument("--rss-mb", type=float, default=200.0, help="size (MB) of the object for the memory measurement (0: skip)")
+    ap.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end latency (trains a small model)")
     args = ap.parse_args()
 
     from nmkit.serve import demo
@@ -146,7 +211,8 @@ def main() -> int:
         orthanc = OrthancProc(tmp / "orthanc", {}) if have_orthanc else None
         for n_assoc in (1, 4):
             raw = {"ae_title": "NMKIT", "port": free_port(), "storage": str(tmp / f"node{n_assoc}"), "quiet_seconds": 1e9,
-                   "instances": [{"name": "thyroid", "match": {"modality": "NM"}}]}
+                   "destinations": {"none": {"ae_title": "NONE", "port": 1}},
+                   "instances": [{"name": "thyroid", "match": {"modality": "NM"}, "destinations": ["none"]}]}
             cfg = parse_config(raw, None, tmp)
             cfg.storage.mkdir(parents=True)
             node = DicomNode(cfg, Store(cfg.storage / "server.sqlite"))
@@ -161,7 +227,9 @@ def main() -> int:
         if orthanc:
             orthanc.stop()
         # ---- end to end -------------------------------------------------------------------------------
-        if have_orthanc:
+        if args.rss_mb > 0:
+            rows += rss_rows(tmp, args.rss_mb)
+        if have_orthanc and not args.skip_e2e:
             t0 = time.perf_counter()
             bundle = demo.train_thyroid_bundle(tmp / "bundle", epochs=12)
             train_s = time.perf_counter() - t0

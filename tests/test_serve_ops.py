@@ -332,3 +332,34 @@ def test_orthanc_outage_during_a_stream(tmp_path, bundle):
         assert sent_events == 20
     finally:
         _stop(orthanc)
+
+
+def test_log_rotation_and_a_full_disk_do_not_spill_tracebacks(tmp_path, capsys):
+    import logging
+
+    from nmkit.serve.logs import configure, dropped_lines, event, log
+
+    handler = configure(str(tmp_path / "serve.log"), logging.INFO, max_mb=0.001, backups=2)  # rotate every ~1 kB
+    try:
+        for i in range(40):
+            event("stored", calling_ae="SCU", i=i)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["serve.log", "serve.log.1", "serve.log.2"]
+        assert all(json.loads(line)["event"] == "stored" for line in (tmp_path / "serve.log").read_text().splitlines())
+        before = dropped_lines()
+
+        def full(*a, **k):
+            raise OSError(28, "No space left on device")
+
+        handler.stream.write = full  # the disk is full
+        event("store_refused", logging.WARNING, reason="disk")
+        event("store_refused", logging.WARNING, reason="disk")
+        assert dropped_lines() == before + 2
+        del handler.stream.write  # space again: logging resumes
+        event("recovered")
+        handler.flush()
+        assert json.loads((tmp_path / "serve.log").read_text().splitlines()[-1])["event"] == "recovered"
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    captured = capsys.readouterr()
+    assert "Logging error" not in captured.err and "Traceback" not in captured.err + captured.out

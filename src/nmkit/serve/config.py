@@ -93,7 +93,7 @@ class ServerConfig:
     registry: Path | None = None
     log_file: str | None = None
     device: str = "cpu"
-    max_pdu: int = 0
+    max_pdu: int = 262144  # largest PDU we accept (bytes): bounds the memory of receiving a large object (0: unlimited)
     destinations: dict[str, Destination] = field(default_factory=dict)
     instances: list[Instance] = field(default_factory=list)
     source: str | None = None
