@@ -4,7 +4,6 @@ without units, lesion on the volume edge, empty VOI)."""
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pandas as pd

@@ -18,7 +18,6 @@ ASSUMED_LIVER = (2.0, 0.3)
 def compare_one(pet, gtv: np.ndarray, method: str, margin_mm: float = 10.0) -> dict:
     """Dice, HD95 (mm), volume ratio of one method's lesions (union) against the GTV, and Dice/HD95 of the lesions
     that overlap the GTV only."""
-    from ..io.image import Mask
     from ..metrics.overlap import dice
     from ..metrics.surface import surface_distances
 
