@@ -59,6 +59,7 @@ OUTPUT_DESTS = {"output", "out", "out_dir", "map", "report", "lesion_table", "pe
 ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stays an input
     (("roi2mask",), "rois"): "value",  # --roi NAME
     (("train",), "name"): "value",  # bundle name
+    (("predict",), "checkpoint_name"): "value",  # nnU-Net checkpoint file name inside each fold_N (issue 23)
     # QC (issue #16): `qc trend` reads a history database; the other qc tests append to a history folder
     (("qc", "trend"), "history"): "input",
     **{(("qc", t), "history"): "output" for t in ("iq", "flood", "lines", "slit", "spect-resolution", "spect-uniformity")},

@@ -47,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg", action="store_true", help="also write DICOM SEG referencing the source series (DICOM input)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
-                   help="nnU-Net models: the folds to ensemble (e.g. 0 1 2 3 4, or all); default: every fold in the folder")
-    p.add_argument("--checkpoint", default=None, help="nnU-Net models: checkpoint file name in each fold (default checkpoint_final.pth)")
+                   help="nnU-Net models: the folds to ensemble (e.g. 0 1 2 3 4, or all); default: all folds present")
+    p.add_argument("--checkpoint-name", default=None,
+                   help="nnU-Net models: checkpoint file name in each fold_N (default checkpoint_final.pth)")
     p.set_defaults(func=run)
 
 
@@ -161,8 +162,8 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if getattr(args, "folds", None):
         options["folds"] = args.folds
-    if getattr(args, "checkpoint", None):
-        options["checkpoint"] = args.checkpoint
+    if getattr(args, "checkpoint_name", None):
+        options["checkpoint"] = args.checkpoint_name
     return options
 
 
