@@ -47,6 +47,12 @@ def test_cli_organs_and_empty_organ_map(tmp_path, capsys):
                  "--assume-suv", "--roi", "liver", "--roi", "kidney*"]) == 0
     table = pd.read_csv(tmp_path / "o.csv")
     assert sorted(table.organ) == ["kidney_left", "kidney_right", "liver"] and (table.units == "SUV g/ml").all()
+    # IBSI features on request; pet-native does not resample, so its mean is the organ's SUVmean
+    assert main(["organs", str(tmp_path / "pet.nii.gz"), str(tmp_path / "organs.nii.gz"), str(tmp_path / "r.csv"),
+                 "--assume-suv", "--roi", "spleen", "--radiomics", "pet-native"]) == 0
+    spleen = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert spleen.ibsi_stat_mean == pytest.approx(spleen.suv_mean, rel=1e-6)
+    assert spleen.ibsi_morph_volume / 1000 == pytest.approx(spleen.volume_ml, rel=0.1)
     write_label_map(Mask.like(ph.pet, np.zeros(ph.pet.array.shape, np.uint8), labels={1: "liver"}), tmp_path / "empty.nii.gz")
     code = main(["organs", str(tmp_path / "pet.nii.gz"), str(tmp_path / "empty.nii.gz"), str(tmp_path / "e.csv"), "--assume-suv"])
     err = capsys.readouterr().err

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output CSV")
     p.add_argument("--roi", action="append", metavar="SELECTOR", help="organs to measure (number, glob, name; default all)")
     p.add_argument("--lesions", metavar="FILE", help="lesion mask whose voxels are excluded from the organs")
+    p.add_argument("--radiomics", metavar="PRESET", help="also IBSI features per organ (preset name, e.g. lifex-pet, or a "
+                                                         "YAML config); columns ibsi_<feature>")
     p.add_argument("--exclude-lesions", action="store_true", help="case table: exclude each row's lesion_<n> masks")
     p.add_argument("--suv", choices=("bw", "lbm"), default="bw", help="SUV kind for DICOM PET")
     p.add_argument("--assume-suv", action="store_true", help="a NIfTI/NRRD PET's values are SUV")
@@ -36,7 +38,8 @@ def _one(pet_path, organ_path, args, case_id, lesion_path=None, extra: dict | No
     organs = read_mask_on(organ_path, pet, args.roi, "organ map")
     exclude = read_mask_on(lesion_path, pet, None, "lesion mask").binary(None) if lesion_path else None
     case = case_id or str(pet.meta.get("PatientID") or Path(pet_path).name.split(".")[0])
-    return [{"patient_id": case, **(extra or {}), **r, "units": "SUV g/ml"} for r in organ_table(pet, organs, exclude)]
+    rows = organ_table(pet, organs, exclude, radiomics=args.radiomics)
+    return [{"patient_id": case, **(extra or {}), **r, "units": "SUV g/ml"} for r in rows]
 
 
 def _row_files(row: dict, where) -> tuple[str, str | None]:

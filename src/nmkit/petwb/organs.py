@@ -3,7 +3,8 @@
 Columns: organ (name), label, voxels, volume_ml, suv_mean, suv_median, suv_sd, suv_cov (SD / mean, 1), suv_max,
 suv_peak (1 ml sphere; the sphere may reach outside the organ, as PERCIST's SULpeak), lesion_voxels_excluded.
 With ``exclude`` (a lesion mask) the lesion voxels are removed from every organ first ("non-tumoural" statistics);
-an organ left empty gets NaN values and a warning rather than an error.
+an organ left empty gets NaN values and a warning rather than an error. ``radiomics`` (a preset name or YAML, see
+``nmkit.radiomics.presets``) adds the IBSI features of every non-empty organ as ``ibsi_<feature>`` columns.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..radiomics.pet import suv_peak
 log = logging.getLogger(__name__)
 
 
-def organ_table(image: Image, organs: Mask, exclude: np.ndarray | None = None) -> list[dict]:
+def organ_table(image: Image, organs: Mask, exclude: np.ndarray | None = None, radiomics: str | None = None) -> list[dict]:
     """One row per organ label (see the module docstring)."""
     if not image.same_grid(organs):
         raise GeometryError("the organ map is not on the PET grid (resample it first)")
@@ -46,6 +47,10 @@ def organ_table(image: Image, organs: Mask, exclude: np.ndarray | None = None) -
             row.update(suv_mean=mean, suv_median=float(np.median(vals)), suv_sd=float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
                        suv_max=float(vals.max()), suv_peak=float(suv_peak(image, roi)[0]))
             row["suv_cov"] = row["suv_sd"] / mean if mean else float("nan")
+            if radiomics:
+                from ..radiomics.engine import extract
+
+                row.update({f"ibsi_{k}": v for k, v in extract(image, roi, radiomics).items()})
         else:
             log.warning("organ %s (label %d) has no voxel%s", name, value, " left after removing lesions" if removed else "")
             row.update(suv_mean=np.nan, suv_median=np.nan, suv_sd=np.nan, suv_max=np.nan, suv_peak=np.nan, suv_cov=np.nan)
