@@ -211,3 +211,20 @@ def test_disk_guard_uid_validation_size_limit_and_resent_images(tmp_path, events
         assert store.enqueue_quiet_series(0.0) == []
     finally:
         node.stop()
+
+
+def test_idle_association_is_closed(tmp_path):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    node, store, cfg = make_node(tmp_path, idle_timeout_seconds=0.5)
+    try:
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="NMKIT")
+        assert assoc.is_established
+        time.sleep(1.5)  # says nothing after associating
+        assert not assoc.is_established and (assoc.is_aborted or assoc.is_released)
+        assert node.guard.active()["connections"] == 0
+    finally:
+        node.stop()
