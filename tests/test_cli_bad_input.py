@@ -59,6 +59,7 @@ OUTPUT_DESTS = {"output", "out", "out_dir", "map", "report", "lesion_table", "pe
 ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stays an input
     (("roi2mask",), "rois"): "value",  # --roi NAME
     (("train",), "name"): "value",  # bundle name
+    (("pull",), "db"): "output",  # the catalog a pull indexes into (created when missing)
     (("predict",), "checkpoint_name"): "value",  # nnU-Net checkpoint file name inside each fold_N (issue 23)
     # QC (issue #16): `qc trend` reads a history database; the other qc tests append to a history folder
     (("qc", "trend"), "history"): "input",
@@ -70,7 +71,7 @@ ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stay
                                             "baseline_organs", "followup_organs")},
 }
 #: values for required non-path arguments
-VALUES = {"batch_col": "batch", "instance": "thyroid", "version": "1"}
+VALUES = {"batch_col": "batch", "instance": "thyroid", "version": "1", "pacs": "PACS@127.0.0.1:9"}
 #: arguments every run of a command gets, so that it reaches its inputs (not an unrelated missing option)
 ALWAYS = {("anonymize",): ["--salt", "not-a-secret-test-salt"]}
 #: extra arguments that keep a command small should it run further than expected (commands without inputs)
