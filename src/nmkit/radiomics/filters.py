@@ -166,10 +166,6 @@ def _wavelet_filters(name: str) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _voxels(length_mm: float, spacing_xyz: tuple[float, ...]) -> float:
-    return float(length_mm) / float(spacing_xyz[0])
-
-
 def _half_width(sigma_vox: float, truncate: float) -> int:
     """IBSI-2 kernel radius: M = 1 + 2 floor(d sigma + 0.5)."""
     return int(math.floor(truncate * sigma_vox + 0.5))
@@ -257,16 +253,24 @@ def _mean(img: np.ndarray, spec: FilterSpec) -> np.ndarray:
 
 
 def _log(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np.ndarray:
-    """Laplacian of Gaussian with the sampled, truncated IBSI-2 kernel (separable: sum over axes of g'' x g x g)."""
-    s = _voxels(spec.sigma_mm, spacing)
-    r = _half_width(s, spec.truncate)
-    x = np.arange(-r, r + 1, dtype=float)
-    g = np.exp(-x * x / (2 * s * s)) / (math.sqrt(2 * math.pi) * s)
-    g2 = g * (x * x / s ** 4 - 1.0 / s ** 2)
+    """Laplacian of Gaussian with the sampled, truncated IBSI-2 kernel (separable: sum over axes of g'' x g x g).
+
+    Each axis gets its own sigma in voxels (sigma_mm / spacing), so anisotropic grids filter the same physical
+    scale along every axis; the second derivatives are in mm^-2 times the x spacing squared, i.e. per voxel^2 as
+    IBSI-2 has them on isotropic grids."""
+    sp_np = tuple(float(v) for v in spacing[::-1])  # (z, y, x)
+    ref2 = float(spacing[0]) ** 2
     axes = _axes(spec)
+    g, g2 = {}, {}
+    for a in axes:
+        s = spec.sigma_mm / sp_np[a]
+        r = _half_width(s, spec.truncate)
+        x = np.arange(-r, r + 1, dtype=float)
+        g[a] = np.exp(-x * x / (2 * s * s)) / (math.sqrt(2 * math.pi) * s)
+        g2[a] = g[a] * (x * x / s ** 4 - 1.0 / s ** 2) * ref2 / sp_np[a] ** 2
     out = np.zeros_like(img, dtype=float)
     for a in axes:
-        out += _separable(img, {b: (g2 if b == a else g) for b in axes}, spec.boundary)
+        out += _separable(img, {b: (g2[b] if b == a else g[b]) for b in axes}, spec.boundary)
     return out
 
 
@@ -282,20 +286,23 @@ def _laws_energy(resp: np.ndarray, spec: FilterSpec) -> np.ndarray:
     return _separable(np.abs(resp), {a: k for a in _axes(spec)}, spec.boundary)
 
 
-def _gabor_kernel(spec: FilterSpec, spacing: tuple[float, ...], theta: float) -> np.ndarray:
-    """Complex 2D Gabor kernel (y, x) in voxels: Gaussian envelope (sigma, aspect gamma) x complex carrier."""
-    s = _voxels(spec.sigma_mm, spacing)
-    lam = _voxels(spec.lambda_mm, spacing)
-    r = _half_width(s * max(1.0, 1.0 / spec.gamma), spec.truncate)
-    y, x = np.mgrid[-r:r + 1, -r:r + 1].astype(float)
+def _gabor_kernel(spec: FilterSpec, plane_spacing: tuple[float, float], theta: float) -> np.ndarray:
+    """Complex 2D Gabor kernel over (rows, columns) = (y, x): Gaussian envelope (sigma, aspect gamma) times a
+    complex carrier along the rotated x axis, evaluated in mm on the voxel grid (each axis its own spacing)."""
+    dy, dx = (float(v) for v in plane_spacing)
+    reach = spec.truncate * spec.sigma_mm * max(1.0, 1.0 / spec.gamma)
+    ry, rx = (int(math.floor(reach / d + 0.5)) for d in (dy, dx))
+    y, x = np.mgrid[-ry:ry + 1, -rx:rx + 1].astype(float)
+    y, x = y * dy, x * dx
     xr = x * math.cos(theta) + y * math.sin(theta)
     yr = -x * math.sin(theta) + y * math.cos(theta)
+    s = spec.sigma_mm
     env = np.exp(-(xr * xr + spec.gamma ** 2 * yr * yr) / (2 * s * s))  # IBSI-2: no normalisation
-    return env * np.exp(1j * 2 * math.pi * xr / lam)
+    return env * np.exp(1j * 2 * math.pi * xr / spec.lambda_mm)
 
 
-def _gabor_plane(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np.ndarray:
-    """|Gabor response| in each axial slice; averaged over orientations when ``rotation`` is set."""
+def _gabor_plane(img: np.ndarray, spec: FilterSpec, plane_spacing: tuple[float, float]) -> np.ndarray:
+    """|Gabor response| in each slice over axes (1, 2); averaged (or maxed) over orientations when pooling."""
     if spec.rotation == "none" or not spec.delta_theta:
         thetas = [spec.theta]
     else:
@@ -305,7 +312,7 @@ def _gabor_plane(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) 
         thetas = [spec.theta + k * spec.delta_theta for k in range(n)]
     acc = None
     for th in thetas:
-        k = _gabor_kernel(spec, spacing, th)[None]
+        k = _gabor_kernel(spec, plane_spacing, th)[None]
         resp = np.abs(_fft_convolve(img, k, (1, 2), spec.boundary))
         if acc is None:
             acc = resp
@@ -317,12 +324,14 @@ def _gabor_plane(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) 
 
 
 def _gabor(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np.ndarray:
-    out = _gabor_plane(img, spec, spacing)
+    dx, dy, dz = (float(v) for v in spacing)
+    out = _gabor_plane(img, spec, (dy, dx))
     if not spec.orthogonal_planes:
         return out
-    for perm in ((1, 0, 2), (2, 1, 0)):  # coronal (z as in-plane y), sagittal
+    # coronal: array (y, z, x), plane (z, x); sagittal: array (x, y, z), plane (y, z)
+    for perm, plane in (((1, 0, 2), (dz, dx)), ((2, 1, 0), (dy, dz))):
         t = np.transpose(img, perm)
-        out = out + np.transpose(_gabor_plane(t, spec, spacing), perm)
+        out = out + np.transpose(_gabor_plane(t, spec, plane), perm)
     return out / 3.0
 
 
@@ -470,14 +479,14 @@ def margin_voxels(spec: FilterSpec, spacing: tuple[float, ...]) -> int:
         return 0
     if k == "mean":
         return spec.support // 2
-    if k in ("log", "riesz_log"):
-        r = _half_width(_voxels(spec.sigma_mm, spacing), spec.truncate)
-        return r if k == "log" else 4 * r
+    fine = min(float(v) for v in spacing)  # the finest axis needs the most voxels
+    if k == "log":
+        return _half_width(spec.sigma_mm / fine, spec.truncate)
     if k == "laws":
         n = max(len(p) for p in _laws_kernels(spec.kernel, spec.n_axes)) // 2
         return n + (spec.energy_delta if spec.energy else 0)
     if k == "gabor":
-        return _half_width(_voxels(spec.sigma_mm, spacing) * max(1.0, 1.0 / spec.gamma), spec.truncate)
+        return _half_width(spec.sigma_mm / fine * max(1.0, 1.0 / spec.gamma), spec.truncate)
     if k == "wavelet":
         n = len(_wavelet_filters(spec.wavelet)[0])
         return sum(n * 2 ** (j - 1) for j in range(1, spec.level + 1))
