@@ -32,9 +32,15 @@ def sim():
     return ph, ph.activity.with_array(blurred)
 
 
-def test_simulated_phantom_matches_closed_form(sim):
+@pytest.fixture(scope="module")
+def sim_result(sim):
     ph, img = sim
-    table, summary = analyse_iq(img, IQSettings(sphere_conc=ph.sphere_bq_ml, bg_conc=ph.background_bq_ml))
+    return analyse_iq(img, IQSettings(sphere_conc=ph.sphere_bq_ml, bg_conc=ph.background_bq_ml))
+
+
+def test_simulated_phantom_matches_closed_form(sim, sim_result):
+    ph, img = sim
+    table, summary = sim_result
     assert not summary["ratio_estimated"]
     assert summary["sphere_to_background_ratio"] == pytest.approx(4.0)
     for _, row in table.iterrows():
@@ -42,6 +48,7 @@ def test_simulated_phantom_matches_closed_form(sim):
         # sub-voxel centres (voxels are 4 mm)
         assert math.dist((row.x_mm, row.y_mm, row.z_mm), (truth["x_mm"], truth["y_mm"], truth["z_mm"])) < 0.5
         assert abs(row.fwhm_mm - BLUR_FWHM_MM) < 0.5, row.diameter_mm
+        assert abs(row.fitted_diameter_mm - row.diameter_mm) < 1.0, row.diameter_mm
         ref = analytic_rc(img, (truth["x_mm"], truth["y_mm"], truth["z_mm"]), row.diameter_mm, BLUR_FWHM_MM,
                           ph.sphere_bq_ml, ph.background_bq_ml, wall_mm=1.0)
         assert row.rc_max == pytest.approx(ref["rc_max"], rel=0.02), row.diameter_mm
@@ -53,11 +60,11 @@ def test_simulated_phantom_matches_closed_form(sim):
     assert summary["lung_residual_percent"] < 5.0
 
 
-def test_simulated_phantom_rotated_and_off_centre(sim):
+def test_simulated_phantom_rotated_and_off_centre(sim, sim_result):
     """Rotated 90 degrees in plane and shifted by 40 mm: the same spheres and RCs."""
     ph, img = sim
     settings = IQSettings(sphere_conc=ph.sphere_bq_ml, bg_conc=ph.background_bq_ml)
-    base, _ = analyse_iq(img, settings)
+    base, _ = sim_result
     moved = np.roll(np.rot90(img.array, 1, axes=(1, 2)), 10, axis=2)
     table, summary = analyse_iq(img.with_array(np.ascontiguousarray(moved)), settings)
     assert list(table["diameter_mm"]) == [37.0, 28.0, 22.0, 17.0, 13.0, 10.0]
@@ -109,6 +116,9 @@ def test_mct_scan_from_cli(mct_run):
     assert 2300 < s["background_37mm_mean"] < 2900  # Bq/ml, ~2.6 kBq/ml measured by the data's provenance
     # the six spheres on the 57.2 mm ring around the lung insert, 60 degrees apart, in the sphere plane
     assert list(table["diameter_mm"]) == [37.0, 28.0, 22.0, 17.0, 13.0, 10.0]
+    # the diameters the image shows (fitted with the blur fixed) are the nominal ones within 2 mm, in order
+    assert (abs(table["fitted_diameter_mm"] - table["diameter_mm"]) < 2.0).all()
+    assert table["fitted_diameter_mm"].is_monotonic_decreasing
     ring = np.hypot(table.x_mm - s["lung_x_mm"], table.y_mm - s["lung_y_mm"])
     assert (abs(ring - 57.2) < 3.0).all()
     assert (abs(table.z_mm - s["sphere_plane_z_mm"]) < 2.0).all()

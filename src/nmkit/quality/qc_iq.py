@@ -240,11 +240,13 @@ def _neighbourhood(image: Image, centre: np.ndarray, reach_mm: float) -> tuple[n
 
 
 def fit_sphere(image: Image, centre_mm: Sequence[float], diameter_mm: float, background: float, wall_mm: float = 1.0,
-               signal: float | None = None, fwhm_mm: float | None = None, search_mm: float = 12.0) -> dict[str, float]:
+               signal: float | None = None, fwhm_mm: float | None = None, search_mm: float = 12.0,
+               fit_diameter: bool = False, fix_centre: bool = False) -> dict[str, float]:
     """Sub-voxel centre, FWHM (mm) and signal of one sphere by a least-squares fit of the walled-sphere model.
 
     ``background`` is fixed (from the background ROIs); ``signal`` and ``fwhm_mm`` may be fixed too (small spheres
-    with the signal of the largest). Voxels within radius + 2 FWHM-ish (radius + 15 mm) of the centre are used."""
+    with the signal of the largest); ``fit_diameter`` fits the diameter too (best with ``fwhm_mm`` fixed: blur and
+    size trade off in small spheres). Voxels within radius + 15 mm of the centre are used."""
     from scipy.optimize import least_squares
 
     c0 = np.asarray(centre_mm, float)
@@ -254,35 +256,41 @@ def fit_sphere(image: Image, centre_mm: Sequence[float], diameter_mm: float, bac
     # start at the intensity-weighted centroid of the hot part near the guess (robust to a coarse guess)
     near = np.linalg.norm(pts - c0, axis=1) <= radius + search_mm
     hot = near & (vals > background + 0.5 * (vals[near].max() - background))
-    if hot.sum() >= 1:
+    if hot.sum() >= 1 and not fix_centre:
         w = vals[hot] - background
         c0 = (pts[hot] * w[:, None]).sum(0) / w.sum()
     keep = np.linalg.norm(pts - c0, axis=1) <= reach
     pts, vals = pts[keep], vals[keep]
     scale = max(float(vals.max() - background), 1e-9)
-    names = ["dx", "dy", "dz"] + (["sigma"] if fwhm_mm is None else []) + (["signal"] if signal is None else [])
+    names = ([] if fix_centre else ["dx", "dy", "dz"]) + (["sigma"] if fwhm_mm is None else []) + (["signal"] if signal is None else []) \
+        + (["radius"] if fit_diameter else [])
 
-    def unpack(p: np.ndarray) -> tuple[np.ndarray, float, float]:
+    def unpack(p: np.ndarray) -> tuple[np.ndarray, float, float, float]:
         d = dict(zip(names, p))
         sig = d.get("sigma", (fwhm_mm or 0) / SIGMA_TO_FWHM)
         s = d.get("signal", signal)
-        return c0 + np.array([d["dx"], d["dy"], d["dz"]]), float(sig), float(s)
+        shift = np.array([d.get("dx", 0.0), d.get("dy", 0.0), d.get("dz", 0.0)])
+        return c0 + shift, float(sig), float(s), float(d.get("radius", radius))
 
     def residual(p: np.ndarray) -> np.ndarray:
-        c, sig, s = unpack(p)
-        return (model_voxels(pts, c, radius, sig, s, background, wall_mm, image.spacing) - vals) / scale
+        c, sig, s, rad = unpack(p)
+        return (model_voxels(pts, c, rad, sig, s, background, wall_mm, image.spacing) - vals) / scale
 
     best = None
-    for sig0 in (2.0, 4.0):
-        p0 = [0.0, 0.0, 0.0] + ([sig0] if fwhm_mm is None else []) + ([background + 1.5 * scale] if signal is None else [])
-        lo = [-search_mm] * 3 + ([0.2] if fwhm_mm is None else []) + ([0.0] if signal is None else [])
-        hi = [search_mm] * 3 + ([30.0] if fwhm_mm is None else []) + ([np.inf] if signal is None else [])
+    for sig0 in ((2.0, 4.0) if fwhm_mm is None else (0.0,)):
+        n0 = 0 if fix_centre else 3
+        p0 = [0.0] * n0 + ([sig0] if fwhm_mm is None else []) + ([background + 1.5 * scale] if signal is None else []) \
+            + ([radius] if fit_diameter else [])
+        lo = [-search_mm] * n0 + ([0.2] if fwhm_mm is None else []) + ([0.0] if signal is None else []) + ([1.0] if fit_diameter else [])
+        hi = [search_mm] * n0 + ([30.0] if fwhm_mm is None else []) + ([np.inf] if signal is None else []) \
+            + ([2.0 * radius + 5.0] if fit_diameter else [])
         res = least_squares(residual, p0, bounds=(lo, hi), x_scale="jac")
         if best is None or res.cost < best.cost:
             best = res
-    c, sig, s = unpack(best.x)
+    c, sig, s, rad = unpack(best.x)
     return {"x_mm": float(c[0]), "y_mm": float(c[1]), "z_mm": float(c[2]), "fwhm_mm": sig * SIGMA_TO_FWHM,
-            "signal": s, "rms_residual": float(np.sqrt(np.mean(best.fun**2)) * scale), "voxels_fitted": int(vals.size)}
+            "signal": s, "diameter_mm": 2 * rad, "rms_residual": float(np.sqrt(np.mean(best.fun**2)) * scale),
+            "voxels_fitted": int(vals.size)}
 
 
 # ----- EARL recovery -------------------------------------------------------------------------------
@@ -449,6 +457,12 @@ def analyse_iq(image: Image, settings: IQSettings | None = None) -> tuple[pd.Dat
         if moved > 12.0:
             raise InputError(None, f"sphere {d:g} mm fitted {moved:.0f} mm from where the phantom geometry puts it: "
                                    "not an IEC body phantom, or sphere diameters (--diameters) wrong")
+    # the diameters as the image shows them (blur fixed at the median of the three largest spheres' fits): a check
+    # that the spheres found are the ones expected
+    fwhm_ref = float(np.median([f["fwhm_mm"] for f in fits[:3]]))
+    for f, d in zip(fits, diam):
+        f["fitted_diameter_mm"] = fit_sphere(image, (f["x_mm"], f["y_mm"], f["z_mm"]), d, bg_fit, wall_mm=cfg.wall_mm,
+                                             fwhm_mm=fwhm_ref, fit_diameter=True, fix_centre=True)["diameter_mm"]
     plane_z = float(np.median([f["z_mm"] for f in fits]))
     # activities
     if cfg.sphere_conc is not None and cfg.bg_conc is not None:
@@ -486,7 +500,8 @@ def analyse_iq(image: Image, settings: IQSettings | None = None) -> tuple[pd.Dat
         sd = float(bg_means[d].std(ddof=1))
         e = earl_values(image, c, d, cb if cfg.a50_background is None else float(cfg.a50_background))
         row: dict[str, Any] = {
-            "diameter_mm": d, "x_mm": f["x_mm"], "y_mm": f["y_mm"], "z_mm": f["z_mm"], "fwhm_mm": f["fwhm_mm"],
+            "diameter_mm": d, "fitted_diameter_mm": f["fitted_diameter_mm"], "x_mm": f["x_mm"], "y_mm": f["y_mm"],
+            "z_mm": f["z_mm"], "fwhm_mm": f["fwhm_mm"],
             "fitted_signal": f["signal"], "c_hot_roi": c_h, "c_background_roi": cb, "n_background_rois": int(bg_means[d].size),
             "contrast_q_h_percent": 100.0 * (c_h / cb - 1.0) / (ratio - 1.0) if ratio != 1 else math.nan,
             "background_variability_n_percent": 100.0 * sd / cb,
