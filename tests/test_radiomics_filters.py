@@ -25,7 +25,9 @@ def test_filter_section_round_trips_and_rejects_bad_keys(tmp_path):
         load_config(bad)
     for section, message in [({"kind": "log"}, "sigma_mm"), ({"kind": "laws", "kernel": "L5X5E5"}, "Laws kernel"),
                              ({"kind": "wavelet", "decomposition": "LH"}, "3 letters"),
-                             ({"kind": "mean", "support": 4}, "odd"), ({"kind": "mean", "boundary": "edge"}, "boundary")]:
+                             ({"kind": "mean", "support": 4}, "odd"), ({"kind": "mean", "boundary": "edge"}, "boundary"),
+                             ({"kind": "gabor", "sigma_mm": 5, "lambda_mm": 2, "theta": "pi/3"}, "radians"),
+                             ({"kind": "riesz_log", "sigma_mm": 1, "riesz_order": [0, 0, 0]}, "positive sum")]:
         with pytest.raises(InputError, match=message):
             FilterSpec.from_dict(section)
 
@@ -100,3 +102,11 @@ def test_log_filters_the_same_physical_scale_on_anisotropic_grids():
     s2 = 4.0 ** 2 + 3.0 ** 2
     assert centre == pytest.approx(-3 * 1000.0 * 4.0 ** 3 / s2 ** 2.5, rel=0.03)
     np.testing.assert_allclose(r_ani, r_iso[common], atol=0.03 * abs(centre))
+
+
+def test_filter_dims_default_to_the_config_dims():
+    from nmkit.radiomics.config import RadiomicsConfig
+
+    assert RadiomicsConfig.from_dict({"dims": "2D", "filter": {"kind": "mean", "support": 3}}).filter.dims == "2D"
+    assert RadiomicsConfig.from_dict({"dims": "3D", "filter": {"kind": "mean", "support": 3}}).filter.dims == "3D"
+    assert RadiomicsConfig.from_dict({"dims": "2D", "filter": {"kind": "mean", "dims": "3D"}}).filter.dims == "3D"

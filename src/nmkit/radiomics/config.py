@@ -59,7 +59,8 @@ class RadiomicsConfig:
     native_pet: bool = False
     # IBSI-2 convolutional filter applied after interpolation and re-segmentation (radiomics.filters.FilterSpec
     # keys: kind, dims, boundary, rotation, sigma_mm, ...); features are then those of the filtered image inside
-    # the intensity mask (re-segmented on the unfiltered intensities). None: no filter.
+    # the intensity mask (re-segmented on the unfiltered intensities). None: no filter. The filter's dims default
+    # to the config's dims.
     filter: Any = None
 
     def __post_init__(self) -> None:
@@ -84,7 +85,8 @@ class RadiomicsConfig:
             from .filters import FilterSpec
 
             if isinstance(self.filter, Mapping):
-                self.filter = FilterSpec.from_dict(self.filter)
+                # a filter without dims filters as the config aggregates: slice by slice for a 2D config
+                self.filter = FilterSpec.from_dict({"dims": self.dims, **self.filter})
             elif not isinstance(self.filter, FilterSpec):
                 raise InputError(None, f"filter must be a mapping of filter settings, got {self.filter!r}")
             if self.filter.kind == "none":

@@ -89,7 +89,21 @@ class FilterSpec:
     level: int = 1  # wavelet / Simoncelli decomposition level
     riesz_order: tuple[int, ...] | None = None  # Riesz order per axis, x first
 
+    _FLOATS = ("sigma_mm", "truncate", "lambda_mm", "gamma", "theta", "delta_theta")
+    _INTS = ("support", "energy_delta", "level")
+
     def __post_init__(self) -> None:
+        for name in self._FLOATS + self._INTS:
+            value = getattr(self, name)
+            if value is None or isinstance(value, bool):
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise InputError(None, f"filter {name} must be a number (angles in radians), got {value!r}") from None
+            if name in self._INTS and number != int(number):
+                raise InputError(None, f"filter {name} must be an integer, got {value!r}")
+            setattr(self, name, int(number) if name in self._INTS else number)
         self.kind = str(self.kind).lower()
         if self.kind not in FILTER_KINDS:
             raise InputError(None, f"filter kind must be one of {FILTER_KINDS}, got {self.kind!r}")
@@ -110,12 +124,18 @@ class FilterSpec:
             _laws_kernels(self.kernel, self.n_axes)
         if self.kind == "wavelet":
             _wavelet_filters(self.wavelet)
+            self.decomposition = str(self.decomposition)
             if len(self.decomposition) != self.n_axes or set(self.decomposition.upper()) - {"L", "H"}:
                 raise InputError(None, f"wavelet decomposition must be {self.n_axes} letters L/H, got {self.decomposition!r}")
         if self.kind in ("riesz_log", "riesz_simoncelli"):
             if self.riesz_order is None or len(self.riesz_order) != self.n_axes:
                 raise InputError(None, f"{self.kind} needs riesz_order with {self.n_axes} integers (x first)")
-            self.riesz_order = tuple(int(v) for v in self.riesz_order)
+            try:
+                self.riesz_order = tuple(int(v) for v in self.riesz_order)
+            except (TypeError, ValueError):
+                raise InputError(None, f"riesz_order must be integers, got {self.riesz_order!r}") from None
+            if min(self.riesz_order) < 0 or sum(self.riesz_order) == 0:
+                raise InputError(None, f"riesz_order must be non-negative with a positive sum, got {self.riesz_order!r}")
         if self.level < 1:
             raise InputError(None, "filter level must be >= 1")
         if self.mean_support_invalid:
