@@ -172,3 +172,29 @@ def test_empty_voi_and_unknown_method_are_clear_errors(phantom, tmp_path, capsys
     assert "unknown delineation method" in capsys.readouterr().err
     assert main(["delineate", str(tmp_path / "pet.nii.gz"), str(tmp_path / "o"), "--assume-suv", "--method", "percist"]) == 2
     assert "--liver" in capsys.readouterr().err
+
+
+def test_seed_points_and_voi_from_the_cli(phantom, tmp_path):
+    from nmkit.io.image import Mask
+    from nmkit.io.volume_files import read_label_map, write_volume
+    from nmkit.petwb.inputs import write_label_map
+
+    write_volume(phantom.pet, tmp_path / "pet.nii.gz")
+    # a seed point on the pelvic lesion (true centre 60, 40, 90 mm) grows exactly one lesion there
+    assert main(["delineate", str(tmp_path / "pet.nii.gz"), str(tmp_path / "a"), "--assume-suv", "--method", "grow",
+                 "--method", "rel41", "--seed", "62,38,92"]) == 0
+    for method in ("grow", "rel41"):
+        labels = read_label_map(tmp_path / "a" / method / "lesions.nii.gz")
+        assert set(np.unique(labels.array)) == {0, 1}
+        assert set(np.unique(phantom.lesions.array[labels.array == 1])) <= {0, 4}
+        assert (phantom.lesions.array[labels.array == 1] == 4).mean() > 0.5
+    # a VOI around the thorax keeps only the thoracic lesions (lung, mediastinum, axilla: z 440-480 mm)
+    z_mm = phantom.pet.origin[2] + np.arange(phantom.pet.array.shape[0]) * phantom.pet.spacing[2]
+    voi = np.zeros(phantom.pet.array.shape, np.uint8)
+    voi[(z_mm > 400) & (z_mm < 530)] = 1
+    write_label_map(Mask.like(phantom.pet, voi, labels={1: "thorax"}), tmp_path / "voi.nii.gz")
+    assert main(["delineate", str(tmp_path / "pet.nii.gz"), str(tmp_path / "b"), "--assume-suv", "--method", "suv4.0",
+                 "--voi", str(tmp_path / "voi.nii.gz")]) == 0
+    found = read_label_map(tmp_path / "b" / "suv4.0" / "lesions.nii.gz").array > 0
+    assert {int(v) for v in np.unique(phantom.lesions.array[found]) if v} == {1, 3, 5}
+    assert not found[voi == 0].any()

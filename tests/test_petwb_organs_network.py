@@ -24,6 +24,11 @@ def test_organ_table_matches_the_phantom():
         assert rows[name]["volume_ml"] == pytest.approx(4 / 3 * np.pi * np.prod(axes) / 1000, rel=0.03)
         # partial volume at the organ edge lowers the mean of hot organs a little (6 mm FWHM, 4 mm voxels)
         assert rows[name]["suv_mean"] == pytest.approx(suv, rel=0.08)
+    # the CT of the phantom: organ CT numbers (HU) with 10 HU noise
+    for name in ("liver", "lung_right", "spine"):
+        value = ph.organs.label_value(name)
+        assert np.median(ph.ct.array[ph.organs.array == value]) == pytest.approx(ORGANS[name][2], abs=20 if name != "spine" else 60)
+    assert np.median(ph.ct.array[:, :3, :3]) == pytest.approx(-1000, abs=30)  # air in the corners, outside the body
     liver = rows["liver"]
     assert liver["suv_cov"] == pytest.approx(liver["suv_sd"] / liver["suv_mean"])
     assert liver["suv_median"] <= liver["suv_peak"] <= liver["suv_max"]
