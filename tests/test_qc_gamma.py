@@ -154,3 +154,15 @@ def test_bad_inputs_give_one_line(external_data, tmp_path, capsys):
         assert main(args + ["--out", str(tmp_path / "o")]) == 2, args
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, (args, err)
+
+
+def test_identical_on_rerun(external_data, tmp_path):
+    """Every supported real scan gives the same numbers when analysed again."""
+    cases = [("lines", f"{GC}/Spatial_Resol_Y.dcm"), ("slit", f"{GC}/Lin_Y.dcm"),
+             ("spect-resolution", f"{LQ}/NMQC_Mediso/TomoResolution.dcm"), ("spect-uniformity", f"{GC}/Jaszack.dcm")]
+    for test, rel in cases:
+        f = need(external_data, rel)
+        first = _run(["qc", test, str(f)], tmp_path / f"{test}1")["summary"]
+        second = _run(["qc", test, str(f)], tmp_path / f"{test}2")["summary"]
+        assert first == second, test
+        assert any(isinstance(v, float) and np.isfinite(v) for v in first.values())
