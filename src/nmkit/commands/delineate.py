@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "SUVmax, with lesions.labels.json), lesions_seg.dcm (DICOM SEG, when the PET is DICOM), "
                                    "OUT_DIR/lesions.csv (one row per method x lesion: volume_ml, suv_max, threshold_suv, "
                                    "touches_edge) and OUT_DIR/dataset.csv (nmkit-dataset/1, one row per method). Methods: "
-                                   "suv<X> (fixed SUV, e.g. suv2.5, suv4.0), rel<P> (P %% of each lesion's SUVmax, e.g. rel41), "
-                                   "percist (1.5 x liver mean + 2 SD), adaptive (BG + 50 %% of SUVmax - BG), grow (region "
+                                   "suv<X> (fixed SUV, e.g. suv2.5, suv4.0), rel<P> (P % of each lesion's SUVmax, e.g. rel41), "
+                                   "percist (1.5 x liver mean + 2 SD), adaptive (BG + 50 % of SUVmax - BG), grow (region "
                                    "growing). Per-lesion methods (rel, adaptive, grow) are seeded by --seed-roi, --seed or, "
                                    "by default, the components of SUV >= the PERCIST liver threshold (with a liver reference) or SUV >= 2.5.")
     p.add_argument("input", help="PET: DICOM folder/file (converted to SUV) or NIfTI in SUV (with --assume-suv)")

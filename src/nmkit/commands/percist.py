@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "their lesion label maps and reference regions: the liver 3 cm sphere (placed in the "
                                    "right lobe of the liver structure of --*-organs, or at --*-liver-centre) and the "
                                    "mediastinal blood pool 1 cm sphere (aorta structure, or --*-blood-pool-centre). Writes "
-                                   "OUT_DIR/percist.csv (one row: SULpeak baseline/follow-up, change in units and %%, liver "
+                                   "OUT_DIR/percist.csv (one row: SULpeak baseline/follow-up, change in units and %, liver "
                                    "means and thresholds, liver_stable, new_lesion, category CMR/PMR/SMD/PMD), "
                                    "references.csv and deauville.csv (one row per follow-up lesion).")
     p.add_argument("baseline", help="baseline PET (DICOM folder/file or NIfTI)")
