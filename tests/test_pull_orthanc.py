@@ -250,3 +250,29 @@ def test_unknown_move_destination_and_qido_404_are_one_line_and_write_nothing(co
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "HTTP 404" in err[0] and "no-such-root" in err[0]
     assert not out.exists() and not db.exists()
+
+
+def test_failed_instances_are_summarised_with_the_reason_and_fetched_by_the_next_run(cohort, tmp_path, monkeypatch, capsys):
+    orthanc, expected = cohort["orthanc"], cohort["expected"]
+    total = sum(len(v) for v in expected.values())
+    pet_series = next(s for s, sops in expected.items() if len(sops) > 40)
+    victim = sorted(expected[pet_series])[0]
+    real = pull_module._store_file
+
+    def failing(sink, ds, ts):
+        if ds.SOPInstanceUID == victim:
+            raise OSError(28, "No space left on device")
+        return real(sink, ds, ts)
+
+    monkeypatch.setattr(pull_module, "_store_file", failing)
+    out, db = tmp_path / "out", tmp_path / "c.sqlite"
+    code = main(["pull", orthanc.dimse, "--method", "get", "--out", str(out), "--db", str(db), "--no-progress"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert code == 1
+    assert printed[0].startswith(f"FAILED series {pet_series}: 1 of {len(expected[pet_series])} instance(s) missing")
+    assert "No space left on device" in printed[0] and printed[-1].endswith(f"{total - 1} fetched, 1 failed -> {out}, catalog {db}")
+    assert sum(len(v) for v in catalog(db).values()) == total - 1  # what arrived is indexed
+    monkeypatch.setattr(pull_module, "_store_file", real)
+    assert main(["pull", orthanc.dimse, "--method", "get", "--out", str(out), "--db", str(db), "--no-progress"]) == 0
+    assert f"{total - 1} already here, 1 fetched, 0 failed" in capsys.readouterr().out
+    assert catalog(db) == expected
