@@ -363,3 +363,25 @@ def test_log_rotation_and_a_full_disk_do_not_spill_tracebacks(tmp_path, capsys):
         handler.close()
     captured = capsys.readouterr()
     assert "Logging error" not in captured.err and "Traceback" not in captured.err + captured.out
+
+
+def test_real_gamma_camera_image_with_impossible_birth_date_gives_a_seg(external_data, tmp_path):
+    """A real Mediso planar image (PatientBirthDate '00000000'): the SEG builds on the source grid; the file stays as sent."""
+    import numpy as np
+
+    from conftest import need
+    from nmkit.io.image import Mask
+    from nmkit.serve.outputs import ModelTag, make_seg
+    from nmkit.serve.worker import planar_units, read_series
+
+    src = need(external_data, "qc_phantoms/nmqc_mediso_gammacamera/images/FourBar.dcm")
+    assert pydicom.dcmread(str(src), stop_before_pixels=True).PatientBirthDate == "00000000"
+    assert planar_units([str(src)]) == [[str(src)]]
+    image, datasets = read_series([str(src)])
+    assert datasets[0].PatientBirthDate == ""
+    arr = np.zeros(image.array.shape[-2:], dtype=np.uint8)
+    arr[200:300, 220:260] = 1
+    mask = Mask(array=arr, spacing=tuple(image.spacing[-2:]), labels={1: "thyroid"})
+    seg = make_seg(mask, image, datasets, tmp_path / "seg.dcm", ModelTag("thyroid", "1.0.0"), "job-1")
+    assert (seg.Rows, seg.Columns) == arr.shape and int(pydicom.dcmread(str(tmp_path / "seg.dcm")).pixel_array.sum()) == int(arr.sum())
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == datasets[0].SOPInstanceUID

@@ -44,6 +44,7 @@ def _planar_sources(datasets: list[Any]) -> list[Any]:
     out = []
     for ds in datasets:
         ds = copy.deepcopy(ds)
+        _blank_invalid_dates(ds)
         measures = Dataset()
         measures.PixelSpacing = ds.PixelSpacing
         measures.SliceThickness = 1
@@ -54,6 +55,19 @@ def _planar_sources(datasets: list[Any]) -> list[Any]:
             del ds.FrameOfReferenceUID
         out.append(ds)
     return out
+
+
+def _blank_invalid_dates(ds: Any) -> None:
+    """Empty the top-level dates no calendar has (e.g. PatientBirthDate '00000000' from gamma cameras): the
+    derived objects copy them and would fail to build; the source file itself is left as it is."""
+    import datetime as dt
+
+    for elem in ds:
+        if elem.VR == "DA" and elem.value:
+            try:
+                dt.datetime.strptime(str(elem.value)[:8], "%Y%m%d")
+            except ValueError:
+                elem.value = ""
 
 
 def make_seg(mask: Mask, image: Image, datasets: list[Any], path: Path, model: ModelTag, job_id: str) -> Any:

@@ -47,7 +47,11 @@ def read_series(files: list[str]) -> tuple[Any, list[Any]]:
     ordered = image.meta.get("source_files") or files
     if image.ndim_spatial == 2:
         ordered = ordered[:1]
+    from .outputs import _blank_invalid_dates
+
     datasets = [pydicom.dcmread(str(f)) for f in ordered]
+    for ds in datasets:  # the results copy patient/study attributes; an impossible date would stop them being built
+        _blank_invalid_dates(ds)
     return image, datasets
 
 
