@@ -166,3 +166,10 @@ def test_identical_on_rerun(external_data, tmp_path):
         second = _run(["qc", test, str(f)], tmp_path / f"{test}2")["summary"]
         assert first == second, test
         assert any(isinstance(v, float) and np.isfinite(v) for v in first.values())
+
+
+@pytest.mark.parametrize("test", ["iq", "flood", "lines", "slit", "spect-resolution", "spect-uniformity", "trend"])
+def test_help(test, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["qc", test, "--help"])
+    assert exc.value.code == 0 and "--out" in capsys.readouterr().out

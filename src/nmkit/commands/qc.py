@@ -13,8 +13,10 @@ from typing import Any
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("qc", help="quality control of real phantom scans (IEC/NEMA image quality, EARL)",
-                                   description="Quality control of real phantom scans. `qc iq IMAGE --out DIR`: NEMA NU 2-2018 "
-                                               "image quality and EARL recovery of an IEC body phantom PET/SPECT scan.")
+                                   description="Quality control of real phantom scans: iq (IEC body phantom, NEMA NU 2-2018 "
+                                               "and EARL), flood/lines/slit (gamma camera, NEMA NU 1), spect-resolution/"
+                                               "spect-uniformity (tomographic), trend (per-scanner QC history). "
+                                               "Guide: docs/qc.md.")
     sub = parser.add_subparsers(dest="qc", metavar="TEST")
     p = sub.add_parser(
         "iq", help="IEC body phantom: NEMA NU 2-2018 contrast/variability/lung residual, EARL RCmax/RCmean/RCpeak",
@@ -38,7 +40,7 @@ def register(subparsers) -> None:
     _history_arg(p)
     p.set_defaults(func=run_iq)
 
-    p = sub.add_parser("flood", help="NEMA NU 1 flood: integral and differential uniformity (%) in UFOV and CFOV",
+    p = sub.add_parser("flood", help="NEMA NU 1 flood: integral and differential uniformity (percent) in UFOV and CFOV",
                        description="Rebins to the pixel nearest 6.4 mm, finds the UFOV (0.95 of the field, edge pixels under "
                                    "75 %% of the CFOV mean dropped) and CFOV (0.75 of it), 9-point smoothing, integral and "
                                    "differential uniformity. Writes DIR/flood.json.")
@@ -77,7 +79,7 @@ def register(subparsers) -> None:
     _history_arg(p)
     p.set_defaults(func=run_spect_resolution)
 
-    p = sub.add_parser("spect-uniformity", help="uniform cylinder / Jaszczak: per-slice integral uniformity and noise (%)",
+    p = sub.add_parser("spect-uniformity", help="uniform cylinder / Jaszczak: per-slice integral uniformity and noise (percent)",
                        description="Central disc of 75 %% of the cylinder radius on each slice of the central 80 %% of its "
                                    "length (or --slices A:B), rebinned to ~6.4 mm, 9-point smoothing: integral uniformity; "
                                    "noise = CoV. Writes DIR/spect_uniformity.csv and .json.")
