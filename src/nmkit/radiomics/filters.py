@@ -88,8 +88,12 @@ class FilterSpec:
     decomposition: str = "L"  # wavelet: one L/H letter per filtered axis, x first (e.g. "LHL": x L, y H, z L)
     level: int = 1  # wavelet / Simoncelli decomposition level
     riesz_order: tuple[int, ...] | None = None  # Riesz order per axis, x first
+    # Riesz aligned with the local structure-tensor frame (IBSI-2 9.b.2 / 10.b.2 / 11.A-B; no consensus exists, so
+    # this is not validated): x' = dominant gradient direction, then decreasing eigenvalues; tensor Gaussian in mm
+    steer: bool = False
+    tensor_sigma_mm: float = 1.0
 
-    _FLOATS = ("sigma_mm", "truncate", "lambda_mm", "gamma", "theta", "delta_theta")
+    _FLOATS = ("sigma_mm", "truncate", "lambda_mm", "gamma", "theta", "delta_theta", "tensor_sigma_mm")
     _INTS = ("support", "energy_delta", "level")
 
     def __post_init__(self) -> None:
@@ -408,11 +412,59 @@ def _riesz_response(order_np: tuple[int, ...]) -> Callable[[list[np.ndarray]], n
     return resp
 
 
-def _riesz(img: np.ndarray, spec: FilterSpec, base: np.ndarray) -> np.ndarray:
-    """Riesz transform of an already filtered image (``base``), with the same boundary padding."""
+def _riesz(img: np.ndarray, spec: FilterSpec, base: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Riesz transform of an already filtered image (``base``), with the same boundary padding; steered to the
+    local structure-tensor frame with ``spec.steer``."""
     axes = _axes(spec)
     order_np = tuple(spec.riesz_order[::-1])
-    return _fourier_filter(base, axes, spec.boundary, _riesz_response(order_np))
+    if not spec.steer:
+        return _fourier_filter(base, axes, spec.boundary, _riesz_response(order_np))
+    frame = _structure_frame(base, axes, spec, spacing)  # frame[k]: unit vector (numpy-axis components) of axis k
+    total = sum(order_np)
+    c = math.sqrt(math.factorial(total) / math.prod(math.factorial(v) for v in spec.riesz_order)) * (-1j) ** total
+    # expand prod_k (e_k . w)^(l_k) into monomials of w with per-voxel coefficients
+    poly: dict[tuple[int, ...], np.ndarray | float] = {tuple(0 for _ in axes): 1.0}
+    for k, lk in enumerate(spec.riesz_order):  # frame axes x', y', z'
+        for _ in range(lk):
+            nxt: dict[tuple[int, ...], np.ndarray | float] = {}
+            for mono, coef in poly.items():
+                for i in range(len(axes)):
+                    m = tuple(v + (1 if j == i else 0) for j, v in enumerate(mono))
+                    nxt[m] = nxt.get(m, 0.0) + coef * frame[k][i]
+            poly = nxt
+    out = np.zeros(base.shape)
+    for mono, coef in poly.items():
+
+        def resp(ws: list[np.ndarray], mono: tuple[int, ...] = mono) -> np.ndarray:
+            r = np.sqrt(sum(w * w for w in ws))
+            num = np.ones(np.broadcast_shapes(*[w.shape for w in ws]), dtype=complex)
+            for w, e in zip(ws, mono):
+                if e:
+                    num = num * w ** e
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(r > 0, c * num / r ** total, 0.0)
+
+        out += coef * _fourier_filter(base, axes, spec.boundary, resp)
+    return out
+
+
+def _structure_frame(img: np.ndarray, axes: tuple[int, ...], spec: FilterSpec,
+                     spacing: tuple[float, ...]) -> list[list[np.ndarray]]:
+    """Per-voxel eigenvectors of the structure tensor G_sigma * (grad f grad f^T), largest eigenvalue first, as
+    ``frame[k][i]``: component along filtered axis i of frame axis k."""
+    from scipy import ndimage
+
+    sp_np = [float(v) for v in spacing[::-1]]
+    grads = [np.gradient(img, axis=a) / sp_np[a] for a in axes]
+    sig = [spec.tensor_sigma_mm / sp_np[a] if a in axes else 0.0 for a in range(img.ndim)]
+    n = len(axes)
+    tensor = np.empty(img.shape + (n, n))
+    for i in range(n):
+        for j in range(i, n):
+            t = ndimage.gaussian_filter(grads[i] * grads[j], sig, mode=_NDIMAGE_MODE[spec.boundary])
+            tensor[..., i, j] = tensor[..., j, i] = t
+    _, vecs = np.linalg.eigh(tensor)  # ascending eigenvalues; vecs[..., :, m] is eigenvector m
+    return [[vecs[..., i, n - 1 - k] for i in range(n)] for k in range(n)]
 
 
 def _oriented(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np.ndarray:
@@ -429,9 +481,9 @@ def _oriented(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> 
     axes = _axes(spec)
     if k in ("simoncelli", "riesz_simoncelli"):
         base = _fourier_filter(img, axes, spec.boundary, _simoncelli_response(spec.level), consensus_grid=True)
-        return base if k == "simoncelli" else _riesz(img, spec, base)
+        return base if k == "simoncelli" else _riesz(img, spec, base, spacing)
     if k == "riesz_log":
-        return _riesz(img, spec, _log(img, spec, spacing))
+        return _riesz(img, spec, _log(img, spec, spacing), spacing)
     raise InputError(None, f"filter {k!r} has no oriented response")
 
 
