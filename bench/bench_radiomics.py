@@ -14,7 +14,10 @@ it always runs in a subprocess: cold (start to first result) and best of ``--mir
 environment, given by ``--pictologics-python`` or ``$PICTOLOGICS_PYTHON``, in a subprocess with one numba thread
 (``PICTOLOGICS_NUM_THREADS=1``, so that its CPU time compares with nmkit's): cold (a fresh process: import,
 numba's cached compiled code, reading, one extraction) and warm (best of ``--repeat`` more, wall and CPU time),
-in ``--rounds`` rounds alternated with nmkit's warm runs of config C (the speed of a shared machine drifts).
+in ``--rounds`` rounds alternated with nmkit's warm runs of config C (the speed of a shared machine drifts);
+a table gives each round's best nmkit and pictologics times, their ratio and the load average, then the best of
+rounds and the per-round spread. BLAS/OpenMP pools are limited to one thread (one thread each). The machine's
+load average is printed at the start, after each round and at the end.
 Every pictologics release declares Requires-Python >= 3.12, but 0.9.0 imports and runs on Python 3.11 when pip
 is told to ignore that (its code has no 3.12-only syntax; its dependencies have 3.11 builds)::
 
@@ -39,6 +42,9 @@ from __future__ import annotations
 
 import argparse
 import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one thread each, like pictologics'
+    os.environ.setdefault(_var, "1")
 import re
 import subprocess
 import sys
@@ -277,11 +283,12 @@ def main() -> int:
     ap.add_argument("--no-peer-check", action="store_true", help="do not ask pip why pictologics/pyradiomics are absent")
     ap.add_argument("--pictologics-python", default=os.environ.get("PICTOLOGICS_PYTHON"),
                     help="interpreter of a virtual environment with pictologics (see above); config C is run with it")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="config C with pictologics: rounds of nmkit and pictologics warm runs, alternated")
     args = ap.parse_args()
     data = Path(args.data)
     cases = args.only or CASES
+    print(f"machine load at the start: {_load_text()}")
 
     from nmkit.io.volume_files import read_label_map, read_volume
     from nmkit.radiomics.engine import extract
@@ -295,16 +302,22 @@ def main() -> int:
         image, mask = read_volume(img_p), read_label_map(mask_p)
         n_feat = len(extract(image, mask, preset))
         warm, cpu = [], []
+        nmkit_rounds: list[tuple[float, float]] = []
 
         def nmkit_warm() -> None:
+            w, c_ = [], []
             for _ in range(max(1, args.repeat)):
                 t, c = time.perf_counter(), time.process_time()
                 extract(image, mask, preset)
-                warm.append(time.perf_counter() - t)
-                cpu.append(time.process_time() - c)
+                w.append(time.perf_counter() - t)
+                c_.append(time.process_time() - c)
+            warm.extend(w)
+            cpu.extend(c_)
+            nmkit_rounds.append((min(w), min(c_)))
 
         nmkit_warm()
         picto_runs = []
+        round_load = []
         if case == "C" and args.pictologics_python:
             # alternate the two libraries over a few rounds: on a shared machine the speed drifts over minutes,
             # and each library keeps its best round
@@ -312,8 +325,10 @@ def main() -> int:
                 if k:
                     nmkit_warm()
                 picto_runs.append(_pictologics(args.pictologics_python, img_p, mask_p, args.repeat))
+                round_load.append(_load1())
         row = {"case": case, "n_features": n_feat, "nmkit_cold_s": cold, "nmkit_warm_s": min(warm),
-               "nmkit_cpu_s": min(cpu), "err": err}
+               "nmkit_cpu_s": min(cpu), "err": err, "nmkit_rounds": nmkit_rounds, "picto_rounds": picto_runs,
+               "round_load": round_load}
         if picto_runs:
             ok = [r for r in picto_runs if "error" not in r]
             row["picto"] = (dict(ok[0], cold_s=min(r["cold_s"] for r in ok), warm_s=min(r["warm_s"] for r in ok),
@@ -330,11 +345,8 @@ def main() -> int:
     c_row = next((r for r in rows if r["case"] == "C"), None)
     picto = c_row.get("picto") if c_row is not None else None
     peers = _peer_status(not args.no_peer_check, picto)
-    try:
-        load = "load average %.1f %.1f %.1f" % os.getloadavg()
-    except OSError:
-        load = "load average n/a"
-    print(f"\nnmkit radiomics benchmark (python {sys.version.split()[0]}, {os.cpu_count()} cpu, {load}); "
+    load = _load_text()
+    print(f"\nnmkit radiomics benchmark (python {sys.version.split()[0]}, {load} at the start of the table); "
           "seconds, lower is better")
     print(f"mirp: {_mirp_version(mirp_python) if mirp_python else 'not installed (or --no-mirp)'}")
     for line in peers:
@@ -359,6 +371,8 @@ def main() -> int:
         print(f"pictologics, config C: cold {picto['cold_s']:.2f} s, warm {picto['warm_s']:.3f} s wall / "
               f"{picto['cpu_s']:.3f} s CPU (best of {picto['rounds']} rounds alternated with nmkit's, "
               f"{args.repeat} runs each); same setup as nmkit's: {checks}")
+    if c_row is not None and c_row["picto_rounds"]:
+        _print_rounds(c_row)
     if c_row is not None:
         if picto is not None and "error" not in picto:
             target, how = picto["cpu_s"], "measured here, CPU, 1 numba thread"
@@ -366,12 +380,51 @@ def main() -> int:
         else:
             target, how = PICTOLOGICS_WARM_C_S, "quoted, not measured here"
             mine = c_row["nmkit_warm_s"]
-        verdict = "faster" if mine < target else "slower"
-        print(f"goal (issue 5): warm config C below pictologics' {target:.3f} s ({how}): nmkit "
-              f"{c_row['nmkit_warm_s']:.3f} s wall / {c_row['nmkit_cpu_s']:.3f} s CPU -> {verdict}; "
-              f"cold config C below 5 s: nmkit {c_row['nmkit_cold_s']:.2f} s -> "
-              f"{'met' if c_row['nmkit_cold_s'] < 5 else 'not met'}")
+        ratio = target / mine if mine > 0 else float("nan")
+        print(f"goal (issue 21): warm config C >= 2x faster than pictologics' {target:.3f} s ({how}): nmkit "
+              f"{c_row['nmkit_warm_s']:.3f} s wall / {c_row['nmkit_cpu_s']:.3f} s CPU -> {ratio:.2f}x "
+              f"({'met' if ratio >= 2 else 'not met'}); cold config C (fresh process: imports, reading, one "
+              f"extraction) <= 1 s: nmkit {c_row['nmkit_cold_s']:.2f} s -> {'met' if c_row['nmkit_cold_s'] <= 1 else 'not met'}")
+    print(f"machine load at the end: {_load_text()}")
     return 0
+
+
+def _load1() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def _load_text() -> str:
+    try:
+        return "load average %.2f %.2f %.2f (1, 5, 15 min) on %d CPUs" % (*os.getloadavg(), os.cpu_count() or 0)
+    except OSError:
+        return "load average n/a"
+
+
+def _print_rounds(row: dict) -> None:
+    """Config C round by round (nmkit and pictologics alternated): best wall and CPU time of each library in each
+    round, the ratio pictologics / nmkit per round (CPU time, robust on a shared machine) and its spread."""
+    print("\nconfig C, warm, one thread each, alternated rounds (best of the round's runs, seconds):")
+    print(f"{'round':>5}{'nmkit wall':>12}{'nmkit CPU':>11}{'picto wall':>12}{'picto CPU':>11}{'ratio CPU':>11}"
+          f"{'ratio wall':>12}{'load 1 min':>12}")
+    ratios_cpu, ratios_wall = [], []
+    for k, ((nw, nc), p) in enumerate(zip(row["nmkit_rounds"], row["picto_rounds"]), 1):
+        load = row["round_load"][k - 1] if k - 1 < len(row["round_load"]) else float("nan")
+        if "error" in p:
+            print(f"{k:>5}{nw:>12.4f}{nc:>11.4f}   pictologics failed: {p['error']}")
+            continue
+        rc, rw = p["cpu_s"] / nc, p["warm_s"] / nw
+        ratios_cpu.append(rc)
+        ratios_wall.append(rw)
+        print(f"{k:>5}{nw:>12.4f}{nc:>11.4f}{p['warm_s']:>12.4f}{p['cpu_s']:>11.4f}{rc:>10.2f}x{rw:>11.2f}x{load:>12.2f}")
+    if ratios_cpu:
+        best_n = min(c for _, c in row["nmkit_rounds"])
+        best_p = min(p["cpu_s"] for p in row["picto_rounds"] if "error" not in p)
+        print(f"best of rounds: nmkit {best_n:.4f} s CPU, pictologics {best_p:.4f} s CPU -> ratio {best_p / best_n:.2f}x; "
+              f"per-round ratio CPU min {min(ratios_cpu):.2f}x / median {sorted(ratios_cpu)[len(ratios_cpu) // 2]:.2f}x / "
+              f"max {max(ratios_cpu):.2f}x, wall min {min(ratios_wall):.2f}x / max {max(ratios_wall):.2f}x")
 
 
 if __name__ == "__main__":

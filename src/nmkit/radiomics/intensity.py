@@ -109,6 +109,15 @@ def ivh_features(values: np.ndarray, disc: Discretisation, reseg_range=None, use
       (or ROI min); grey levels are bin centres; G = [x_min + w/2, x_max - w/2].
     * ``FBN`` (arbitrary units): ``n_bins`` bins between ROI min and max; G = [1, Ng], w = 1.
 
+    Open re-segmentation ranges (``[0, None]``, i.e. [0, inf) for SUV; IBSI does not define this case): the bound
+    that is given is used, the open one becomes the ROI's own discretised extreme on that side, so G = [0 + w/2,
+    centre of the bin holding the ROI maximum] for FBS from 0. The intensity fraction is then relative to the fixed
+    lower bound and the ROI maximum: V90 is the volume fraction at or above 90 % of the way from the lower bound to
+    the ROI maximum (for SUV from 0, roughly the fraction >= 0.9 SUVmax) and gamma spans exactly [0, 1]. The same
+    rule holds for ``none`` (G's open end = the ROI's integer maximum / minimum). MIRP (2.x) instead treats a range
+    with an open end as no range and uses the ROI's [min, max] on both sides (see bench/bench_radiomics_ivh.py).
+    Pinned by tests/test_radiomics_ivh_open.py.
+
     Only the distribution of the values matters; every discretisation is monotone, so the values are sorted once
     (or ``sorted_values`` is used) and the discretised ones come out sorted.
     """
@@ -124,10 +133,10 @@ def ivh_features(values: np.ndarray, disc: Discretisation, reseg_range=None, use
     elif disc.method == "FBS":
         w = float(disc.bin_width)
         x_min = disc.min if disc.min is not None else (lo_r if lo_r is not None else float(x.min()))
-        x_max = hi_r if hi_r is not None else float(x.max())
         bins = np.floor((x - x_min) / w) + 1
         xd = x_min + (bins - 0.5) * w
-        g_min, g_max = x_min + 0.5 * w, x_max - 0.5 * w
+        # a closed upper bound b gives the last full bin's centre b - w/2 (IBSI); an open one the ROI maximum's bin
+        g_min, g_max = x_min + 0.5 * w, (hi_r - 0.5 * w) if hi_r is not None else float(xd[-1])
     else:
         n = int(disc.n_bins)
         lo, hi = float(x.min()), float(x.max())
