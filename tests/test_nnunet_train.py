@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +18,6 @@ from nmkit.dataset import MaskRef, new_table, write_dataset
 
 if importlib.util.find_spec("nnunetv2") is None:
     pytest.skip("nnU-Net v2 not installed", allow_module_level=True)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*_a, **_k):
-        raise OSError("network blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _img(arr, spacing, origin) -> sitk.Image:
@@ -73,45 +65,92 @@ def test_channels_missing_from_the_table_one_message(tmp_path: Path, capsys) -> 
     assert len(err) == 1 and "no row of modality MR" in err[0] and "CT, PT" in err[0]
 
 
-@pytest.mark.slow
-def test_two_channel_train_predict_round_trip_offline(tmp_path: Path, no_network, capsys) -> None:
-    table = _pet_ct_table(tmp_path / "data")
-    bundle = tmp_path / "bundle"
-    assert main(["train", "--engine", "nnunet", str(table), "--out", str(bundle), "--channels", "PT", "CT", "--labels",
-                 "1=lesion", "--epochs", "1", "--iterations", "2", "--val-iterations", "1", "--threads", "2", "--device", "cpu"]) == 0
-    desc = json.loads((bundle / "bundle.json").read_text())
-    assert desc["engine"] == "nnunet" and desc["channels"] == ["PT", "CT"] and desc["labels"] == {"1": "lesion"}
-    assert (bundle / "nnunet" / "fold_0" / "checkpoint_final.pth").is_file()
-    assert json.loads((bundle / "nnunet" / "dataset.json").read_text())["channel_names"] == {"0": "PT", "1": "CT"}
-    assert not (bundle / "nnunet_work").exists()
+def _refuse(*_a, **_k):
+    raise OSError("network blocked by the test")
 
-    out = tmp_path / "pred"
-    assert main(["predict", str(bundle), str(table), "--split", "val", "--out", str(out), "--no-tta"]) == 0
-    # nnU-Net's own predictor on the same channels (CT resampled onto the PET grid by SimpleITK, linear)
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny two-channel nnU-Net bundle trained by `nmkit train --engine nnunet` (nnU-Net's own planner and trainer,
+    1 epoch x 2 iterations, CPU) with the network blocked; returns (bundle, data folder)."""
+    root = tmp_path_factory.mktemp("nnunet")
+    table = _pet_ct_table(root / "data")
+    bundle = root / "bundle"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _refuse)
+        mp.setattr(socket, "create_connection", _refuse)
+        assert main(["train", "--engine", "nnunet", str(table), "--out", str(bundle), "--channels", "PT", "CT", "--labels",
+                     "1=lesion", "--epochs", "1", "--iterations", "2", "--val-iterations", "1", "--threads", "2",
+                     "--device", "cpu"]) == 0
+    return bundle, root / "data"
+
+
+def _reference(results: Path, data: Path, i: int, out: Path) -> np.ndarray:
+    """nnU-Net's own predictor (no mirroring) on PET + CT resampled onto the PET grid by SimpleITK (linear)."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    ref_dir = tmp_path / "ref"
-    ref_dir.mkdir()
-    files = []
-    for i in (3,):
-        pet = sitk.ReadImage(str(tmp_path / "data" / f"s{i}" / "pet.nii.gz"))
-        ct = sitk.Resample(sitk.ReadImage(str(tmp_path / "data" / f"s{i}" / "ct.nii.gz")), pet, sitk.Transform(), sitk.sitkLinear, 0.0)
-        sitk.WriteImage(sitk.Cast(ct, sitk.sitkFloat32), str(ref_dir / f"ct{i}.nii.gz"))
-        files.append([str(tmp_path / "data" / f"s{i}" / "pet.nii.gz"), str(ref_dir / f"ct{i}.nii.gz")])
+    out.mkdir(parents=True, exist_ok=True)
+    pet = sitk.ReadImage(str(data / f"s{i}" / "pet.nii.gz"))
+    ct = sitk.Resample(sitk.ReadImage(str(data / f"s{i}" / "ct.nii.gz")), pet, sitk.Transform(), sitk.sitkLinear, 0.0)
+    sitk.WriteImage(sitk.Cast(ct, sitk.sitkFloat32), str(out / f"ct{i}.nii.gz"))
     predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(bundle / "nnunet"), use_folds=None)
-    predictor.predict_from_files_sequential(files, [str(ref_dir / "r3")], False, True)
-    for i in (3,):
-        ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"s{i}_pet.nii.gz")))
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_dir / f"r{i}.nii.gz")))
-        assert ours.shape == (16, 32, 32) and np.array_equal(ours, ref)
+    predictor.initialize_from_trained_model_folder(str(results), use_folds=None)
+    predictor.predict_from_files_sequential([[str(data / f"s{i}" / "pet.nii.gz"), str(out / f"ct{i}.nii.gz")]],
+                                            [str(out / f"r{i}")], False, True)
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"r{i}.nii.gz")))
+
+
+@pytest.mark.slow
+def test_two_channel_bundle_round_trip_offline(trained, tmp_path: Path, monkeypatch, capsys) -> None:
+    bundle, data = trained
+    desc = json.loads((bundle / "bundle.json").read_text())
+    assert desc["engine"] == "nnunet" and desc["channels"] == ["PT", "CT"] and desc["labels"] == {"1": "lesion"}
+    assert (bundle / "nnunet" / "fold_0" / "checkpoint_final.pth").is_file() and not (bundle / "nnunet_work").exists()
+    assert json.loads((bundle / "nnunet" / "dataset.json").read_text())["channel_names"] == {"0": "PT", "1": "CT"}
+    assert len(desc["checksums_sha256"]["nnunet/fold_0/checkpoint_final.pth"]) == 64
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    out = tmp_path / "pred"
+    assert main(["predict", str(bundle), str(data / "dataset.csv"), "--split", "val", "--out", str(out), "--no-tta"]) == 0
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "s3_pet.nii.gz")))
+    ref = _reference(bundle / "nnunet", data, 3, tmp_path / "ref")
+    assert ours.shape == (16, 32, 32) and np.array_equal(ours, ref)
     rows = (out / "dataset.csv").read_text()
     assert "s3_pet" in rows and "model:bundle@1.0.0" in rows
-
-    # the same bundle on a table without the CT rows: one clear message naming the missing channel
+    # the bundle on a table without CT rows: one clear message naming the missing channel
     pet_only = _pet_ct_table(tmp_path / "pet_only", channels=("PT",))
     capsys.readouterr()
     assert main(["predict", str(bundle), str(pet_only), "--split", "all", "--out", str(tmp_path / "p2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no row of modality CT" in err[0]
+
+
+@pytest.mark.slow
+def test_results_folder_and_zip_equal_nnunet_offline(trained, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The bundle's nnunet/ folder is a plain nnU-Net results folder: as a folder and as an exported zip, `nmkit predict`
+    (PET and CT files in channel order, CT resampled by nmkit) equals nnU-Net's own predictor voxel for voxel."""
+    bundle, data = trained
+    results = bundle / "nnunet"
+    ref = _reference(results, data, 3, tmp_path / "ref")
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    inputs = [str(data / "s3" / "pet.nii.gz"), str(data / "s3" / "ct.nii.gz")]
+    assert main(["predict", str(results), *inputs, "--out", str(tmp_path / "p"), "--no-tta"]) == 0
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "p" / "pet.nii.gz"))), ref)
+    assert json.loads((tmp_path / "p" / "pet.json").read_text()) == {"1": "lesion"}
+    identity = json.loads((tmp_path / "p" / "provenance.json").read_text())["model"]["identity"]
+    assert identity["engine"] == "nnunet" and identity["folds"] == ["0"] and identity["configuration"] == "3d_fullres"
+    assert identity["sha256"]["fold_0/checkpoint_final.pth"] == json.loads((bundle / "bundle.json").read_text())[
+        "checksums_sha256"]["nnunet/fold_0/checkpoint_final.pth"]
+    archive = tmp_path / "model.zip"  # the layout of nnUNetv2_export_model_to_zip
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in results.rglob("*"):
+            if f.is_file():
+                zf.write(f, Path("Dataset900_bundle") / "nnUNetTrainer__nnUNetPlans__3d_fullres" / f.relative_to(results))
+    assert main(["predict", str(archive), *inputs, "--out", str(tmp_path / "z"), "--no-tta"]) == 0
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "z" / "pet.nii.gz"))), ref)
+    # a fold that is not there: one line naming the file expected
+    capsys.readouterr()
+    assert main(["predict", str(results), *inputs, "--out", str(tmp_path / "f"), "--folds", "0", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fold_1/checkpoint_final.pth" in err[0] and "available folds: 0" in err[0]

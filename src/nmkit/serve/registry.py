@@ -99,7 +99,9 @@ class Registry:
         dest = self.root / model / version
         tmp = self.root / model / f".{version}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(bundle, tmp, ignore=shutil.ignore_patterns("checkpoint_*", "training_log.*"))
+        # training leftovers stay behind; an nnU-Net bundle's fold_N/checkpoint_final.pth is its weights and is kept
+        leftovers = shutil.ignore_patterns("checkpoint_best*", "checkpoint_last*", "checkpoint_latest*", "training_log.*")
+        shutil.copytree(bundle, tmp, ignore=leftovers)
         desc["version"] = version  # the registry's version is the one recorded in results
         (tmp / "bundle.json").write_text(json.dumps(desc, indent=2))
         tmp.rename(dest)
