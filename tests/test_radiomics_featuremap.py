@@ -85,3 +85,35 @@ def test_featuremap_cli_writes_images_on_the_image_grid(phantom, tmp_path, capsy
     rc = main(["featuremap", "--image", str(root / "image/phantom.nii.gz"), "--features", "mean,entropy",
                "--out", str(tmp_path / "bad")])
     assert rc != 0 and "entropy" in capsys.readouterr().err
+
+
+def test_local_glcm_over_the_whole_roi_equals_the_ibsi_glcm(phantom):
+    """A window holding the whole ROI gives every ROI voxel the ROI's IBSI-1 GLCM features (3D, merged)."""
+    from nmkit.radiomics.config import Discretisation
+    from nmkit.radiomics.engine import extract
+    from nmkit.radiomics.featuremap import GLCM_FEATURES, local_feature_maps
+
+    root, image, mask = phantom
+    ref = extract(image, mask, "ibsi-digital-phantom")
+    roi = mask.binary(None)
+    maps = local_feature_maps(image.array, image.spacing, 50.0, roi, GLCM_FEATURES, within_roi=True,
+                              discretisation=Discretisation(method="none", n_bins=None))
+    for f in GLCM_FEATURES:
+        np.testing.assert_allclose(maps[f][roi], ref[f"{f}_3D_comb"], rtol=1e-6, err_msg=f)
+
+
+def test_local_glcm_in_small_windows_equals_the_glcm_of_each_window(phantom):
+    """Radius 2 mm (3 x 3 x 3 voxels): each ROI voxel's value equals the GLCM features of its window alone."""
+    from nmkit.radiomics.featuremap import GLCM_FEATURES, local_glcm_maps
+
+    _, image, mask = phantom
+    roi = mask.binary(None)
+    levels = np.where(roi, np.round(image.array), 0).astype(int)
+    maps = local_glcm_maps(levels, (1, 1, 1), roi, GLCM_FEATURES)
+    for z, y, x in list(zip(*np.nonzero(roi)))[::7]:
+        window = np.zeros_like(levels)
+        sl = tuple(slice(max(0, c - 1), c + 2) for c in (z, y, x))
+        window[sl] = levels[sl]
+        alone = local_glcm_maps(window, (9, 9, 9), roi, GLCM_FEATURES)
+        for f in GLCM_FEATURES:
+            assert maps[f][z, y, x] == pytest.approx(alone[f][z, y, x], rel=1e-9, abs=1e-12), f

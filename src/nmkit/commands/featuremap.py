@@ -7,7 +7,9 @@ Examples::
     nmkit featuremap --image ct.nii.gz --mask gtv.nii.gz --config log.yaml --out maps/   # maps of a LoG response
 
 Every ROI voxel gets the statistic of the voxels in a box of 2 r + 1 voxels per axis around it, r = round(radius /
-spacing) (nmkit.radiomics.featuremap); voxels outside the ROI are NaN. ``--within-roi`` keeps only ROI voxels in the
+spacing) (nmkit.radiomics.featuremap); voxels outside the ROI are NaN. ``cm_*`` features are local GLCM features
+(distance 1, symmetric, the 13 directions merged; in-plane when the window is one slice thick) of grey levels
+discretised over the ROI (``--bins`` / ``--bin-width``). ``--within-roi`` keeps only ROI voxels in the
 windows. ``--config`` applies the ``filter:`` section of a radiomics YAML (IBSI-2 filter on the image's own grid)
 first. Writes OUT/featuremap_<feature>.nii.gz (float32, the image's geometry), featuremap.units.json (nmkit-units/1)
 and featuremap.provenance.json.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import positive_float
+from ._args import at_least, positive_float
 
 
 def register(subparsers) -> None:
@@ -28,8 +30,14 @@ def register(subparsers) -> None:
     p.add_argument("--roi", help="structure selector: number, glob ('GTV*') or name (default: every structure)")
     p.add_argument("--radius-mm", type=positive_float, default=5.0, help="neighbourhood half-width in mm (default 5)")
     p.add_argument("--features", default="mean,sd,skew,kurt,min,max,median",
-                   help="comma-separated: mean,var,sd,skew,kurt,energy,rms,count,min,max,range,median,p10,p25,p75,p90,iqr")
+                   help="comma-separated: mean,var,sd,skew,kurt,energy,rms,count,min,max,range,median,p10,p25,p75,p90,"
+                        "iqr; local GLCM: cm_joint_avg,cm_joint_var,cm_contrast,cm_diff_avg,cm_inv_diff,"
+                        "cm_inv_diff_mom,cm_auto_corr,cm_corr,cm_clust_tend")
     p.add_argument("--within-roi", action="store_true", help="windows hold only ROI voxels (default: every image voxel)")
+    disc = p.add_mutually_exclusive_group()
+    disc.add_argument("--bins", type=at_least(2), default=32,
+                      help="cm_* features: fixed bin number over the ROI's intensity range (default 32)")
+    disc.add_argument("--bin-width", type=positive_float, help="cm_* features: fixed bin size in image units, from the ROI minimum")
     p.add_argument("--config", help="radiomics YAML whose filter: section is applied to the image first")
     p.add_argument("--suv", choices=["bw", "lbm"], help="convert a DICOM PET to SUV first")
     p.add_argument("--out", required=True, help="output folder (created)")
@@ -82,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
         values = apply_filter(values, tuple(image.spacing), spec)
         unit = response_unit(spec, unit)
+    from ..radiomics.config import Discretisation
+
+    disc = (Discretisation(method="FBS", n_bins=None, bin_width=args.bin_width) if args.bin_width
+            else Discretisation(method="FBN", n_bins=args.bins))
     try:
-        maps = local_feature_maps(values, tuple(image.spacing), args.radius_mm, roi, feats, args.within_roi)
+        maps = local_feature_maps(values, tuple(image.spacing), args.radius_mm, roi, feats, args.within_roi, disc)
     except InputError as exc:
         raise InputError(exc.path or args.image, exc.problem) from exc
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ Moments come from box sums (exact up to round-off); percentiles from the gathere
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -48,13 +48,18 @@ def _box_sum(a: np.ndarray, r: tuple[int, ...]) -> np.ndarray:
 
 def local_feature_maps(image: np.ndarray, spacing_xyz: tuple[float, ...], radius_mm: float,
                        mask: np.ndarray | None = None, features: Iterable[str] = DEFAULT_FEATURES,
-                       within_roi: bool = False) -> dict[str, np.ndarray]:
+                       within_roi: bool = False, discretisation: Any = None) -> dict[str, np.ndarray]:
     """``{feature: float32 map}`` on the grid of ``image`` (z, y, x); NaN outside ``mask`` (everywhere computed
-    when ``mask`` is None). ``within_roi``: the neighbourhood only holds ROI voxels."""
+    when ``mask`` is None). ``within_roi``: the neighbourhood only holds ROI voxels.
+
+    ``cm_*`` features (``GLCM_FEATURES``) are local GLCM features of grey levels from ``discretisation`` (a
+    ``config.Discretisation``; default fixed bin number 32 over the ROI's range; window voxels outside that range
+    take the first / last bin); 3D with 13 directions, or in-plane (4 directions) when the window is one slice."""
     feats = list(dict.fromkeys(features))
-    unknown = [f for f in feats if f not in LOCAL_FEATURES]
+    unknown = [f for f in feats if f not in LOCAL_FEATURES + GLCM_FEATURES]
     if unknown:
-        raise InputError(None, f"unknown feature-map features {unknown}; known: {', '.join(LOCAL_FEATURES)}")
+        raise InputError(None, f"unknown feature-map features {unknown}; known: "
+                               f"{', '.join(LOCAL_FEATURES + GLCM_FEATURES)}")
     img = np.asarray(image, dtype=np.float64)
     roi = np.ones(img.shape, bool) if mask is None else np.asarray(mask, bool)
     if roi.shape != img.shape:
@@ -95,12 +100,30 @@ def local_feature_maps(image: np.ndarray, spacing_xyz: tuple[float, ...], radius
             out.update({k: v for k, v in maps.items() if k in feats})
     if set(feats) & (set(ORDER_FEATURES) | set(PERCENTILE_FEATURES) | {"iqr"}):
         out.update(_order_maps(sub, sub_roi, member, r, feats))
+    texture = [f for f in feats if f in GLCM_FEATURES]
+    if texture:
+        levels = grey_levels(sub, sub_roi, member, discretisation)
+        out.update(local_glcm_maps(levels, r, sub_roi, texture, dims="2D" if r[0] == 0 else "3D"))
     full = {}
     for name in feats:
         a = np.full(img.shape, np.nan, dtype=np.float32)
         a[box] = np.where(sub_roi, out[name], np.nan)
         full[name] = a
     return full
+
+
+def grey_levels(sub: np.ndarray, roi: np.ndarray, member: np.ndarray, discretisation: Any = None) -> np.ndarray:
+    """Grey levels (>= 1) of the window members, 0 elsewhere; bins from the ROI's intensities (IBSI-1 rules)."""
+    from .config import Discretisation
+    from .preprocess import discretise
+
+    disc = discretisation or Discretisation(method="FBN", n_bins=32)
+    lv, ng = discretise(sub[member], disc, None, roi_values=sub[roi])
+    if disc.method == "FBN":
+        lv = np.clip(lv, 1, ng)
+    out = np.zeros(sub.shape, dtype=np.int64)
+    out[member] = np.maximum(lv, 1)
+    return out
 
 
 def _order_maps(sub: np.ndarray, sub_roi: np.ndarray, member: np.ndarray, r: tuple[int, ...],
@@ -137,5 +160,82 @@ def _order_maps(sub: np.ndarray, sub_roi: np.ndarray, member: np.ndarray, r: tup
 def feature_units(features: Iterable[str], image_unit: str) -> Mapping[str, str]:
     """Unit of each map: intensities in the image's unit, var/energy squared, shape statistics dimensionless."""
     squared = f"({image_unit})^2"
-    table = {"var": squared, "energy": squared, "skew": "1", "kurt": "1", "count": "voxels"}
+    table = {"var": squared, "energy": squared, "skew": "1", "kurt": "1", "count": "voxels",
+             "cm_joint_avg": "grey level", "cm_diff_avg": "grey level", "cm_joint_var": "grey level^2",
+             "cm_contrast": "grey level^2", "cm_auto_corr": "grey level^2", "cm_clust_tend": "grey level^2",
+             "cm_inv_diff": "1", "cm_inv_diff_mom": "1", "cm_corr": "1"}
     return {f: table.get(f, image_unit) for f in features}
+
+
+# ----------------------------------------------------------------------------------------------- local GLCM maps
+#: local GLCM features computable from pair sums (IBSI-1 names; symmetric GLCM merged over directions, "comb")
+GLCM_FEATURES = ("cm_joint_avg", "cm_joint_var", "cm_contrast", "cm_diff_avg", "cm_inv_diff", "cm_inv_diff_mom",
+                 "cm_auto_corr", "cm_corr", "cm_clust_tend")
+_DIRECTIONS_3D = [d for d in ((0, 0, 1), (0, 1, 0), (1, 0, 0), (0, 1, 1), (0, 1, -1), (1, 0, 1), (1, 0, -1),
+                              (1, 1, 0), (1, -1, 0), (1, 1, 1), (1, 1, -1), (1, -1, 1), (1, -1, -1))]
+_DIRECTIONS_2D = [(0, 0, 1), (0, 1, 0), (0, 1, 1), (0, 1, -1)]
+
+
+def _box_sum_range(a: np.ndarray, lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
+    """Sum of ``a`` over offsets ``lo[k] .. hi[k]`` (inclusive) around each voxel, zero outside the array."""
+    out = a
+    for axis, (l, h) in enumerate(zip(lo, hi)):
+        if l == 0 and h == 0:
+            continue
+        n = out.shape[axis]
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (max(0, -l) + 1, max(0, h))
+        c = np.cumsum(np.pad(out, pad), axis=axis)
+        base = max(0, -l) + 1  # index in c of the element just after original index 0
+        hi_idx = np.arange(n) + h + base - 1 + 1  # inclusive end -> cumsum index
+        lo_idx = np.arange(n) + l + base - 1
+        out = np.take(c, hi_idx, axis=axis) - np.take(c, lo_idx, axis=axis)
+    return out
+
+
+def local_glcm_maps(levels: np.ndarray, r: tuple[int, int, int], roi: np.ndarray, features: Iterable[str],
+                    dims: str = "3D") -> dict[str, np.ndarray]:
+    """Local GLCM features at each ROI voxel from the voxel pairs (distance 1) inside its window.
+
+    ``levels``: grey levels >= 1 of the voxels that may enter a window, 0 elsewhere. A pair counts in a window when
+    both voxels are in it; the symmetric co-occurrence matrices of all directions (13 in 3D, 4 in-plane in 2D) are
+    merged, as IBSI's "comb" aggregation, so every feature is a mean over pairs. Returns float arrays (NaN where a
+    window holds no pair)."""
+    feats = list(dict.fromkeys(features))
+    bad = [f for f in feats if f not in GLCM_FEATURES]
+    if bad:
+        raise InputError(None, f"unknown local GLCM features {bad}; known: {', '.join(GLCM_FEATURES)}")
+    lv = np.asarray(levels, dtype=np.float64)
+    if dims == "2D":
+        r = (0, r[1], r[2])
+    dirs = _DIRECTIONS_2D if dims == "2D" else _DIRECTIONS_3D
+    names = ("n", "s", "s2", "ij", "sum2", "k2", "k", "id", "idm")
+    acc = {k: np.zeros(lv.shape) for k in names}
+    for d in dirs:
+        # pair (v, v + d) is stored at v
+        src = tuple(slice(max(0, -o), lv.shape[a] - max(0, o)) for a, o in enumerate(d))
+        dst = tuple(slice(max(0, o), lv.shape[a] - max(0, -o)) for a, o in enumerate(d))
+        i = np.zeros(lv.shape)
+        j = np.zeros(lv.shape)
+        i[src], j[src] = lv[src], lv[dst]
+        valid = (i > 0) & (j > 0)
+        i, j = np.where(valid, i, 0.0), np.where(valid, j, 0.0)
+        k = np.abs(i - j)
+        per_pair = {"n": valid.astype(float), "s": i + j, "s2": i * i + j * j, "ij": i * j, "sum2": (i + j) ** 2,
+                    "k2": k * k, "k": k, "id": np.where(valid, 1.0 / (1.0 + k), 0.0),
+                    "idm": np.where(valid, 1.0 / (1.0 + k * k), 0.0)}
+        lo = tuple(-h + max(0, -o) for h, o in zip(r, d))
+        hi = tuple(h - max(0, o) for h, o in zip(r, d))
+        for name, arr in per_pair.items():
+            acc[name] += _box_sum_range(arr, lo, hi)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = np.where(acc["n"] > 0, acc["n"], np.nan)
+        mu = acc["s"] / (2 * n)
+        var = acc["s2"] / (2 * n) - mu * mu
+        auto = acc["ij"] / n
+        maps = {"cm_joint_avg": mu, "cm_joint_var": var, "cm_contrast": acc["k2"] / n, "cm_diff_avg": acc["k"] / n,
+                "cm_inv_diff": acc["id"] / n, "cm_inv_diff_mom": acc["idm"] / n, "cm_auto_corr": auto,
+                # a single grey level has no spread: correlation 0, as the ROI-level features report it
+                "cm_corr": np.where(var > 1e-12 * mu * mu, (auto - mu * mu) / var, 0.0),
+                "cm_clust_tend": acc["sum2"] / n - 4 * mu * mu}
+    return {f: np.where(roi, maps[f], np.nan) for f in feats}
