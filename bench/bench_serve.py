@@ -1,7 +1,8 @@
 """Benchmark of the nmkit DICOM AI server next to Orthanc on the same files (127.0.0.1).
 
 1. Reception: images/s stored by C-STORE with 1 and 4 parallel associations (pynetdicom SCU as the sender
-   for both receivers), nmkit's node (durable write + SQLite record before success) vs Orthanc.
+   for both receivers, each receiver in its own process), nmkit's node (durable write + SQLite record before
+   success) vs Orthanc.
 2. End to end: latency from the C-STORE response of the last image of a thyroid study to its SEG being
    stored in Orthanc (quiet period included; reported with and without it).
 3. Memory: peak resident memory of a node process (``VmHWM``) while it receives one large object (200 MB by
@@ -210,15 +211,15 @@ def main() -> int:
         # ---- reception ------------------------------------------------------------------------------
         orthanc = OrthancProc(tmp / "orthanc", {}) if have_orthanc else None
         for n_assoc in (1, 4):
-            raw = {"ae_title": "NMKIT", "port": free_port(), "storage": str(tmp / f"node{n_assoc}"), "quiet_seconds": 1e9,
-                   "destinations": {"none": {"ae_title": "NONE", "port": 1}},
-                   "instances": [{"name": "thyroid", "match": {"modality": "NM"}, "destinations": ["none"]}]}
-            cfg = parse_config(raw, None, tmp)
-            cfg.storage.mkdir(parents=True)
-            node = DicomNode(cfg, Store(cfg.storage / "server.sqlite"))
-            node.start()
-            ours = send(node.port, "NMKIT", datasets, n_assoc)
-            node.stop()
+            # the node runs in its own process, as Orthanc does (a sender in the same process would share its GIL)
+            proc = subprocess.Popen([sys.executable, "-c", _NODE, str(tmp / f"node{n_assoc}")], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True)
+            try:
+                ours = send(int(proc.stdout.readline()), "NMKIT", datasets, n_assoc)
+            finally:
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                proc.wait(timeout=60)
             theirs = None
             if orthanc:
                 orthanc.delete_all()
