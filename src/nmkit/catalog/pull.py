@@ -226,6 +226,13 @@ class DimsePacs:
 
     def __init__(self, peer: Dimse, calling_aet: str = "NMKIT", timeout: float = 30.0):
         self.peer, self.calling_aet, self.timeout = peer, calling_aet, timeout
+        self._find_assoc = None  # one association for every C-FIND of a pull (cheaper than one per query)
+
+    def close(self) -> None:
+        """Release the C-FIND association (if open)."""
+        if self._find_assoc is not None and self._find_assoc.is_established:
+            self._find_assoc.release()
+        self._find_assoc = None
 
     def _associate(self, contexts: Iterable[str], roles: Iterable[str] = (), scp_handlers=None):
         from pynetdicom import AE, build_role
@@ -235,11 +242,12 @@ class DimsePacs:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         for cx in contexts:
             ae.add_requested_context(cx)
-        role_items = [build_role(uid, scp_role=True) for uid in roles]
         from pynetdicom import ALL_TRANSFER_SYNTAXES
 
-        for uid in roles:
-            ae.requested_contexts.append(build_context(uid, ALL_TRANSFER_SYNTAXES[:12]))
+        roles = list(roles)
+        role_items = [build_role(uid, scp_role=True) for uid in roles]
+        for uid in roles:  # storage contexts we accept as SCP on this association (C-GET)
+            ae.requested_contexts.append(build_context(uid, ALL_TRANSFER_SYNTAXES))
         assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.aet, ext_neg=role_items or None,
                              evt_handlers=scp_handlers or [])
         if not assoc.is_established:
@@ -251,15 +259,16 @@ class DimsePacs:
         """C-FIND at ``level`` (STUDY/SERIES/IMAGE); ``keys`` are matching or return keys (empty = return)."""
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
-        _check_reachable(self.peer, self.timeout)
         query = Dataset()
         query.QueryRetrieveLevel = level
         for keyword, value in keys.items():
             setattr(query, keyword, value)
-        assoc = self._associate([FIND])
+        if self._find_assoc is None or not self._find_assoc.is_established:
+            _check_reachable(self.peer, self.timeout)
+            self._find_assoc = self._associate([FIND])
         out: list[Dataset] = []
         try:
-            for status, identifier in assoc.send_c_find(query, FIND):
+            for status, identifier in self._find_assoc.send_c_find(query, FIND):
                 if status is None or "Status" not in status:
                     raise InputError(None, f"PACS {self.peer}: C-FIND aborted or unanswered (does the PACS accept "
                                            f"calling AE {self.calling_aet!r}? timeout {self.timeout:g} s)")
@@ -268,8 +277,9 @@ class DimsePacs:
                     out.append(identifier)
                 elif code != 0x0000:
                     raise InputError(None, f"PACS {self.peer}: C-FIND {level} failed with status 0x{code:04X}")
-        finally:
-            assoc.release()
+        except InputError:
+            self.close()
+            raise
         return out
 
     def retrieve(self, method: str, plan: SeriesPlan, sops: list[str], sink: Sink, move_aet: str) -> str:
@@ -283,7 +293,12 @@ class DimsePacs:
             def on_store(event):
                 return 0x0000 if sink.store(lambda: _received(event), event.context.transfer_syntax) else 0xA700
 
-            classes = sorted(set(plan.instances.values()))[:100]
+            classes = sorted(set(plan.instances.values()) - {""})
+            if len(classes) < len(set(plan.instances.values())):  # the PACS did not say: offer the common ones
+                from pynetdicom import StoragePresentationContexts
+
+                classes = sorted(set(classes) | {cx.abstract_syntax for cx in StoragePresentationContexts})
+            classes = classes[:120]  # at most 128 presentation contexts per association
             assoc = self._associate([GET], roles=classes, scp_handlers=[(evt.EVT_C_STORE, on_store)])
             send = lambda ds: assoc.send_c_get(ds, GET)  # noqa: E731
         else:
@@ -358,8 +373,8 @@ class StoreSCP:
 class DicomWebPacs:
     """QIDO-RS queries and WADO-RS retrieval against a DICOMweb base URL (plain urllib)."""
 
-    def __init__(self, base: str, timeout: float = 60.0):
-        self.base, self.timeout = base, timeout
+    def __init__(self, base: str, timeout: float = 60.0, page: int = 1000):
+        self.base, self.timeout, self.page = base, timeout, page
 
     def _get(self, path: str, accept: str) -> tuple[bytes, str]:
         url = f"{self.base}{path}"
@@ -375,7 +390,16 @@ class DicomWebPacs:
             raise InputError(url, f"DICOMweb server unreachable: {getattr(reason, 'strerror', None) or reason}") from exc
 
     def qido(self, path: str, params: dict[str, str]) -> list[Dataset]:
-        """A QIDO-RS search (``/studies``, ``/studies/X/series`` ...) as datasets."""
+        """A QIDO-RS search (``/studies``, ``/studies/X/series`` ...) as datasets, paged by ``limit``/``offset``
+        (servers cap the size of an answer; a page shorter than ``self.page`` is the last)."""
+        out: list[Dataset] = []
+        while True:
+            page = self._qido_page(path, {**params, "limit": str(self.page), "offset": str(len(out)) if out else ""})
+            out += page
+            if len(page) < self.page:
+                return out
+
+    def _qido_page(self, path: str, params: dict[str, str]) -> list[Dataset]:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v}, safe="*,?")  # some servers do not decode %2A
         body, _ = self._get(f"{path}?{query}" if query else path, "application/dicom+json")
         if not body.strip():
@@ -449,7 +473,14 @@ def _study_keys(query: PullQuery) -> dict[str, str]:
 
 
 def plan_dimse(pacs: DimsePacs, query: PullQuery) -> list[SeriesPlan]:
-    """C-FIND studies, their series and instances matching ``query``."""
+    """C-FIND studies, their series and instances matching ``query`` (on one association)."""
+    try:
+        return _plan_dimse(pacs, query)
+    finally:
+        pacs.close()
+
+
+def _plan_dimse(pacs: DimsePacs, query: PullQuery) -> list[SeriesPlan]:
     plans = []
     for study in pacs.find("STUDY", _study_keys(query)):
         study_uid = _s(study, "StudyInstanceUID")
