@@ -117,3 +117,26 @@ def test_local_glcm_in_small_windows_equals_the_glcm_of_each_window(phantom):
         alone = local_glcm_maps(window, (9, 9, 9), roi, GLCM_FEATURES)
         for f in GLCM_FEATURES:
             assert maps[f][z, y, x] == pytest.approx(alone[f][z, y, x], rel=1e-9, abs=1e-12), f
+
+
+def test_featuremap_cli_filters_first_with_a_config(phantom, tmp_path):
+    """--config applies the YAML's filter: a local mean of a 3-voxel mean-filtered image, checked with numpy."""
+    from scipy import ndimage
+
+    import nibabel as nib
+
+    from nmkit.cli import main
+
+    root, image, mask = phantom
+    cfg = tmp_path / "mean.yaml"
+    cfg.write_text("filter: {kind: mean, support: 3, boundary: nearest}\n")
+    out = tmp_path / "maps"
+    assert main(["featuremap", "--image", str(root / "image/phantom.nii.gz"), "--radius-mm", "0.9",
+                 "--features", "mean", "--config", str(cfg), "--out", str(out)]) == 0
+    got = np.asarray(nib.load(str(out / "featuremap_mean.nii.gz")).dataobj).transpose(2, 1, 0)
+    expected = ndimage.uniform_filter(np.asarray(image.array, float), 3, mode="nearest")  # radius 0.9 mm < half a voxel: the window is the voxel
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    no_filter = tmp_path / "none.yaml"
+    no_filter.write_text("base: ibsi-b\n")
+    assert main(["featuremap", "--image", str(root / "image/phantom.nii.gz"), "--config", str(no_filter),
+                 "--out", str(tmp_path / "x")]) != 0

@@ -6,8 +6,8 @@ Examples::
     nmkit featuremap --image ct_dicom/ --mask rtstruct.dcm --roi 'GTV*' --features mean,sd,kurt,p90 --out maps/
     nmkit featuremap --image ct.nii.gz --mask gtv.nii.gz --config log.yaml --out maps/   # maps of a LoG response
 
-Every ROI voxel gets the statistic of the voxels in a box of 2 r + 1 voxels per axis around it, r = round(radius /
-spacing) (nmkit.radiomics.featuremap); voxels outside the ROI are NaN. ``cm_*`` features are local GLCM features
+Every ROI voxel gets the statistic of the voxels in a box of 2 r + 1 voxels per axis around it, r = floor(radius /
+spacing + 0.5) (nmkit.radiomics.featuremap); voxels outside the ROI are NaN. ``cm_*`` features are local GLCM features
 (distance 1, symmetric, the 13 directions merged; in-plane when the window is one slice thick) of grey levels
 discretised over the ROI (``--bins`` / ``--bin-width``). ``--within-roi`` keeps only ROI voxels in the
 windows. ``--config`` applies the ``filter:`` section of a radiomics YAML (IBSI-2 filter on the image's own grid)

@@ -1,8 +1,8 @@
 """Voxel-wise feature maps: IBSI-1 first-order statistics in a sliding neighbourhood around every ROI voxel.
 
 Why: a map of local mean / variance / skewness ... (LIFEx "texture maps") shows where in a lesion a feature comes
-from, for reports and viewers. The neighbourhood is a box of ``2 r + 1`` voxels per axis, ``r = round(radius_mm /
-spacing)`` (r = 0 along an axis whose spacing exceeds the radius: 2D maps on thick slices). Only voxels inside the
+from, for reports and viewers. The neighbourhood is a box of ``2 r + 1`` voxels per axis, ``r = floor(radius_mm /
+spacing + 0.5)`` (r = 0 along an axis whose spacing exceeds the radius: 2D maps on thick slices). Only voxels inside the
 image count, and with ``within_roi`` only voxels inside the ROI: every statistic is that of the voxels the window
 holds, as ``intensity.statistics_features`` defines it (population moments, numpy's linear percentiles).
 Moments come from box sums (exact up to round-off); percentiles from the gathered windows of the ROI voxels.
@@ -10,6 +10,7 @@ Moments come from box sums (exact up to round-off); percentiles from the gathere
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -27,7 +28,7 @@ def half_widths(radius_mm: float, spacing_xyz: tuple[float, ...]) -> tuple[int, 
     """Window half-widths in voxels, numpy order (z, y, x)."""
     if not radius_mm > 0:
         raise InputError(None, f"feature-map radius must be a positive number of mm, got {radius_mm}")
-    return tuple(int(round(radius_mm / float(s))) for s in spacing_xyz[::-1])  # type: ignore[return-value]
+    return tuple(int(math.floor(radius_mm / float(s) + 0.5)) for s in spacing_xyz[::-1])  # type: ignore[return-value]
 
 
 def _box_sum(a: np.ndarray, r: tuple[int, ...]) -> np.ndarray:
