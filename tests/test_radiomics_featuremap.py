@@ -3,7 +3,6 @@ computation with the IBSI-1 statistics of nmkit.radiomics.intensity, on the IBSI
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
