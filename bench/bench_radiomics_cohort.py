@@ -1,5 +1,6 @@
-"""Cohort radiomics throughput and memory: a synthetic PET cohort of ``--rois`` ROIs on disk, extracted with 1 and 2
-local worker processes and on a Dask LocalCluster of 1 and 2 single-threaded worker processes.
+"""Cohort radiomics throughput and memory: a synthetic PET cohort of ``--rois`` ROIs on disk, extracted serially
+(``--workers 1``: in the parent process), by a pool of 2 local worker processes and on a Dask LocalCluster of 1 and
+2 single-threaded worker processes.
 
     .venv/bin/python bench/bench_radiomics_cohort.py [--rois 1000] [--per-case 4] [--workers 1 2] [--folder /tmp/x]
 
@@ -130,7 +131,8 @@ def run_mode(table: Path, mode: str, workers: int, out_dir: Path) -> dict:
     if cluster is not None:
         cluster.close()
     q = max(1, len(rss) // 4)
-    return {"mode": f"{'local processes' if mode == 'local' else 'dask LocalCluster'}", "workers": workers,
+    label = "dask LocalCluster" if mode == "dask" else ("serial, in the parent" if workers == 1 else "local process pool")
+    return {"mode": label, "workers": workers,
             "rois": len(result.table), "failures": len(result.failures), "wall_s": wall, "rois_per_s": len(result.table) / wall,
             "rss_first_q_mib": statistics.median(rss[q:2 * q] or rss), "rss_last_q_mib": statistics.median(rss[-q:]),
             "rss_peak_mib": max(rss), "load": (load_before, os.getloadavg()[0])}

@@ -75,7 +75,7 @@ def _logged_cases(log: Path) -> int:
     return sum(1 for line in log.read_text().splitlines() if line.startswith('{"key"'))
 
 
-def test_killed_cli_run_resumes_to_the_uninterrupted_table(cohort, tmp_path):
+def test_killed_cli_run_resumes_to_the_uninterrupted_table(cohort, tmp_path, capsys):
     """SIGKILL the CLI after a few logged cases; the re-run computes only the rest and writes the same table."""
     from nmkit.radiomics.cohort import extract_cohort
     from nmkit.radiomics.resume import partial_path
@@ -97,6 +97,8 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_table(cohort, tmp_path):
     from nmkit.cli import main
 
     assert main(args[3:]) == 0  # the same command again (in this process: no second interpreter start)
+    assert f"{done_before} of {N_CASES} case(s) taken from" in capsys.readouterr().out
+    assert json.loads(Path(str(out) + ".provenance.json").read_text())["resumed_cases"] == done_before
     assert _logged_cases(log) == N_CASES  # only the missing cases were added to the log
 
     reference = extract_cohort(cohort, _config(cohort), progress=False).table  # uninterrupted, no log

@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     failures: list = []
     selection: dict = {}
+    resumed = 0
     if args.image:
         if not args.mask:
             raise InputError(None, "--mask is required with --image")
@@ -216,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
                                 progress=not args.no_progress, roi=roi, diagnostics=args.diagnostics,
                                 partial=None if args.no_resume else partial_path(out), restart=args.restart)
         table, failures = result.table, result.failures  # each failure was logged once by extract_cohort
+        resumed = result.resumed
+        if resumed:
+            print(f"{result.resumed} of {len(cases)} case(s) taken from {partial_path(out)} (finished by an earlier run)")
         case_columns = [c for c in cases.columns if c != "masks"]
     if not len(table):
         table = pd.DataFrame(columns=["patient_id", "image", "segment_number", "structure", "label_value", "mask_file"])
@@ -231,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         Path(str(target) + ".units.json").write_text(json.dumps(_patient_units(summary, units["image_units"]), indent=1))
         extra_out = f"; {len(summary)} patient/scan row(s) to {target}"
     prov = provenance(config.to_dict(), inputs, n_rows=int(len(table)), failures=failures,
-                      **({"selection": selection} if selection else {}))
+                      **({"selection": selection} if selection else {}), **({"resumed_cases": resumed} if resumed else {}))
     Path(str(out) + ".provenance.json").write_text(json.dumps(prov, indent=2, default=str))
     print(f"wrote {len(table)} row(s) to {out}{extra_out}" + (f"; {len(failures)} case(s) failed (see log)" if failures else ""))
     return 0 if not failures or len(table) else 1

@@ -48,6 +48,7 @@ ID_COLUMNS = ("patient_id", "study_uid", "series_uid", "roi", "segment_number", 
 class CohortResult:
     table: Any  # pandas.DataFrame, one row per extracted ROI
     failures: list[dict[str, str]] = field(default_factory=list)
+    resumed: int = 0  # cases taken from the partial store (not recomputed)
 
 
 def _is_blank(v: Any) -> bool:
@@ -519,7 +520,7 @@ def extract_cohort(cases, config: RadiomicsConfig, n_workers: int = 1, scheduler
             store.close()
     table = pd.DataFrame([row for i in sorted(rows) for row in rows[i]])
     failures.sort(key=lambda f: (int(f["index"]), f["roi"]))
-    return CohortResult(table=table, failures=failures)
+    return CohortResult(table=table, failures=failures, resumed=len(all_records) - len(todo))
 
 
 def _open_store(partial: str | Path | None, restart: bool, cfg_dict: Mapping[str, Any], records: list[dict[str, Any]],
