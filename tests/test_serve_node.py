@@ -221,3 +221,33 @@ def test_every_corpus_file_gets_a_proper_status(external_data, tmp_path):
         assert echo(n.port)[1] == 0x0000
     finally:
         n.stop()
+
+
+def test_group_commit_records_every_concurrent_store(tmp_path):
+    import threading
+
+    store = Store(tmp_path / "g.sqlite")
+    errors: list = []
+
+    def record(i: int) -> None:
+        try:
+            out = store.record_received(sop_uid=f"1.2.{i}", instances=["a"], series_uid=f"9.{i % 3}", study_uid="8", path=f"/x/{i}",
+                                        sop_class_uid="1", calling_ae="SCU", called_ae="A")
+            assert out == ["new"]
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.query("SELECT COUNT(*) AS n FROM received")[0]["n"] == 40
+    assert sorted(r["n"] for r in store.query("SELECT n FROM series")) == [13, 13, 14]
+    # a commit that fails reaches its caller (who answers 0xA700), and the store keeps working
+    with pytest.raises(TypeError):
+        store.record_received(sop_uid="1.2.x", instances=["a"], series_uid="9.0", study_uid="8", path="/x/x", sop_class_uid="1",
+                              calling_ae="SCU", called_ae="A", colour="red")
+    assert store.record_received(sop_uid="1.2.y", instances=["a"], series_uid="9.0", study_uid="8", path="/x/y", sop_class_uid="1",
+                                 calling_ae="SCU", called_ae="A") == ["new"]

@@ -79,6 +79,9 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._timeout = busy_timeout_s
+        self._batch_lock = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self._leading = False
         self._conn().executescript(SCHEMA)  # executescript manages its own transaction
 
     def _conn(self) -> sqlite3.Connection:
@@ -113,37 +116,69 @@ class Store:
             self._local.conn = None
 
     # ----- reception ----------------------------------------------------------------------------
-    def record_received(self, *, sop_uid: str, instances: list[str], series_uid: str, study_uid: str, path: str,
-                        sop_class_uid: str, calling_ae: str, called_ae: str, when: float | None = None,
-                        resend_policy: str = "new_revision") -> list[str]:
+    def record_received(self, **kw: Any) -> list[str]:
         """Record a durably written file for each routed instance and touch its series (quiet-period clock).
 
-        An identical duplicate (same SOP Instance UID and file) changes nothing. A *re-sent* image (same UID, other
-        content, hence another path) replaces the stored one and makes a new series revision (a new job) under
-        ``resend_policy="new_revision"``; under ``"ignore"`` the first version is kept. Returns what happened per
-        instance: ``new``, ``duplicate``, ``resent`` or ``ignored``."""
+        Keywords: sop_uid, instances, series_uid, study_uid, path, sop_class_uid, calling_ae, called_ae, when,
+        resend_policy. An identical duplicate (same SOP Instance UID and file) changes nothing. A *re-sent* image (same
+        UID, other content, hence another path) replaces the stored one and makes a new series revision (a new job)
+        under ``resend_policy="new_revision"``; under ``"ignore"`` the first version is kept. Returns what happened
+        per instance: ``new``, ``duplicate``, ``resent`` or ``ignored``.
+
+        Group commit: records arriving at the same time from several associations share one transaction (one WAL
+        fsync); each caller returns only once its record is committed, or raises if the shared commit failed."""
+        item: dict[str, Any] = {"kw": kw, "done": threading.Event(), "result": None, "error": None}
+        with self._batch_lock:
+            self._pending.append(item)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            while True:
+                with self._batch_lock:
+                    batch, self._pending = self._pending, []
+                    if not batch:
+                        self._leading = False
+                        break
+                try:
+                    with self.tx() as c:
+                        results = [self._record(c, **it["kw"]) for it in batch]
+                    for it, r in zip(batch, results):
+                        it["result"] = r
+                except BaseException as exc:  # noqa: BLE001 - every caller of the failed commit gets the error
+                    for it in batch:
+                        it["error"] = exc
+                for it in batch:
+                    it["done"].set()
+        item["done"].wait()
+        if item["error"] is not None:
+            raise item["error"]
+        return item["result"]
+
+    @staticmethod
+    def _record(c: sqlite3.Connection, *, sop_uid: str, instances: list[str], series_uid: str, study_uid: str, path: str,
+                sop_class_uid: str, calling_ae: str, called_ae: str, when: float | None = None,
+                resend_policy: str = "new_revision") -> list[str]:
         when = time.time() if when is None else when
         outcome = []
-        with self.tx() as c:
-            for inst in instances:
-                old = c.execute("SELECT path FROM received WHERE sop_uid=? AND instance=?", (sop_uid, inst)).fetchone()
-                if old is not None and old["path"] == path:
-                    outcome.append("duplicate")  # nothing new to interpret
-                    continue
-                if old is not None and resend_policy == "ignore":
-                    outcome.append("ignored")
-                    continue
-                if old is None:
-                    c.execute("INSERT INTO received VALUES (?,?,?,?,?,?,?,?,?)",
-                              (sop_uid, inst, series_uid, study_uid, path, sop_class_uid, calling_ae, called_ae, when))
-                else:
-                    c.execute("UPDATE received SET path=?, received_at=?, calling_ae=? WHERE sop_uid=? AND instance=?",
-                              (path, when, calling_ae, sop_uid, inst))
-                outcome.append("new" if old is None else "resent")
-                c.execute("""INSERT INTO series(series_uid, instance, study_uid, first_at, last_at, n, revision) VALUES (?,?,?,?,?,1,0)
-                             ON CONFLICT(series_uid, instance) DO UPDATE SET last_at=excluded.last_at, n=n+?,
-                             revision = CASE WHEN queued_revision = revision THEN revision + 1 ELSE revision END""",
-                          (series_uid, inst, study_uid, when, when, 1 if old is None else 0))
+        for inst in instances:
+            old = c.execute("SELECT path FROM received WHERE sop_uid=? AND instance=?", (sop_uid, inst)).fetchone()
+            if old is not None and old["path"] == path:
+                outcome.append("duplicate")  # nothing new to interpret
+                continue
+            if old is not None and resend_policy == "ignore":
+                outcome.append("ignored")
+                continue
+            if old is None:
+                c.execute("INSERT INTO received VALUES (?,?,?,?,?,?,?,?,?)",
+                          (sop_uid, inst, series_uid, study_uid, path, sop_class_uid, calling_ae, called_ae, when))
+            else:
+                c.execute("UPDATE received SET path=?, received_at=?, calling_ae=? WHERE sop_uid=? AND instance=?",
+                          (path, when, calling_ae, sop_uid, inst))
+            outcome.append("new" if old is None else "resent")
+            c.execute("""INSERT INTO series(series_uid, instance, study_uid, first_at, last_at, n, revision) VALUES (?,?,?,?,?,1,0)
+                         ON CONFLICT(series_uid, instance) DO UPDATE SET last_at=excluded.last_at, n=n+?,
+                         revision = CASE WHEN queued_revision = revision THEN revision + 1 ELSE revision END""",
+                      (series_uid, inst, study_uid, when, when, 1 if old is None else 0))
         return outcome
 
     def record_unrouted(self, *, sop_uid: str, path: str, reason: str, sop_class_uid: str, calling_ae: str, called_ae: str,
@@ -372,10 +407,24 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def _make_dirs_durably(folder: Path) -> None:
+    """Create missing folders and fsync each new one's parent, so that a new folder survives a power cut too."""
+    if folder.is_dir():
+        return
+    missing = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for new in reversed(missing):
+        fsync_dir(new.parent)
+
+
 def write_durably(data: bytes | list, final: Path) -> None:
     """Write ``data`` (bytes, or a list of byte buffers written in turn) to ``final`` atomically and durably:
     temp file, fsync, rename, fsync folder."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs_durably(final.parent)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
