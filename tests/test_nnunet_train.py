@@ -123,6 +123,10 @@ def test_two_channel_bundle_round_trip_offline(trained, tmp_path: Path, monkeypa
     assert main(["predict", str(bundle), str(pet_only), "--split", "all", "--out", str(tmp_path / "p2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no row of modality CT" in err[0]
+    # files: PET and CT in groups; a lone PET file is one message saying so
+    assert main(["predict", str(bundle), str(data / "s3" / "pet.nii.gz"), "--out", str(tmp_path / "p3")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "takes 2 channels (PT, CT)" in err[0] and "groups of 2" in err[0]
 
 
 @pytest.mark.slow
