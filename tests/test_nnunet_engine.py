@@ -41,3 +41,22 @@ def test_bad_results_folders_one_clear_message(tmp_path: Path) -> None:
         load_nnunet(tmp_path / "nowhere")
     with pytest.raises(InputError, match="cannot be loaded safely"):  # a corrupt (or code-carrying) checkpoint
         load_nnunet(folder, folds=[0])
+
+
+def test_training_worker_refuses_every_connection() -> None:
+    """nnU-Net trains in a child process (its folders are import-time environment variables); that process blocks
+    the network itself, so the in-process socket patch of the train test also holds there."""
+    import subprocess
+    import sys
+
+    code = ("from nmkit.segment.engines.nnunet_worker import block_network; block_network()\n"
+            "import socket, urllib.request\n"
+            "for attempt in (lambda: socket.create_connection(('127.0.0.1', 9), timeout=1),\n"
+            "                lambda: socket.socket().connect(('127.0.0.1', 9)),\n"
+            "                lambda: urllib.request.urlopen('http://127.0.0.1:9/', timeout=1)):\n"
+            "    try:\n"
+            "        attempt()\n"
+            "    except OSError as exc:\n"
+            "        print('refused:', 'offline by design' in str(exc))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.split("\n")
+    assert [line for line in out if line] == ["refused: True"] * 3

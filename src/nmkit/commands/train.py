@@ -114,6 +114,9 @@ def run_nnunet(args: argparse.Namespace) -> int:
     if any(f < 0 for f in args.folds):
         raise InputError(None, f"--folds must be non-negative; got {' '.join(map(str, args.folds))}")
     table = read_manifest(args.manifest, require=("image", "split"))
+    table = table[table["split"].astype(str).str.strip() != "test"]  # test rows never reach nnU-Net (nor its fingerprint)
+    if table.empty:
+        raise InputError(args.manifest, "no train/val rows (every row is in split 'test')")
     channels = list(args.channels or ["image"])
     print(f"training nnU-Net v2 ({args.configuration}, folds {' '.join(map(str, args.folds))}, channels {', '.join(channels)}) "
           f"for {args.epochs} epochs x {args.iterations} iterations")
