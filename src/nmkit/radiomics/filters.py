@@ -501,8 +501,76 @@ def _rotations(dims: str) -> list[tuple[tuple[int, int, int], tuple[bool, bool, 
     return out
 
 
+def _odd(k: np.ndarray) -> np.ndarray:
+    """An even-length kernel with one trailing zero: its reverse is then a flip about the same centre tap."""
+    return np.append(k, 0.0) if k.size % 2 == 0 else k
+
+
+def _axis_chains(spec: FilterSpec) -> list[list[np.ndarray]] | None:
+    """Per numpy axis (z, y, x) the 1D kernels a linear separable 3D filter applies along it, in order; None for
+    filters that are not (Gabor, Fourier filters) or whose chains the fast pooling does not cover."""
+    if spec.dims != "3D":
+        return None
+    if spec.kind == "wavelet":
+        lo, hi = _wavelet_filters(spec.wavelet)
+        letters = spec.decomposition.upper()[::-1]  # numpy order (z, y, x)
+        chains = []
+        for c in letters:
+            chain = []
+            for level in range(1, spec.level + 1):
+                step = 2 ** (level - 1)
+                k = lo if (level < spec.level or c == "L") else hi
+                d = np.zeros(k.size * step)
+                d[::step] = k
+                chain.append(_odd(d))
+            chains.append(chain)
+        return chains
+    if spec.kind == "laws":
+        return [[_odd(k)] for k in _laws_kernels(spec.kernel, 3)[::-1]]
+    return None
+
+
+def _average_pooled_separable(img: np.ndarray, spec: FilterSpec) -> np.ndarray | None:
+    """Average over the 24 right-angle rotations of a linear separable filter, in a few separable passes.
+
+    A rotation maps each axis's kernel chain to another axis, reversed or not. Rotations that give the axes the
+    same chains (axis permutations that only swap equal chains) come in pairs of opposite parity, and together
+    cover every reversal pattern: their sum factorises into (chain + reversed chain) along each axis. Equal to
+    rotating the image 24 times (the boundary conditions are flip-symmetric); None when some chains differ on
+    every axis (e.g. Laws E5L5S5), where the rotations are computed one by one."""
+    chains = _axis_chains(spec)
+    if chains is None:
+        return None
+    keys = [tuple(k.tobytes() for k in ch) for ch in chains]
+    groups: dict[tuple, list[int]] = {}
+    for perm in itertools.permutations(range(3)):
+        inverse = np.argsort(perm)
+        assignment = tuple(keys[inverse[b]] for b in range(3))
+        parity = int(round(np.linalg.det(np.eye(3)[list(perm)])))
+        groups.setdefault(assignment, []).append(parity)
+    if any(sum(p) != 0 for p in groups.values()):
+        return None
+    by_key = dict(zip(keys, chains))
+    acc = np.zeros(img.shape)
+    for assignment, parities in groups.items():
+        term = img
+        for axis, key in enumerate(assignment):
+            chain = by_key[key]
+            fwd, rev = term, term
+            for k in chain:
+                fwd = _separable(fwd, {axis: k}, spec.boundary)
+                rev = _separable(rev, {axis: k[::-1]}, spec.boundary)
+            term = fwd + rev
+        acc += (len(parities) / 2) * term
+    return acc / 24.0
+
+
 def _pooled(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np.ndarray:
     """Response pooled (max or average) over right-angle rotations of the image."""
+    if spec.rotation == "average":
+        fast = _average_pooled_separable(img, spec)
+        if fast is not None:
+            return fast
     acc = None
     rots = _rotations(spec.dims)
     for perm, flips in rots:
