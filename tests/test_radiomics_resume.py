@@ -194,3 +194,20 @@ def test_resume_with_process_pool_and_dask(cohort, tmp_path, where):
     assert _logged_cases(log) == N_CASES
     fresh = extract_cohort(cases, config, progress=False, partial=tmp_path / "fresh.jsonl")
     pd.testing.assert_frame_equal(resumed.table, fresh.table)
+
+
+def test_a_second_run_on_the_same_log_fails_at_once(cohort, tmp_path):
+    """Two runs appending to one log would interleave lines: the second one stops with a clear error."""
+    from nmkit.errors import InputError
+    from nmkit.radiomics.cohort import extract_cohort
+    from nmkit.radiomics.resume import PartialStore
+
+    log = tmp_path / "out.csv.partial.jsonl"
+    first = PartialStore(log, "0" * 16)
+    first.open()
+    try:
+        with pytest.raises(InputError, match="another nmkit radiomics run is writing"):
+            extract_cohort(cohort, _config(cohort), progress=False, partial=log)
+    finally:
+        first.close()
+    assert len(extract_cohort(cohort, _config(cohort), progress=False, partial=log).table) == 2 * N_CASES

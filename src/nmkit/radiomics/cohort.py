@@ -532,10 +532,12 @@ def _open_store(partial: str | Path | None, restart: bool, cfg_dict: Mapping[str
     from .resume import PartialStore, case_key
 
     chash = config_hash(dict(cfg_dict))
+    keys = [case_key(rec, chash, options) for rec in records]
     store = PartialStore(partial, chash)
     if restart:
         store.clear()
-    return store, [case_key(rec, chash, options) for rec in records]
+    store.open()  # locked for this run: a concurrent run on the same output fails at once
+    return store, keys
 
 
 def _collect_logged(i: int, logged: Mapping[str, Any], rows: dict[int, list[dict[str, Any]]], fail) -> None:

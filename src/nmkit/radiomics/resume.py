@@ -88,13 +88,34 @@ class PartialStore:
                     done[entry["key"]] = {"rows": entry.get("rows", []), "errors": entry.get("errors", [])}
         return done
 
+    def open(self) -> None:
+        """Open the log for appending, holding an exclusive lock (POSIX ``flock``) until :meth:`close`: a second run
+        writing the same log at the same time would interleave lines, so it fails at once instead."""
+        if self._fh is not None:
+            return
+        from ..errors import InputError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a", encoding="utf-8")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                fh.close()
+                raise InputError(self.path, "another nmkit radiomics run is writing this log of finished cases; "
+                                            "wait for it to end or write to another --out") from exc
+        if fh.tell() == 0:
+            fh.write(json.dumps({"schema": SCHEMA}) + "\n")
+            fh.flush()
+        self._fh = fh
+
     def append(self, key: str, index: int, result: Mapping[str, Any]) -> None:
         """Log one finished case durably (flushed and fsynced before returning)."""
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
-            if self._fh.tell() == 0:
-                self._fh.write(json.dumps({"schema": SCHEMA}) + "\n")
+        self.open()
         entry = {"key": key, "config_hash": self.config_hash, "index": index, "rows": result["rows"],
                  "errors": result.get("errors", [])}
         self._fh.write(json.dumps(entry, default=_plain) + "\n")
@@ -103,6 +124,7 @@ class PartialStore:
         self.done[key] = {"rows": json.loads(json.dumps(entry["rows"], default=_plain)), "errors": entry["errors"]}
 
     def close(self) -> None:
+        """Close the log (releasing its lock)."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
