@@ -158,3 +158,17 @@ def test_results_folder_and_zip_equal_nnunet_offline(trained, tmp_path: Path, mo
     assert main(["predict", str(results), *inputs, "--out", str(tmp_path / "f"), "--folds", "0", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fold_1/checkpoint_final.pth" in err[0] and "available folds: 0" in err[0]
+
+
+def test_splits_from_the_case_table() -> None:
+    """Fold 0 from train/val; fold k from the fold column (train on the other folds); folds > 0 without it: an error."""
+    from nmkit.errors import InputError
+    from nmkit.segment.engines.nnunet_train import make_splits
+
+    cases = [{"id": f"c{i}", "case_id": str(i), "split": "train" if i < 3 else "val", "fold": ""} for i in range(4)]
+    assert make_splits(cases, [0], "t.csv") == [{"train": ["c0", "c1", "c2"], "val": ["c3"]}]
+    with pytest.raises(InputError, match="need a fold column"):
+        make_splits(cases, [0, 1], "t.csv")
+    cases = [{"id": f"c{i}", "case_id": str(i), "split": "train", "fold": str(i % 2)} for i in range(4)]
+    assert make_splits(cases, [0, 1], "t.csv") == [{"train": ["c1", "c3"], "val": ["c0", "c2"]},
+                                                   {"train": ["c0", "c2"], "val": ["c1", "c3"]}]

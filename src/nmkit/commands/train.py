@@ -124,7 +124,7 @@ def run_nnunet(args: argparse.Namespace) -> int:
                        configuration=args.configuration, folds=args.folds, epochs=args.epochs, iterations=args.iterations,
                        val_iterations=args.val_iterations, device=args.device, name=args.name, version=args.version,
                        threads=args.threads)
-    print(f"bundle written to {out}")
+    print(f"bundle written to {out} (nnU-Net's log: {out / 'nnunet_train.log'})")
     return 0
 
 

@@ -88,6 +88,9 @@ def write_raw_dataset(table, raw_root: Path, dataset_id: int, dataset_name: str,
 
 def make_splits(cases: list[dict[str, Any]], folds: Sequence[int], where: str | Path) -> list[dict[str, list[str]]]:
     """nnU-Net's splits_final.json: fold k validates on the rows whose ``fold`` is k, else (fold 0) on split ``val``."""
+    if max(folds) > 0 and not any(c["fold"] for c in cases):
+        raise InputError(where, f"--folds {' '.join(map(str, folds))}: folds other than 0 need a fold column in the case "
+                                "table (fold 0 uses the train/val splits)")
     splits = []
     for k in range(max(folds) + 1):
         by_fold = [c["id"] for c in cases if c["fold"] == str(k)]
