@@ -217,17 +217,8 @@ def _pad(img: np.ndarray, widths: Mapping[int, int], boundary: str) -> tuple[np.
     """``img`` padded by ``widths[axis]`` on both sides following the boundary condition, and the slice back."""
     pw = [(widths.get(a, 0), widths.get(a, 0)) for a in range(img.ndim)]
     mode = _NUMPY_PAD[boundary]
-    padded = np.pad(img, pw, mode=mode) if mode != "constant" else np.pad(img, pw, mode="constant")
+    padded = np.pad(img, pw, mode=mode)
     return padded, tuple(slice(p, p + n) for (p, _), n in zip(pw, img.shape))
-
-
-def _fft_convolve(img: np.ndarray, kernel: np.ndarray, axes: tuple[int, ...], boundary: str) -> np.ndarray:
-    """``img`` convolved with an odd-sized (complex) kernel over ``axes``, padded per the boundary condition."""
-    from scipy import signal
-
-    half = {a: kernel.shape[a] // 2 for a in axes}
-    padded, _ = _pad(img, half, boundary)
-    return signal.fftconvolve(padded, kernel, mode="valid", axes=axes)
 
 
 def _freq_grid(shape: tuple[int, ...], axes: tuple[int, ...], consensus: bool = False) -> list[np.ndarray]:
@@ -334,10 +325,19 @@ def _gabor_plane(img: np.ndarray, spec: FilterSpec, plane_spacing: tuple[float, 
         # theta + pi conjugates the response of a real image: same modulus, so half the circle suffices
         n = n // 2 if n % 2 == 0 else n
         thetas = [spec.theta + k * spec.delta_theta for k in range(n)]
+    from scipy import fft
+
+    kernels = [_gabor_kernel(spec, plane_spacing, th) for th in thetas]
+    ry, rx = kernels[0].shape[0] // 2, kernels[0].shape[1] // 2
+    padded, _ = _pad(img, {1: ry, 2: rx}, spec.boundary)
+    # one forward FFT of the padded slices for every orientation; circular convolution on a grid at least as large
+    # as the padded slice equals the linear one on the valid part (no output index wraps)
+    shape = (fft.next_fast_len(padded.shape[1]), fft.next_fast_len(padded.shape[2]))
+    spectrum = fft.fft2(padded, s=shape, axes=(1, 2))
+    valid = (slice(None), slice(2 * ry, 2 * ry + img.shape[1]), slice(2 * rx, 2 * rx + img.shape[2]))
     acc = None
-    for th in thetas:
-        k = _gabor_kernel(spec, plane_spacing, th)[None]
-        resp = np.abs(_fft_convolve(img, k, (1, 2), spec.boundary))
+    for k in kernels:
+        resp = np.abs(fft.ifft2(spectrum * fft.fft2(k, s=shape)[None], axes=(1, 2))[valid])
         if acc is None:
             acc = resp
         elif spec.rotation == "max":
