@@ -117,6 +117,15 @@ def test_two_channel_bundle_round_trip_offline(trained, tmp_path: Path, monkeypa
     assert ours.shape == (16, 32, 32) and np.array_equal(ours, ref)
     rows = (out / "dataset.csv").read_text()
     assert "s3_pet" in rows and "model:bundle@1.0.0" in rows
+    # server instances load models through the same loader: registration keeps the nnU-Net weights
+    from nmkit.serve.registry import Registry
+    from nmkit.serve.worker import cached_bundle
+
+    registry = Registry(tmp_path / "registry")
+    version = registry.register("lesions", bundle)
+    served = cached_bundle(str(registry.path("lesions", version)), "cpu")
+    assert served.labels == {1: "lesion"} and served.channels == ["PT", "CT"]
+    assert served.identity["sha256"]["fold_0/checkpoint_final.pth"] == desc["checksums_sha256"]["nnunet/fold_0/checkpoint_final.pth"]
     # the bundle on a table without CT rows: one clear message naming the missing channel
     pet_only = _pet_ct_table(tmp_path / "pet_only", channels=("PT",))
     capsys.readouterr()

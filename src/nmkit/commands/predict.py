@@ -157,6 +157,17 @@ def _write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
     return sidecar
 
 
+def seg_algorithm_version(bundle) -> str:
+    """The SEG's algorithm version: the model's version, with the first 8 hex digits of its weights' SHA-256 when the
+    engine records one (nnU-Net, MONAI bundles) and the version does not already carry them (DICOM LO: 64 characters)."""
+    version = str(bundle.version)
+    identity = getattr(bundle, "identity", None) or {}
+    digest = str(identity.get("model_sha256") or "")[:8]
+    if digest and digest not in version:
+        version = f"{version} sha256:{digest}"
+    return version[:64]
+
+
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """Options for foreign engines (nnU-Net folds and checkpoint); only those the user gave."""
     options: dict[str, Any] = {}
@@ -244,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
 
                     algorithm = bundle.name if head is None else f"{bundle.name} ({head})"
                     write_seg(mask, load_image(path, suv=suv) if image.array.ndim > image.ndim_spatial else image,
-                              out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=bundle.version)
+                              out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=seg_algorithm_version(bundle))
             rows.append({"case_id": case_id, **image_fields(image, source, case_id), "image": str(path.resolve()),
                          "masks": refs, "reader": reader_id(bundle, heads[0] if len(heads) == 1 else None), "suv": suv or "",
                          **head_columns})

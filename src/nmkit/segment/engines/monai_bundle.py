@@ -163,8 +163,11 @@ def load_monai_bundle(path: str | Path, device: str | None = None, checkpoint: s
     checksums = {str(p.relative_to(path)): sha256(p) for p in (config_file, meta_file, weights) if p.is_file()}
     bundle_name = name or str(meta.get("name") or path.name)
     version = str(meta.get("version") or "0")
+    from hashlib import sha256 as _h
+
     identity = {"engine": "monai-bundle", "bundle": str(path), "name": bundle_name, "version": version,
-                "config": str(config_file.relative_to(path)), "monai_version": meta.get("monai_version"), "sha256": checksums}
+                "config": str(config_file.relative_to(path)), "monai_version": meta.get("monai_version"), "sha256": checksums,
+                "model_sha256": _h(json.dumps(checksums, sort_keys=True).encode()).hexdigest()}
     model = MonaiBundleModel(path=path, name=bundle_name, version=version, label_names=_label_names(meta), channels=["image"],
                              description={"engine": "monai", "postprocessing": {}, "identity": identity})
     model.network, model.preprocess, model.inferer, model.postprocess, model.device = network, preprocess, inferer, postprocess, torch.device(device)
