@@ -85,8 +85,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return bundle, root / "data"
 
 
-def _reference(results: Path, data: Path, i: int, out: Path) -> np.ndarray:
-    """nnU-Net's own predictor (no mirroring) on PET + CT resampled onto the PET grid by SimpleITK (linear)."""
+def _reference(results: Path, data: Path, i: int, out: Path, mirroring: bool = False) -> np.ndarray:
+    """nnU-Net's own predictor on PET + CT resampled onto the PET grid by SimpleITK (linear)."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -94,7 +94,7 @@ def _reference(results: Path, data: Path, i: int, out: Path) -> np.ndarray:
     pet = sitk.ReadImage(str(data / f"s{i}" / "pet.nii.gz"))
     ct = sitk.Resample(sitk.ReadImage(str(data / f"s{i}" / "ct.nii.gz")), pet, sitk.Transform(), sitk.sitkLinear, 0.0)
     sitk.WriteImage(sitk.Cast(ct, sitk.sitkFloat32), str(out / f"ct{i}.nii.gz"))
-    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor = nnUNetPredictor(use_mirroring=mirroring, device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(results), use_folds=None)
     predictor.predict_from_files_sequential([[str(data / f"s{i}" / "pet.nii.gz"), str(out / f"ct{i}.nii.gz")]],
                                             [str(out / f"r{i}")], False, True)
@@ -155,6 +155,10 @@ def test_results_folder_and_zip_equal_nnunet_offline(trained, tmp_path: Path, mo
     assert identity["engine"] == "nnunet" and identity["folds"] == ["0"] and identity["configuration"] == "3d_fullres"
     assert identity["sha256"]["fold_0/checkpoint_final.pth"] == json.loads((bundle / "bundle.json").read_text())[
         "checksums_sha256"]["nnunet/fold_0/checkpoint_final.pth"]
+    # default test-time augmentation = nnU-Net's own mirroring
+    assert main(["predict", str(results), *inputs, "--out", str(tmp_path / "m")]) == 0
+    mirrored = _reference(results, data, 3, tmp_path / "ref_m", mirroring=True)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "m" / "pet.nii.gz"))), mirrored)
     archive = tmp_path / "model.zip"  # the layout of nnUNetv2_export_model_to_zip
     with zipfile.ZipFile(archive, "w") as zf:
         for f in results.rglob("*"):
