@@ -297,6 +297,10 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+OUTAGE_STUDIES = 50  # the acceptance: 50 studies, the PACS down for 2 minutes in the middle of the stream
+OUTAGE_SECONDS = 120
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(ORTHANC is None, reason="Orthanc not installed")
 def test_orthanc_outage_during_a_stream(tmp_path, bundle):
@@ -305,7 +309,7 @@ def test_orthanc_outage_during_a_stream(tmp_path, bundle):
     raw = config(tmp_path, dicom_port, registry(tmp_path / "reg", bundle), send_retry_base_seconds=1.0, send_max_backoff_seconds=4.0)
     raw["destinations"]["pacs"]["ae_title"] = "ORTHANC"
     cfg = parse_config(raw, None, tmp_path)
-    studies = [demo.thyroid_study(tmp_path / "in", s) for s in range(100, 110)]
+    studies = [demo.thyroid_study(tmp_path / "in", s) for s in range(100, 100 + OUTAGE_STUDIES)]
     try:
         with Server(cfg) as server:
             for i, st in enumerate(studies):
@@ -315,21 +319,22 @@ def test_orthanc_outage_during_a_stream(tmp_path, bundle):
                     _stop(orthanc)  # the PACS goes down in the middle of the stream
                     down = time.time()
                 time.sleep(0.5)
-            wait_for(lambda: len(server.store.jobs("done")) == 10, 120, "inference of all studies")
+            wait_for(lambda: len(server.store.jobs("done")) == OUTAGE_STUDIES, 300, "inference of all studies")
             assert not server.destination_state["pacs"]["reachable"]
-            time.sleep(max(0.0, 25 - (time.time() - down)))  # ~25 s outage
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.time() - down)))
             orthanc = _orthanc(tmp_path / "orthanc", dicom_port, http_port)
-            wait_for(lambda: _deliveries(server.store).get("sent") == 20, 60, "every result after the PACS returned")
+            wait_for(lambda: _deliveries(server.store).get("sent") == 2 * OUTAGE_STUDIES, 180,
+                     "every result after the PACS returned")
             jobs = server.store.jobs()
         studies_in_pacs = json.loads(_get(f"http://127.0.0.1:{http_port}/studies?expand")[1])
-        assert len(studies_in_pacs) == 10
+        assert len(studies_in_pacs) == OUTAGE_STUDIES
         for s in studies_in_pacs:
             assert len(s["Series"]) == 2  # SEG and SR, each once
         instances = json.loads(_get(f"http://127.0.0.1:{http_port}/instances")[1])
-        assert len(instances) == 20
-        assert [j.attempts for j in jobs] == [1] * 10  # inference once per study
+        assert len(instances) == 2 * OUTAGE_STUDIES
+        assert [j.attempts for j in jobs] == [1] * OUTAGE_STUDIES  # inference once per study
         sent_events = server.store.query("SELECT COUNT(*) AS n FROM sent")[0]["n"]
-        assert sent_events == 20
+        assert sent_events == 2 * OUTAGE_STUDIES
     finally:
         _stop(orthanc)
 
