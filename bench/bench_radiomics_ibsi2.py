@@ -97,7 +97,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--configs", nargs="+", default=[c for c in NMKIT_FILTERS if c != "5.B"],
-                    help="IBSI-2 3D configs (default all but 5.B, whose Gabor filter takes tens of seconds)")
+                    help="IBSI-2 3D configs (default all but 5.B, whose Gabor filter takes seconds per run on each side)")
     args = ap.parse_args()
     import dataclasses
 
