@@ -61,6 +61,7 @@ ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stay
     (("train",), "name"): "value",  # bundle name
     (("pull",), "db"): "output",  # the catalog a pull indexes into (created when missing)
     (("predict",), "checkpoint_name"): "value",  # nnU-Net checkpoint file name inside each fold_N (issue 23)
+    (("network",), "batch_col"): "value",  # a column name of the organ table (issue 17)
     # QC (issue #16): `qc trend` reads a history database; the other qc tests append to a history folder
     (("qc", "trend"), "history"): "input",
     **{(("qc", t), "history"): "output" for t in ("iq", "flood", "lines", "slit", "spect-resolution", "spect-uniformity")},
