@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--time", default=None, help="survival time column")
     p.add_argument("--event", default=None, help="event indicator column (1 = event, 0 = censored)")
     p.add_argument("--covariates", nargs="*", default=[], help="numeric clinical columns added to the model and used as baseline")
+    p.add_argument("--batch-col", default=None, metavar="COLUMN",
+                   help="ComBat-harmonise the features by this column (centre, scanner) inside every training fold of "
+                        "the nested CV (from the feature or the clinical table)")
     p.add_argument("--model", choices=("logistic", "random_forest", "cox"), default=None,
                    help="model (default: logistic for --target, cox for --time/--event)")
     p.add_argument("--k-features", type=int, nargs="+", default=[5, 10], help="candidate numbers of selected features")
@@ -65,19 +68,25 @@ def run(args: argparse.Namespace) -> int:
     missing = [c for c in outcome_cols + list(args.covariates) if c not in clin.columns]
     if missing:
         raise InputError(args.clinical, f"column(s) {missing} not found")
-    data = feats.merge(clin[[args.id, *outcome_cols, *args.covariates]], on=args.id, how="inner", suffixes=("", "_clinical"))
+    batch_from_clinical = bool(args.batch_col) and args.batch_col not in feats.columns
+    if batch_from_clinical and args.batch_col not in clin.columns:
+        raise InputError(args.clinical, f"--batch-col {args.batch_col!r} is a column of neither table")
+    extra = [args.batch_col] if batch_from_clinical else []
+    data = feats.merge(clin[[args.id, *outcome_cols, *args.covariates, *extra]], on=args.id, how="inner",
+                       suffixes=("", "_clinical"))
     data = data.dropna(subset=outcome_cols)
     if len(data) < 2 * args.outer_folds:
         raise InputError(args.features, f"only {len(data)} case(s) with features and outcome; too few for {args.outer_folds}-fold CV")
-    feature_cols = [c for c in feats.columns if c != args.id and pd.api.types.is_numeric_dtype(feats[c])]
+    feature_cols = [c for c in feats.columns if c not in (args.id, args.batch_col) and pd.api.types.is_numeric_dtype(feats[c])]
     X = data[feature_cols + list(args.covariates)]
     task = "survival" if survival else "classification"
     model = args.model or ("cox" if survival else "logistic")
     y = data[outcome_cols].to_numpy(float) if survival else data[args.target].to_numpy()
     options = dict(task=task, model=model, k_features=tuple(args.k_features), outer_folds=args.outer_folds,
                    inner_folds=args.inner_folds, seed=args.seed)
+    batch = data[args.batch_col].astype(str).to_numpy() if args.batch_col else None
     try:
-        result = nested_cv(X, y, **options)
+        result = nested_cv(X, y, **options, batch=batch)
         baseline = nested_cv(data[list(args.covariates)], y, **{**options, "k_features": (len(args.covariates),)}) if args.covariates else None
     except ValueError as exc:
         raise InputError(args.clinical, str(exc)) from exc
@@ -90,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     pred.to_csv(out / "predictions.csv", index=False)
     result.importance.to_csv(out / "importance.csv", index=False)
     config = {"command": "model-outcome", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-              "target": args.target, "time": args.time, "event": args.event, "covariates": args.covariates, "id": args.id}
+              "target": args.target, "time": args.time, "event": args.event, "covariates": args.covariates, "id": args.id,
+              "batch_col": args.batch_col}
     record = provenance(config, [args.features, args.clinical], n_cases=len(data), n_features=len(feature_cols),
                         libraries=library_versions(("numpy", "scipy", "pandas", "scikit-learn")))
     (out / "summary.json").write_text(json.dumps({"summary": summary, "provenance": record}, indent=2, default=str))

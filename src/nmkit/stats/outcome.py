@@ -23,7 +23,47 @@ import pandas as pd
 from .survival import CoxPH, MartingaleSelector, as_survival, concordance_index, kaplan_meier
 
 
-def _pipeline(task: str, model: str, seed: int):
+class BatchColumnComBat:
+    """ComBat as a pipeline step, fitted on the training folds only: the LAST column of ``X`` holds each sample's batch
+    code (appended by ``nested_cv`` when ``batch`` is given); it is used for the harmonisation and then dropped.
+
+    Why a column: scikit-learn passes only ``X`` and ``y`` through a pipeline; carrying the batch in ``X`` keeps the
+    fit inside each training fold (no leakage of test-fold batch statistics) without metadata routing."""
+
+    def __init__(self, eb: bool = True, parametric: bool = True):
+        self.eb = eb
+        self.parametric = parametric
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"eb": self.eb, "parametric": self.parametric}
+
+    def set_params(self, **params: Any) -> "BatchColumnComBat":
+        for k, v in params.items():
+            setattr(self, k, v)
+        return self
+
+    def fit(self, X: Any, y: Any = None) -> "BatchColumnComBat":
+        from .combat import ComBat
+
+        x = np.asarray(X, dtype=float)
+        self.combat_ = ComBat(eb=self.eb, parametric=self.parametric).fit(x[:, :-1], batch=x[:, -1].astype(int))
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        x = np.asarray(X, dtype=float)
+        known = set(self.combat_.batches_.tolist())
+        batch = x[:, -1].astype(int).astype(str)
+        out = x[:, :-1].copy()
+        seen = np.array([b in known for b in batch])
+        if seen.any():  # a batch absent from the training folds cannot be harmonised: left as it is
+            out[seen] = self.combat_.transform(x[seen, :-1], batch=x[seen, -1].astype(int))
+        return out
+
+    def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
+        return self.fit(X, y).transform(X)
+
+
+def _pipeline(task: str, model: str, seed: int, batch: bool = False):
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.feature_selection import SelectKBest, f_classif
     from sklearn.impute import SimpleImputer
@@ -31,7 +71,10 @@ def _pipeline(task: str, model: str, seed: int):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+    steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+    if batch:
+        steps.append(("combat", BatchColumnComBat()))
+    steps.append(("scale", StandardScaler()))
     if task == "classification":
         steps.append(("select", SelectKBest(f_classif, k=10)))
         if model == "logistic":
@@ -110,8 +153,11 @@ class OutcomeResult:
 
 def nested_cv(X: pd.DataFrame, y: Any, task: str = "classification", model: str = "logistic", k_features: Sequence[int] = (5, 10),
               outer_folds: int = 5, inner_folds: int = 3, seed: int = 0, n_boot: int = 500, n_permutations: int = 5,
-              param_grid: Mapping[str, Sequence[Any]] | None = None) -> OutcomeResult:
+              param_grid: Mapping[str, Sequence[Any]] | None = None, batch: Sequence[Any] | None = None) -> OutcomeResult:
     """Nested cross-validation of a scaling -> univariate selection -> model pipeline.
+
+    ``batch`` (one label per sample, e.g. the centre or scanner): ComBat harmonisation as the first step of the
+    pipeline, fitted within every training fold (outer and inner), never on the samples it is scored on.
 
     ``y``: binary labels (classification) or an (n, 2) (time, event) array (survival). The inner CV tunes the
     number of selected features (``k_features``) and the model's regularisation (``param_grid`` replaces the
@@ -124,6 +170,12 @@ def nested_cv(X: pd.DataFrame, y: Any, task: str = "classification", model: str 
     X = pd.DataFrame(X)
     features = [str(c) for c in X.columns]
     x = X.to_numpy(dtype=float)
+    if batch is not None:
+        labels = np.asarray(batch).astype(str)
+        if labels.shape[0] != x.shape[0]:
+            raise ValueError(f"{labels.shape[0]} batch labels for {x.shape[0]} samples")
+        codes = {b: i for i, b in enumerate(sorted(set(labels)))}
+        x = np.column_stack([x, [codes[b] for b in labels]])  # the ComBat step reads and drops this column
     y_arr = np.asarray(y)
     if task == "classification":
         classes = np.unique(y_arr)
@@ -141,9 +193,10 @@ def nested_cv(X: pd.DataFrame, y: Any, task: str = "classification", model: str 
         outer = StratifiedKFold(outer_folds, shuffle=True, random_state=seed)
         inner = KFold(inner_folds, shuffle=True, random_state=seed + 1)
         scoring = None  # CoxPH.score = C-index
-    pipe, grid = _pipeline(task, model, seed)
+    pipe, grid = _pipeline(task, model, seed, batch=batch is not None)
     grid = dict(param_grid) if param_grid is not None else dict(grid)
-    grid["select__k"] = [k for k in k_features if k <= x.shape[1]] or [x.shape[1]]
+    n_features = len(features)
+    grid["select__k"] = [k for k in k_features if k <= n_features] or [n_features]
     oof = np.full(len(x), np.nan)
     fold_scores, best_params, importances = [], [], []
     selected = pd.Series(0, index=features, dtype=int)
@@ -161,7 +214,7 @@ def nested_cv(X: pd.DataFrame, y: Any, task: str = "classification", model: str 
             scorer = "roc_auc" if task == "classification" else None
             imp = permutation_importance(fitted, x[test], y_arr[test], scoring=scorer, n_repeats=n_permutations,
                                          random_state=seed)
-            importances.append(imp.importances_mean)
+            importances.append(imp.importances_mean[:n_features])  # the batch column is not a feature
     score = _score(task, y_arr, oof)
     ci = bootstrap_ci(task, y_arr, oof, n_boot=n_boot, seed=seed)
     imp_df = pd.DataFrame({"feature": features,
@@ -177,6 +230,7 @@ def nested_cv(X: pd.DataFrame, y: Any, task: str = "classification", model: str 
         frac_pos, mean_pred = calibration_curve(y_arr, oof, n_bins=5, strategy="quantile")
         calib = pd.DataFrame({"mean_predicted": mean_pred, "observed_fraction": frac_pos})
     config = {"task": task, "model": model, "k_features": list(k_features), "outer_folds": outer_folds,
+              "combat_within_folds": batch is not None,
               "inner_folds": inner_folds, "seed": seed, "n_boot": n_boot, "n_permutations": n_permutations, "grid": {k: [str(v) for v in vs] for k, vs in grid.items()}}
     return OutcomeResult(task, model, features, fold_scores, oof, y_arr, score, ci, best_params, selected, imp_df,
                          brier, calib, config)
