@@ -155,3 +155,28 @@ def test_factorised_average_pooling_equals_24_rotations(spec, monkeypatch):
     monkeypatch.setattr(filters, "_average_pooled_separable", lambda a, s: None)
     slow = filters.apply_filter(img, (1.0, 1.0, 1.0), spec)
     np.testing.assert_allclose(fast, slow, atol=1e-12 * np.abs(slow).max())
+
+
+def test_units_of_a_log_response_are_image_units_per_voxel_squared(tmp_path):
+    """The units file follows the filter: a LoG response is a second derivative (image unit per voxel^2)."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nmkit.cli import main
+
+    rng = np.random.default_rng(1)
+    image = sitk.GetImageFromArray((rng.normal(100, 50, (20, 24, 24))).astype(np.float32))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    mask_arr = np.zeros((20, 24, 24), np.uint8)
+    mask_arr[6:14, 8:16, 8:16] = 1
+    mask = sitk.GetImageFromArray(mask_arr)
+    mask.CopyInformation(image)
+    sitk.WriteImage(image, str(tmp_path / "img.nii.gz"))
+    sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
+    (tmp_path / "log.yaml").write_text("base: ibsi2-3d\nfilter: {kind: log, sigma_mm: 3.0, boundary: mirror}\n")
+    assert main(["radiomics", "--image", str(tmp_path / "img.nii.gz"), "--mask", str(tmp_path / "mask.nii.gz"),
+                 "--config", str(tmp_path / "log.yaml"), "--out", str(tmp_path / "f.csv")]) == 0
+    units = json.loads((tmp_path / "f.csv.units.json").read_text())
+    assert units["response_units"].endswith("per voxel^2") and units["columns"]["stat_mean"].endswith("per voxel^2")

@@ -96,13 +96,21 @@ def _image_unit(table) -> str:
     return "image units (see column image_units)" if units else "image units (not stated by the image file)"
 
 
-def units_table(table, features: list[str]) -> dict:
-    """The ``<out>.units.json`` content: scheme, the image units, and ``{column: unit}`` for every numeric column."""
+def units_table(table, features: list[str], filter_spec=None) -> dict:
+    """The ``<out>.units.json`` content: scheme, the image units, and ``{column: unit}`` for every numeric column.
+
+    With an IBSI-2 filter the IBSI features describe the response map, whose unit ``filters.response_unit`` gives
+    (e.g. ``g/ml per voxel^2`` after a LoG); the native-grid PET numbers stay in the image's unit."""
+    from ..radiomics.filters import response_unit
     from ..radiomics.names import units_for
 
     unit = _image_unit(table)
+    response = response_unit(filter_spec, unit) if filter_spec is not None else unit
+    native = [f for f in features if f.startswith("native_") or f in ("mtv_ml", "tlg_g", "tla")]
+    columns = {**units_for([f for f in features if f not in native], response), **units_for(native, unit)}
     return {"scheme": "nmkit-units/1", "note": "unit of every numeric column; '1' = dimensionless; grey level = bin number "
-            "after discretisation", "image_units": unit, "columns": units_for(features, unit)}
+            "after discretisation", "image_units": unit, "response_units": response,
+            "columns": {f: columns[f] for f in features if f in columns}}
 
 
 def _long(table, features: list[str]):
@@ -224,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     if not len(table):
         table = pd.DataFrame(columns=["patient_id", "image", "segment_number", "structure", "label_value", "mask_file"])
     features = feature_columns(table, case_columns) if len(table) else []
-    units = units_table(table, features) if len(table) else {"scheme": "nmkit-units/1", "columns": {}}
+    units = units_table(table, features, getattr(config, "filter", None)) if len(table) else {"scheme": "nmkit-units/1", "columns": {}}
     write_table(_long(table, features) if args.format == "long" and len(table) else table, out)
     Path(str(out) + ".units.json").write_text(json.dumps(units, indent=1))
     extra_out = ""
