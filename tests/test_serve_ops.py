@@ -223,6 +223,25 @@ def test_multi_image_planar_series_gives_one_result_per_image(tmp_path, bundle, 
     assert sorted({m["image"] for m in job.result["measurements"]}) == [1, 2, 3, 4]
 
 
+def test_retention_purges_inputs_and_results_of_delivered_jobs_only(tmp_path, bundle, pacs):
+    raw = config(tmp_path, pacs.port, registry(tmp_path / "reg", bundle))
+    cfg = parse_config(raw, None, tmp_path)
+    study = demo.thyroid_study(tmp_path / "in", 40)
+    with Server(cfg) as server:
+        assert scu_send(server.port, [study["path"]], called="NMKIT_THYR") == [0]
+        (job,) = wait_for(lambda: server.store.jobs("done"), 60, "the job")
+        wait_for(lambda: _deliveries(server.store).get("sent") == 2, 30, "both results delivered")
+        inputs = server.store.series_files(job.instance, job.series_uid)
+        results = Path(cfg.storage) / "results" / job.id
+        assert inputs and all(Path(f).is_file() for f in inputs) and results.is_dir()
+        assert server.store.purge_finished(3600, Path(cfg.storage)) == 0  # finished less than an hour ago: kept
+        assert server.store.purge_finished(0, Path(cfg.storage), now=time.time() + 1) == 1
+        assert not any(Path(f).exists() for f in inputs) and not results.exists()
+        assert server.store.purge_finished(0, Path(cfg.storage), now=time.time() + 1) == 0  # once only
+        (after,) = server.store.jobs("done")
+        assert after.result.get("purged") is True and len(pacs.by_class(SEG_CLASS)) == 1  # the PACS keeps its copy
+
+
 @pytest.fixture
 def pacs():
     p = CaptureSCP()

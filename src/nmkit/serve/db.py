@@ -210,7 +210,7 @@ class Store:
         now = time.time() if now is None else now
         rows = self.query("""SELECT id, instance, series_uid FROM jobs j WHERE state IN ('done', 'cancelled') AND finished <= ?
                              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id=j.id AND o.state='pending')
-                             AND (result IS NULL OR result NOT LIKE '%"purged": true%')""", (now - older_than_s,))
+                             AND (result IS NULL OR json_extract(result, '$.purged') IS NULL)""", (now - older_than_s,))
         for r in rows:
             for f in self.series_files(r["instance"], r["series_uid"]):
                 Path(f).unlink(missing_ok=True)
