@@ -51,7 +51,7 @@ INPUT_DESTS = {
     "input", "recon_a", "recon_b", "rois", "truth", "pred", "features", "clinical", "estimates", "folders", "path",
     "db", "nifti_dir", "dataset", "bundle", "inputs", "image", "phantom_masks", "phantom_activity", "manifest",
     "catalog", "mask", "config", "in_dir", "checkpoint", "synthetic", "training", "folder", "pretrained_diffusion",
-    "radiomics",
+    "radiomics", "image_dir", "mask_dir", "patients",
 }
 #: argument destinations that name an output file or folder (created by the command)
 OUTPUT_DESTS = {"output", "out", "out_dir", "map", "report", "lesion_table", "per_patient"}
@@ -62,6 +62,7 @@ ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stay
     (("pull",), "db"): "output",  # the catalog a pull indexes into (created when missing)
     (("predict",), "checkpoint_name"): "value",  # nnU-Net checkpoint file name inside each fold_N (issue 23)
     (("network",), "batch_col"): "value",  # a column name of the organ table (issue 17)
+    (("manifest",), "patient_key"): "value", (("manifest",), "labels"): "value",  # column name, VALUE=NAME (issue 18)
     # QC (issue #16): `qc trend` reads a history database; the other qc tests append to a history folder
     (("qc", "trend"), "history"): "input",
     **{(("qc", t), "history"): "output" for t in ("iq", "flood", "lines", "slit", "spect-resolution", "spect-uniformity")},

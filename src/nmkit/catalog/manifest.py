@@ -284,3 +284,133 @@ def split_report(table, names: Sequence[str]) -> tuple[dict[str, int], list[str]
     warnings = [f"split {name!r} got no patient ({n} patient(s) in all; give more patients or other fractions)"
                 for name, c in counts.items() if c == 0]
     return counts, warnings
+
+
+# ----- 2D image/mask folders (radiographs) -----------------------------------------------------------------
+PATIENT_COLUMN_CANDIDATES = ("patient_id", "patientid", "PatientID", "patient")
+KEY_COLUMN_CANDIDATES = ("case_id", "id", "image", "file", "filename")
+LABEL_SIDECARS = ("labels.json",)
+
+
+def parse_labels(items: Sequence[str] | None, where: str = "--labels") -> dict[int, str]:
+    """``["1=right_lung", "2=left_lung"]`` -> ``{1: "right_lung", 2: "left_lung"}`` (a clear error otherwise)."""
+    labels: dict[int, str] = {}
+    for item in items or []:
+        value, sep, name = str(item).partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1 or not name.strip():
+            raise InputError(None, f"{where}: expected VALUE=NAME with an integer value >= 1, got {item!r}")
+        labels[int(value)] = name.strip()
+    return labels
+
+
+def _read_label_sidecar(mask_dir: Path) -> dict[int, str]:
+    """Label names from ``labels.json`` ({"1": "right_lung", ...}) in the mask folder, or {}."""
+    import json
+
+    for name in LABEL_SIDECARS:
+        path = mask_dir / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                return {int(k): str(v) for k, v in data.items()}
+            except (ValueError, AttributeError, TypeError) as exc:
+                raise InputError(path, f"expected a JSON object {{\"1\": \"name\", ...}} ({exc})") from exc
+    return {}
+
+
+def _detect_patients_csv(image_dir: Path) -> Path | None:
+    """``manifest.csv`` next to (or in) the image folder when it has a patient column (e.g. cxr_lungs)."""
+    import pandas as pd
+
+    for candidate in (image_dir / "manifest.csv", image_dir.parent / "manifest.csv"):
+        if candidate.is_file():
+            columns = pd.read_csv(candidate, nrows=0).columns
+            if any(c in columns for c in PATIENT_COLUMN_CANDIDATES):
+                return candidate
+    return None
+
+
+def _patient_lookup(csv: Path, patient_column: str | None, key_column: str | None) -> tuple[dict[str, dict[str, Any]], str, str]:
+    """{image key: row} from a patients CSV, with the patient and key columns used."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(csv, f"not a readable CSV ({exc})") from exc
+    patient_column = patient_column or next((c for c in PATIENT_COLUMN_CANDIDATES if c in table.columns), None)
+    key_column = key_column or next((c for c in KEY_COLUMN_CANDIDATES if c in table.columns), None)
+    for option, column in (("--patient-column", patient_column), ("--patient-key", key_column)):
+        if column is None or column not in table.columns:
+            raise InputError(csv, f"{option}: column {column!r} not found (columns: {list(table.columns)})")
+    lookup = {}
+    for row in table.to_dict(orient="records"):
+        key = str(row[key_column]).strip()
+        lookup[key] = row
+        lookup[Path(key).name] = row
+        lookup[Path(key).name.split(".")[0]] = row
+    return lookup, str(patient_column), str(key_column)
+
+
+def manifest_from_image_folders(image_dir: str | Path, mask_dir: str | Path | None = None, patients: str | Path | None = None,
+                                patient_column: str | None = None, patient_key: str | None = None,
+                                labels: dict[int, str] | None = None, modality: str = ""):
+    """Pair 2D images (PNG/JPEG/TIFF/DICOM) in ``image_dir`` with same-named label maps in ``mask_dir``.
+
+    A mask matches an image by file stem (``images/gb_000.png`` -> ``masks/gb_000.png``). Patient IDs come from
+    ``patients`` (a CSV: ``patient_column``, and ``patient_key`` matching the image stem, name or relative path);
+    without one, a ``manifest.csv`` beside the images with a patient column is used (cxr_lungs); without either,
+    every image is its own patient (logged as a warning: splits then cannot keep a patient's images together).
+    Label names (``labels`` or the mask folder's ``labels.json``) become one ``MaskRef`` per label value (``label``,
+    ``structure``), so analyses select a lung by name. Other columns of the patients CSV are passed through.
+    """
+    from ..io.radiograph import BITMAP_SUFFIXES
+
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise InputError(image_dir, "image folder does not exist")
+    mask_dir = Path(mask_dir) if mask_dir is not None else None
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise InputError(mask_dir, "mask folder does not exist")
+    labels = dict(labels or (_read_label_sidecar(mask_dir) if mask_dir is not None else {}))
+    csv = Path(patients) if patients is not None else _detect_patients_csv(image_dir)
+    if csv is not None and not csv.is_file():
+        raise InputError(csv, "patients CSV does not exist")
+    lookup, pcol, kcol = _patient_lookup(csv, patient_column, patient_key) if csv is not None else ({}, "", "")
+    masks_by_stem: dict[str, Path] = {}
+    if mask_dir is not None:
+        for m in sorted(mask_dir.iterdir()):
+            if m.is_file() and m.name.lower().endswith(BITMAP_SUFFIXES + (".dcm", ".nii", ".nii.gz", ".nrrd")):
+                masks_by_stem.setdefault(m.name.split(".")[0], m)
+    files = sorted(p for p in image_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.name.lower().endswith(BITMAP_SUFFIXES + (".dcm",)))
+    rows, missing_patient = [], []
+    for path in files:
+        stem = path.name.split(".")[0]
+        rel = str(path.relative_to(image_dir))
+        info = lookup.get(rel) or lookup.get(path.name) or lookup.get(stem) or lookup.get(f"{image_dir.name}/{rel}")
+        patient = str(info[pcol]).strip() if info else ""
+        if not patient:
+            missing_patient.append(path)
+            patient = stem
+        mask = masks_by_stem.get(stem)
+        refs = []
+        if mask is not None:
+            refs = [MaskRef(file=str(mask), kind="labelmap", label=v, structure=n) for v, n in sorted(labels.items())] \
+                or [MaskRef(file=str(mask), kind="labelmap")]
+        extra = {k: v for k, v in (info or {}).items() if k not in MANIFEST_COLUMNS and k not in (pcol, kcol)}
+        rows.append({**extra, "case_id": stem, "patient_id": patient, "modality": modality, "image": str(path), "masks": refs})
+    if not rows:
+        raise InputError(image_dir, "no PNG/JPEG/TIFF/DICOM images found")
+    if csv is not None and missing_patient:
+        log.warning("%d image(s) not in %s (first: %s): each is its own patient", len(missing_patient), csv, missing_patient[0])
+    elif csv is None:
+        log.warning("%s: no patients CSV; every image is its own patient (give --patients CSV to keep a patient's "
+                    "images in one split)", image_dir)
+    if mask_dir is not None:
+        unmatched = sum(not r["masks"] for r in rows)
+        if unmatched:
+            log.warning("%d of %d image(s) have no mask in %s", unmatched, len(rows), mask_dir)
+    table = new_table(rows)
+    table.attrs["patients_csv"] = str(csv.resolve()) if csv is not None else None
+    return table

@@ -33,8 +33,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--nifti-dir", type=Path, help="folder of *image*.nii.gz files with matching *mask* files, or a "
                                                     "roi2mask output folder (its dataset.csv)")
     src.add_argument("--dataset", type=Path, help="an existing case table (e.g. roi2mask's dataset.csv) to split")
+    src.add_argument("--image-dir", type=Path, help="folder of 2D images (PNG/JPEG/TIFF/DICOM radiographs); masks with the "
+                                                    "same file stem in --mask-dir")
     p.add_argument("--out", required=True, type=Path, help="manifest.csv or manifest.json")
     add_catalog_filters(p)
+    g = p.add_argument_group("2D image folders (--image-dir)")
+    g.add_argument("--mask-dir", type=Path, default=None, help="folder of label-map images named like the images")
+    g.add_argument("--patients", type=Path, default=None,
+                   help="CSV giving each image's patient (default: a manifest.csv beside the image folder with a patient column)")
+    g.add_argument("--patient-column", default=None, help="patient column of --patients (default: patient_id/patientid)")
+    g.add_argument("--patient-key", default=None,
+                   help="column of --patients matching the image file stem or name (default: case_id/id/image/file)")
+    g.add_argument("--labels", nargs="+", default=None, metavar="VALUE=NAME",
+                   help="label names of the masks, e.g. 1=right_lung 2=left_lung (default: the mask folder's labels.json)")
+    g.add_argument("--image-modality", default="", help="modality written for the images, e.g. DX (default blank)")
     p.add_argument("--require-roi", action="store_true", help="only images with at least one ROI")
     p.add_argument("--blank-patient", choices=("error", "skip", "study"), default="error",
                    help="series without a Patient ID: fail (default), leave out, or one pseudo-patient per study")
@@ -64,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
                                    blank_patient=args.blank_patient, **{k: v for k, v in criteria.items() if v})
         source = args.db
     else:
-        source = args.nifti_dir or args.dataset
-        df = manifest_from_nifti(args.nifti_dir) if args.nifti_dir else read_dataset(args.dataset)
+        source = args.nifti_dir or args.dataset or args.image_dir
+        if args.image_dir:
+            from ..catalog.manifest import manifest_from_image_folders, parse_labels
+
+            df = manifest_from_image_folders(args.image_dir, args.mask_dir, args.patients, args.patient_column,
+                                             args.patient_key, parse_labels(args.labels), args.image_modality)
+            args.patients_used = df.attrs.get("patients_csv")
+        else:
+            df = manifest_from_nifti(args.nifti_dir) if args.nifti_dir else read_dataset(args.dataset)
         if args.modality:
             df = df[df.modality.str.upper().isin([m.upper() for m in args.modality])]
         if args.tracer:
@@ -87,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
               "names": args.names, "stratify": args.stratify, "folds": args.folds, "modality": args.modality,
               "tracer": args.tracer, "series_description": args.series_description, "require_roi": args.require_roi,
               "blank_patient": args.blank_patient}
+    if args.image_dir:
+        config.update(mask_dir=str(args.mask_dir.resolve()) if args.mask_dir else None, labels=args.labels,
+                      patients=getattr(args, "patients_used", None), patient_column=args.patient_column,
+                      patient_key=args.patient_key)
     side = write_manifest(df, args.out, provenance(config, [str(Path(source).resolve())]))
     counts, warnings = split_report(df, names)
     for w in warnings:

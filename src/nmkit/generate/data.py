@@ -19,7 +19,7 @@ from ..io.image import Image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".png", ".dcm", "")
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", "")
 #: thyroid mask labels used for conditioning: gland tissue without nodules, cold nodules, hot nodules
 THYROID_LABELS = {1: "gland", 2: "cold_nodule", 3: "hot_nodule"}
 
@@ -34,12 +34,10 @@ class TrainingImage:
 
 
 def read_png(path: Path) -> Image:
-    """A PNG as a 2D grey image (colour is averaged), spacing 1 mm (PNG has no geometry)."""
-    from PIL import Image as PILImage
+    """A PNG/JPEG/TIFF (or DICOM radiograph) as a 2D grey image (``nmkit.io.radiograph.read_radiograph``)."""
+    from ..io.radiograph import read_radiograph
 
-    with PILImage.open(path) as im:
-        arr = np.asarray(im.convert("F") if im.mode not in ("I;16", "I") else im, dtype=np.float32)
-    return Image(array=arr, spacing=(1.0, 1.0), meta={"source_files": [str(path)], "geometry": "unknown (PNG)"})
+    return read_radiograph(path)
 
 
 def read_2d(path: str | Path) -> Image:
@@ -49,7 +47,9 @@ def read_2d(path: str | Path) -> Image:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file does not exist")
-    image = read_png(path) if path.suffix.lower() == ".png" else load_image(path)
+    from ..io.radiograph import is_bitmap_file
+
+    image = read_png(path) if is_bitmap_file(path) else load_image(path)
     if image.ndim_spatial != 2 or image.array.ndim != 2:
         raise InputError(path, f"expected a single 2D image, got array shape {image.array.shape} "
                                f"({image.ndim_spatial}D geometry); extract slices first")

@@ -6,7 +6,9 @@ image series and none was chosen) and dispatched by SOP class / modality:
 * NM Image Storage (multi-frame planar, TOMO projections, RECON TOMO)  -> :mod:`nmkit.io.nm`
 * Enhanced / legacy-converted multi-frame CT, MR, PET                  -> per-frame functional groups
 * single-frame CT, MR, PT (incl. xSPECT stored as PT), NM slices       -> :func:`stack_slices`
+* single-frame grey CR, DX, MG, IO radiographs                          -> :mod:`nmkit.io.radiograph`
 * anything else with pixels (secondary capture, US, XA, ...)           -> a 2D image (frames on a leading axis)
+* PNG/JPEG/TIFF files                                                  -> :mod:`nmkit.io.radiograph`
 
 PT images come in their stored units ("Bq/ml" for BQML) or in SUV with ``suv="bw"|"lbm"`` (:mod:`nmkit.io.suv`).
 Every failure is an :class:`nmkit.errors.NmkitError` naming the file.
@@ -100,6 +102,12 @@ def read_image(path: str | Path, series_uid: str | None = None, suv: str | None 
         if suv is not None:
             raise InputError(path, "SUV conversion needs DICOM PT attributes; a NIfTI/NRRD file has none")
         return read_volume(path)
+    from .radiograph import is_bitmap_file, read_radiograph
+
+    if path.is_file() and is_bitmap_file(path):
+        if suv is not None:
+            raise InputError(path, "SUV conversion needs DICOM PT attributes; a PNG/JPEG/TIFF file has none")
+        return read_radiograph(path)
     from .dicom_series import scan_series
 
     series = scan_series(path)
@@ -189,6 +197,10 @@ def _read_series_files(files: list[Path], suv: str | None, lbm_formula: str) -> 
         if len(files) > 1:
             raise DicomReadError(files[0].parent, f"RTDOSE series with {len(files)} files; read each file on its own")
         return read_rtdose(files[0])
+    from .radiograph import is_radiograph_dataset, read_dicom_radiograph
+
+    if len(files) == 1 and is_radiograph_dataset(header):  # CR/DX/MG/IO: VOI, MONOCHROME1 -> 2, spacing source
+        return read_dicom_radiograph(files[0])
     if (sop in ENHANCED_SOP_CLASSES and "PerFrameFunctionalGroupsSequence" not in header) and len(files) == 1:
         log.warning("%s: enhanced object without per-frame functional groups; frames kept as 2D images", files[0])
         return read_plain(files[0])

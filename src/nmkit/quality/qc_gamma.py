@@ -123,6 +123,8 @@ def flood_uniformity(image: Any, target_pixel_mm: float = NEMA_PIXEL_MM) -> dict
     counts, px = planar_counts(image)
     factor = max(1, int(round(target_pixel_mm / px)))
     reb = rebin(counts, factor)
+    if min(reb.shape, default=0) < 5:
+        raise InputError(None, f"{counts.shape[1]} x {counts.shape[0]} pixels of {px:.2f} mm is too small for a flood image")
     field, ufov, cfov = field_masks(reb)
     if cfov.sum() < 25:
         raise InputError(None, f"the counted field covers only {int(field.sum())} pixels of {factor * px:.2f} mm: not a flood image")
