@@ -35,9 +35,19 @@ FEATURE_NAMES = ("mean", "std", "q05", "q25", "q50", "q75", "q95", "q99", "hot_f
                  "power_low", "power_mid", "power_high", "power_top", "centre_y", "centre_x", "spread_y", "spread_x")
 
 
+def antialias(array: np.ndarray, size: int) -> np.ndarray:
+    """Gaussian prefilter (sigma = (factor - 1) / 2 per axis) before shrinking an image to ``size``: without it a
+    large radiograph is point-sampled and a 1-pixel shift of a copy changes the small image as much as another patient."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = [max(0.0, (n / size - 1) / 2) for n in array.shape]
+    return gaussian_filter(array, sigma, mode="nearest") if max(sigma) > 0 else array
+
+
 def normalise_stack(images: Sequence[np.ndarray], size: int, normalisation: str = "counts", percentile: float = 99.5) -> np.ndarray:
     """Raw images -> model space (N, size, size) float32 (the space the pixel distances are measured in)."""
-    return np.stack([to_model_space(resize(np.asarray(a, np.float32), size, 1), normalisation, percentile)[0] for a in images])
+    return np.stack([to_model_space(resize(antialias(np.asarray(a, np.float32), size), size, 1), normalisation, percentile)[0]
+                     for a in images])
 
 
 def image_features(x: np.ndarray) -> np.ndarray:
