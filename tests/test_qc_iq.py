@@ -160,3 +160,62 @@ def test_mct_rotated(external_data):
     # by ~0.5 %, and one voxel more or less changes its mean by a few %
     np.testing.assert_allclose(rot["rc_mean"].iloc[:5], base["rc_mean"].iloc[:5], rtol=0.02)
     assert rot["rc_mean"].iloc[5] == pytest.approx(base["rc_mean"].iloc[5], rel=0.06)
+
+
+# ----- activities at a calibration time, decay-corrected to the scan start ------------------------------------------
+F18_ONE_HOUR = 2 ** (-3600 / 6586.2)  # hand-computed: 0.684633 of F-18 left after one hour
+
+
+def test_decay_correction_hand_computed():
+    from nmkit.quality.qc_activity import resolve_activities, scan_start
+
+    # the mCT header's times and half-life (Series = Acquisition = 12:28:52 on 2025-07-09, F-18 6586.2 s)
+    meta = {"Modality": "PT", "SeriesDate": "20250709", "SeriesTime": "122852.000000", "AcquisitionDate": "20250709",
+            "AcquisitionTime": "123000", "RadionuclideHalfLife": 6586.2}
+    assert scan_start(meta)[1] == "SeriesDate/SeriesTime"  # PET: the DICOM reference time of activity values
+    assert scan_start({**meta, "Modality": "NM"})[1] == "AcquisitionDate/AcquisitionTime"
+    act = resolve_activities(40000.0, 4000.0, meta, "20250709112852")  # calibrated 1 h before, header half-life
+    assert F18_ONE_HOUR == pytest.approx(0.684633, abs=1e-6)
+    assert act.record["decay_factor"] == pytest.approx(F18_ONE_HOUR, rel=1e-12)
+    assert act.sphere_conc == pytest.approx(40000.0 * F18_ONE_HOUR, rel=1e-12)
+    assert act.bg_conc == pytest.approx(4000.0 * F18_ONE_HOUR, rel=1e-12)
+    assert act.record["elapsed_s"] == 3600.0 and act.record["half_life_source"] == "DICOM RadionuclideHalfLife"
+    # Ga-68 given by name, 30 min: 2^(-1800/4062.6)
+    ga = resolve_activities(1.0, 1.0, meta, "20250709115852", isotope="ga68")
+    assert ga.record["decay_factor"] == pytest.approx(2 ** (-1800 / 4062.6), rel=1e-12)
+    # without a calibration time nothing changes
+    assert resolve_activities(5.0, 1.0, meta, None).sphere_conc == 5.0
+
+
+def test_decay_corrected_cli_equals_decayed_concentrations(sim, sim_result, tmp_path):
+    """Concentrations given 1 h before the scan (F-18) reproduce the analysis with the true scan-start values."""
+    from nmkit.io.volume_files import write_volume
+
+    ph, img = sim
+    path = write_volume(img, tmp_path / "sim.nii.gz")
+    out = tmp_path / "o"
+    assert main(["qc", "iq", str(path), "--out", str(out), "--sphere-conc", str(ph.sphere_bq_ml / F18_ONE_HOUR),
+                 "--bg-conc", str(ph.background_bq_ml / F18_ONE_HOUR), "--calibration-time", "20250709112852",
+                 "--scan-time", "20250709122852", "--isotope", "F-18"]) == 0
+    table = pd.read_csv(out / "iq_spheres.csv")
+    s = json.loads((out / "iq_summary.json").read_text())["summary"]
+    assert s["decay_factor"] == pytest.approx(F18_ONE_HOUR, rel=1e-12)
+    assert s["calibration_time"] == "2025-07-09T11:28:52" and s["scan_start_time"] == "2025-07-09T12:28:52"
+    assert s["sphere_concentration"] == pytest.approx(ph.sphere_bq_ml, rel=1e-9)
+    assert "decay-corrected" in table["activity_source"].iloc[0]
+    base, _ = sim_result
+    for col in ("rc_max", "rc_mean", "rc_peak", "contrast_q_h_percent", "fwhm_mm"):
+        np.testing.assert_allclose(table[col], base[col], rtol=1e-6, err_msg=col)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--ratio", "10", "--calibration-time", "20250709112852"], "a --ratio does not decay"),
+    (["--sphere-conc", "1", "--bg-conc", "1", "--calibration-time", "2025-07-09"], "--calibration-time must be YYYYMMDDHHMMSS"),
+    (["--sphere-conc", "1", "--bg-conc", "1", "--calibration-time", "20250709112852", "--isotope", "Xx-1"], "--isotope"),
+    (["--sphere-activity-mbq", "5", "--bg-conc", "1"], "--sphere-volume-ml"),
+    (["--isotope", "F-18", "--ratio", "10"], "give --calibration-time"),
+])
+def test_decay_options_checked(tmp_path, capsys, extra, expected):
+    assert main(["qc", "iq", str(tmp_path), "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -32,6 +32,20 @@ def register(subparsers) -> None:
     p.add_argument("--ratio", type=float, default=None, help="true sphere-to-background activity ratio (e.g. 10 for 10:1)")
     p.add_argument("--sphere-conc", type=float, default=None, help="true sphere activity concentration at scan start (image units, e.g. Bq/ml)")
     p.add_argument("--bg-conc", type=float, default=None, help="true background activity concentration at scan start (image units)")
+    p.add_argument("--sphere-activity-mbq", type=float, default=None,
+                   help="activity put into the sphere stock solution (MBq), with --sphere-volume-ml: sphere Bq/ml")
+    p.add_argument("--sphere-volume-ml", type=float, default=None, help="volume of the sphere stock solution (ml)")
+    p.add_argument("--bg-activity-mbq", type=float, default=None,
+                   help="activity in the phantom background (MBq), with --bg-volume-ml: background Bq/ml")
+    p.add_argument("--bg-volume-ml", type=float, default=None, help="background volume of the phantom (ml, IEC ~9700)")
+    p.add_argument("--calibration-time", default=None, metavar="YYYYMMDDHHMMSS",
+                   help="time the given concentrations/activities were measured: they are decay-corrected to the scan "
+                        "start (header SeriesDate/Time for PET, else AcquisitionDate/Time; or --scan-time)")
+    p.add_argument("--isotope", default=None, help="isotope for the decay correction: F-18, Ga-68, Tc-99m, C-11, Cu-64, "
+                                                    "Zr-89, I-123, I-131, In-111, Lu-177, ... (default: header half-life)")
+    p.add_argument("--half-life-s", type=float, default=None, help="half-life for the decay correction (s)")
+    p.add_argument("--scan-time", default=None, metavar="YYYYMMDDHHMMSS",
+                   help="scan start, overriding the DICOM header (needed for NIfTI with --calibration-time)")
     p.add_argument("--diameters", type=float, nargs=6, default=None, metavar="MM",
                    help="inner sphere diameters in mm (default NEMA 37 28 22 17 13 10)")
     p.add_argument("--wall-mm", type=float, default=1.0, help="sphere wall thickness for the FWHM fit (mm, default 1.0)")
@@ -105,9 +119,46 @@ def _history_arg(p: argparse.ArgumentParser) -> None:
                    help="QC history folder: append the results to the scanner's SQLite file there (one per scanner)")
 
 
+def _activity_to_conc(args: argparse.Namespace, which: str) -> None:
+    """--<which>-activity-mbq / --<which>-volume-ml -> args.<which>_conc (Bq/ml); errors name the options."""
+    from ..errors import InputError
+
+    act, vol = getattr(args, f"{which}_activity_mbq"), getattr(args, f"{which}_volume_ml")
+    if act is None and vol is None:
+        return
+    if act is None or vol is None:
+        raise InputError(None, f"--{which}-activity-mbq and --{which}-volume-ml go together")
+    if getattr(args, f"{which}_conc") is not None:
+        raise InputError(None, f"give either --{which}-conc or --{which}-activity-mbq/--{which}-volume-ml, not both")
+    for name, value in ((f"--{which}-activity-mbq", act), (f"--{which}-volume-ml", vol)):
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(None, f"{name} must be a positive number, got {value}")
+    setattr(args, f"{which}_conc", act * 1e6 / vol)
+
+
 def _check_activity_args(args: argparse.Namespace) -> None:
     from ..errors import InputError
 
+    given_activity = getattr(args, "sphere_activity_mbq", None) is not None or getattr(args, "bg_activity_mbq", None) is not None
+    args.activity_how = "activities (MBq) and volumes (ml)" if given_activity else "concentrations"
+    for which in ("sphere", "bg"):
+        _activity_to_conc(args, which)
+    if getattr(args, "calibration_time", None) is not None and args.sphere_conc is None:
+        raise InputError(None, "--calibration-time needs the sphere and background concentrations or activities "
+                               "(--sphere-conc/--bg-conc or --sphere-activity-mbq/--sphere-volume-ml and "
+                               "--bg-activity-mbq/--bg-volume-ml); a --ratio does not decay")
+    if getattr(args, "calibration_time", None) is None and (args.isotope is not None or args.half_life_s is not None
+                                                             or args.scan_time is not None):
+        raise InputError(None, "--isotope, --half-life-s and --scan-time are for the decay correction: give --calibration-time")
+    if args.isotope is not None and args.half_life_s is not None:
+        raise InputError(None, "give either --isotope or --half-life-s, not both")
+    if args.half_life_s is not None and not (math.isfinite(args.half_life_s) and args.half_life_s > 0):
+        raise InputError(None, f"--half-life-s must be a positive number of seconds, got {args.half_life_s}")
+    from ..quality.qc_activity import parse_datetime
+
+    for option in ("calibration_time", "scan_time"):
+        if getattr(args, option, None) is not None:
+            parse_datetime(getattr(args, option), f"--{option.replace('_', '-')}")
     if (args.sphere_conc is None) != (args.bg_conc is None):
         raise InputError(None, "--sphere-conc and --bg-conc go together (or give --ratio)")
     if args.ratio is not None and args.sphere_conc is not None:
@@ -203,16 +254,35 @@ def run_iq(args: argparse.Namespace) -> int:
 
     log = logging.getLogger(__name__)
     _check_activity_args(args)
+    if args.isotope is not None:
+        from ..quality.qc_activity import isotope_half_life
+
+        isotope_half_life(args.isotope)  # an unknown isotope fails before the image is read
     image = read_image(args.image)
     unit = image_unit(image.units, image.modality)
-    settings = IQSettings(diameters_mm=tuple(args.diameters or NEMA_DIAMETERS_MM), sphere_conc=args.sphere_conc,
-                          bg_conc=args.bg_conc, ratio=args.ratio, wall_mm=args.wall_mm, a50_background=args.a50_background)
     from ..errors import InputError
 
+    if args.activity_how != "concentrations" and unit != "Bq/ml":
+        raise InputError(args.image, f"image values are in {unit}, not Bq/ml: activities (MBq) cannot be compared; "
+                                     "give --sphere-conc/--bg-conc in image units or --ratio")
+    activity = None
+    if args.sphere_conc is not None:
+        from ..quality.qc_activity import resolve_activities
+
+        activity = resolve_activities(args.sphere_conc, args.bg_conc, image.meta or {}, args.calibration_time,
+                                      isotope=args.isotope, half_life_s=args.half_life_s, scan_time=args.scan_time,
+                                      how=args.activity_how)
+    settings = IQSettings(diameters_mm=tuple(args.diameters or NEMA_DIAMETERS_MM),
+                          sphere_conc=activity.sphere_conc if activity else None,
+                          bg_conc=activity.bg_conc if activity else None, ratio=args.ratio, wall_mm=args.wall_mm,
+                          a50_background=args.a50_background)
     try:
         table, summary = analyse_iq(image, settings)
     except InputError as exc:
         raise InputError(args.image, exc.problem) from None
+    if activity is not None:
+        summary["activity_source"] = activity.source
+        summary.update({k: v for k, v in activity.record.items()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = _unit_suffix(unit)
@@ -224,7 +294,9 @@ def run_iq(args: argparse.Namespace) -> int:
     units = {"image": unit, "diameter_mm": "mm", "x_mm": "mm", "fwhm_mm": "mm", "contrast_q_h_percent": "%",
              "background_variability_n_percent": "%", "rc_max": "1", "rc_mean": "1", "rc_peak": "1",
              "sphere_concentration": unit, "background_concentration": unit, "background_37mm_mean": unit,
-             "lung_residual_percent": "%", **{f"{c}_{suffix}": unit for c in VALUE_COLUMNS}}
+             "lung_residual_percent": "%", **{f"{c}_{suffix}": unit for c in VALUE_COLUMNS},
+             "elapsed_s": "s", "half_life_s": "s", "decay_factor": "1", "sphere_conc_at_calibration": unit,
+             "bg_conc_at_calibration": unit, "calibration_time": "ISO 8601 local", "scan_start_time": "ISO 8601 local"}
     record = {"summary": summary, "units": units, "scanner": scanner,
               "provenance": provenance(settings.as_dict(), [args.image], standard="NEMA NU 2-2018 section 7.4; EARL1/EARL2")}
     csv_path = out / "iq_spheres.csv"
