@@ -65,7 +65,7 @@ ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stay
     (("manifest",), "patient_key"): "value", (("manifest",), "labels"): "value",  # column name, VALUE=NAME (issue 18)
     # QC (issue #16): `qc trend` reads a history database; the other qc tests append to a history folder
     (("qc", "trend"), "history"): "input",
-    **{(("qc", t), "history"): "output" for t in ("iq", "flood", "lines", "slit", "spect-resolution", "spect-uniformity")},
+    **{(("qc", t), "history"): "output" for t in ("iq", "flood", "lines", "slit", "bars", "spect-resolution", "spect-uniformity")},
     # whole-body PET (issue #17): masks, lesion maps and the two PET scans of percist are inputs
     **{(("delineate",), d): "input" for d in ("voi", "exclude", "seed_roi", "liver")},
     **{(("burden",), "lesions"): "input", (("organs",), "lesions"): "input"},

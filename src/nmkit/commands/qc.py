@@ -14,7 +14,7 @@ from typing import Any
 def register(subparsers) -> None:
     parser = subparsers.add_parser("qc", help="quality control of real phantom scans (IEC/NEMA image quality, EARL)",
                                    description="Quality control of real phantom scans: iq (IEC body phantom, NEMA NU 2-2018 "
-                                               "and EARL), flood/lines/slit (gamma camera, NEMA NU 1), spect-resolution/"
+                                               "and EARL), flood/lines/slit/bars (gamma camera, NEMA NU 1), spect-resolution/"
                                                "spect-uniformity (tomographic), trend (per-scanner QC history). "
                                                "Guide: docs/qc.md.")
     sub = parser.add_subparsers(dest="qc", metavar="TEST")
@@ -84,6 +84,20 @@ def register(subparsers) -> None:
     p.add_argument("--calibrate", action="store_true", help="take the pixel size from the slit spacing instead of the header")
     _history_arg(p)
     p.set_defaults(func=run_slit)
+
+    p = sub.add_parser("bars", help="four-quadrant bar phantom: modulation per bar group and equivalent FWHM (mm)",
+                       description="Finds the four bar groups (below 70 %% of the open-field counts, split at the open "
+                                   "cross), measures each group's bar period (bar width = period / 2) and assigns the "
+                                   "nominal widths in that order; modulation M = sqrt(2 (var - mean)) / mean (Hander et "
+                                   "al. 1997, raw counts) and the equivalent FWHM of a Gaussian LSF, 1.0601 w "
+                                   "sqrt(ln(1/M)). Writes DIR/bars.csv, DIR/bars.json and DIR/bars.png.")
+    p.add_argument("image", help="planar four-quadrant bar phantom image (DICOM file)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--bar-widths-mm", type=float, nargs=4, default=None, metavar="MM",
+                   help="the phantom's four bar widths (mm, default 4.23 3.18 2.54 2.12: 1/6 1/8 1/10 1/12 inch)")
+    p.add_argument("--margin-mm", type=float, default=8.0, help="ROI margin inside each bar group (mm, default 8)")
+    _history_arg(p)
+    p.set_defaults(func=run_bars)
 
     p = sub.add_parser("spect-resolution", help="tomographic FWHM/FWTM (mm) along x, y, z of a point-source reconstruction",
                        description="Profiles through the hottest voxel along x, y, z; NEMA widths and a Gaussian-fit check. "
@@ -440,6 +454,35 @@ def run_slit(args: argparse.Namespace) -> int:
     image = _read(args.image)
     table, summary = _in_file_error(args.image, slit_linearity, image, slit_spacing_mm=args.slit_spacing_mm, calibrate=args.calibrate)
     return _finish(args, "slit", image, summary, _units_by_suffix(summary), table)
+
+
+def run_bars(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..quality.qc_bars import DEFAULT_BAR_WIDTHS_MM, bars_figure, quadrant_bars
+    from ..quality.qc_gamma import planar_counts
+
+    widths = tuple(args.bar_widths_mm or DEFAULT_BAR_WIDTHS_MM)
+    if any(not (math.isfinite(w) and 0.5 <= w <= 20) for w in widths) or len(set(widths)) != 4:
+        raise InputError(None, f"--bar-widths-mm must be 4 different widths between 0.5 and 20 mm, got {list(widths)}")
+    if not 0 <= args.margin_mm <= 30:
+        raise InputError(None, f"--margin-mm must be between 0 and 30 mm, got {args.margin_mm}")
+    image = _read(args.image)
+    table, summary, rois = _in_file_error(args.image, quadrant_bars, image, widths, args.margin_mm)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = bars_figure(planar_counts(image)[0], table, rois, Path(args.image).name)
+    fig.savefig(out / "bars.png", dpi=100, bbox_inches="tight")
+    for note in summary["notes"]:
+        print(f"NOTE: {note}")
+    units = _units_by_suffix(summary)
+    units.update({k: "1" for k in summary if k.startswith("modulation")})
+    units.update({k: "mm" for k in summary if k.startswith("equivalent_fwhm")})
+    units["mean_counts"] = units["sd_counts"] = "counts"
+    code = _finish(args, "bars", image, summary, units, table)
+    print(table[["bar_width_mm", "quadrant", "bar_direction", "measured_bar_width_mm", "modulation",
+                 "equivalent_fwhm_mm"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {out / 'bars.csv'}, {out / 'bars.png'}")
+    return code
 
 
 def run_spect_resolution(args: argparse.Namespace) -> int:
