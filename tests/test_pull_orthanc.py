@@ -10,16 +10,12 @@ Skipped when Orthanc or its DICOMweb plugin (Debian packages orthanc, orthanc-di
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -30,11 +26,9 @@ import pytest
 from nmkit.catalog import pull as pull_module
 from nmkit.catalog.pull import PullOptions, PullQuery, pull
 from nmkit.cli import main
+from orthanc_pacs import DICOMWEB_PLUGIN, ORTHANC, OrthancPacs, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-ORTHANC = shutil.which("Orthanc")
-DICOMWEB_PLUGIN = next((p for p in (Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
-                                    Path("/usr/lib/orthanc/libOrthancDicomWeb.so")) if p.exists()), None)
 pytestmark = [
     pytest.mark.skipif(ORTHANC is None, reason="Orthanc (Debian package orthanc) not installed"),
     pytest.mark.skipif(DICOMWEB_PLUGIN is None, reason="Orthanc DICOMweb plugin (Debian package orthanc-dicomweb) "
@@ -44,62 +38,14 @@ pytestmark = [
 MOVE_AET = "NMKIT_PULL"
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Orthanc:
+class Orthanc(OrthancPacs):
     """Orthanc with the DICOMweb plugin on free loopback ports; knows MOVE_AET at ``store_port``."""
 
     def __init__(self, folder: Path):
-        self.dicom_port, self.http_port, self.store_port = free_port(), free_port(), free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        conf = {"Name": "nmkit-pull-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-                "DicomAet": "ORTHANC", "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-                "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-                "DicomModalities": {"nmkit": [MOVE_AET, "127.0.0.1", self.store_port],
-                                    "nmkit-default": ["NMKIT", "127.0.0.1", self.store_port]},
-                "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-                "StableAge": 1, "ConcurrentJobs": 1, "HttpTimeout": 30, "DicomScuTimeout": 30}
-        (folder / "orthanc.json").write_text(json.dumps(conf))
-        self.log = open(folder / "orthanc.log", "w")
-        self.proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.get("/system")
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"Orthanc did not start; see {folder / 'orthanc.log'}")
-                time.sleep(0.2)
-
-    @property
-    def dimse(self) -> str:
-        return f"ORTHANC@127.0.0.1:{self.dicom_port}"
-
-    @property
-    def web(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/dicom-web"
-
-    def get(self, path: str):
-        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10).read())
-
-    def upload(self, path: Path) -> None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances", data=path.read_bytes(), method="POST")
-        urllib.request.urlopen(req, timeout=30).read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        self.store_port = free_port()
+        super().__init__(folder, {"nmkit": [MOVE_AET, "127.0.0.1", self.store_port],
+                                  "nmkit-default": ["NMKIT", "127.0.0.1", self.store_port]},
+                         dicomweb=True, name="nmkit-pull-test")
 
 
 @pytest.fixture(scope="module")

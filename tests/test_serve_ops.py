@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from nmkit.serve import demo
 from nmkit.serve.config import load_config, parse_config
 from nmkit.serve.registry import Registry
 from nmkit.serve.server import Server
+from orthanc_pacs import ORTHANC, OrthancPacs
 from test_serve_node import free_port, scu_send
 from test_serve_server import SEG_CLASS, SR_CLASS, CaptureSCP, wait_for
 
@@ -293,29 +293,6 @@ def test_http_token_health_metrics_and_bounded_threads(tmp_path, bundle, monkeyp
 
 
 # ----- Orthanc outage during a stream (slow) ---------------------------------------------------------
-ORTHANC = shutil.which("Orthanc")
-
-
-def _orthanc(folder: Path, dicom_port: int, http_port: int) -> subprocess.Popen:
-    folder.mkdir(parents=True, exist_ok=True)
-    conf = {"Name": "nmkit-outage", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"), "DicomAet": "ORTHANC",
-            "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False, "Plugins": [], "StableAge": 1, "ConcurrentJobs": 1}
-    (folder / "orthanc.json").write_text(json.dumps(conf))
-    proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: _get(f"http://127.0.0.1:{http_port}/system")[0] == 200 if proc.poll() is None else pytest.fail("Orthanc exited"),
-             60, "Orthanc", interval=0.2)
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 OUTAGE_STUDIES = 50  # the acceptance: 50 studies, the PACS down for 2 minutes in the middle of the stream
 OUTAGE_SECONDS = 120
 
@@ -323,8 +300,8 @@ OUTAGE_SECONDS = 120
 @pytest.mark.slow
 @pytest.mark.skipif(ORTHANC is None, reason="Orthanc not installed")
 def test_orthanc_outage_during_a_stream(tmp_path, bundle):
-    dicom_port, http_port = free_port(), free_port()
-    orthanc = _orthanc(tmp_path / "orthanc", dicom_port, http_port)
+    orthanc = OrthancPacs(tmp_path / "orthanc", name="nmkit-outage")
+    dicom_port, http_port = orthanc.dicom_port, orthanc.http_port
     raw = config(tmp_path, dicom_port, registry(tmp_path / "reg", bundle), send_retry_base_seconds=1.0, send_max_backoff_seconds=4.0)
     raw["destinations"]["pacs"]["ae_title"] = "ORTHANC"
     cfg = parse_config(raw, None, tmp_path)
@@ -335,13 +312,13 @@ def test_orthanc_outage_during_a_stream(tmp_path, bundle):
                 assert scu_send(server.port, [st["path"]], called="NMKIT_THYR") == [0]
                 if i == 3:
                     wait_for(lambda: _deliveries(server.store).get("sent", 0) >= 2, 60, "the first deliveries")
-                    _stop(orthanc)  # the PACS goes down in the middle of the stream
+                    orthanc.stop()  # the PACS goes down in the middle of the stream
                     down = time.time()
                 time.sleep(0.5)
             wait_for(lambda: len(server.store.jobs("done")) == OUTAGE_STUDIES, 300, "inference of all studies")
             assert not server.destination_state["pacs"]["reachable"]
             time.sleep(max(0.0, OUTAGE_SECONDS - (time.time() - down)))
-            orthanc = _orthanc(tmp_path / "orthanc", dicom_port, http_port)
+            orthanc = OrthancPacs(tmp_path / "orthanc", dicom_port=dicom_port, http_port=http_port, name="nmkit-outage")
             wait_for(lambda: _deliveries(server.store).get("sent") == 2 * OUTAGE_STUDIES, 180,
                      "every result after the PACS returned")
             jobs = server.store.jobs()
@@ -355,7 +332,7 @@ def test_orthanc_outage_during_a_stream(tmp_path, bundle):
         sent_events = server.store.query("SELECT COUNT(*) AS n FROM sent")[0]["n"]
         assert sent_events == 2 * OUTAGE_STUDIES
     finally:
-        _stop(orthanc)
+        orthanc.stop()
 
 
 def test_log_rotation_and_a_full_disk_do_not_spill_tracebacks(tmp_path, capsys):

@@ -25,6 +25,7 @@ from nmkit.serve.db import Store
 from nmkit.serve.registry import PromotionRefused, Registry
 from nmkit.serve.routing import route, routing_attributes
 from nmkit.serve.server import Server
+from orthanc_pacs import ORTHANC, OrthancPacs
 from test_serve_node import free_port, scu_send
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,47 +376,11 @@ def test_kill9_mid_job_exactly_once(tmp_path, models, pacs):
 
 
 # ----- Orthanc as the PACS ------------------------------------------------------------------------
-ORTHANC = shutil.which("Orthanc")
-
-
-class Orthanc:
-    def __init__(self, folder: Path, modalities: dict):
-        self.dicom_port, self.http_port = free_port(), free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        conf = {"Name": "nmkit-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-                "DicomAet": "ORTHANC", "DicomPort": self.dicom_port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
-                "AuthenticationEnabled": False, "DicomModalities": modalities, "DicomCheckCalledAet": False,
-                "Plugins": [], "StableAge": 1, "ConcurrentJobs": 1, "HttpTimeout": 30, "DicomScuTimeout": 30}
-        (folder / "orthanc.json").write_text(json.dumps(conf))
-        self.log = open(folder / "orthanc.log", "w")
-        self.proc = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self._ok("/system"), 60, "Orthanc to start", interval=0.2)
-
-    def _ok(self, path: str):
-        try:
-            return self.get(path)
-        except OSError:
-            if self.proc.poll() is not None:
-                raise AssertionError("Orthanc exited; see its log")
-            return None
-
-    def get(self, path: str):
-        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10).read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
 @pytest.mark.skipif(ORTHANC is None, reason="Orthanc (Debian package orthanc) not installed")
 def test_orthanc_thyroid_study_comes_back_as_seg_sr_overlay(tmp_path, models):
     registry_with(tmp_path / "reg", models, "1.0.0")
     our_port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", {"nmkit": ["NMKIT_THYR", "127.0.0.1", our_port]})
+    orthanc = OrthancPacs(tmp_path / "orthanc", {"nmkit": ["NMKIT_THYR", "127.0.0.1", our_port]})
     try:
         raw = server_config(tmp_path, orthanc.dicom_port, tmp_path / "reg", port=our_port)
         raw["destinations"]["pacs"]["ae_title"] = "ORTHANC"
