@@ -14,7 +14,7 @@ from typing import Any
 def register(subparsers) -> None:
     parser = subparsers.add_parser("qc", help="quality control of real phantom scans (IEC/NEMA image quality, EARL)",
                                    description="Quality control of real phantom scans: iq (IEC body phantom, NEMA NU 2-2018 "
-                                               "and EARL), flood/lines/slit/bars (gamma camera, NEMA NU 1), spect-resolution/"
+                                               "and EARL), compare (two iq results), flood/lines/slit/bars (gamma camera, NEMA NU 1), spect-resolution/"
                                                "spect-uniformity (tomographic), trend (per-scanner QC history). "
                                                "Guide: docs/qc.md.")
     sub = parser.add_subparsers(dest="qc", metavar="TEST")
@@ -53,6 +53,17 @@ def register(subparsers) -> None:
                    help="background value for the A50 isocontour (image units; default: NEMA background ROI mean)")
     _history_arg(p)
     p.set_defaults(func=run_iq)
+
+    p = sub.add_parser("compare", help="two `qc iq` results (two reconstructions of one phantom scan) side by side",
+                       description="Reads two `nmkit qc iq` output folders and draws both recovery curves (RCmax, "
+                                   "RCmean, RCpeak with the EARL bands) and the background variability N_j on one "
+                                   "figure. Writes DIR/compare.png, DIR/compare.csv (per sphere and measure: A, B, "
+                                   "B - A, percent), DIR/compare.json and DIR/compare_report.html.")
+    p.add_argument("iq_a", help="first `qc iq` output folder (A)")
+    p.add_argument("iq_b", help="second `qc iq` output folder (B)")
+    p.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"), help="names of the two results (default: folder names)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run_compare)
 
     p = sub.add_parser("flood", help="NEMA NU 1 flood: integral and differential uniformity (percent) in UFOV and CFOV",
                        description="Rebins to the pixel nearest 6.4 mm, finds the UFOV (0.95 of the field, edge pixels under "
@@ -350,6 +361,61 @@ def run_iq(args: argparse.Namespace) -> int:
     print(table[["diameter_mm", "fwhm_mm", "contrast_q_h_percent", "background_variability_n_percent", "rc_max", "rc_mean",
                  "rc_peak"]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {csv_path}, {out / 'iq_summary.json'}, {out / 'iq_report.html'}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..provenance import provenance
+    from ..quality.qc_compare import compare_figure, difference_table, read_iq_folder
+    from ..report.html import Report
+
+    labels = tuple(args.labels) if args.labels else (Path(args.iq_a).name, Path(args.iq_b).name)
+    if labels[0] == labels[1]:
+        labels = (f"A: {labels[0]}", f"B: {labels[1]}")
+    (ta, ra), (tb, rb) = read_iq_folder(args.iq_a), read_iq_folder(args.iq_b)
+    try:
+        diff = difference_table(ta, tb)
+    except InputError as exc:
+        raise InputError(args.iq_b, exc.problem) from None
+    sa, sb = ra["summary"], rb["summary"]
+    notes = []
+    ca, cb = sa.get("sphere_concentration"), sb.get("sphere_concentration")
+    if ca and cb and abs(cb / ca - 1) > 1e-6:
+        notes.append(f"the two results use different sphere concentrations ({ca:.5g} vs {cb:.5g}): RC differences "
+                     "include the activity assumption, not only the reconstruction")
+    if sa.get("ratio_estimated") or sb.get("ratio_estimated"):
+        notes.append("ESTIMATED activity ratio in " + " and ".join(l for l, s in zip(labels, (sa, sb)) if s.get("ratio_estimated")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    diff.to_csv(out / "compare.csv", index=False)
+    fig = compare_figure(ta, tb, labels, "; ".join(notes))
+    fig.savefig(out / "compare.png", dpi=100, bbox_inches="tight")
+    summary = {"labels": list(labels), "notes": notes,
+               "lung_residual_percent": [sa.get("lung_residual_percent"), sb.get("lung_residual_percent")],
+               "earl1_pass": [sa.get("earl1_pass"), sb.get("earl1_pass")], "earl2_pass": [sa.get("earl2_pass"), sb.get("earl2_pass")],
+               "max_abs_difference": {m: float(g["difference"].abs().max()) for m, g in diff.groupby("measure")}}
+    record = {"summary": summary, "units": {"difference": "unit of the measure (B - A)", "relative_difference_percent": "%"},
+              "sources": [str(Path(args.iq_a).resolve()), str(Path(args.iq_b).resolve())],
+              "provenance": provenance({"labels": list(labels)}, [args.iq_a, args.iq_b])}
+    (out / "compare.json").write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    report = Report(f"Image quality comparison: {labels[0]} vs {labels[1]}")
+    sec = report.section("Recovery and noise")
+    for note in notes:
+        sec.text(note, note=True)
+    sec.figure(fig, f"{labels[0]} (black) and {labels[1]} (red): RCmax, RCmean (A50), RCpeak with the EARL bands; "
+                    "background variability N_j")
+    wide = diff.pivot(index="diameter_mm", columns="measure", values="difference").sort_index(ascending=False)
+    report.section("Differences (B - A)").table(wide.reset_index(), caption=f"B = {labels[1]}, A = {labels[0]}; units as "
+                                                "the measure (RC: 1, Q_H and N: %, FWHM: mm)")
+    report.section("All values").table(diff)
+    report.section("Sources").code(record)
+    report.write(out / "compare_report.html")
+    for note in notes:
+        print(f"NOTE: {note}")
+    print(f"B = {labels[1]} minus A = {labels[0]}:")
+    print(wide.to_string(float_format=lambda v: f"{v:+.4f}"))
+    print(f"wrote {out / 'compare.png'}, {out / 'compare.csv'}, {out / 'compare_report.html'}")
     return 0
 
 
