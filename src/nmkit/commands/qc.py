@@ -128,6 +128,24 @@ def register(subparsers) -> None:
     _history_arg(p)
     p.set_defaults(func=run_spect_uniformity)
 
+    p = sub.add_parser("calibrate", help="SPECT calibration from a uniform phantom of known activity: cps/MBq and Bq/ml per cps/ml",
+                       description="Counts -> counts/s with the acquisition time (ActualFrameDuration x views from the NM "
+                                   "header, or --frame-duration-s/--views), activity decay-corrected to the acquisition "
+                                   "start, phantom found automatically (or --mask). Writes DIR/calibration.json, which "
+                                   "`nmkit quality IMAGE --rois ... --calibration DIR/calibration.json` uses to report Bq/ml and MBq.")
+    p.add_argument("image", help="SPECT reconstruction of a uniform phantom in counts or counts/s (DICOM or NIfTI)")
+    p.add_argument("--activity-mbq", type=float, required=True, help="activity in the phantom (MBq, at --calibration-time)")
+    p.add_argument("--calibration-time", default=None, metavar="YYYYMMDDHHMMSS",
+                   help="time the activity was measured: decay-corrected to the acquisition start")
+    p.add_argument("--isotope", default=None, help="isotope for the decay correction (Tc-99m, Lu-177, I-131, In-111, ...)")
+    p.add_argument("--half-life-s", type=float, default=None, help="half-life for the decay correction (s)")
+    p.add_argument("--scan-time", default=None, metavar="YYYYMMDDHHMMSS", help="acquisition start, overriding the header")
+    p.add_argument("--volume-ml", type=float, default=None, help="phantom volume (ml; default: the found region's volume)")
+    p.add_argument("--mask", default=None, help="phantom mask file (label map; non-zero = phantom) instead of the automatic region")
+    _time_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run_calibrate)
+
     p = sub.add_parser("trend", help="plot a scanner's QC history over time against tolerances and flag drifts",
                        description="Reads one scanner's QC history (an .sqlite file written by --history) and writes "
                                    "DIR/trend.png and DIR/trend.csv (flags: out of tolerance, drift > 3 SD).")
@@ -137,6 +155,13 @@ def register(subparsers) -> None:
                    help="tolerance of a measure (repeatable), e.g. integral_uniformity_cfov_percent=0:3.5")
     p.set_defaults(func=run_trend)
     parser.set_defaults(func=lambda args: (parser.print_help(), 0)[1])
+
+
+def _time_args(p: argparse.ArgumentParser) -> None:
+    """Options that turn a counts image into counts/s (shared with `nmkit quality --calibration`)."""
+    p.add_argument("--frame-duration-s", type=float, default=None, help="time per view (s; default DICOM ActualFrameDuration)")
+    p.add_argument("--views", type=int, default=None, help="number of views (default DICOM ScanArc/AngularStep)")
+    p.add_argument("--units", default=None, help="image unit when the file does not say (NIfTI): counts or CPS (counts/s)")
 
 
 def _history_arg(p: argparse.ArgumentParser) -> None:
@@ -616,4 +641,52 @@ def run_trend(args: argparse.Namespace) -> int:
         why = "out of tolerance" if r["out_of_tolerance"] else "drift > 3 SD"
         print(f"  {r['acquired']} {r['test']} {r['measure']} = {r['value']:.4g} {r['unit']} ({why})")
     print(f"wrote {out / 'trend.png'}, {out / 'trend.csv'}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..provenance import provenance
+    from ..quality.qc_activity import resolve_activities
+    from ..quality.qc_calibration import SCHEME, acquisition_seconds, calibrate
+
+    image = _read(args.image)
+    if args.units:
+        image.units = args.units
+    acq_s, timing = _in_file_error(args.image, acquisition_seconds, image, args.frame_duration_s, args.views)
+    act = _in_file_error(args.image, resolve_activities, args.activity_mbq, 0.0, image.meta or {}, args.calibration_time,
+                         args.isotope, args.half_life_s, args.scan_time, how="activity in MBq")
+    mask = None
+    if args.mask:
+        from ..io.image import resample_to
+        from ..io.roi import load_rois
+
+        m = load_rois(args.mask, reference=image)
+        if not m.same_grid(image):
+            m = resample_to(m, image, "nearest")
+        mask = m.array > 0
+        if not mask.any():
+            raise InputError(args.mask, "the phantom mask is empty")
+    result = _in_file_error(args.image, calibrate, image, act.sphere_conc, acq_s, args.volume_ml, mask)
+    decay = {k.replace("sphere_conc_at_calibration", "activity_mbq_at_calibration"): v for k, v in act.record.items()
+             if k != "bg_conc_at_calibration"}
+    payload = {"scheme": SCHEME, **result, "activity_source": act.source, "decay": decay, "timing": timing,
+               "units": {"sensitivity_cps_per_mbq": "cps/MBq", "bq_per_ml_per_cps_per_ml": "Bq/ml per (counts/s/ml)",
+                         "bq_per_ml_per_cps_per_voxel": "Bq/ml per (counts/s/voxel)", "activity_mbq": "MBq",
+                         "volume_ml": "ml", "concentration_bq_per_ml": "Bq/ml", "total_cps": "counts/s",
+                         "mean_cps_per_voxel": "counts/s/voxel", "voxel_volume_ml": "ml"},
+               "image": str(Path(args.image).resolve()), "modality": image.modality,
+               "isotope": args.isotope or (image.meta or {}).get("Radionuclide"),
+               "provenance": provenance({k: v for k, v in vars(args).items() if not callable(v)},
+                                        [args.image] + ([args.mask] if args.mask else []))}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    print(f"activity: {act.sphere_conc:.4g} MBq at acquisition start ({act.source})")
+    print(f"time: {timing['normalisation']}" + (f" (NOTE: {timing['note']})" if timing.get("note") else ""))
+    print(f"sensitivity: {result['sensitivity_cps_per_mbq']:.4g} cps/MBq")
+    print(f"volumetric factor: {result['bq_per_ml_per_cps_per_ml']:.4g} Bq/ml per counts/s/ml "
+          f"({result['bq_per_ml_per_cps_per_voxel']:.4g} Bq/ml per counts/s/voxel)")
+    print(f"phantom: {result['region_volume_ml']:.1f} ml found, volume used {result['volume_ml']:.1f} ml ({result['volume_source']})")
+    print(f"wrote {out / 'calibration.json'}")
     return 0

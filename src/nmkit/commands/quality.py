@@ -29,12 +29,45 @@ def register(subparsers) -> None:
     p.add_argument("--background", default=None, help="background ROI (selector: number or name) for contrast and CNR")
     p.add_argument("--suv", choices=("bw", "lbm"), default=None, help="read DICOM PET in SUV (g/ml)")
     p.add_argument("--units", default=None, help="unit of the voxel values when the image does not state it (NIfTI), e.g. Bq/ml")
+    p.add_argument("--calibration", default=None,
+                   help="SPECT calibration JSON from `nmkit qc calibrate`: ROI mode converts a counts image to Bq/ml (and MBq)")
+    p.add_argument("--frame-duration-s", type=float, default=None,
+                   help="with --calibration: time per view (s; default DICOM ActualFrameDuration)")
+    p.add_argument("--views", type=int, default=None, help="with --calibration: number of views (default DICOM ScanArc/AngularStep)")
     p.add_argument("--out", required=True, help="output CSV")
     p.set_defaults(func=run)
 
 
+def _read_calibration(path: str) -> dict:
+    """The `nmkit qc calibrate` JSON at ``path`` (one-line error naming it otherwise)."""
+    from ..errors import InputError
+    from ..quality.qc_calibration import SCHEME
+
+    try:
+        cal = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(path, f"not a readable calibration JSON ({exc.__class__.__name__})") from None
+    if not isinstance(cal, dict) or cal.get("scheme") != SCHEME or "bq_per_ml_per_cps_per_ml" not in cal:
+        raise InputError(path, f"not a `nmkit qc calibrate` result (scheme {SCHEME})")
+    return cal
+
+
+def _calibrated(image, args: argparse.Namespace, path: str):
+    """``image`` (counts or counts/s) -> Bq/ml with the calibration; the conversion record for the provenance."""
+    from ..errors import InputError
+    from ..quality.qc_calibration import acquisition_seconds, apply_calibration
+
+    if args.units and not image.units:
+        image.units = args.units
+    try:
+        acq_s, timing = acquisition_seconds(image, args.frame_duration_s, args.views)
+        return apply_calibration(image, args.calibration_data, acq_s), timing
+    except InputError as exc:
+        raise InputError(exc.path or path, exc.problem) from None
+
+
 def _measure(image_path: str, roi_files: list, selector, background: str | None, suv: str | None,
-             series_uid: str | None = None) -> list[dict]:
+             series_uid: str | None = None, args: argparse.Namespace | None = None) -> list[dict]:
     """Long-format ROI rows for one image and its ROI files (``MaskRef`` or paths)."""
     from ..dataset import MaskRef
     from ..io.image import resample_to
@@ -48,6 +81,9 @@ def _measure(image_path: str, roi_files: list, selector, background: str | None,
         image = read_volume(image_path)
     else:
         image = read_image(image_path, suv=suv) if not series_uid else read_image(image_path, series_uid=series_uid, suv=suv)
+    if args is not None and getattr(args, "calibration_data", None):
+        image, timing = _calibrated(image, args, image_path)
+        args.calibration_timing.append({"image": image_path, **timing})
     rows = []
     for ref in roi_files:
         ref = ref if isinstance(ref, MaskRef) else MaskRef(file=str(ref))
@@ -75,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     inputs = [args.image] if args.image else []
+    args.calibration_data, args.calibration_timing = None, []
+    if args.calibration:
+        if args.phantom_masks or args.phantom_activity:
+            raise InputError(args.calibration, "--calibration works in ROI mode (--rois or --manifest), not phantom mode")
+        args.calibration_data = _read_calibration(args.calibration)
     if args.phantom_masks or args.phantom_activity:
         if not args.image:
             raise InputError(None, "phantom mode needs the reconstructed IMAGE")
@@ -119,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         for case in tqdm(table.to_dict(orient="records"), desc="quality", unit="case", disable=None):
             try:
                 measured = _measure(case["image"], case["masks"], args.roi or case.get("roi") or None, args.background,
-                                    args.suv or case.get("suv") or None, case.get("series_uid") or None)
+                                    args.suv or case.get("suv") or None, case.get("series_uid") or None, args)
             except Exception as exc:  # noqa: BLE001 - batch job: log and skip a bad case
                 import logging
 
@@ -142,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.rois:
         if not args.image:
             raise InputError(None, "ROI mode needs the IMAGE (or give --manifest)")
-        frame = pd.DataFrame(_measure(args.image, [args.rois], args.roi, args.background, args.suv))
+        frame = pd.DataFrame(_measure(args.image, [args.rois], args.roi, args.background, args.suv, args=args))
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False)
         inputs.append(args.rois)
@@ -157,5 +198,12 @@ def run(args: argparse.Namespace) -> int:
                                      "--phantom-activity (phantom mode)")
     config = {"command": "quality", "mode": mode, "background": args.background, "roi": args.roi, "suv": args.suv,
               "locate": not args.no_locate}
+    if args.calibration_data:
+        inputs.append(args.calibration)
+        cal = args.calibration_data
+        config["calibration"] = {"file": str(Path(args.calibration).resolve()),
+                                 "bq_per_ml_per_cps_per_ml": cal["bq_per_ml_per_cps_per_ml"],
+                                 "sensitivity_cps_per_mbq": cal.get("sensitivity_cps_per_mbq"),
+                                 "phantom_image": cal.get("image"), "timing": args.calibration_timing}
     Path(str(out) + ".json").write_text(json.dumps(provenance(config, inputs, summary=summary), indent=2, default=str))
     return 0
