@@ -133,3 +133,23 @@ def test_real_jaszczak_header_timing(external_data, tmp_path, capsys):
     assert cal["timing"]["frame_duration_s"] == 45 and cal["timing"]["views"] == 128
     assert cal["decay"]["elapsed_s"] == 2721 and cal["activity_mbq"] == pytest.approx(400 * math.exp(-math.log(2) * 2721 / 21624.12))
     assert 5000 < cal["region_volume_ml"] < 7500  # a Jaszczak tank holds ~6-7 l
+    # independent check with pydicom: all of the image's counts per view-second per MBq, >= the region's
+    import pydicom
+
+    ds = pydicom.dcmread(str(image))
+    image_cps = ds.pixel_array.astype(float).sum() * float(getattr(ds, "RescaleSlope", 1) or 1) / (45 * 128)
+    assert cal["image_total_cps"] == pytest.approx(image_cps, rel=1e-6)
+    assert 0.85 * image_cps < cal["total_cps"] <= image_cps
+
+
+def test_calibrate_with_a_mask(phantom, tmp_path):
+    """--mask: the given region is used for the total and the mean; a mask of the true cylinder gives the same factor."""
+    image, volume_ml = phantom
+    z, y, x = np.meshgrid(*_grid((48, 64, 64), 4.0), indexing="ij")
+    inner = (((x ** 2 + y ** 2) <= 60.0 ** 2) & (np.abs(z) <= 40.0)).astype(np.int16)
+    mask = tmp_path / "m.nii.gz"
+    write_volume(Mask(array=inner, spacing=(4.0,) * 3, origin=(0.0, 0.0, 0.0), labels={1: "inner"}), mask)
+    cal = _calibrate(image, volume_ml, tmp_path / "cal", "200", "--mask", str(mask))
+    assert cal["region"] == "given mask" and cal["interior_voxels"] == int(inner.sum())
+    assert cal["bq_per_ml_per_cps_per_ml"] == pytest.approx(1e6 / SENS_CPS_PER_MBQ, rel=0.02)
+    assert cal["sensitivity_cps_per_mbq"] < 0.7 * SENS_CPS_PER_MBQ  # only the inner part's counts: a smaller total

@@ -673,7 +673,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     payload = {"scheme": SCHEME, **result, "activity_source": act.source, "decay": decay, "timing": timing,
                "units": {"sensitivity_cps_per_mbq": "cps/MBq", "bq_per_ml_per_cps_per_ml": "Bq/ml per (counts/s/ml)",
                          "bq_per_ml_per_cps_per_voxel": "Bq/ml per (counts/s/voxel)", "activity_mbq": "MBq",
-                         "volume_ml": "ml", "concentration_bq_per_ml": "Bq/ml", "total_cps": "counts/s",
+                         "volume_ml": "ml", "concentration_bq_per_ml": "Bq/ml", "total_cps": "counts/s", "image_total_cps": "counts/s",
                          "mean_cps_per_voxel": "counts/s/voxel", "voxel_volume_ml": "ml"},
                "image": str(Path(args.image).resolve()), "modality": image.modality,
                "isotope": args.isotope or (image.meta or {}).get("Radionuclide"),
@@ -684,7 +684,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     (out / "calibration.json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
     print(f"activity: {act.sphere_conc:.4g} MBq at acquisition start ({act.source})")
     print(f"time: {timing['normalisation']}" + (f" (NOTE: {timing['note']})" if timing.get("note") else ""))
-    print(f"sensitivity: {result['sensitivity_cps_per_mbq']:.4g} cps/MBq")
+    print(f"sensitivity: {result['sensitivity_cps_per_mbq']:.4g} cps/MBq ({100 * result['total_cps'] / result['image_total_cps']:.1f} "
+          f"% of the image's counts lie in the phantom region)")
     print(f"volumetric factor: {result['bq_per_ml_per_cps_per_ml']:.4g} Bq/ml per counts/s/ml "
           f"({result['bq_per_ml_per_cps_per_voxel']:.4g} Bq/ml per counts/s/voxel)")
     print(f"phantom: {result['region_volume_ml']:.1f} ml found, volume used {result['volume_ml']:.1f} ml ({result['volume_source']})")

@@ -171,6 +171,7 @@ def calibrate(image: Image, activity_mbq: float, acquisition_s: float, volume_ml
         "activity_mbq": activity_mbq, "volume_ml": vol,
         "volume_source": "--volume-ml" if volume_ml is not None else "phantom region (50 % threshold)",
         "region_volume_ml": region_ml, "concentration_bq_per_ml": conc, "total_cps": total_cps,
+        "image_total_cps": float(arr.sum()) / acquisition_s,  # everything, background artefacts included: a check
         "mean_cps_per_voxel": mean_cps_voxel, "voxel_volume_ml": voxel_ml, "region": how,
         "interior_voxels": int(inner.sum()), "total_voxels": int(total_region.sum()),
     }
