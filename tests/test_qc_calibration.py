@@ -121,6 +121,10 @@ def test_bad_input_one_line(phantom, tmp_path, capsys):
     not_cal.write_text("{}")
     assert main(["quality", image, "--rois", image, "--calibration", str(not_cal), "--out", str(tmp_path / "q.csv")]) == 2
     _one_line(capsys, "x.json", "qc calibrate")
+    bqml = _write(np.ones((20, 20, 20), np.float32), 4.0, tmp_path / "pet.nii.gz")
+    assert main(["qc", "calibrate", bqml, "--units", "BQML", "--activity-mbq", "100", "--frame-duration-s", "1",
+                 "--out", str(tmp_path / "o")]) == 2
+    _one_line(capsys, "pet.nii.gz", "Bq/ml, not counts")
 
 
 def test_real_jaszczak_header_timing(external_data, tmp_path, capsys):

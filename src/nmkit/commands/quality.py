@@ -205,5 +205,8 @@ def run(args: argparse.Namespace) -> int:
                                  "bq_per_ml_per_cps_per_ml": cal["bq_per_ml_per_cps_per_ml"],
                                  "sensitivity_cps_per_mbq": cal.get("sensitivity_cps_per_mbq"),
                                  "phantom_image": cal.get("image"), "timing": args.calibration_timing}
+        times = sorted({t["normalisation"] for t in args.calibration_timing})
+        print(f"calibrated with {args.calibration}: {cal['bq_per_ml_per_cps_per_ml']:.4g} Bq/ml per counts/s/ml; "
+              f"{'; '.join(times)}")
     Path(str(out) + ".json").write_text(json.dumps(provenance(config, inputs, summary=summary), indent=2, default=str))
     return 0

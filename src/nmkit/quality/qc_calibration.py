@@ -13,6 +13,11 @@ Two factors are written:
 - volumetric factor (Bq/ml per cps/ml) = (A / V) / mean cps density in the phantom interior (the region eroded by
   ``erode_mm``, away from the partial-volume edge); divided by the voxel volume this is the usual Bq/ml per
   count/s/voxel, which is also written. Stored per ml so that images on another voxel grid convert correctly.
+
+"Per second" is per view-second (frame duration x views), not wall-clock time: for a multi-head camera both are
+consistent as long as the phantom and the patient are acquired with the same protocol. The activity is the one at
+acquisition start, so the factor includes the decay during the phantom acquisition; images of another isotope or a
+very different acquisition length need their own calibration.
 """
 
 from __future__ import annotations
@@ -61,11 +66,18 @@ def per_second(units: str | None) -> bool:
 def acquisition_seconds(image: Image, frame_duration_s: float | None = None, views: int | None = None
                         ) -> tuple[float, dict[str, Any]]:
     """Seconds that turn the image's counts into counts/s, and a record of where they came from (see module doc)."""
+    from ..units import image_unit
+
+    unit = image_unit(image.units, image.modality)
+    if unit not in ("counts", "counts/s", "unknown"):
+        raise InputError(None, f"the image is in {unit}, not counts: the SPECT calibration applies to reconstructions "
+                               "in counts or counts/s")
     if per_second(image.units):
         return 1.0, {"image_units": "counts/s", "normalisation": "none (image already in counts/s)"}
     raw = _header(image)
     meta = image.meta or {}
-    rec: dict[str, Any] = {"image_units": "counts"}
+    rec: dict[str, Any] = {"image_units": "counts" if unit == "counts" else
+                           "counts (assumed: the file states no unit; --units says it)"}
     if frame_duration_s is not None:
         t_view, rec["frame_duration_source"] = float(frame_duration_s), "--frame-duration-s"
     else:
