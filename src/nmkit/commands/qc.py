@@ -161,7 +161,7 @@ def _time_args(p: argparse.ArgumentParser) -> None:
     """Options that turn a counts image into counts/s (shared with `nmkit quality --calibration`)."""
     p.add_argument("--frame-duration-s", type=float, default=None, help="time per view (s; default DICOM ActualFrameDuration)")
     p.add_argument("--views", type=int, default=None, help="number of views (default DICOM ScanArc/AngularStep)")
-    p.add_argument("--units", default=None, help="image unit when the file does not say (NIfTI): counts or CPS (counts/s)")
+    p.add_argument("--units", default=None, help="image unit when the image does not state it (NIfTI): counts or CPS (counts/s)")
 
 
 def _history_arg(p: argparse.ArgumentParser) -> None:
