@@ -376,3 +376,13 @@ def test_server_config_type_errors_name_the_key(yaml_text, expected, tmp_path, c
     assert main(["model", "--config", str(config), "list"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"nmkit model list: error: {config}: {err.split(': ', 3)[-1]}" and expected in err and "\n" not in err
+
+
+def test_unreadable_dicom_through_the_readers_gives_no_pydicom_advice(tmp_path, capsys):
+    """The readers' DicomReadError (not only the CLI's own catch) leaves out pydicom's "Use force=True" advice."""
+    text = tmp_path / "notes.dcm"
+    text.write_text("not DICOM")
+    assert main(["qc", "bars", str(text), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a readable DICOM file" in err and str(text) in err and len(err.splitlines()) == 1
+    assert "force=True" not in err

@@ -88,8 +88,9 @@ def report_error(command: str, exc: BaseException, verbose: bool = False) -> int
     if type(exc).__name__ == "InvalidDicomError" and type(exc).__module__.startswith("pydicom"):
         path = _dicom_path(exc)
         where = f"{path}: " if path else ""
-        reason = str(exc).split(" Use force=True")[0]
-        print(f"{prefix} {where}not a readable DICOM file ({_one_line(reason)})", file=sys.stderr)
+        from .io.dicom_series import unreadable_reason
+
+        print(f"{prefix} {where}{_one_line(unreadable_reason(exc))}", file=sys.stderr)
         return 2
     hint = "" if verbose else " (run with -v for the traceback)"
     print(f"nmkit {command}: internal error: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)

@@ -729,7 +729,9 @@ class Deidentifier:
         try:
             ds = pydicom.dcmread(str(src))
         except Exception as exc:
-            raise DicomReadError(src, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+            from .dicom_series import unreadable_reason
+
+            raise DicomReadError(src, unreadable_reason(exc)) from exc
         if "SOPInstanceUID" not in ds:
             raise DicomReadError(src, "no SOPInstanceUID (0008,0018): not a composite DICOM instance")
         burned = str(ds.get("BurnedInAnnotation", "") or "").upper()

@@ -71,12 +71,19 @@ def _dcmread(path: str | Path, force: bool = False, **kwargs) -> Dataset:
         return ds
 
 
+def unreadable_reason(exc: BaseException) -> str:
+    """Why pydicom could not read a file, for a user: ``not a readable DICOM file (Type: message)`` without pydicom's
+    programmer advice ("Use force=True ...", which a command-line user cannot act on)."""
+    message = str(exc).split(" Use force=True")[0].strip()
+    return f"not a readable DICOM file ({type(exc).__name__}: {message})"
+
+
 def read_header(path: str | Path, force: bool = False) -> Dataset:
     """Read a DICOM header (no pixel data); raise ``DicomReadError`` naming the file on failure."""
     try:
         return _dcmread(path, force=force, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types for broken files
-        raise DicomReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+        raise DicomReadError(path, unreadable_reason(exc)) from exc
 
 
 def read_dataset(path: str | Path, force: bool = False) -> Dataset:
@@ -84,7 +91,7 @@ def read_dataset(path: str | Path, force: bool = False) -> Dataset:
     try:
         return _dcmread(path, force=force)
     except Exception as exc:
-        raise DicomReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+        raise DicomReadError(path, unreadable_reason(exc)) from exc
 
 
 def iter_dicom_files(root: str | Path) -> Iterable[Path]:
