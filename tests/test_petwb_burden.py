@@ -81,6 +81,7 @@ def test_cli_burden_on_real_gtv(external_data, tmp_path):
         next((folder / "image").glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
     lesion = pd.read_csv(out / "burden_lesions.csv").iloc[0]
     assert lesion.suv_peak <= lesion.suv_max and lesion.tlg_g == pytest.approx(lesion.suv_mean * lesion.volume_ml)
+    assert "SUV g/ml" in lesion.units and "Dmax mm" in p.units  # every number says its unit
 
 
 def test_cli_burden_reads_delineate_case_table(phantom, tmp_path):

@@ -101,11 +101,14 @@ def run(args: argparse.Namespace) -> int:
         patients.append(p)
         lesions += r
     out.mkdir(parents=True, exist_ok=True)
+    # the unit column, as delineate's lesions.csv and organs' table carry it (SUV in g/ml)
+    patients = [{**p, "units": "volume ml, TLG g, SUV g/ml, Dmax mm, BSA m^2, SDmax 1/m"} for p in patients]
+    lesions = [{**r, "units": "volume ml, TLG g, SUV g/ml, centroid mm"} for r in lesions]
     pd.DataFrame(patients).to_csv(out / "burden_patients.csv", index=False)
     pd.DataFrame(lesions).to_csv(out / "burden_lesions.csv", index=False)
     (out / "burden.provenance.json").write_text(json.dumps(provenance({k: v for k, v in vars(args).items() if k != "func"},
                                                                       [str(args.input)]), indent=1, default=str))
     for p in patients:
         print(f"{p['case_id']:<24} {p['lesion_count']:>3} lesions  TMTV {p['tmtv_ml']:9.2f} ml  TLG {p['tlg_total_g']:9.1f} g  "
-              f"SUVmax {p['suv_max']:6.2f}  Dmax {p['dmax_mm']:7.1f} mm  SDmax {p['sdmax_per_m']:.3f} m^-1")
+              f"SUVmax {p['suv_max']:6.2f} g/ml  Dmax {p['dmax_mm']:7.1f} mm  SDmax {p['sdmax_per_m']:.3f} m^-1")
     return 0
