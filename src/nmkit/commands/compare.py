@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ..errors import InputError
-    from ..io.reader import read_image
+    from ..io.reader import read_case_image
     from ..io.roi import load_rois
     from ..provenance import library_versions, provenance
     from ..quality.paired import (PairedCase, measure_cases, paired_statistics, per_roi_table, threshold_segmenter,
@@ -132,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
     cases, skipped = [], {m: "not present in all three folders" for m in missing}
     for name in names:
         try:
-            img_a = read_image(a_cases[name])
-            img_b = read_image(b_cases[name])
+            img_a = read_case_image(a_cases[name])  # a folder, a file, or a case table's ';'-separated series
+            img_b = read_case_image(b_cases[name])
             for img in (img_a, img_b):
                 if args.units and not img.units:
                     img.units = args.units

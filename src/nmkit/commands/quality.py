@@ -71,16 +71,12 @@ def _measure(image_path: str, roi_files: list, selector, background: str | None,
     """Long-format ROI rows for one image and its ROI files (``MaskRef`` or paths)."""
     from ..dataset import MaskRef
     from ..io.image import resample_to
-    from ..io.reader import read_image
+    from ..io.reader import read_case_image
     from ..io.roi import load_rois
     from ..io.roi_select import select_rois
-    from ..io.volume_files import is_volume_file, read_volume
     from ..quality.patient import roi_table
 
-    if is_volume_file(image_path) and suv is None:
-        image = read_volume(image_path)
-    else:
-        image = read_image(image_path, suv=suv) if not series_uid else read_image(image_path, series_uid=series_uid, suv=suv)
+    image = read_case_image(image_path, suv=suv, series_uid=series_uid)
     if args is not None and getattr(args, "calibration_data", None):
         image, timing = _calibrated(image, args, image_path)
         args.calibration_timing.append({"image": image_path, **timing})

@@ -147,6 +147,26 @@ def _read_single_unscanned(path: Path, suv: str | None, lbm_formula: str) -> Ima
     return read_series_files([path], suv=suv, lbm_formula=lbm_formula)
 
 
+def read_case_image(path: str | Path, suv: str | None = None, series_uid: str | None = None) -> Image:
+    """A case table's ``image`` cell as an image: a NIfTI/NRRD file, a DICOM file or series folder (a DICOM UID in
+    ``series_uid`` picks that series in a folder holding several), or ``;``-separated files of one DICOM series."""
+    import re
+
+    from .volume_files import is_volume_file, read_volume
+
+    path = str(path)
+    if ";" in path:
+        files = [Path(f.strip()) for f in path.split(";") if f.strip()]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise InputError(missing[0], f"file of the image series does not exist ({len(missing)} of {len(files)} missing)")
+        return read_series_files(files, suv=suv)
+    if is_volume_file(path) and suv is None:
+        return read_volume(path)
+    is_uid = bool(series_uid and re.match(r"^[0-9]+(\.[0-9]+)+$", series_uid))
+    return read_image(path, series_uid=series_uid if is_uid and Path(path).is_dir() else None, suv=suv)
+
+
 def read_images(folder: str | Path, suv: str | None = None) -> dict[str, Image]:
     """Every image series under ``folder`` keyed by SeriesInstanceUID; series that fail are logged and skipped."""
     out: dict[str, Image] = {}

@@ -30,7 +30,6 @@ skipped (listed in ``CohortResult.failures``). Work runs in a local process pool
 from __future__ import annotations
 
 import logging
-import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,24 +58,6 @@ def _text(v: Any) -> str | None:
     return None if _is_blank(v) else str(v).strip()
 
 
-_DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
-
-
-def _read_image(path: str, suv: str | None, series_uid: str | None = None):
-    """The case's image: a volume file, a DICOM file/folder (``series_uid`` picks one series), or ``;``-separated files."""
-    from ..io.reader import read_image, read_series_files
-    from ..io.volume_files import is_volume_file, read_volume
-
-    if ";" in path:
-        files = [Path(f.strip()) for f in path.split(";") if f.strip()]
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise InputError(missing[0], f"file of the image series does not exist ({len(missing)} of {len(files)} missing)")
-        return read_series_files(files, suv=suv)
-    if is_volume_file(path) and suv is None:
-        return read_volume(path)
-    uid = series_uid if series_uid and _DICOM_UID.match(series_uid) and Path(path).is_dir() else None
-    return read_image(path, series_uid=uid, suv=suv)
 
 
 def _roi_numbers(path: str, kind: str) -> dict[int, str]:
@@ -295,12 +276,13 @@ def run_case_rows(case: Mapping[str, Any], config_dict: Mapping[str, Any], error
 
     from .. import __version__
     from ..provenance import config_hash
+    from ..io.reader import read_case_image
     from .engine import extract
     from .pet import native_pet_features
 
     cfg = RadiomicsConfig.from_dict(config_dict)
     chash = config_hash(cfg.to_dict())
-    image = _read_image(str(case["image"]), _text(case.get("suv")), _text(case.get("series_uid")))
+    image = read_case_image(str(case["image"]), _text(case.get("suv")), _text(case.get("series_uid")))
     _table_units(image, case)
     structures = case_structures(case, image, roi)
     base = {k: (None if _is_blank(v) else v) for k, v in case.items() if k != "masks"}
