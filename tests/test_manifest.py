@@ -205,3 +205,14 @@ def test_manifest_cli_reports_empty_split_and_time_points(external_data: Path, t
     again = tmp_path / "again.csv"
     assert main(["manifest", "--dataset", str(out), "--out", str(again), "--split", "0.5", "0.5", "--seed", "3"]) == 0
     assert set(read_manifest(again).split) == {"train", "test"}
+
+
+def test_time_points_number_scan_days_per_patient_modality_and_tracer():
+    from nmkit.io.dicom_dates import scan_day, time_point_labels
+
+    # a study date without acquisition time is the same day as an ISO acquisition date-time of that day
+    days = [scan_day("2018-11-15T13:06:28", ""), scan_day("", "20181116"), scan_day("", "20181115"), scan_day("", "")]
+    assert days == ["2018-11-15", "2018-11-16", "2018-11-15", ""]
+    groups = [("P1", "PT", "Lu"), ("P1", "PT", "Lu"), ("P1", "PT", "Lu"), ("P1", "PT", "Lu")]
+    assert time_point_labels(groups, days) == ["TP1", "TP2", "TP1", ""]
+    assert time_point_labels([("P2", "CT", ""), ("P3", "CT", "")], ["2020-01-01", "2020-02-01"]) == ["", ""]

@@ -55,21 +55,15 @@ def _tracer(row: Any) -> str:
 
 
 def assign_time_points(table):
-    """``time_point`` = TP1, TP2 ... per patient, modality and tracer, in acquisition order (blank for a single scan).
+    """``time_point`` = TP1, TP2 ... per patient, modality and tracer, in acquisition order (blank for a single scan);
+    a time point already in the table is kept (``io.dicom_dates.time_point_labels``, roi2mask's rule too)."""
+    from ..io.dicom_dates import scan_day, time_point_labels
 
-    Scans on the same day are one time point (a PET and its attenuation-corrected variants, say)."""
     table = table.copy()
-    keys = table["patient_id"].astype(str) + "|" + table["modality"].astype(str) + "|" + table["tracer"].astype(str)
-    days = table["acquisition_datetime"].astype(str).str[:10].where(table["acquisition_datetime"].astype(str) != "",
-                                                                   table["study_date"].astype(str))
-    for _, index in table.groupby(keys).groups.items():
-        day_values = sorted({d for d in days[index] if d})
-        if len(day_values) < 2:
-            continue
-        rank = {d: i + 1 for i, d in enumerate(day_values)}
-        for i in index:
-            if not str(table.at[i, "time_point"]).strip() and days[i]:
-                table.at[i, "time_point"] = f"TP{rank[days[i]]}"
+    groups = list(zip(table["patient_id"].astype(str), table["modality"].astype(str), table["tracer"].astype(str)))
+    days = [scan_day(a, s) for a, s in zip(table["acquisition_datetime"], table["study_date"])]
+    labels = time_point_labels(groups, days)
+    table["time_point"] = [old if str(old).strip() else new for old, new in zip(table["time_point"], labels)]
     return table
 
 

@@ -17,3 +17,21 @@ def iso_datetime(date: Any, time: Any = None) -> str:
         digits = digits.ljust(6, "0")
         out += f"T{digits[:2]}:{digits[2:4]}:{digits[4:6]}"
     return out
+
+
+def scan_day(acquisition_datetime: Any, study_date: Any) -> str:
+    """The day of a scan as ``YYYY-MM-DD``: from its ISO acquisition date-time, else its DICOM study date."""
+    day = str(acquisition_datetime or "").strip()[:10]
+    return day or iso_datetime(study_date)
+
+
+def time_point_labels(groups: list[Any], days: list[str]) -> list[str]:
+    """``TP1``, ``TP2`` ... for items grouped by ``groups`` (e.g. patient, modality, tracer), numbered by distinct
+    ``days`` in order; blank for an item without a day or in a group scanned on a single day (scans of one day,
+    such as a PET and its variants, are one time point)."""
+    by_group: dict[Any, set[str]] = {}
+    for group, day in zip(groups, days):
+        if day:
+            by_group.setdefault(group, set()).add(day)
+    ranks = {g: {d: i + 1 for i, d in enumerate(sorted(ds))} for g, ds in by_group.items() if len(ds) > 1}
+    return [f"TP{ranks[g][d]}" if d and g in ranks else "" for g, d in zip(groups, days)]

@@ -493,18 +493,14 @@ class _Planner:
 
 def assign_time_points(targets: Sequence[_Target]) -> None:
     """``TP1``, ``TP2`` ... per patient, modality and tracer by acquisition day (blank for a single day), the
-    catalog manifest's rule."""
-    groups: dict[tuple[str, str, str], list[_Target]] = {}
-    for t in targets:
-        groups.setdefault((t.facts.get("patient_id", ""), t.facts.get("modality", ""), t.facts.get("tracer", "")), []).append(t)
-    for members in groups.values():
-        day = {id(t): (t.facts.get("acquisition_datetime", "")[:10] or t.facts.get("study_date", "")) for t in members}
-        days = sorted({d for d in day.values() if d})
-        if len(days) < 2:
-            continue
-        for t in members:
-            if day[id(t)]:
-                t.time_point = f"TP{days.index(day[id(t)]) + 1}"
+    catalog manifest's rule (``io.dicom_dates.time_point_labels``)."""
+    from .dicom_dates import scan_day, time_point_labels
+
+    groups = [(t.facts.get("patient_id", ""), t.facts.get("modality", ""), t.facts.get("tracer", "")) for t in targets]
+    days = [scan_day(t.facts.get("acquisition_datetime"), t.facts.get("study_date")) for t in targets]
+    for t, label in zip(targets, time_point_labels(groups, days)):
+        if label:
+            t.time_point = label
 
 
 def case_folder_names(targets: Sequence[_Target]) -> None:
