@@ -37,6 +37,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from ..errors import InputError
 from ..io.dicom_warnings import DicomWarnings
+from ..io.filenames import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,6 @@ def _check_reachable(peer: Dimse, timeout: float) -> None:
 
 
 # ----- the destination ------------------------------------------------------------------------------
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name.strip()) or "unknown"
-
-
 def present_uids(out: Path) -> set[str]:
     """SOP Instance UIDs already in ``out`` (file names ``<sop>.dcm``); stale ``.part`` files are removed."""
     if not out.is_dir():
@@ -209,8 +206,8 @@ def _store_file(sink: Sink, ds: Dataset, transfer_syntax: str) -> Path:
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "NMKIT_PULL"
     ds.file_meta = meta
-    target = sink.out / _safe(str(ds.get("PatientID", ""))) / _safe(str(ds.get("StudyInstanceUID", ""))) / \
-        _safe(str(ds.get("SeriesInstanceUID", ""))) / f"{ds.SOPInstanceUID}.dcm"
+    target = sink.out / safe_name(str(ds.get("PatientID", ""))) / safe_name(str(ds.get("StudyInstanceUID", ""))) / \
+        safe_name(str(ds.get("SeriesInstanceUID", ""))) / f"{ds.SOPInstanceUID}.dcm"
     if target.exists():
         return target  # already here (e.g. sent twice by the PACS): no duplicate
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _one(pet_path: str, lesion_path: str, args, case_id: str | None, selector=None) -> tuple[dict, list[dict]]:
     from pathlib import Path
 
-    from ..petwb.inputs import is_dicom_input
+    from ..io.filenames import safe_name
     from ..petwb.burden import patient_burden, split_components
-    from ..petwb.inputs import read_mask_on, read_suv_pet
+    from ..petwb.inputs import is_dicom_input, read_mask_on, read_suv_pet
 
     pet = read_suv_pet(pet_path, suv=args.suv, assume_suv=args.assume_suv)
     lesions = read_mask_on(lesion_path, pet, selector, "lesion map")
@@ -43,14 +43,8 @@ def _one(pet_path: str, lesion_path: str, args, case_id: str | None, selector=No
     patient, rows = patient_burden(pet, lesions, args.weight_kg, args.height_m, args.bsa)
     case = case_id or str(pet.meta.get("PatientID") or Path(pet_path).name.split(".")[0])
     if is_dicom_input(pet) and not args.no_sr:
-        _write_sr(patient, rows, pet, Path(args.out_dir) / f"{_safe(case)}_burden_sr.dcm", args)
+        _write_sr(patient, rows, pet, Path(args.out_dir) / f"{safe_name(case, 'case')}_burden_sr.dcm", args)
     return {"case_id": case, **patient}, [{"case_id": case, **r} for r in rows]
-
-
-def _safe(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text) or "case"
 
 
 def _write_sr(patient: dict, rows: list[dict], pet, path, args) -> None:

@@ -21,6 +21,7 @@ from typing import Literal, Mapping, Sequence
 
 from ..errors import DicomReadError, InputError
 from .dicom_dates import iso_datetime
+from .filenames import safe_name
 from .image import Image, Mask, resample_to
 from .volume_files import is_volume_file, read_label_map
 
@@ -330,13 +331,6 @@ NUMBER_TAGS = {"seg": "seg", "rtstruct": "roi", "polygons": "roi", "labelmap": "
 _RESERVED_STEMS = {"image"}
 
 
-def _safe(text: str, default: str = "x") -> str:
-    import re
-
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("._")
-    return cleaned[:80] or default
-
-
 def find_roi_files(root: str | Path) -> list[tuple[Path, RoiKind]]:
     """Every RTSTRUCT, SEG and ``nmkit-polygons/1`` file under ``root`` (label maps are not guessed from a folder)."""
     from .dicom_series import iter_dicom_files
@@ -508,14 +502,14 @@ def case_folder_names(targets: Sequence[_Target]) -> None:
     used: set[str] = set()
     for t in targets:
         f = t.facts
-        patient = _safe(f.get("patient_id", "") or "unknown_patient")
+        patient = safe_name(f.get("patient_id", "") or "unknown_patient")
         date = f.get("acquisition_datetime", "")[:10]
         if not date and len(f.get("study_date", "")) == 8:
             date = f"{f['study_date'][:4]}-{f['study_date'][4:6]}-{f['study_date'][6:]}"
         description = f.get("series_description", "") or " ".join(x for x in (f.get("modality", ""), f.get("series_number", "")) if x)
-        leaf = "_".join(x for x in (date, _safe(description, "image")[:60], t.time_point) if x)
+        leaf = "_".join(x for x in (date, safe_name(description, "image")[:60], t.time_point) if x)
         name = f"{patient}/{leaf}"
-        extras = [f"S{_safe(f.get('series_number', ''))}" if f.get("series_number") else "", _safe(t.key)[-12:]]
+        extras = [f"S{safe_name(f.get('series_number', ''))}" if f.get("series_number") else "", safe_name(t.key)[-12:]]
         for extra in [e for e in extras if e]:
             if name not in used:
                 break
@@ -533,11 +527,11 @@ def _mask_file_name(name: str, number: int, kind: RoiKind, repeated: bool, sourc
     """A mask file name in a case folder that no other mask of this run has: the structure's name, with its number
     (``__seg03``) when the name repeats in its file, or its reader (``thyroid__R2``) when another file took the name,
     then the source file's stem."""
-    stem = _safe(name, f"roi_{number}")
+    stem = safe_name(name, f"roi_{number}")
     tagged = f"{stem}__{NUMBER_TAGS.get(kind, 'roi')}{number:02d}"
-    by_reader = [f"{stem}__{_safe(reader)}"] if reader and not repeated else []
+    by_reader = [f"{stem}__{safe_name(reader)}"] if reader and not repeated else []
     candidates = [tagged] if repeated else [stem, *by_reader, tagged]
-    candidates.append(f"{tagged}__{_safe(source.stem)}")
+    candidates.append(f"{tagged}__{safe_name(source.stem)}")
     for c in candidates:
         if c.lower() not in taken and c.lower() not in _RESERVED_STEMS:
             return f"{c}.nii.gz"
