@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 
 from ..errors import InputError
 from ..io.dicom_warnings import DicomWarnings
-from ..io.filenames import safe_name
+from ..io.dicom_write import instance_path, set_file_meta
 
 log = logging.getLogger(__name__)
 
@@ -195,19 +195,10 @@ class Sink:
 
 def _store_file(sink: Sink, ds: Dataset, transfer_syntax: str) -> Path:
     """Write ``ds`` to ``OUT/<patient>/<study>/<series>/<sop>.dcm`` via ``.part`` + rename (never half a file)."""
-    import pydicom
-
     if sink.deid is not None:
         sink.deid.deidentify(ds)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "NMKIT_PULL"
-    ds.file_meta = meta
-    target = sink.out / safe_name(str(ds.get("PatientID", ""))) / safe_name(str(ds.get("StudyInstanceUID", ""))) / \
-        safe_name(str(ds.get("SeriesInstanceUID", ""))) / f"{ds.SOPInstanceUID}.dcm"
+    set_file_meta(ds, transfer_syntax, "NMKIT_PULL")
+    target = instance_path(sink.out, ds)
     if target.exists():
         return target  # already here (e.g. sent twice by the PACS): no duplicate
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -53,13 +53,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
 from ..errors import DicomReadError, InputError
 from .dicom_warnings import DicomWarnings
+from .dicom_write import instance_path, set_file_meta
 
 log = logging.getLogger(__name__)
 
@@ -744,15 +745,8 @@ class Deidentifier:
         if ts == pydicom.uid.DeflatedExplicitVRLittleEndian:
             ts = pydicom.uid.ExplicitVRLittleEndian  # deflate only compresses the dataset encoding, not pixels
         self.deidentify(ds)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ts
-        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "NMKIT_DEID"
-        ds.file_meta = meta
-        target = Path(out_dir) / str(ds.PatientID) / str(ds.get("StudyInstanceUID", "nostudy")) / \
-            str(ds.get("SeriesInstanceUID", "noseries")) / f"{ds.SOPInstanceUID}.dcm"
+        set_file_meta(ds, ts, "NMKIT_DEID")
+        target = instance_path(out_dir, ds)
         target.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(str(target), enforce_file_format=True)
         result.output = str(target)
