@@ -43,7 +43,29 @@ CREATE INDEX IF NOT EXISTS outbox_state ON outbox(destination, state, next_try);
 CREATE TABLE IF NOT EXISTS unrouted (
     sop_uid TEXT NOT NULL, path TEXT NOT NULL, reason TEXT, sop_class_uid TEXT, calling_ae TEXT, called_ae TEXT, peer TEXT,
     received_at REAL, expires_at REAL, purged_at REAL, PRIMARY KEY (sop_uid, path));
+""" + """
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY, sop_uid TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, reader TEXT, job_id TEXT NOT NULL,
+    instance TEXT, model TEXT, model_version TEXT, ai_output TEXT, ai_sop_uid TEXT, ai_path TEXT, source_series_uid TEXT,
+    study_uid TEXT, linked_by TEXT, via TEXT, calling_ae TEXT, received_at REAL NOT NULL, corrected_at REAL,
+    state TEXT NOT NULL, reason TEXT, scored_at REAL, label_map TEXT);
+CREATE INDEX IF NOT EXISTS feedback_state ON feedback(state);
+CREATE TABLE IF NOT EXISTS feedback_scores (
+    feedback_id TEXT NOT NULL, segment_number INTEGER NOT NULL, structure TEXT, corrected_segment INTEGER, geometry TEXT,
+    dice REAL, hd95_mm REAL, ai_voxels INTEGER, corrected_voxels INTEGER, added_voxels INTEGER, removed_voxels INTEGER,
+    voxel_mm3 REAL, ai_ml REAL, corrected_ml REAL, added_ml REAL, removed_ml REAL,
+    ai_mm2 REAL, corrected_mm2 REAL, added_mm2 REAL, removed_mm2 REAL, PRIMARY KEY (feedback_id, segment_number));
+CREATE TABLE IF NOT EXISTS feedback_unlinked (
+    sop_uid TEXT NOT NULL, path TEXT NOT NULL, kind TEXT, study_uid TEXT, reason TEXT NOT NULL, via TEXT, calling_ae TEXT,
+    received_at REAL, PRIMARY KEY (sop_uid, path));
 """
+
+#: feedback (expert corrections of AI results, serve.feedback): pending -> scored | failed (reason kept)
+FEEDBACK_STATES = ("pending", "scored", "failed")
+#: columns of one feedback_scores row, in order (units in the names: mm, ml, mm2, mm3)
+SCORE_COLUMNS = ("segment_number", "structure", "corrected_segment", "geometry", "dice", "hd95_mm", "ai_voxels", "corrected_voxels",
+                 "added_voxels", "removed_voxels", "voxel_mm3", "ai_ml", "corrected_ml", "added_ml", "removed_ml", "ai_mm2",
+                 "corrected_mm2", "added_mm2", "removed_mm2")
 
 STATES = ("queued", "running", "done", "failed", "parked", "cancelled")
 OUTBOX_STATES = ("pending", "sent", "parked", "cancelled")
@@ -378,6 +400,52 @@ class Store:
         for r in self.query("SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state"):
             out.setdefault(r["destination"], {s: 0 for s in OUTBOX_STATES})[r["state"]] = r["n"]
         return out
+
+    # ----- expert feedback (tables feedback, feedback_scores, feedback_unlinked) -----------------
+    def record_feedback(self, row: dict[str, Any]) -> str:
+        """Record a linked correction (its file already written durably) as ``pending``; returns ``new``, ``duplicate``
+        (same object and file) or ``replaced`` (same SOP Instance UID, new content: scored again)."""
+        with self.tx() as c:
+            old = c.execute("SELECT path FROM feedback WHERE id=?", (row["id"],)).fetchone()
+            if old is not None and old["path"] == row["path"]:
+                return "duplicate"
+            c.execute("DELETE FROM feedback_scores WHERE feedback_id=?", (row["id"],))
+            cols = list(row) + ["state"]
+            c.execute(f"INSERT OR REPLACE INTO feedback({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                      [row[k] for k in row] + ["pending"])
+        return "new" if old is None else "replaced"
+
+    def record_unlinked(self, *, sop_uid: str, path: str, kind: str, study_uid: str, reason: str, via: str, calling_ae: str,
+                        when: float | None = None) -> None:
+        """Quarantine a correction that no AI result of this server matches (kept with its reason, never scored)."""
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO feedback_unlinked VALUES (?,?,?,?,?,?,?,?)",
+                      (sop_uid, path, kind, study_uid, reason, via, calling_ae, time.time() if when is None else when))
+
+    def save_scores(self, feedback_id: str, rows: list[dict[str, Any]], label_map: str | None) -> None:
+        """Store a correction's per-segment scores and mark it scored, in one transaction."""
+        with self.tx() as c:
+            c.execute("DELETE FROM feedback_scores WHERE feedback_id=?", (feedback_id,))
+            c.executemany(f"INSERT INTO feedback_scores(feedback_id, {', '.join(SCORE_COLUMNS)}) VALUES ({', '.join('?' * (len(SCORE_COLUMNS) + 1))})",
+                          [[feedback_id] + [r.get(k) for k in SCORE_COLUMNS] for r in rows])
+            c.execute("UPDATE feedback SET state='scored', reason=NULL, scored_at=?, label_map=? WHERE id=?", (time.time(), label_map, feedback_id))
+
+    def feedback_failed(self, feedback_id: str, reason: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE feedback SET state='failed', reason=?, scored_at=? WHERE id=?", (reason[:500], time.time(), feedback_id))
+
+    def feedback_rows(self, state: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM feedback" + (" WHERE state=?" if state else "") + " ORDER BY received_at, id"
+        return [dict(r) for r in self.query(sql, (state,) if state else ())]
+
+    def feedback_scores(self) -> list[dict[str, Any]]:
+        """Every scored segment joined with its correction (reader, model, version, dates)."""
+        return [dict(r) for r in self.query("""SELECT f.id AS feedback_id, f.reader, f.model, f.model_version, f.job_id, f.instance,
+                f.kind, f.linked_by, f.via, f.received_at, f.corrected_at, s.* FROM feedback_scores s JOIN feedback f ON f.id=s.feedback_id
+                WHERE f.state='scored' ORDER BY f.corrected_at, f.id, s.segment_number""")]
+
+    def unlinked_rows(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.query("SELECT * FROM feedback_unlinked ORDER BY received_at")]
 
     # ----- status -------------------------------------------------------------------------------
     def counts(self) -> dict[str, Any]:

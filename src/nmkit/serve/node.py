@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from .config import ServerConfig
 from .db import Store, write_durably
+from .feedback import Scorer, accept, correction_kind
 from .logs import event, uid_hash
 from .routing import route, routing_attributes
 
@@ -81,7 +82,9 @@ class DicomNode:
         self._thread: threading.Thread | None = None
         self.guard: ConnectionGuard | None = None
         self.lock = threading.Lock()
-        self.counts = {"received": 0, "refused": 0, "failed": 0, "unrouted": 0, "duplicates": 0, "resent": 0}
+        self.counts = {"received": 0, "refused": 0, "failed": 0, "unrouted": 0, "duplicates": 0, "resent": 0, "feedback": 0,
+                       "feedback_unlinked": 0}
+        self.scorer: Scorer | None = None  # scores expert corrections outside the C-STORE handler (serve.feedback)
 
     # ----- handlers -------------------------------------------------------------------------------
     def _count(self, key: str) -> None:
@@ -130,6 +133,8 @@ class DicomNode:
             attrs = routing_attributes(ds)
         except Exception as exc:  # malformed object: refuse it, keep serving
             return self._refuse(STATUS_CANNOT_UNDERSTAND, "refused", f"{type(exc).__name__}: {exc}", **who)
+        if correction_kind(ds) is not None:  # a SEG/RTSTRUCT nmkit did not make: an expert correction of an AI result?
+            return self._feedback(ev, ds, raw, who, sop_uid)
         instances = [] if is_nmkit_result(ds) else route(self.config.instances, called, attrs, self.config.ae_title)
         if not instances:
             return self._unrouted(ev, ds, raw, who, sop_uid, sop_class, attrs)
@@ -156,6 +161,36 @@ class DicomNode:
               ms=round(1000 * (time.perf_counter() - t0), 2), **who)
         if self.on_received:
             self.on_received(series_uid, instances)
+        return STATUS_SUCCESS
+
+    def _feedback(self, ev: Any, ds: Any, raw: Any, who: dict[str, str], sop_uid: str) -> int:
+        """An expert correction: linked to the AI result it corrects and queued for scoring, or quarantined as unlinked
+        (counted as unrouted too; refused with 0x0124 under ``unrouted_policy: refuse``). Durable before success."""
+        from io import BytesIO
+
+        from pydicom.filewriter import write_file_meta_info
+
+        meta = BytesIO()
+        meta.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(meta, ev.file_meta, enforce_standard=True)
+        keep = self.config.unrouted_policy != "refuse"
+        try:
+            res = accept(self.store, self.config.storage, ds, [meta.getvalue(), raw.getbuffer()], digest=_digest(raw), via="c-store",
+                         calling_ae=who["calling_ae"], default_reader=getattr(self.config, "feedback_reader", None), keep_unlinked=keep)
+        except Exception as exc:  # noqa: BLE001 - storage or database failure: the sender may retry; the node keeps serving
+            self._count("failed")
+            event("store_failed", logging.ERROR, reason=f"feedback: {type(exc).__name__}: {exc}"[:200], **who)
+            return STATUS_OUT_OF_RESOURCES
+        if res["outcome"] == "refused":
+            return self._refuse(STATUS_NOT_AUTHORIZED, "unrouted", f"correction not linked: {res['reason']}", sop=uid_hash(sop_uid), **who)
+        if not res["linked"]:
+            self._count("unrouted")
+            self._count("feedback_unlinked")
+            return STATUS_SUCCESS
+        self._count("received")
+        self._count("feedback")
+        if self.scorer is not None:
+            self.scorer.wake()
         return STATUS_SUCCESS
 
     def _unrouted(self, ev: Any, ds: Any, raw: Any, who: dict[str, str], sop_uid: str, sop_class: str, attrs: dict[str, str]) -> int:
@@ -212,6 +247,8 @@ class DicomNode:
         ae._servers.append(server)
         self._server = server
         self.guard.start()
+        self.scorer = Scorer(self.store)
+        self.scorer.start()
         self.port = int(server.server_address[1])
         event("dicom_node_started", ae_title=cfg.ae_title, port=self.port, tls=bool(ctx))
         return self.port
@@ -226,6 +263,9 @@ class DicomNode:
             self._server = None
         if self.guard is not None:
             self.guard.stop()
+        if self.scorer is not None:
+            self.scorer.stop()
+            self.scorer = None
 
 
 DERIVED_MODALITIES = ("SEG", "SR", "PR", "RTSTRUCT", "KO", "REG")
