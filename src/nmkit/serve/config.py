@@ -18,13 +18,29 @@ from ..errors import InputError
 OUTPUT_KINDS = ("seg", "sr", "overlay")
 
 
+DESTINATION_KINDS = ("dicom", "dicomweb")
+
+
 @dataclass
 class Destination:
+    """Where results go: a DICOM node by C-STORE (``kind: dicom``: ae_title, host, port) or a DICOMweb server by
+    STOW-RS (``kind: dicomweb``: the base ``url``, e.g. http://pacs:8042/dicom-web). No secret is held here, only
+    where it is (``auth``: an environment variable or a file, read at each delivery), so that a configuration
+    dump, /status or a log line never shows a password."""
+
     name: str
-    ae_title: str
-    host: str
-    port: int
-    tls: dict[str, Any] | None = None
+    ae_title: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: dict[str, Any] | None = None  # dicom: cert, key, ca, check_hostname; dicomweb: verify, ca, cert, key, check_hostname
+    kind: str = "dicom"
+    url: str | None = None  # dicomweb: the DICOMweb base URL; STOW-RS posts to {url}/studies
+    auth: dict[str, Any] | None = None  # dicomweb: {type: basic, username, password_env|password_file} or {type: bearer, token_env|token_file}
+    timeout_seconds: float | None = None  # one delivery try; None: the server's send_timeout_seconds
+
+    def describe(self) -> str:
+        """Where the destination is, for messages (never with credentials)."""
+        return self.url or f"{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass
@@ -228,16 +244,10 @@ def parse_config(data: dict[str, Any], source: str | Path | None = None, base: P
         if cfg.tls.get("ca"):
             cfg.tls["ca"] = str((base / cfg.tls["ca"]).resolve())
     for name, d in dests_raw.items():
-        try:
-            if not isinstance(d, dict):
-                raise TypeError("expected a mapping")
-            tls = d.get("tls")
-            if tls:
-                tls = {k: (str((base / v).resolve()) if k in ("ca", "cert", "key") and isinstance(v, str) else v) for k, v in tls.items()}
-            cfg.destinations[name] = Destination(name=name, ae_title=str(d["ae_title"]), host=str(d.get("host", "127.0.0.1")),
-                                                 port=int(d["port"]), tls=tls)
-        except (KeyError, TypeError, ValueError) as exc:
-            problems.append(f"destination {name!r} needs ae_title, host, port ({exc})")
+        dest, dest_problems = parse_destination(str(name), d, base)
+        problems += dest_problems
+        if dest is not None:
+            cfg.destinations[str(name)] = dest
     for raw in insts_raw:
         if not isinstance(raw, dict) or "name" not in raw:
             problems.append("each instance needs a 'name'")
@@ -248,15 +258,138 @@ def parse_config(data: dict[str, Any], source: str | Path | None = None, base: P
             continue
         _check_types(Instance, raw, src, f"instance {raw['name']!r}: ")
         inst = Instance(**raw)
-        problems += _instance_problems(inst, cfg, base)
+        problems += _instance_problems(inst, cfg, base, {str(n) for n in dests_raw})
         cfg.instances.append(inst)
     if problems:
         raise _fail(src, problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + " | ".join(problems))
     return cfg
 
 
-def _instance_problems(inst: Instance, cfg: ServerConfig, base: Path) -> list[str]:
-    """Every problem of one interpretation instance (against the destinations and instances read so far)."""
+_DICOM_KEYS = {"kind", "ae_title", "host", "port", "tls", "timeout_seconds"}
+_DICOMWEB_KEYS = {"kind", "url", "auth", "tls", "timeout_seconds"}
+_DICOMWEB_TLS_KEYS = {"verify", "ca", "cert", "key", "check_hostname"}
+#: per auth type: the required key, and the two ways of giving its secret (an environment variable or a file)
+_AUTH = {"basic": ("username", ("password_env", "password_file")), "bearer": (None, ("token_env", "token_file"))}
+
+
+def parse_destination(name: str, raw: Any, base: Path) -> tuple[Destination | None, list[str]]:
+    """One entry of ``destinations:``; problems are named by their key (``destinations.NAME.KEY: ...``)."""
+    where = f"destinations.{name}"
+    if not isinstance(raw, dict):
+        return None, [f"{where}: expected a mapping (kind, ae_title/host/port or url), got {type(raw).__name__}"]
+    kind = raw.get("kind", "dicom")
+    if kind not in DESTINATION_KINDS:
+        return None, [f"{where}.kind: must be one of {list(DESTINATION_KINDS)}, got {kind!r}"]
+    known = _DICOM_KEYS if kind == "dicom" else _DICOMWEB_KEYS
+    problems = [f"{where}: unknown key(s) {sorted(map(str, set(raw) - known))} for kind {kind}; known: {sorted(known)}"] if set(raw) - known else []
+    timeout = raw.get("timeout_seconds")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        problems.append(f"{where}.timeout_seconds: must be a number of seconds > 0, got {timeout!r}")
+    tls = raw.get("tls")
+    if tls is not None and not isinstance(tls, dict):
+        problems.append(f"{where}.tls: expected a mapping, got {type(tls).__name__}")
+        tls = None
+    if tls:
+        tls = {k: (str((base / v).resolve()) if k in ("ca", "cert", "key") and isinstance(v, str) else v) for k, v in tls.items()}
+        for key in ("ca", "cert", "key"):
+            if key in tls and not Path(str(tls[key])).is_file():
+                problems.append(f"{where}.tls.{key}: file {tls[key]} not found")
+    if kind == "dicom":
+        problems += _dicom_problems(where, raw)
+        if problems:
+            return None, problems
+        return Destination(name=name, ae_title=str(raw["ae_title"]), host=str(raw.get("host", "127.0.0.1")), port=int(raw["port"]),
+                           tls=tls or None, timeout_seconds=timeout), []
+    problems += _dicomweb_problems(where, raw, tls or {})
+    auth = _resolve_auth(where, raw.get("auth"), base, problems)
+    if problems:
+        return None, problems
+    return Destination(name=name, kind="dicomweb", url=str(raw["url"]).rstrip("/"), tls=tls or None, auth=auth, timeout_seconds=timeout), []
+
+
+def _dicom_problems(where: str, raw: dict[str, Any]) -> list[str]:
+    problems = []
+    if not isinstance(raw.get("ae_title"), str) or not raw["ae_title"].strip() or len(raw["ae_title"]) > 16:
+        problems.append(f"{where}.ae_title: a C-STORE destination needs an AE title of 1-16 characters, got {raw.get('ae_title')!r}")
+    port = raw.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= 65535:
+        problems.append(f"{where}.port: a C-STORE destination needs a port 1-65535, got {port!r}")
+    if not isinstance(raw.get("host", "127.0.0.1"), str):
+        problems.append(f"{where}.host: expected a host name or address, got {raw['host']!r}")
+    return problems
+
+
+def _dicomweb_problems(where: str, raw: dict[str, Any], tls: dict[str, Any]) -> list[str]:
+    from urllib.parse import urlsplit
+
+    url = raw.get("url")
+    if not isinstance(url, str) or not url.strip():
+        return [f"{where}.url: a DICOMweb destination needs the STOW-RS base URL (e.g. http://pacs:8042/dicom-web), got {url!r}"]
+    problems = []
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"{where}.url: must be an http:// or https:// URL with a host, got {url!r}")
+    if parts.username or parts.password:
+        problems.append(f"{where}.url: credentials in the URL are not allowed (they would be printed); use {where}.auth")
+    if parts.query or parts.fragment:
+        problems.append(f"{where}.url: the base URL takes no ?query or #fragment")
+    bad = set(tls) - _DICOMWEB_TLS_KEYS
+    if bad:
+        problems.append(f"{where}.tls: unknown key(s) {sorted(bad)}; known: {sorted(_DICOMWEB_TLS_KEYS)}")
+    for key in ("verify", "check_hostname"):
+        if key in tls and not isinstance(tls[key], bool):
+            problems.append(f"{where}.tls.{key}: expected true or false, got {tls[key]!r}")
+    if tls and parts.scheme == "http":
+        problems.append(f"{where}.tls: given for a plain http:// URL; use https:// (or drop tls)")
+    return problems
+
+
+def _resolve_auth(where: str, auth: Any, base: Path, problems: list[str]) -> dict[str, Any] | None:
+    """Check ``auth`` and resolve its secret file against the configuration's folder; the secret itself is only
+    checked to exist here (it is read at each delivery, so a rotated token needs no restart)."""
+    if auth is None:
+        return None
+    if not isinstance(auth, dict):
+        problems.append(f"{where}.auth: expected a mapping (type: basic|bearer, ...), got {type(auth).__name__}")
+        return None
+    kind = auth.get("type")
+    if kind not in _AUTH:
+        problems.append(f"{where}.auth.type: must be basic or bearer, got {kind!r}")
+        return None
+    user_key, secret_keys = _AUTH[kind]
+    for inline in ("password", "token"):
+        if inline in auth:
+            problems.append(f"{where}.auth.{inline}: secrets are not written in the configuration; "
+                            f"use {' or '.join(secret_keys)} (an environment variable or a file)")
+    known = {"type", *secret_keys, *([user_key] if user_key else [])}
+    bad = set(auth) - known - {"password", "token"}
+    if bad:
+        problems.append(f"{where}.auth: unknown key(s) {sorted(map(str, bad))} for type {kind}; known: {sorted(known)}")
+    if user_key and (not isinstance(auth.get(user_key), str) or not auth[user_key]):
+        problems.append(f"{where}.auth.{user_key}: basic authentication needs a user name")
+    given = [k for k in secret_keys if auth.get(k)]
+    if len(given) != 1:
+        if not any(inline in auth for inline in ("password", "token")):
+            problems.append(f"{where}.auth: give exactly one of {' or '.join(secret_keys)}")
+        return None
+    out = {k: v for k, v in auth.items() if k in known}
+    key = given[0]
+    if key.endswith("_env"):
+        if not os.environ.get(str(auth[key])):
+            problems.append(f"{where}.auth.{key}: environment variable {auth[key]} is not set (or empty)")
+    else:
+        out[key] = str((base / str(auth[key])).resolve())
+        try:
+            if not Path(out[key]).read_text(encoding="utf-8").strip():
+                problems.append(f"{where}.auth.{key}: file {out[key]} is empty")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{where}.auth.{key}: file {out[key]} cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})")
+    return out
+
+
+def _instance_problems(inst: Instance, cfg: ServerConfig, base: Path, defined: set[str]) -> list[str]:
+    """Every problem of one interpretation instance (against the destinations named in the file, valid or not, and
+    the instances read so far)."""
     problems = []
     bad = set(inst.match) - _MATCH_KEYS
     if bad:
@@ -269,7 +402,7 @@ def _instance_problems(inst: Instance, cfg: ServerConfig, base: Path) -> list[st
     bad_out = set(inst.outputs) - set(OUTPUT_KINDS)
     if bad_out:
         problems.append(f"instance {inst.name!r}: unknown output(s) {sorted(bad_out)}; use {list(OUTPUT_KINDS)}")
-    missing = [d for d in inst.destinations if d not in cfg.destinations]
+    missing = [d for d in inst.destinations if d not in defined]
     if missing:
         problems.append(f"instance {inst.name!r}: destination(s) {missing} not defined under 'destinations'")
     if not inst.destinations:

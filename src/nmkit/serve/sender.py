@@ -1,4 +1,6 @@
-"""Sending results by C-STORE (pynetdicom SCU), with retries and exponential back-off."""
+"""Sending results to a destination: C-STORE (pynetdicom SCU) or, for ``kind: dicomweb``, STOW-RS
+(:mod:`nmkit.serve.stow`). :func:`try_send` is one try with one of four outcomes (the server's outbox decides
+back-off, horizon and parking from it); :func:`send_with_retry` retries in place."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ def c_store(destination: Destination, path: Path, calling_ae: str, timeout_s: fl
     from pynetdicom import AE
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+    if destination.kind != "dicom":
+        raise SendError(f"{destination.name} is a {destination.kind} destination, not a C-STORE one; use try_send")
     ds = pydicom.dcmread(str(path))
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -49,12 +53,29 @@ def c_store(destination: Destination, path: Path, calling_ae: str, timeout_s: fl
     return int(status.Status)
 
 
+def status_outcome(status: int, destination: str) -> tuple[str, str]:
+    """A DICOM C-STORE status (or STOW-RS failure reason) as a delivery outcome: success and warnings are "ok",
+    0xA7xx (out of resources) "retry", any other refusal "failed"."""
+    if status == 0x0000 or (status & 0xF000) == 0xB000:
+        return "ok", ""
+    if (status & 0xFF00) == 0xA700:
+        return "retry", f"status 0x{status:04X} (out of resources at {destination})"
+    return "failed", f"status 0x{status:04X}"
+
+
 def try_send(destination: Destination, path: Path, calling_ae: str, timeout_s: float = 30.0) -> tuple[str, str]:
-    """One delivery try: ("ok", ""), ("retry", why) for a destination that is down or busy (connection refused,
-    timeout, out-of-resources status), ("failed", why) for a refusal of this object, ("permanent", why) when the
-    result file is gone."""
+    """One delivery try, by C-STORE or STOW-RS after the destination's kind: ("ok", ""), ("retry", why) for a
+    destination that is down, busy or refuses nmkit itself (connection refused, timeout, out-of-resources status,
+    HTTP 5xx/401/403/404), ("failed", why) for a refusal of this object by a DICOM status, ("permanent", why) when
+    the result file is gone or a DICOMweb server refuses the request (HTTP 4xx).
+    ``timeout_s`` applies unless the destination sets its own ``timeout_seconds``."""
+    timeout_s = destination.timeout_seconds or timeout_s
     if not Path(path).is_file():
         return "permanent", f"result file {path} is missing"
+    if destination.kind == "dicomweb":
+        from .stow import stow
+
+        return stow(destination, [Path(path)], timeout_s)[0]
     try:
         status = c_store(destination, Path(path), calling_ae, timeout_s)
     except SendError as exc:
@@ -63,17 +84,23 @@ def try_send(destination: Destination, path: Path, calling_ae: str, timeout_s: f
         return "retry", f"{type(exc).__name__}: {exc}"
     except ValueError as exc:
         return "failed", f"{type(exc).__name__}: {exc}"
-    if status == 0x0000 or (status & 0xF000) == 0xB000:
-        return "ok", ""
-    if (status & 0xFF00) == 0xA700:
-        return "retry", f"status 0x{status:04X} (out of resources at {destination.name})"
-    return "failed", f"status 0x{status:04X}"
+    return status_outcome(status, destination.name)
 
 
 def send_with_retry(destination: Destination, path: Path, calling_ae: str, attempts: int = 3, base_delay_s: float = 1.0) -> None:
-    """C-STORE with retries (1, 2, 4... s); success and warning statuses are accepted."""
+    """C-STORE (or STOW-RS) with retries (1, 2, 4... s); success and warning statuses are accepted."""
     last = ""
     for attempt in range(1, attempts + 1):
+        if destination.kind == "dicomweb":
+            outcome, last = try_send(destination, path, calling_ae)
+            if outcome == "ok":
+                return
+            if outcome == "permanent":
+                break
+            event("send_retry", logging.WARNING, destination=destination.name, attempt=attempt, reason=last[:200])
+            if attempt < attempts:
+                time.sleep(base_delay_s * 2 ** (attempt - 1))
+            continue
         try:
             status = c_store(destination, path, calling_ae)
             if status == 0x0000 or (status & 0xF000) == 0xB000:
@@ -86,4 +113,4 @@ def send_with_retry(destination: Destination, path: Path, calling_ae: str, attem
         event("send_retry", logging.WARNING, destination=destination.name, attempt=attempt, reason=last[:200])
         if attempt < attempts:
             time.sleep(base_delay_s * 2 ** (attempt - 1))
-    raise SendError(f"sending to {destination.name} failed after {attempts} attempts: {last}")
+    raise SendError(f"sending to {destination.name} failed after {attempt} attempt(s): {last}")
