@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     p.add_argument("--tracer", help="with --catalog: radiopharmaceutical or radionuclide (FDG, PSMA, DOTATATE, Lu-177, ...)")
     p.add_argument("--series-description", metavar="GLOB", help="with --catalog: series description glob, case-insensitive ('*AC*')")
     cfg = p.add_mutually_exclusive_group()
-    cfg.add_argument("--preset", help="shipped preset: ibsi-a..ibsi-e, ibsi-digital-phantom, lifex-pet, pet-native")
+    cfg.add_argument("--preset", help="shipped preset: ibsi-a..ibsi-e, ibsi-digital-phantom, ibsi2-2d, ibsi2-3d, lifex-pet, pet-native, "
+                          "relative-64 (default: ibsi-c for CT or unknown modality, relative-64 for NM/PT/MR/radiographs)")
     cfg.add_argument("--config", help="YAML config file (may start from a preset with 'base: ibsi-c')")
     p.add_argument("--suv", choices=["bw", "lbm"], help="convert DICOM PET images to SUV (other modalities are left as they are)")
     p.add_argument("--format", choices=["wide", "long"], default="wide",
@@ -171,6 +172,44 @@ def _patient_units(summary, unit: str) -> dict:
     return {"scheme": "nmkit-units/1", "image_units": unit, "columns": {c: v for c, v in cols.items() if c in summary}}
 
 
+def _checked_config(config, args):
+    from ..errors import InputError
+
+    if args.per_patient is not None and not config.native_pet:
+        raise InputError(None, f"--per-patient needs the native PET numbers, which config {config.name!r} does not compute: "
+                               "use --preset lifex-pet or 'native_pet: true' in the config")
+    return config
+
+
+def _default_config(modalities: set[str], args, where=None):
+    """The preset for the input's modalities when the user names none (radiomics.presets.default_preset), said once."""
+    import logging
+
+    from ..radiomics.presets import default_preset, load_config
+
+    name = default_preset({m for m in modalities if m}, where)
+    hint = " (for PET in SUV, --preset lifex-pet)" if "PT" in {m.upper() for m in modalities if m} else ""
+    logging.getLogger(__name__).warning("no --preset or --config: using %s for modality %s%s", name,
+                                        "/".join(sorted(m for m in modalities if m)) or "unknown", hint)
+    return _checked_config(load_config(name), args)
+
+
+def _header_modality(path: str) -> str:
+    """The Modality of a DICOM image file or folder's first file ("" for NIfTI/NRRD/PNG or when unreadable)."""
+    from pathlib import Path
+
+    from ..io.dicom_series import iter_dicom_files, read_header
+
+    p = Path(path)
+    if not p.exists() or p.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff")):
+        return ""
+    try:
+        first = next(iter(iter_dicom_files(p)), None) if p.is_dir() else p
+        return str(read_header(first).get("Modality", "") or "") if first is not None else ""
+    except Exception:  # noqa: BLE001 - not DICOM: the reader says why later
+        return ""
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -189,10 +228,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(None, "--mask goes with --image (a case table or catalog names its own masks)")
     if args.workers < 1:
         raise InputError(None, f"--workers must be >= 1, got {args.workers}")
-    config = load_config(args.config or args.preset or "ibsi-c")
-    if args.per_patient is not None and not config.native_pet:
-        raise InputError(None, f"--per-patient needs the native PET numbers, which config {config.name!r} does not compute: "
-                               "use --preset lifex-pet or 'native_pet: true' in the config")
+    if args.config or args.preset:
+        config = _checked_config(load_config(args.config or args.preset), args)
     out = Path(args.out)
     failures: list = []
     selection: dict = {}
@@ -201,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.mask:
             raise InputError(None, "--mask is required with --image")
         case = {"image": args.image, "mask": args.mask, "suv": args.suv}
+        if not (args.config or args.preset):
+            config = _default_config({_header_modality(args.image)}, args)
         table = pd.DataFrame(run_case_rows(case, config.to_dict(), roi=args.roi, diagnostics=args.diagnostics))
         case_columns = list(case)
         inputs = [args.image, args.mask]
@@ -221,6 +260,9 @@ def run(args: argparse.Namespace) -> int:
             roi = args.roi
         from ..radiomics.resume import partial_path
 
+        if not (args.config or args.preset):
+            known = {str(m) for m in cases.get("modality", []) if str(m) not in ("", "nan", "None")}
+            config = _default_config(known, args, args.manifest or args.catalog)
         result = extract_cohort(cases, config, n_workers=args.workers, scheduler=args.scheduler,
                                 progress=not args.no_progress, roi=roi, diagnostics=args.diagnostics,
                                 partial=None if args.no_resume else partial_path(out), restart=args.restart)

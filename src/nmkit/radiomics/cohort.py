@@ -279,6 +279,7 @@ def run_case_rows(case: Mapping[str, Any], config_dict: Mapping[str, Any], error
     from ..io.reader import read_case_image
     from .engine import extract
     from .pet import native_pet_features
+    from .planar import is_planar, lift, planar_config, planar_features
 
     cfg = RadiomicsConfig.from_dict(config_dict)
     chash = config_hash(cfg.to_dict())
@@ -287,13 +288,20 @@ def run_case_rows(case: Mapping[str, Any], config_dict: Mapping[str, Any], error
     structures = case_structures(case, image, roi)
     base = {k: (None if _is_blank(v) else v) for k, v in case.items() if k != "masks"}
     _fill_ids(base, image)
+    planar = is_planar(image)
+    run_cfg = planar_config(cfg) if planar else cfg
     rows = []
     for s, mask in structures:
         if mask.spatial_shape != image.spatial_shape or not image.same_grid(mask):
             raise InputError(s.ref.file, f"mask grid differs from image {case['image']}")
         try:
-            feats = extract(image, mask, cfg, label=s.label, diagnostics=diagnostics)
-            if cfg.native_pet:
+            if planar:  # IBSI 2D: texture by slice, planar shape features instead of 3D morphology
+                image3d, mask3d = lift(image, mask)
+                feats = extract(image3d, mask3d, run_cfg, label=s.label, diagnostics=diagnostics)
+                feats.update(planar_features(image, mask.binary(s.label)))
+            else:
+                feats = extract(image, mask, cfg, label=s.label, diagnostics=diagnostics)
+            if cfg.native_pet and not planar:
                 feats.update(native_pet_features(image, mask.binary(s.label)))
         except Exception as exc:
             if errors is None:
@@ -304,7 +312,7 @@ def run_case_rows(case: Mapping[str, Any], config_dict: Mapping[str, Any], error
         row = dict(base)
         row.update(_structure_columns(s, case))
         row["image_units"] = image.units or ""
-        row["config_name"] = cfg.name
+        row["config_name"] = cfg.name + (" (planar 2D)" if planar else "")
         row["config_hash"] = chash
         row["nmkit_version"] = __version__
         row.update({k: (float(v) if np.isscalar(v) else v) for k, v in feats.items()})

@@ -100,7 +100,10 @@ _MORPH_UNITS = {"morph_volume": "mm^3", "morph_vol_approx": "mm^3", "morph_area_
                 "morph_pca_least_axis": "mm", "morph_volume_ml": "ml", "morph_vol_approx_ml": "ml"}
 #: columns nmkit adds next to the IBSI tags, with fixed units ("{u}": the image's units)
 _FIXED = {"native_voxels": "voxels", "native_voxel_volume_ml": "ml", "mtv_ml": "ml", "tlg_g": "g", "tla": "{u} x ml",
-          "label_value": "1", "segment_number": "1"}
+          "label_value": "1", "segment_number": "1",
+          # planar images (radiomics.planar): shape in mm, the summed intensity in image units x pixels
+          "planar_area_mm2": "mm^2", "planar_pixels": "pixels", "planar_perimeter_mm": "mm",
+          "planar_equivalent_diameter_mm": "mm", "planar_feret_max_mm": "mm", "planar_integrated": "{u} x pixels"}
 
 
 def feature_unit(tag: str, image_unit: str = "image units") -> str:

@@ -2,7 +2,12 @@
 
 Shipped: ``ibsi-digital-phantom``, ``ibsi-a`` .. ``ibsi-e`` (IBSI-1 reference configurations, see
 ibsi1_configs.md), ``lifex-pet`` (LIFEx-like PET settings) and ``pet-native`` (clinical PET numbers and first-order
-features on the PET's own grid, no texture); the PET presets set ``native_pet`` (documented in their YAML files).
+features on the PET's own grid, no texture); the PET presets set ``native_pet`` (documented in their YAML files);
+``relative-64`` (64 grey levels over each ROI's range on the native grid: images in counts or arbitrary units).
+
+``default_preset(modalities)`` is the preset used when the user names none: ``ibsi-c`` for CT (and when the
+modality is unknown, e.g. NIfTI), ``relative-64`` for every other modality; a cohort that mixes CT with other
+modalities must name one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,18 @@ PRESET_DIR = Path(__file__).with_name("presets")
 
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def default_preset(modalities: set[str], where: Any = None) -> str:
+    """The preset for a cohort whose known modalities are ``modalities`` when no preset or config is named."""
+    known = {m.upper() for m in modalities if m}
+    if not known or known == {"CT"}:
+        return "ibsi-c"
+    if "CT" in known:
+        raise InputError(where, f"the cohort mixes CT with {', '.join(sorted(known - {'CT'}))}: name a preset for it "
+                                "(--preset ibsi-c for CT, relative-64 for counts/arbitrary units, lifex-pet for PET in SUV) "
+                                "or select one modality")
+    return "relative-64"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

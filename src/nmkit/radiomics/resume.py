@@ -8,8 +8,9 @@ finished cases from it and computes only the others; the final table is built fr
 it equals an uninterrupted run's.
 
 The key of a case is a hash of everything its rows depend on: the case record (every column of the case table,
-masks included), the configuration hash, the extraction options (``--roi``, ``--diagnostics``) and the nmkit
-version. A changed case, configuration or option is therefore recomputed; a case that failed as a whole is not
+masks included), the size and modification time of its image and mask files, the configuration hash, the extraction
+options (``--roi``, ``--diagnostics``) and the nmkit version. A changed case, file, configuration or option is therefore
+recomputed; a case that failed as a whole is not
 logged and is retried on the next run. A case whose single structures failed is logged with its per-structure
 errors (those are deterministic failures of the data: a re-run reports them again without recomputing).
 """
@@ -58,9 +59,40 @@ def case_key(case: Mapping[str, Any], config_hash: str, options: Mapping[str, An
         return v
 
     record = {str(k): norm(v) for k, v in case.items()}
-    text = json.dumps({"case": record, "config": config_hash, "options": dict(options), "version": __version__},
-                      sort_keys=True, default=_plain)
+    text = json.dumps({"case": record, "config": config_hash, "options": dict(options), "version": __version__,
+                       "files": files_fingerprint(case)}, sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _case_files(case: Mapping[str, Any]) -> list[str]:
+    """The image and every mask file a case names (the cells its rows are read from)."""
+    files = [str(case.get("image") or "")]
+    for ref in case.get("masks") or []:
+        files.append(str(getattr(ref, "file", None) or (ref.get("file") if isinstance(ref, Mapping) else "") or ""))
+    for column, value in case.items():
+        if (column == "mask" or str(column).startswith("mask_")) and isinstance(value, str):
+            files.append(value)
+    return sorted({f for part in files for f in part.split(";") if f})
+
+
+def files_fingerprint(case: Mapping[str, Any]) -> list[list[Any]]:
+    """Size and modification time of the case's files (every file of a DICOM folder): a file edited in place
+    after a failed or finished run makes the case's key change, so the re-run recomputes it."""
+    out: list[list[Any]] = []
+    for name in _case_files(case):
+        path = Path(name)
+        if path.is_dir():
+            for folder, _, files in os.walk(path):
+                for f in sorted(files):
+                    try:
+                        st = os.stat(os.path.join(folder, f))
+                    except OSError:
+                        continue
+                    out.append([os.path.join(folder, f), st.st_size, st.st_mtime_ns])
+        elif path.exists():
+            st = path.stat()
+            out.append([name, st.st_size, st.st_mtime_ns])
+    return out
 
 
 class PartialStore:
