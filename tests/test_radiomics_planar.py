@@ -49,7 +49,7 @@ def test_planar_nm_cohort_from_the_cli(thyroid: Path, tmp_path: Path):
         ds = pydicom.dcmread(thyroid / case["image"])
         counts = ds.pixel_array.astype(float) * float(getattr(ds, "RescaleSlope", 1) or 1)
         gland = np.asarray(nib.load(thyroid / case["mask"]).dataobj)
-        gland = (gland.T if gland.shape[::-1] == counts.shape else gland).reshape(counts.shape) > 0
+        gland = gland.reshape(gland.shape[:2]).T > 0  # NIfTI data order is (x, y)
         dy, dx = (float(v) for v in ds.PixelSpacing)
         assert row["planar_pixels"] == gland.sum()
         assert row["planar_integrated"] == pytest.approx(counts[gland].sum(), rel=1e-9)
@@ -108,3 +108,24 @@ def test_rerun_recomputes_a_case_whose_file_changed(thyroid: Path, tmp_path: Pat
     after = pd.read_csv(out)
     assert after.loc[1, "planar_pixels"] < before.loc[1, "planar_pixels"]
     assert after.loc[0, "planar_pixels"] == before.loc[0, "planar_pixels"]
+
+
+def test_feature_map_of_a_planar_scan(thyroid: Path, tmp_path: Path):
+    """`nmkit featuremap` on a planar scintigraphy: a 2D map on the image's grid whose local mean is numpy's box mean."""
+    import nibabel as nib
+    import pydicom
+
+    case = pd.read_csv(thyroid / "dataset.csv").iloc[0]
+    run = _cli("featuremap", "--image", str(thyroid / case["image"]), "--mask", str(thyroid / case["mask"]),
+               "--features", "mean,sd", "--radius-mm", "8", "--out", str(tmp_path / "maps"))
+    assert run.returncode == 0, run.stderr
+    ds = pydicom.dcmread(thyroid / case["image"])
+    counts = ds.pixel_array.astype(float) * float(getattr(ds, "RescaleSlope", 1) or 1)
+    mean_map = np.asarray(nib.load(tmp_path / "maps" / "featuremap_mean.nii.gz").dataobj)
+    mean_map = mean_map.T  # NIfTI data order is (x, y); numpy's image order is (row, column)
+    assert mean_map.shape == counts.shape
+    r = int(np.floor(8.0 / float(ds.PixelSpacing[0]) + 0.5))
+    inside = np.argwhere(np.isfinite(mean_map))
+    assert len(inside) > 100
+    for j, i in inside[:: len(inside) // 7]:
+        assert mean_map[j, i] == pytest.approx(counts[max(j - r, 0):j + r + 1, max(i - r, 0):i + r + 1].mean(), rel=1e-5)

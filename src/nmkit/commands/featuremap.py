@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         if spec is None:
             raise InputError(args.config, "has no filter: section (featuremap applies only the filter)")
     image = read_image(args.image, suv=args.suv)
-    if image.array.ndim != 3:
-        raise InputError(args.image, f"feature maps need a single 3D image, got array shape {image.array.shape}")
+    planar = image.ndim_spatial == 2 and image.array.ndim == 2  # scintigraphy, radiograph: one-slice volume, disc neighbourhood
+    if image.array.ndim != 3 and not planar:
+        raise InputError(args.image, f"feature maps need one 3D image or one planar frame, got array shape {image.array.shape}")
     roi = None
     if args.mask:
         from ..io.roi import load_rois
@@ -83,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(args.mask, "the selected structures hold no voxel of the image grid")
     elif args.roi:
         raise InputError(None, "--roi needs --mask")
+    grid = image
+    if planar:
+        from ..radiomics.planar import lift
+
+        image, _ = lift(image)
+        roi = None if roi is None else roi[None]
     values = np.asarray(image.array, dtype=np.float64)
     unit = image_unit(image.units, image.modality)
     if spec is not None:
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, arr in maps.items():
-        written.append(str(write_volume(image.with_array(arr), out / f"featuremap_{name}.nii.gz")))
+        written.append(str(write_volume(grid.with_array(arr[0] if planar else arr), out / f"featuremap_{name}.nii.gz")))
     units = {"scheme": "nmkit-units/1", "image_units": unit,
              "note": "unit of the voxel values of each featuremap_<feature>.nii.gz",
              "columns": dict(feature_units(maps, unit))}
