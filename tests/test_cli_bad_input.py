@@ -52,6 +52,7 @@ INPUT_DESTS = {
     "db", "nifti_dir", "dataset", "bundle", "inputs", "image", "phantom_masks", "phantom_activity", "manifest",
     "catalog", "mask", "config", "in_dir", "checkpoint", "synthetic", "training", "folder", "pretrained_diffusion",
     "radiomics", "image_dir", "mask_dir", "patients",
+    "server_dir",  # `nmkit feedback ... --server-dir`: the AI server's storage folder (issue #20)
 }
 #: argument destinations that name an output file or folder (created by the command)
 OUTPUT_DESTS = {"output", "out", "out_dir", "map", "report", "lesion_table", "per_patient"}
