@@ -262,9 +262,19 @@ def _fourier_filter(img: np.ndarray, axes: tuple[int, ...], boundary: str,
 # ----------------------------------------------------------------------------------------------- filters
 
 
+def _box_mean(img: np.ndarray, size: int, axes: tuple[int, ...], boundary: str) -> np.ndarray:
+    """Mean over a box of ``size`` (odd) voxels along each of ``axes``: running sums (``uniform_filter1d``), a
+    constant cost per voxel whatever the size, equal to convolving with ``size`` taps of ``1 / size``."""
+    from scipy import ndimage
+
+    out = img
+    for a in axes:
+        out = ndimage.uniform_filter1d(out, size, axis=a, mode=_NDIMAGE_MODE[boundary], cval=0.0)
+    return out
+
+
 def _mean(img: np.ndarray, spec: FilterSpec) -> np.ndarray:
-    k = np.full(spec.support, 1.0 / spec.support)
-    return _separable(img, {a: k for a in _axes(spec)}, spec.boundary)
+    return _box_mean(img, spec.support, _axes(spec), spec.boundary)
 
 
 def _log(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np.ndarray:
@@ -296,9 +306,7 @@ def _laws(img: np.ndarray, spec: FilterSpec) -> np.ndarray:
 
 
 def _laws_energy(resp: np.ndarray, spec: FilterSpec) -> np.ndarray:
-    n = 2 * spec.energy_delta + 1
-    k = np.full(n, 1.0 / n)
-    return _separable(np.abs(resp), {a: k for a in _axes(spec)}, spec.boundary)
+    return _box_mean(np.abs(resp), 2 * spec.energy_delta + 1, _axes(spec), spec.boundary)
 
 
 def _gabor_kernel(spec: FilterSpec, plane_spacing: tuple[float, float], theta: float) -> np.ndarray:
@@ -565,12 +573,91 @@ def _average_pooled_separable(img: np.ndarray, spec: FilterSpec) -> np.ndarray |
     return acc / 24.0
 
 
+def _separable_chains(spec: FilterSpec) -> list[list[np.ndarray]] | None:
+    """Per numpy axis (z, y, x) the odd-length 1D kernels a separable filter applies along it, in order (an empty
+    list for an axis a 2D filter leaves alone); None for filters that are not separable and linear."""
+    if spec.kind == "laws":
+        ks = [_odd(k) for k in _laws_kernels(spec.kernel, spec.n_axes)[::-1]]  # numpy order
+    elif spec.kind == "wavelet":
+        lo, hi = _wavelet_filters(spec.wavelet)
+        ks = []
+        for c in spec.decomposition.upper()[::-1]:  # numpy order
+            chain = []
+            for level in range(1, spec.level + 1):
+                step = 2 ** (level - 1)
+                k = lo if (level < spec.level or c == "L") else hi
+                d = np.zeros(k.size * step)
+                d[::step] = k
+                chain.append(_odd(d))
+            ks.append(chain)
+        return [[]] * (3 - len(ks)) + ks
+    else:
+        return None
+    return [[]] * (3 - len(ks)) + [[k] for k in ks]
+
+
+def _canonical_kernel(k: np.ndarray) -> tuple[np.ndarray, int]:
+    """(kernel, sign) with ``sign * kernel == k``: an antisymmetric kernel (its reverse is its negative, e.g. Laws
+    E5, W5) is stored with a positive first tap, so that a kernel and its reverse share one filtering pass."""
+    nz = np.flatnonzero(k)
+    if nz.size and k[nz[0]] < 0 and np.array_equal(k[::-1], -k):
+        return -k + 0.0, -1  # + 0.0: no negative zeros, so that equal kernels have equal bytes
+    return k + 0.0, 1
+
+
+def _rotation_pooled_separable(img: np.ndarray, spec: FilterSpec) -> np.ndarray | None:
+    """Max or average over the right-angle rotations of a linear separable filter, with one filtering pass per
+    distinct rotated kernel instead of one per rotation.
+
+    Rotating the image, filtering and rotating back equals filtering the image with the rotated kernel: along
+    axis ``perm[i]`` the chain of axis ``i``, reversed where the rotation flips it (the boundary conditions are
+    flip-symmetric). Symmetric kernels equal their reverse and antisymmetric ones (Laws E5, S3 ...) its negative,
+    so the 24 rotations of e.g. Laws L5E5E5 give only 3 distinct responses up to sign: the max over a response
+    and its negative is its modulus, and in an average opposite signs cancel. None when the filter is not
+    separable (then every rotation is filtered)."""
+    chains = _separable_chains(spec)
+    if chains is None:
+        return None
+    groups: dict[tuple, tuple[list[list[np.ndarray]], list[int]]] = {}
+    rots = _rotations(spec.dims)
+    for perm, flips in rots:
+        per_axis: list[list[np.ndarray]] = [[], [], []]
+        sign = 1
+        for i in range(3):
+            for k in chains[i]:
+                kk, s = _canonical_kernel(k[::-1] if flips[i] else k)
+                per_axis[perm[i]].append(kk)
+                sign *= s
+        key = tuple(tuple(k.tobytes() for k in ch) for ch in per_axis)
+        groups.setdefault(key, (per_axis, []))[1].append(sign)
+    acc = None
+    for per_axis, signs in groups.values():
+        weight = sum(signs)
+        if spec.rotation == "average" and weight == 0:
+            continue  # opposite signs cancel in the average
+        r = img
+        for axis, chain in enumerate(per_axis):
+            for k in chain:
+                r = _separable(r, {axis: k}, spec.boundary)
+        if spec.rotation == "max":
+            r = np.abs(r) if (1 in signs and -1 in signs) else (r if signs[0] > 0 else -r)
+            acc = np.array(r, dtype=float) if acc is None else np.maximum(acc, r, out=acc)
+        else:
+            acc = weight * r if acc is None else acc + weight * r
+    if acc is None:  # every rotated response cancelled
+        return np.zeros(img.shape)
+    return acc if spec.rotation == "max" else acc / len(rots)
+
+
 def _pooled(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np.ndarray:
     """Response pooled (max or average) over right-angle rotations of the image."""
     if spec.rotation == "average":
         fast = _average_pooled_separable(img, spec)
         if fast is not None:
             return fast
+    fast = _rotation_pooled_separable(img, spec)
+    if fast is not None:
+        return fast
     acc = None
     rots = _rotations(spec.dims)
     for perm, flips in rots:
