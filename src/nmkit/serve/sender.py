@@ -89,7 +89,7 @@ def try_send(destination: Destination, path: Path, calling_ae: str, timeout_s: f
 
 def send_with_retry(destination: Destination, path: Path, calling_ae: str, attempts: int = 3, base_delay_s: float = 1.0) -> None:
     """C-STORE (or STOW-RS) with retries (1, 2, 4... s); success and warning statuses are accepted."""
-    last = ""
+    last, attempt = "", 0
     for attempt in range(1, attempts + 1):
         if destination.kind == "dicomweb":
             outcome, last = try_send(destination, path, calling_ae)

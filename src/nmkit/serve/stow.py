@@ -69,11 +69,12 @@ class StowAnswer:
 # ----- request ------------------------------------------------------------------------------------------
 def multipart_body(parts: list[bytes], boundary: str | None = None) -> tuple[bytes, str]:
     """The ``multipart/related; type="application/dicom"`` body of ``parts`` and its Content-Type (RFC 2387)."""
-    boundary = boundary or f"nmkit-{uuid.uuid4().hex}"
+    while boundary is None or any(f"--{boundary}".encode() in data for data in parts):
+        if boundary is not None and not boundary.startswith("nmkit-"):
+            raise ValueError("the multipart boundary occurs in the payload")
+        boundary = f"nmkit-{uuid.uuid4().hex}"  # a fresh random one (a clash with the payload is vanishingly rare)
     chunks = []
     for data in parts:
-        if f"--{boundary}".encode() in data:
-            raise ValueError("the multipart boundary occurs in the payload")
         chunks += [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(), data, b"\r\n"]
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f'multipart/related; type="application/dicom"; boundary={boundary}'
