@@ -38,10 +38,6 @@ class Destination:
     auth: dict[str, Any] | None = None  # dicomweb: {type: basic, username, password_env|password_file} or {type: bearer, token_env|token_file}
     timeout_seconds: float | None = None  # one delivery try; None: the server's send_timeout_seconds
 
-    def describe(self) -> str:
-        """Where the destination is, for messages (never with credentials)."""
-        return self.url or f"{self.ae_title}@{self.host}:{self.port}"
-
 
 @dataclass
 class Instance:
