@@ -67,7 +67,7 @@ ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stay
     # QC (issue #16): `qc trend` reads a history database; the other qc tests append to a history folder
     (("qc", "trend"), "history"): "input",
     (("qc", "compare"), "iq_a"): "input", (("qc", "compare"), "iq_b"): "input", (("qc", "compare"), "labels"): "value",
-    **{(("qc", t), "history"): "output" for t in ("iq", "flood", "lines", "slit", "bars", "spect-resolution", "spect-uniformity")},
+    **{(("qc", t), "history"): "output" for t in ("iq", "flood", "lines", "slit", "bars", "spect-resolution", "spect-uniformity", "spect-contrast")},
     (("quality",), "calibration"): "input",  # `nmkit qc calibrate` JSON (issue #16); `qc calibrate --mask` is an input
     # whole-body PET (issue #17): masks, lesion maps and the two PET scans of percist are inputs
     **{(("delineate",), d): "input" for d in ("voi", "exclude", "seed_roi", "liver")},

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("qc", help="quality control of real phantom scans (IEC/NEMA image quality, EARL)",
                                    description="Quality control of real phantom scans: iq (IEC body phantom, NEMA NU 2-2018 "
                                                "and EARL), compare (two iq results), flood/lines/slit/bars (gamma camera, NEMA NU 1), spect-resolution/"
-                                               "spect-uniformity (tomographic), trend (per-scanner QC history). "
+                                               "spect-uniformity/spect-contrast (tomographic), calibrate, trend (per-scanner QC history). "
                                                "Guide: docs/qc.md.")
     sub = parser.add_subparsers(dest="qc", metavar="TEST")
     p = sub.add_parser(
@@ -127,6 +127,34 @@ def register(subparsers) -> None:
     p.add_argument("--slices", default=None, metavar="A:B", help="slice indices to analyse (default: automatic)")
     _history_arg(p)
     p.set_defaults(func=run_spect_uniformity)
+
+    p = sub.add_parser("spect-contrast", help="Jaszczak / IEC SPECT phantom: per-sphere cold or hot contrast (percent), "
+                                              "uniformity and noise of the uniform part",
+                       description="Finds the phantom cylinder and its cold (Jaszczak) or hot (IEC) spheres by a matched "
+                                   "filter (any in-plane position or rotation), fits each sphere (sub-voxel centre, FWHM, "
+                                   "diameter as imaged) and measures NEMA-style 2D disc ROIs of the sphere diameters on "
+                                   "each sphere's central slice against the background around the sphere plane: contrast "
+                                   "(cold: 100 (1 - C_S/C_B); hot: 100 (C_S/C_B - 1)) and contrast recovery 100 (C_S/C_B - "
+                                   "1)/(R - 1) with R the true ratio (cold solid spheres: 0; hot: --ratio, else ESTIMATED "
+                                   "from the largest sphere). The uniform slices (automatic, or --uniform-slices) give "
+                                   "integral uniformity and noise. Writes DIR/spect_contrast.csv, .json, .png and "
+                                   "DIR/spect_contrast_report.html.")
+    p.add_argument("image", help="reconstructed SPECT (or PET) phantom volume (DICOM series/file or NIfTI)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--phantom", default="jaszczak-standard", choices=("jaszczak-standard", "jaszczak-deluxe", "iec"),
+                   help="sphere set: jaszczak-standard (cold 38.1-12.7 mm, default), jaszczak-deluxe (cold 31.8-9.5 mm), "
+                        "iec (hot 37-10 mm, 1 mm wall)")
+    p.add_argument("--diameters", type=float, nargs="+", default=None, metavar="MM",
+                   help="sphere diameters in mm, overriding the --phantom set")
+    p.add_argument("--spheres", default=None, choices=("cold", "hot", "auto"),
+                   help="sphere polarity (default: the --phantom's; auto: the stronger of the two)")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="true sphere-to-background activity ratio (hot, e.g. 4; cold default 0)")
+    p.add_argument("--wall-mm", type=float, default=None, help="sphere wall thickness for the fits (mm; default: the --phantom's)")
+    p.add_argument("--uniform-slices", default=None, metavar="A:B",
+                   help="slice indices of the uniform part (default: automatic)")
+    _history_arg(p)
+    p.set_defaults(func=run_spect_contrast)
 
     p = sub.add_parser("calibrate", help="SPECT calibration from a uniform phantom of known activity: cps/MBq and Bq/ml per cps/ml",
                        description="Counts -> counts/s with the acquisition time (ActualFrameDuration x views from the NM "
@@ -490,7 +518,7 @@ def _finish(args: argparse.Namespace, test: str, image: Any, summary: dict, unit
 def history_measures(summary: dict) -> dict:
     """The measures worth a trend: widths (mm) and percentages, not positions, pixel sizes or counts."""
     skip = ("pixel_", "peak_", "line_separation", "slit_spacing", "cylinder_radius", "roi_radius", "lung_x", "lung_y",
-            "sphere_plane", "cfov_poisson")
+            "sphere_plane", "cfov_poisson", "phantom_axis", "phantom_radius")
     return {k: v for k, v in summary.items() if (k.endswith("_mm") or k.endswith("_percent") or k.startswith("rc_"))
             and not k.startswith(skip)}
 
@@ -612,6 +640,78 @@ def run_spect_uniformity(args: argparse.Namespace) -> int:
 
     units["mean_value"] = image_unit(image.units, image.modality)
     return _finish(args, "spect_uniformity", image, summary, units, table)
+
+
+def _slice_range(text: str, option: str, n: int) -> tuple[int, int]:
+    """``A:B`` slice indices within ``0:n`` (one-line errors naming ``option``)."""
+    from ..errors import InputError
+
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise InputError(None, f"{option} must be A:B (slice indices), got {text!r}") from None
+    if not 0 <= a < b <= n:
+        raise InputError(None, f"{option} {a}:{b} outside the volume's 0:{n}")
+    return a, b
+
+
+def run_spect_contrast(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..quality.qc_spect_contrast import PHANTOMS, ContrastSettings, analyse_contrast, contrast_figure
+    from ..report.html import Report
+    from ..units import image_unit
+
+    preset = PHANTOMS[args.phantom]
+    wall = preset["wall_mm"] if args.wall_mm is None else args.wall_mm
+    if not (math.isfinite(wall) and 0 <= wall <= 5):
+        raise InputError(None, f"--wall-mm must be between 0 and 5 mm, got {wall}")
+    if args.ratio is not None and not (math.isfinite(args.ratio) and args.ratio >= 0):
+        raise InputError(None, f"--ratio must be a non-negative number, got {args.ratio}")
+    image = _read(args.image)
+    uniform = _slice_range(args.uniform_slices, "--uniform-slices", image.array.shape[0]) if args.uniform_slices else None
+    settings = ContrastSettings(diameters_mm=tuple(args.diameters or preset["diameters_mm"]),
+                                polarity=args.spheres or preset["polarity"], ratio=args.ratio, wall_mm=wall,
+                                uniform_slices=uniform)
+    table, summary = _in_file_error(args.image, analyse_contrast, image, settings)
+    unit = image_unit(image.units, image.modality)
+    suffix = _unit_suffix(unit)
+    values = ("c_sphere_roi", "c_background", "c_extreme_voxel")
+    table = table.rename(columns={c: f"{c}_{suffix}" for c in values})
+    table.insert(0, "polarity", summary["polarity"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    note = f"{summary['polarity']} spheres; true ratio R = {summary['true_ratio']:.3g}: {summary['ratio_source']}"
+    fig = contrast_figure(image, table, summary)
+    fig.savefig(out / "spect_contrast.png", dpi=100, bbox_inches="tight")
+    units = _units_by_suffix(summary)
+    units.update({"background_mean": unit, "uniform_mean_value": unit, "fitted_signal_largest_sphere": unit, "true_ratio": "1", "detectability": "1 (score SD)",
+                  **{f"{c}_{suffix}": unit for c in values}, "contrast_percent": "%", "contrast_recovery_percent": "%",
+                  "extreme_contrast_percent": "%", "angle_deg": "degree", "roi_slice": "slice index"})
+    code = _finish(args, "spect_contrast", image, summary, units, table)
+    report = Report(f"SPECT phantom sphere contrast: {Path(args.image).name}")
+    sec = report.section("Spheres")
+    sec.text(note, note=summary["ratio_estimated"])
+    sec.text(f"background C_B {summary['background_mean']:.5g} {unit} (voxel CoV {summary['background_cov_percent']:.1f} %); "
+             f"fitted FWHM (largest sphere) {summary['fwhm_largest_sphere_mm']:.1f} mm")
+    sec.figure(fig, "left: sphere plane with the sphere ROIs (red) and the background region's edge (blue); middle: "
+                    "profile through the largest sphere; right: contrast and contrast recovery against diameter")
+    cols = ["diameter_mm", "fitted_diameter_mm", "detectability", f"c_sphere_roi_{suffix}",
+            f"c_background_{suffix}", "contrast_percent", "contrast_recovery_percent", "extreme_contrast_percent",
+            "ring_radius_mm", "angle_deg"]
+    sec.table(table[cols], caption=note)
+    unif = report.section("Uniform part")
+    if "integral_uniformity_percent_mean" in summary:
+        unif.text(f"slices {summary['uniform_slices']}: integral uniformity {summary['integral_uniformity_percent_mean']:.1f} % "
+                  f"(max {summary['integral_uniformity_percent_max']:.1f} %), noise (voxel CoV) {summary['noise_cov_percent_mean']:.1f} %")
+    else:
+        unif.text(summary.get("uniform_note", "no uniform section"), note=True)
+    report.section("Summary").code({"summary": summary, "units": units})
+    report.write(out / "spect_contrast_report.html")
+    print(f"NOTE: {note}" if summary["ratio_estimated"] else note)
+    print(table[["diameter_mm", "fitted_diameter_mm", "detectability", "contrast_percent", "contrast_recovery_percent"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"wrote {out / 'spect_contrast.csv'}, {out / 'spect_contrast.png'}, {out / 'spect_contrast_report.html'}")
+    return code
 
 
 def run_trend(args: argparse.Namespace) -> int:

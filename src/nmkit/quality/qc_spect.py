@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -75,8 +75,10 @@ def point_resolution(image: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     return table, summary
 
 
-def tomo_uniformity(image: Any, roi_fraction: float = 0.75, end_fraction: float = 0.1) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Per-slice integral uniformity and noise (%) in a uniform cylinder (see module docstring)."""
+def tomo_uniformity(image: Any, roi_fraction: float = 0.75, end_fraction: float = 0.1,
+                    slices: Sequence[int] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-slice integral uniformity and noise (%) in a uniform cylinder (see module docstring); ``slices`` (indices)
+    replaces the automatic choice, e.g. the uniform sections of a Jaszczak phantom on both sides of its spheres."""
     from scipy.ndimage import gaussian_filter
 
     arr = _volume(image)
@@ -90,8 +92,13 @@ def tomo_uniformity(image: Any, roi_fraction: float = 0.75, end_fraction: float 
     full = np.nonzero(areas >= 0.8 * np.median(areas[areas > 0]))[0] if (areas > 0).any() else np.array([], int)
     if full.size < 3:
         raise InputError(None, "no uniform cylinder found (fewer than 3 slices with a full cross-section)")
-    drop = max(1, int(round(end_fraction * full.size)))
-    slices = full[drop:-drop] if full.size > 2 * drop + 1 else full
+    if slices is None:
+        drop = max(1, int(round(end_fraction * full.size)))
+        slices = full[drop:-drop] if full.size > 2 * drop + 1 else full
+    else:
+        slices = np.array([k for k in slices if k in set(full.tolist())], int)
+        if slices.size == 0:
+            raise InputError(None, "none of the chosen slices has the cylinder's full cross-section")
     radius_mm = float(math.sqrt(np.median(areas[slices]) / math.pi))
     factor = max(1, int(round(NEMA_PIXEL_MM / sp[0])))
     rows = []
