@@ -242,21 +242,69 @@ def _freq_grid(shape: tuple[int, ...], axes: tuple[int, ...], consensus: bool = 
 FOURIER_PAD_MAX = 64  # voxels per side at most: bounds the memory of Fourier filters on large images
 
 
+def _response_cache():
+    from ._fft import ArrayCache
+
+    return ArrayCache(64 << 20)
+
+
+_RESPONSES = _response_cache()  # frequency responses by grid (they depend on the geometry only)
+
+
 def _fourier_filter(img: np.ndarray, axes: tuple[int, ...], boundary: str,
-                    response: Callable[[list[np.ndarray]], np.ndarray], consensus_grid: bool = False) -> np.ndarray:
+                    response: Callable[[list[np.ndarray]], np.ndarray], consensus_grid: bool = False,
+                    cache_key: tuple | None = None) -> np.ndarray:
     """Apply a filter defined by its frequency response ``response(omegas)`` (omegas in numpy-axis order).
 
     Periodic boundaries use the image as is; other boundaries first pad half the image size per side (at most
     ``FOURIER_PAD_MAX``), which matched the phase-1 Riesz maps best (10.b.1: 0.15 of the tolerance; no padding 0.79,
-    a full image size 0.39)."""
+    a full image size 0.39). The result is the real part of the inverse transform of spectrum x response; for a
+    real image that is computed with real transforms (half the work) and the Hermitian part of the response
+    (:func:`_half_response`). ``cache_key`` names the response so that it is kept for the next image of the same
+    size (it depends on the grid only)."""
+    from scipy import fft
+
     if boundary == "periodic":
         padded, back = img, tuple(slice(None) for _ in img.shape)
     else:
         padded, back = _pad(img, {a: min(img.shape[a] // 2, FOURIER_PAD_MAX) for a in axes}, boundary)
-    spec = np.fft.fftn(padded, axes=axes)
-    spec *= response(_freq_grid(padded.shape, axes, consensus_grid))
-    out = np.fft.ifftn(spec, axes=axes)
-    return np.real(out[back]) if np.iscomplexobj(out) else out[back]
+    if np.iscomplexobj(padded):
+        spec = np.fft.fftn(padded, axes=axes)
+        spec *= response(_freq_grid(padded.shape, axes, consensus_grid))
+        return np.real(np.fft.ifftn(spec, axes=axes)[back])
+    shape = tuple(padded.shape)
+
+    def make() -> tuple[np.ndarray]:
+        return (_half_response(shape, axes, response, consensus_grid),)
+
+    if cache_key is None:
+        resp = make()[0]
+    else:
+        resp = _RESPONSES.get((cache_key, shape, tuple(axes), consensus_grid), make)[0]
+    spec = fft.rfftn(padded, axes=axes)
+    spec *= resp
+    return fft.irfftn(spec, s=[shape[a] for a in axes], axes=axes, overwrite_x=True)[back]
+
+
+def _half_response(shape: tuple[int, ...], axes: tuple[int, ...], response: Callable[[list[np.ndarray]], np.ndarray],
+                   consensus: bool) -> np.ndarray:
+    """``(H(k) + conj(H(-k))) / 2`` on the rFFT half grid (last filtered axis 0..N/2): for a real image, the real
+    part of ``ifft(X H)`` is ``ifft(X Hs)`` with this Hermitian ``Hs``, i.e. ``irfft`` of the half spectrum times it.
+    (H itself need not be Hermitian: the consensus Simoncelli grid is not symmetric about 0.)"""
+    full = _freq_grid(shape, axes, consensus)
+    pos, neg = [], []
+    for j, (a, w) in enumerate(zip(axes, full)):
+        n = shape[a]
+        idx = np.arange(n // 2 + 1 if j == len(axes) - 1 else n)
+        sh = [1] * len(shape)
+        sh[a] = idx.size
+        w = w.ravel()
+        pos.append(w[idx].reshape(sh))
+        neg.append(w[(-idx) % n].reshape(sh))
+    h = response(pos)
+    h_neg = response(neg)
+    out = 0.5 * (h + (np.conj(h_neg) if np.iscomplexobj(h_neg) else h_neg))
+    return np.ascontiguousarray(out)  # broadcastable to the half spectrum
 
 
 # ----------------------------------------------------------------------------------------------- filters
@@ -426,7 +474,7 @@ def _riesz(img: np.ndarray, spec: FilterSpec, base: np.ndarray, spacing: tuple[f
     axes = _axes(spec)
     order_np = tuple(spec.riesz_order[::-1])
     if not spec.steer:
-        return _fourier_filter(base, axes, spec.boundary, _riesz_response(order_np))
+        return _fourier_filter(base, axes, spec.boundary, _riesz_response(order_np), cache_key=("riesz", order_np))
     frame = _structure_frame(base, axes, spec, spacing)  # frame[k]: unit vector (numpy-axis components) of axis k
     total = sum(order_np)
     c = math.sqrt(math.factorial(total) / math.prod(math.factorial(v) for v in spec.riesz_order)) * (-1j) ** total
@@ -488,7 +536,8 @@ def _oriented(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> 
         return _wavelet(img, spec)
     axes = _axes(spec)
     if k in ("simoncelli", "riesz_simoncelli"):
-        base = _fourier_filter(img, axes, spec.boundary, _simoncelli_response(spec.level), consensus_grid=True)
+        base = _fourier_filter(img, axes, spec.boundary, _simoncelli_response(spec.level), consensus_grid=True,
+                               cache_key=("simoncelli", spec.level))
         return base if k == "simoncelli" else _riesz(img, spec, base, spacing)
     if k == "riesz_log":
         return _riesz(img, spec, _log(img, spec, spacing), spacing)
