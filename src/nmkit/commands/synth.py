@@ -31,7 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=positive_float, default=2e-4)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--matrix", type=at_least(16), default=64, help="phantom matrix size")
-    t.add_argument("--device", default=None)
+    t.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    t.add_argument("--checkpoint-every", type=at_least(1), default=None, metavar="N",
+                   help="write the checkpoint and the training state every N iterations (so the run can be resumed)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (same options; --iterations may be larger)")
     t.set_defaults(func=run_train)
 
     m = s.add_parser("sample", help="sample synthetic images from a checkpoint")
@@ -89,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
                              condition_labels=_labels(args.labels) if args.conditioned else None)
     print(f"training a {'mask-conditioned ' if args.conditioned else ''}diffusion model on {len(images)} images "
           f"({args.size}x{args.size}, {args.iterations} iterations)")
-    train_diffusion(images, config, args.out, progress=True, source=source)
+    train_diffusion(images, config, args.out, progress=True, source=source, checkpoint_every=args.checkpoint_every, resume=args.resume)
     print(f"checkpoint written to {args.out}")
     return 0
 

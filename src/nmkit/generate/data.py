@@ -152,11 +152,18 @@ def make_nodule_mask(gland: np.ndarray, diameter_mm: float, spacing: Sequence[fl
 
 
 def load_source(source: dict[str, Any]) -> list[TrainingImage]:
-    """Training images from a recorded source: ``{"kind": "folder", "path"}``, ``{"kind": "manifest", "path", "split"}``
+    """Training images from a recorded source: ``{"kind": "folder", "path"[, "names"]}`` (``names``: only these files,
+    relative to the folder, e.g. a patient-level training split), ``{"kind": "manifest", "path", "split"}``
     or ``{"kind": "thyroid_phantoms", "n", "seed", "matrix", "pathologies"}``."""
     kind = source.get("kind")
     if kind == "folder":
-        return load_folder(source["path"], source.get("limit"))
+        images = load_folder(source["path"], source.get("limit"))
+        if source.get("names") is not None:
+            keep = set(source["names"])
+            images = [i for i in images if i.name in keep]
+            if not images:
+                raise InputError(source["path"], "none of the recorded training files is in the folder")
+        return images
     if kind == "manifest":
         return load_manifest(source["path"], source.get("split"), source.get("limit"))
     if kind == "thyroid_phantoms":

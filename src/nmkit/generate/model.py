@@ -6,7 +6,10 @@ label map as extra one-hot input channels concatenated to the noisy image (MONAI
 sample follows a given anatomy (e.g. a thyroid with a cold nodule of a chosen size).
 
 A checkpoint is a folder with ``diffusion.safetensors`` (weights, no pickle) and ``diffusion.json`` (the
-``DiffusionConfig``, training log and provenance); ``load_diffusion`` rebuilds the network from the JSON.
+``DiffusionConfig``, training log and provenance); ``load_diffusion`` rebuilds the network from the JSON. Long runs
+write it every ``checkpoint_every`` iterations together with ``training_state.pt`` (optimiser moments, numpy/torch
+RNG states, iteration; read back with ``torch.load(weights_only=True)``), and ``resume=True`` continues such a run
+exactly where it stopped (on CPU the result equals an uninterrupted run), also to a larger ``iterations``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "diffusion.safetensors"
 DESCRIPTION = "diffusion.json"
+TRAINING_STATE = "training_state.pt"  # optimiser moments, RNG states, iteration (torch.load weights_only: no code runs)
+#: config fields that must match to resume a run (the network and what it is trained on)
+RESUME_FIELDS = ("image_size", "channels", "attention_levels", "num_res_blocks", "norm_num_groups", "num_train_timesteps", "schedule",
+                 "prediction_type", "normalisation", "percentile", "condition_labels")
 FORMAT = "nmkit-diffusion/1"
 
 
@@ -134,13 +141,47 @@ def prepare(images: Sequence[TrainingImage], config: DiffusionConfig) -> tuple[l
     return raws, labels, scales
 
 
+def _save_state(out_dir: Path, optimiser: torch.optim.Optimizer, step: int, rng: np.random.Generator,
+                history: list[dict[str, float]], elapsed: float) -> None:
+    state = {"optimiser": optimiser.state_dict(), "iteration": torch.tensor(step), "torch_rng": torch.get_rng_state(),
+             "numpy_rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history), "seconds": torch.tensor(elapsed)}
+    tmp = out_dir / (TRAINING_STATE + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out_dir / TRAINING_STATE)
+
+
+def _resume_state(out_dir: Path, config: DiffusionConfig, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
+                  rng: np.random.Generator) -> tuple[int, list[dict[str, float]], float]:
+    """Load weights, optimiser and RNG states of an interrupted run in ``out_dir``; returns (iteration, history, seconds)."""
+    from safetensors.torch import load_file
+
+    path = out_dir / TRAINING_STATE
+    if not path.exists() or not (out_dir / WEIGHTS).exists():
+        raise InputError(out_dir, f"nothing to resume: no {TRAINING_STATE} and {WEIGHTS} (train with a checkpoint interval first)")
+    saved = DiffusionConfig.from_dict(read_description(out_dir)["config"]).to_dict()
+    wanted = config.to_dict()
+    different = [k for k in RESUME_FIELDS if saved.get(k) != wanted.get(k) and not (k == "attention_levels" and
+                 DiffusionConfig.from_dict(saved).attention == config.attention)]
+    if different:
+        raise InputError(out_dir, "cannot resume: the checkpoint was trained with other settings ("
+                         + ", ".join(f"{k} {saved.get(k)} != {wanted.get(k)}" for k in different) + ")")
+    model.load_state_dict(load_file(str(out_dir / WEIGHTS)))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    optimiser.load_state_dict(state["optimiser"])
+    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    return int(state["iteration"]), json.loads(state["history"]), float(state["seconds"])
+
+
 def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, out_dir: str | Path | None = None,
-                    progress: bool = False, source: dict[str, Any] | None = None) -> tuple[torch.nn.Module, DiffusionConfig, list[dict[str, float]]]:
+                    progress: bool = False, source: dict[str, Any] | None = None, checkpoint_every: int | None = None,
+                    resume: bool = False) -> tuple[torch.nn.Module, DiffusionConfig, list[dict[str, float]]]:
     """Train a DDPM on ``images`` (with their label maps when ``config.condition_labels`` is set).
 
     Returns the model, the completed config (training scale and spacing filled in) and the loss log; writes a
-    checkpoint folder when ``out_dir`` is given; ``source`` (see ``data.load_source``) is recorded so that the audit
-    can reload the training images.
+    checkpoint folder when ``out_dir`` is given (also every ``checkpoint_every`` iterations, with the training state);
+    ``resume`` continues the interrupted run in ``out_dir`` up to ``config.iterations``. ``source`` (see
+    ``data.load_source``) is recorded so that the audit can reload the training images.
     """
     from monai.inferers import DiffusionInferer
 
@@ -148,6 +189,8 @@ def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, ou
 
     if not images:
         raise ValueError("no training images")
+    if (resume or checkpoint_every) and out_dir is None:
+        raise ValueError("checkpoints and resume need an output folder")
     if config.n_condition and any(item.label is None for item in images):
         missing = [item.name for item in images if item.label is None][:5]
         raise InputError(missing[0], "a mask-conditioned model needs a label map for every training image")
@@ -168,10 +211,18 @@ def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, ou
     inferer = DiffusionInferer(scheduler)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     history: list[dict[str, float]] = []
-    start = time.perf_counter()
+    first, previous_seconds = 0, 0.0
+    if resume:
+        first, history, previous_seconds = _resume_state(Path(out_dir), config, model, optimiser, rng)
+        model.to(device)
+        log.info("resuming %s at iteration %d of %d", out_dir, first, config.iterations)
+        if progress:
+            print(f"resuming at iteration {first}/{config.iterations}", flush=True)
+    inputs = [i.name for i in images]
+    start = time.perf_counter() - previous_seconds
     losses: list[float] = []
     model.train()
-    for step in range(config.iterations):
+    for step in range(first, config.iterations):
         idx = rng.integers(0, len(raws), size=config.batch_size)
         xs, cs = [], []
         for i in idx:
@@ -200,11 +251,17 @@ def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, ou
         if (step + 1) % max(1, min(100, config.iterations // 10)) == 0 or step + 1 == config.iterations:
             history.append({"iteration": step + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start})
             if progress:
-                print(f"iteration {step + 1:6d}/{config.iterations}  loss {history[-1]['loss']:.4f}", flush=True)
+                print(f"iteration {step + 1:6d}/{config.iterations}  loss {history[-1]['loss']:.4f}  "
+                      f"{history[-1]['seconds']:.0f} s", flush=True)
             losses = []
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < config.iterations:
+            save_diffusion(model, config, out_dir, history=history, inputs=inputs, source=source)
+            _save_state(Path(out_dir), optimiser, step + 1, rng, history, time.perf_counter() - start)
     model.eval()
     if out_dir is not None:
-        save_diffusion(model, config, out_dir, history=history, inputs=[i.name for i in images], source=source)
+        save_diffusion(model, config, out_dir, history=history, inputs=inputs, source=source)
+        if checkpoint_every or resume:
+            _save_state(Path(out_dir), optimiser, max(first, config.iterations), rng, history, time.perf_counter() - start)
     return model, config, history
 
 

@@ -119,12 +119,14 @@ def init_from_diffusion(model: nn.Module, diffusion_checkpoint_dir: str | Path, 
 
 # ----- few-label fine-tuning and the learning curve ---------------------------------------------------------------
 
-def _inputs(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+def _inputs(images: Sequence[np.ndarray], size: int, normalisation: str = "counts") -> torch.Tensor:
+    """Raw images -> (N, 1, size, size) network input (``segment.preprocess.normalise``: ``counts`` for NM count
+    images, ``percentile`` for radiographs, whose 8/16-bit values are not counts)."""
     from ..segment.preprocess import Preprocessing, normalise
     from .data import resize
 
-    prep = Preprocessing(normalisation="counts")
-    return torch.from_numpy(np.stack([normalise(resize(np.asarray(a, np.float32), size, 1), prep)[None] for a in images]))
+    prep = Preprocessing(normalisation=normalisation)
+    return torch.from_numpy(np.stack([normalise(resize(np.asarray(a, np.float32), size, 1), prep)[None] for a in images]).astype(np.float32))
 
 
 def _targets(labels: Sequence[np.ndarray], size: int) -> torch.Tensor:
@@ -133,18 +135,43 @@ def _targets(labels: Sequence[np.ndarray], size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([resize(np.asarray(lab, np.int64), size, 0)[None] for lab in labels])).long()
 
 
+def random_affine(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, rotate_deg: float = 10.0, scale: float = 0.1,
+                  shift: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small random rotation/zoom/shift of a batch (image bilinear, labels nearest); no flip, so left/right anatomy
+    (e.g. right vs left lung) keeps its side. ``shift`` is a fraction of the half-width."""
+    n = x.shape[0]
+    theta = np.zeros((n, 2, 3), np.float32)
+    for i in range(n):
+        a = np.deg2rad(rng.uniform(-rotate_deg, rotate_deg))
+        s = 1.0 + rng.uniform(-scale, scale)
+        theta[i, :, :2] = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / s
+        theta[i, :, 2] = rng.uniform(-shift, shift, 2)
+    grid = torch.nn.functional.affine_grid(torch.from_numpy(theta).to(x.device), list(x.shape), align_corners=False)
+    xa = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    ya = torch.nn.functional.grid_sample(y.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).long()
+    return xa, ya
+
+
 def fine_tune(model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], size: int, iterations: int = 200,
-              batch_size: int = 8, learning_rate: float = 1e-3, seed: int = 1, flip: bool = True) -> list[float]:
-    """Train ``model`` on (count image, label map) pairs with Dice+CE (segmentation's loss); returns the losses."""
+              batch_size: int = 8, learning_rate: float = 1e-3, seed: int = 1, flip: bool = True, normalisation: str = "counts",
+              affine: bool = False, schedule: str = "constant") -> list[float]:
+    """Train ``model`` on (image, label map) pairs with Dice+CE (segmentation's loss); returns the losses.
+
+    ``flip``: random left-right flips (leave off when labels name a side); ``affine``: small random rotation/zoom/shift
+    (``random_affine``); ``schedule``: ``constant`` or ``cosine`` (learning rate decays to 0 over the iterations).
+    """
     from ..segment.losses import SegmentationLoss
 
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
     n_classes = int(model.unet.out_channels) if hasattr(model, "unet") else 2
-    x_all, y_all = _inputs(images, size), _targets(labels, size)
+    x_all, y_all = _inputs(images, size, normalisation), _targets(labels, size)
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     loss_fn = SegmentationLoss("dice-ce", n_classes)
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-5)
+    lr_sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(iterations, 1)) if schedule == "cosine" else None
     losses = []
     model.train()
     for _ in range(iterations):
@@ -152,24 +179,36 @@ def fine_tune(model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[n
         x, y = x_all[idx].to(device), y_all[idx].to(device)
         if flip and rng.random() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
+        if affine:
+            x, y = random_affine(x, y, rng)
         loss = loss_fn(model(x), y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if lr_sched is not None:
+            lr_sched.step()
         losses.append(float(loss.detach()))
     model.eval()
     return losses
 
 
 @torch.no_grad()
-def evaluate_dice(model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], size: int) -> float:
+def predict_probabilities(model: nn.Module, images: Sequence[np.ndarray], size: int, normalisation: str = "counts") -> np.ndarray:
+    """Softmax class probabilities (N, C, size, size) of raw images at the model size."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = _inputs(images, size, normalisation)
+    return torch.cat([torch.softmax(model(x[i:i + 16].to(device)), 1).cpu() for i in range(0, len(x), 16)]).numpy()
+
+
+@torch.no_grad()
+def evaluate_dice(model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], size: int,
+                  normalisation: str = "counts") -> float:
     """Mean foreground Dice on a test set (at the model size)."""
     from ..metrics.overlap import dice_per_class
 
-    model.eval()
-    device = next(model.parameters()).device
-    x, y = _inputs(images, size), _targets(labels, size)[:, 0].numpy()
-    pred = torch.cat([model(x[i:i + 16].to(device)).argmax(1).cpu() for i in range(0, len(x), 16)]).numpy()
+    y = _targets(labels, size)[:, 0].numpy()
+    pred = predict_probabilities(model, images, size, normalisation).argmax(1)
     values = sorted(int(v) for v in np.unique(y) if v > 0) or [1]
     return float(np.mean([dice_per_class(p, t, values) for p, t in zip(pred, y)]))
 
