@@ -4,12 +4,17 @@
 (one per reader, when the network mimics several readers at once, and which one is the default), bundle name and
 version, the training configuration and data summary, validation metrics and provenance. Loading builds
 the network from that description and loads the weights with ``safetensors`` (never unpickles).
+
+Several input channels: ``channels`` (e.g. ``["PT", "CT"]``, the order the network takes them) with their
+normalisations in ``preprocessing.channel_normalisations``. A k-fold ensemble: ``ensemble`` = ``{"folds": [...],
+"members": ["fold_0/model.safetensors", ...], "combine": "mean softmax"}``; :func:`load_bundle` loads every member once
+into ``Bundle.models`` (inference averages their softmax), ``model.safetensors`` is the first member's.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,23 @@ class Bundle:
     model: nn.Module
     description: dict[str, Any]
     preprocessing: Preprocessing
+    models: list[nn.Module] = field(default_factory=list)  # every ensemble member (k folds), else [model]
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            self.models = [self.model]
+
+    @property
+    def channels(self) -> list[str] | None:
+        """Input channel names in the network's order (e.g. ``["PT", "CT"]``), or None for one channel."""
+        channels = self.description.get("channels")
+        return list(channels) if channels else None
+
+    @property
+    def folds(self) -> list[int] | None:
+        """The folds of a k-fold ensemble, or None for a single model."""
+        ensemble = self.description.get("ensemble") or {}
+        return list(ensemble.get("folds") or []) or None
 
     @property
     def labels(self) -> dict[int, str]:
@@ -108,10 +130,11 @@ def write_bundle(out_dir: str | Path, model: nn.Module, config: Any, prep: Prepr
         "format": BUNDLE_FORMAT,
         "name": name or out_dir.name,
         "version": version,
-        "network": {"name": config.network, "spatial_dims": prep.spatial_dims, "in_channels": 1,
+        "network": {"name": config.network, "spatial_dims": prep.spatial_dims, "in_channels": prep.n_channels,
                     "out_channels": (1 + max(config.labels)) * len(getattr(config, "heads", None) or [None]),
                     "img_size": list(img_size) if img_size else None, "options": dict(config.network_options)},
         "preprocessing": prep.to_dict(),
+        "channels": list(prep.channels) if prep.channels else None,
         "labels": labels,
         "heads": list(config.heads) if getattr(config, "heads", None) else None,
         "default_head": config.resolved_default_head() if getattr(config, "heads", None) else None,
@@ -186,16 +209,34 @@ def load_bundle(path: str | Path, device: str | torch.device | None = None, **en
     if description.get("format") != BUNDLE_FORMAT:
         raise InputError(desc_path, f"unknown bundle format {description.get('format')!r}")
     net = description["network"]
+    channels = description.get("channels")
+    if channels and len(channels) != int(net.get("in_channels", 1)):
+        raise InputError(desc_path, f"channels {channels} do not match the network's {net.get('in_channels')} input channels")
+    ensemble = description.get("ensemble") or {}
+    members = [path / str(m) for m in ensemble.get("members") or []] or [path / WEIGHTS]
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    models = [_load_member(net, weights, path) for weights in members]
+    for model in models:
+        model.to(device).eval()
+    return Bundle(path=path, model=models[0], description=description, preprocessing=Preprocessing.from_dict(description["preprocessing"]),
+                  models=models)
+
+
+def _load_member(net: dict[str, Any], weights: Path, bundle: Path) -> nn.Module:
+    """One network of the bundle with its safetensors weights."""
     model = build_network(net["name"], net["spatial_dims"], net["in_channels"], net["out_channels"], img_size=net.get("img_size"),
                           **dict(net.get("options") or {}))
-    weights = path / WEIGHTS
     if not weights.exists():
-        raise InputError(path, f"{WEIGHTS} missing")
+        what = f"{weights.relative_to(bundle)} missing" if weights.is_relative_to(bundle) else f"{weights} missing"
+        raise InputError(bundle, what + (" (a fold of the ensemble in bundle.json)" if weights.name == WEIGHTS and weights.parent != bundle else ""))
     try:
         model.load_state_dict(load_weights(weights))
     except RuntimeError as exc:  # weights of another network than bundle.json describes
         raise InputError(weights, f"weights do not fit the network in {DESCRIPTION}: {str(exc).splitlines()[0]}") from exc
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    return Bundle(path=path, model=model, description=description, preprocessing=Preprocessing.from_dict(description["preprocessing"]))
+    return model
+
+
+def load_models(bundle: Bundle) -> list[nn.Module]:
+    """Every model of a loaded bundle (the k folds of an ensemble, else the one model), loaded once by load_bundle."""
+    return list(bundle.models)

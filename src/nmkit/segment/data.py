@@ -7,6 +7,10 @@ first). Images may be NIfTI/NRRD or DICOM (any file our readers understand).
 
 Several readers' masks of the same image (for a network with one output head per reader, see
 ``TrainConfig.heads``) go in columns ``mask_<head>``, e.g. ``mask_R1``, ``mask_R2``, ``mask_consensus``.
+
+Several input channels (e.g. PET and CT of one study): one row per channel image, matched to the channel names by the
+``modality`` column and grouped by study (:mod:`nmkit.segment.engines.channels`, as for the nnU-Net engine); the first
+channel's row carries the label map and its grid is the case's grid (other channels resampled onto it, linear).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class Case:
     image: Image
     label: np.ndarray  # integer labels on the image grid; (heads, *grid) for a multi-head network
     heads: tuple[str, ...] | None = None  # names of the label layers when ``label`` holds one per head
+    patient_id: str = ""  # for patient-level k-fold splits
+    fold: str = ""  # the case table's fold column ('' when blank)
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -135,13 +141,88 @@ def _row_where(table: pd.DataFrame, index: object) -> str:
     return f"row {int(index) + 2}, " if table.attrs.get("path") and isinstance(index, (int, np.integer)) else ""
 
 
-def load_split(table: pd.DataFrame, split: str, limit: int | None = None, heads: Sequence[str] | None = None,
-               need_masks: bool = True) -> list[Case]:
+def load_channel_case(rows: Sequence[dict], case_id: str, where: str | Path | None) -> Case:
+    """One multi-channel case from its rows in channel order: images stacked on the first row's grid, the first row's
+    label map on that grid (nearest-neighbour when it lies on another grid)."""
+    from ..dataset import single_label_map
+    from ..io.image import resample_to
+    from .engines.channels import stack_channels
+
+    images = [load_image(r["image"], suv=str(r.get("suv") or "").strip() or None) for r in rows]
+    for image, row in zip(images, rows):
+        _check_single_channel(image, row["image"])
+    stacked = stack_channels(images)
+    mask_path = single_label_map(rows[0], where)
+    if mask_path is None:
+        label = np.zeros(images[0].spatial_shape, np.int64)
+    else:
+        mask = squeeze_planar(read_label_map(mask_path))
+        if not mask.same_grid(images[0]):
+            mask = resample_to(mask, images[0], "nearest")
+        label = np.asarray(mask.array, dtype=np.int64)
+    return Case(case_id=case_id, image=stacked, label=label)
+
+
+def _load_channel_split(table: pd.DataFrame, rows: pd.DataFrame, channels: Sequence[str], need_masks: bool) -> list[Case]:
+    from ..dataset import single_label_map
+    from .engines.channels import group_rows
+
+    where = table.attrs.get("path") or "case table"
+    cases = []
+    for group in group_rows(rows.to_dict(orient="records"), channels, where):
+        first = group[0]
+        case_id = str(first["case_id"])
+        if need_masks and single_label_map(first, where) is None:
+            raise InputError(where, f"column 'masks': case {case_id!r} has no mask on its {channels[0]} row (the first "
+                                    "channel's row carries the label map)")
+        try:
+            case = load_channel_case(group, case_id, where)
+        except InputError:
+            raise
+        except Exception as exc:  # an unreadable file never stops the cohort
+            log.warning("skipping case %s: %s", case_id, exc)
+            continue
+        case.patient_id, case.fold = str(first.get("patient_id") or case_id), _fold_text(first.get("fold"))
+        cases.append(case)
+    return cases
+
+
+def _fold_text(value: object) -> str:
+    """The fold column's value as text ('' when blank; 2.0 -> '2')."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        return ""
+    text = str(value).strip()
+    try:
+        return str(int(float(text)))
+    except ValueError:
+        return text
+
+
+def resample_case(case: Case, spacing_mm: Sequence[float] | None, interpolation: str = "linear") -> Case:
+    """The case on the target spacing (image ``interpolation``, labels label-aware); unchanged when ``spacing_mm`` is
+    None or already the case's grid."""
+    from dataclasses import replace
+
+    from .preprocess import resample_labels, resample_to_spacing, spacing_grid
+
+    if spacing_mm is None:
+        return case
+    grid = spacing_grid(case.image, spacing_mm)
+    if grid.same_grid(case.image):
+        return case
+    image = resample_to_spacing(case.image, spacing_mm, interpolation)
+    return replace(case, image=image, label=resample_labels(case.label, case.image, grid))
+
+
+def load_split(table: pd.DataFrame, split: str | Sequence[str], limit: int | None = None, heads: Sequence[str] | None = None,
+               need_masks: bool = True, channels: Sequence[str] | None = None) -> list[Case]:
     """Load the cases of one split; unreadable image/mask files are logged and skipped.
 
     The mask is the row's one label map (``masks``/``mask``); ``heads``: one mask per head from the columns
     ``mask_<head>`` (multi-reader training) instead. ``need_masks``: a row without a mask is an error naming its
     row (training on an empty label would teach the network that nothing is there); otherwise its label is empty.
+    ``split``: one split or several (e.g. ``("train", "val")`` for k-fold training). ``channels``: several input
+    channels, one row per channel image of a study (see the module docstring).
     """
     from ..dataset import single_label_map
 
@@ -150,7 +231,13 @@ def load_split(table: pd.DataFrame, split: str, limit: int | None = None, heads:
         raise InputError(table.attrs.get("path"), f"the case table has no 'split' column; cannot select split {split!r}")
     table = as_case_table(table)
     where = table.attrs.get("path") or "case table"
-    rows = table[table["split"] == split]
+    splits = [split] if isinstance(split, str) else list(split)
+    rows = table[table["split"].isin(splits)]
+    if channels and len(channels) > 1:
+        if heads:
+            raise InputError(where, "several input channels with one head per reader is not supported")
+        cases = _load_channel_split(table, rows, channels, need_masks)
+        return cases[:limit] if limit is not None else cases
     if limit is not None:
         rows = rows.iloc[:limit]
     cases = []
@@ -164,12 +251,13 @@ def load_split(table: pd.DataFrame, split: str, limit: int | None = None, heads:
         else:
             mask = single_label_map(row, where)
             if mask is None and need_masks:
-                raise InputError(where, f"{_row_where(table, index)}column 'masks': case {case_id!r} (split {split}) has no mask")
+                raise InputError(where, f"{_row_where(table, index)}column 'masks': case {case_id!r} (split {row['split']}) has no mask")
         try:
             if columns:
                 cases.append(load_multi_reader_case(row["image"], masks, case_id))
             else:
                 cases.append(load_case(row["image"], mask, case_id))
+            cases[-1].patient_id, cases[-1].fold = str(row.get("patient_id") or case_id), _fold_text(row.get("fold"))
         except Exception as exc:  # an unreadable file never stops the cohort
             log.warning("skipping case %s: %s", case_id, exc)
     return cases

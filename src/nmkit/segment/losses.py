@@ -10,6 +10,11 @@ follows a schedule over epochs:
 * ``increase``: ``a = min(a_max, a0 + step * epoch)`` (the paper's schedule, a0 = step = 0.01);
 * ``adaptive``: like ``increase`` but ``a`` only grows while the validation Dice is not falling,
   and is halved when it falls (the boundary term may pull too hard early on when Dice is poor).
+
+Distance maps are physical: in 3D training they are computed ONCE per case on the whole case with its true voxel
+spacing (:func:`case_distance_maps`, ``distance_transform_edt(sampling=spacing)``) and cropped with the patch, so a step
+through 3.27 mm MR slices counts 3.27 mm, not one in-plane voxel, and a boundary just outside the patch still counts.
+Without precomputed maps the loss falls back to maps of the patch's own labels (``spacing`` if given, else voxels).
 """
 
 from __future__ import annotations
@@ -48,14 +53,23 @@ class BoundaryLoss(nn.Module):
         return (probs * distance_maps).mean() / self.normalise_by
 
 
-def distance_maps_for(target: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Per-class signed distance maps (B, C-1, ...) from an integer label tensor (B, 1, ...)."""
+def distance_maps_for(target: torch.Tensor, n_classes: int, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Per-class signed distance maps (B, C-1, ...) from an integer label tensor (B, 1, ...); ``spacing`` in NumPy axis
+    order (mm), else voxel units."""
     labels = target[:, 0].detach().cpu().numpy()
     maps = np.zeros((labels.shape[0], n_classes - 1) + labels.shape[1:], np.float32)
     for b in range(labels.shape[0]):
         for c in range(1, n_classes):
-            maps[b, c - 1] = signed_distance_map(labels[b] == c)
+            maps[b, c - 1] = signed_distance_map(labels[b] == c, spacing)
     return torch.from_numpy(maps).to(target.device)
+
+
+def case_distance_maps(label: np.ndarray, n_classes: int, spacing_zyx: tuple[float, ...]) -> np.ndarray:
+    """Signed distance maps (layers * (C-1), *grid) in mm of a whole case's label map (one layer, or one per head),
+    computed once with the true voxel spacing (NumPy axis order); crop them with the patch."""
+    layers = label if label.ndim > len(spacing_zyx) else label[None]
+    return np.concatenate([np.stack([signed_distance_map(layer == c, tuple(spacing_zyx)) for c in range(1, n_classes)])
+                           for layer in layers]).astype(np.float32)
 
 
 def class_fractions(target: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -113,16 +127,18 @@ class SegmentationLoss(nn.Module):
         self.boundary = BoundaryLoss()
         self.schedule = schedule or (WeightSchedule("increase") if name == "dice-boundary" else None)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``target``: integer labels (B, 1, ...) or class fractions (B, C, ...) summing to 1 per voxel."""
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, distance_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """``target``: integer labels (B, 1, ...) or class fractions (B, C, ...) summing to 1 per voxel.
+        ``distance_maps``: precomputed signed distance maps (B, C-1, ...) in mm for the boundary term (else computed
+        from ``target`` in voxel units)."""
         target = class_fractions(target, self.n_classes)
         if self.name == "dice":
             return self.dice(logits, target)
         if self.name == "dice-ce":
             return self.dice_ce(logits, target)
         weight = self.schedule.value if self.schedule else 0.01
-        maps = distance_maps_for(target.argmax(1, keepdim=True), self.n_classes)
-        return (1 - weight) * self.dice(logits, target) + weight * self.boundary(logits, maps)
+        maps = distance_maps if distance_maps is not None else distance_maps_for(target.argmax(1, keepdim=True), self.n_classes)
+        return (1 - weight) * self.dice(logits, target) + weight * self.boundary(logits, maps.to(logits.dtype))
 
     def end_epoch(self, epoch: int, val_dice: float | None) -> None:
         if self.schedule is not None:
@@ -142,15 +158,17 @@ class MultiHeadLoss(nn.Module):
             raise ValueError("n_heads must be at least 1")
         self.loss, self.n_heads = loss, n_heads
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, distance_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """``distance_maps``: (B, heads * (C-1), ...) precomputed boundary-loss maps, or None."""
         if self.n_heads == 1:
-            return self.loss(logits, target)
+            return self.loss(logits, target, distance_maps)
         c = self.loss.n_classes
         if logits.shape[1] != c * self.n_heads or target.shape[1] % self.n_heads:
             raise ValueError(f"{self.n_heads} heads of {c} classes need {c * self.n_heads} logit channels and a target with a "
                              f"multiple of {self.n_heads} channels; got {logits.shape[1]} and {target.shape[1]}")
         per = target.shape[1] // self.n_heads
-        parts = [self.loss(logits[:, k * c:(k + 1) * c], target[:, k * per:(k + 1) * per]) for k in range(self.n_heads)]
+        maps = [None if distance_maps is None else distance_maps[:, k * (c - 1):(k + 1) * (c - 1)] for k in range(self.n_heads)]
+        parts = [self.loss(logits[:, k * c:(k + 1) * c], target[:, k * per:(k + 1) * per], maps[k]) for k in range(self.n_heads)]
         return torch.stack(parts).mean()
 
     def end_epoch(self, epoch: int, val_dice: float | None) -> None:

@@ -200,3 +200,26 @@ def required_divisor(name: str, options: dict[str, Any] | None = None) -> int:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def width_options(name: str, width: int) -> dict[str, Any]:
+    """Network options giving base width ``width`` (channels of the first level; deeper levels double it): the
+    ``--width`` of ``nmkit train``. UNETR/SwinUNETR take it as ``feature_size`` (SwinUNETR: a multiple of 12)."""
+    if width < 1:
+        raise ValueError(f"width must be at least 1; got {width}")
+    name = name.lower()
+    if name == "unet":
+        return {"channels": tuple(width * 2**i for i in range(5))}
+    if name == "attention-unet":
+        return {"channels": tuple(width * 2**i for i in range(4))}
+    if name == "hrnet":
+        return {"width": width}
+    if name == "unetr":
+        return {"feature_size": width}
+    if name == "swin-unetr":
+        if width % 12:
+            raise ValueError(f"swin-unetr needs a width that is a multiple of 12; got {width}")
+        return {"feature_size": width}
+    if name == "diffusion-unet":
+        return {"channels": (width, 2 * width, 2 * width)}
+    raise ValueError(f"unknown network {name!r}")

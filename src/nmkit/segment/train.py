@@ -12,6 +12,14 @@ Mimicking several experts at once: with ``TrainConfig.heads`` (e.g. ``("R1", "R2
 network has one output head (a group of ``n_classes`` channels) per reader, sharing everything else; each case
 carries one label layer per head (``Case.label[k]``) and the loss is the mean of the heads' losses. A
 reader's habits (threshold, margin, isthmus) become that head's, while all heads learn the anatomy together.
+
+3D specifics: cases come already resampled to ``Preprocessing.target_spacing_mm`` (``data.resample_case``); each case
+is normalised once as a whole (as inference does; ``counts`` images stay per patch, after count thinning), the
+boundary loss's distance maps are computed once per case with its true voxel spacing (``losses.case_distance_maps``)
+and cropped with the patch; augmentation (``TrainConfig.augmentation``, :mod:`nmkit.segment.augment`, MONAI) moves
+image channels, labels and distance maps together. Several input channels (``Preprocessing.channels``) arrive as a
+leading axis of ``Case.image.array``. K-fold training (:func:`train_folds`) writes one model per fold into the bundle,
+whose ``ensemble`` entry lists them (inference averages their softmax).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from ..metrics.overlap import dice_per_class  # lives with the metrics; still im
 from .data import Case
 from .losses import MultiHeadLoss, SegmentationLoss, WeightSchedule
 from .nets import build_network, parameter_count, required_divisor
-from .preprocess import Preprocessing, augment, normalise
+from .preprocess import Preprocessing, augment, normalise, normalise_channels
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,8 @@ class TrainConfig:
     init_weights: str | None = None  # safetensors weights (e.g. a bundle's model.safetensors) to fine-tune from
     heads: tuple[str, ...] | None = None  # one output head per reader/target (masks from manifest columns mask_<head>)
     default_head: str | None = None  # head used when a caller names none (default: 'consensus' if present, else the first)
+    augmentation: dict[str, Any] | None = None  # 3D: AugmentConfig fields (kinds, probability...); None = flips only
+    width: int | None = None  # base channel count of the network (network_options derived with nets.width_options)
 
     def resolved_default_head(self) -> str | None:
         if not self.heads:
@@ -119,46 +129,123 @@ def label_fractions_2d(label: np.ndarray, size: Sequence[int], n_classes: int) -
     return onehot[0]
 
 
-def random_patch(image: np.ndarray, label: np.ndarray, patch: Sequence[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random patch (padded when the volume is smaller), centred on foreground half of the time."""
-    layers = label.ndim - image.ndim  # 1 when the label holds one layer per head
-    pad = [(0, max(0, p - s)) for p, s in zip(patch, image.shape)]
+def random_patch(image: np.ndarray, label: np.ndarray, patch: Sequence[int], rng: np.random.Generator,
+                 extra: np.ndarray | None = None, channel_axis: bool = False):
+    """A random patch (padded when the volume is smaller), centred on foreground half of the time.
+
+    ``channel_axis``: ``image`` has a leading channel axis. ``extra``: arrays with leading axes (e.g. distance maps)
+    cropped with the same window, returned third (zero-padded)."""
+    n = len(patch)
+    lead = [(0, 0)] * (image.ndim - n)
+    layers = label.ndim - n  # 1 when the label holds one layer per head
+    grid = image.shape[image.ndim - n:]
+    pad = [(0, max(0, p - s)) for p, s in zip(patch, grid)]
     if any(p[1] for p in pad):
-        image, label = np.pad(image, pad, mode="edge"), np.pad(label, [(0, 0)] * layers + pad)
+        image, label = np.pad(image, lead + pad, mode="edge"), np.pad(label, [(0, 0)] * layers + pad)
+        if extra is not None:
+            extra = np.pad(extra, [(0, 0)] * (extra.ndim - n) + pad, mode="edge")
+        grid = image.shape[image.ndim - n:]
     fg = np.argwhere((label > 0).any(0) if layers else label > 0)
     if len(fg) and rng.random() < 0.5:
         centre = fg[rng.integers(len(fg))]
-        start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, patch, image.shape)]
+        start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, patch, grid)]
     else:
-        start = [int(rng.integers(0, s - p + 1)) for p, s in zip(patch, image.shape)]
+        start = [int(rng.integers(0, s - p + 1)) for p, s in zip(patch, grid)]
     sl = tuple(slice(s, s + p) for s, p in zip(start, patch))
-    return image[sl], label[(slice(None),) * layers + sl]
+    out = image[(slice(None),) * (image.ndim - n) + sl], label[(slice(None),) * layers + sl]
+    if extra is None and not channel_axis:
+        return out
+    return out + (None if extra is None else extra[(slice(None),) * (extra.ndim - n) + sl],)
 
 
 class _Sampler:
-    """Produces augmented, normalised training batches from cases."""
+    """Produces augmented, normalised training batches from cases (and, for the boundary loss in 3D, the distance maps
+    of each case, computed once on the whole case with its voxel spacing and cropped with the patch)."""
 
     def __init__(self, cases: list[Case], prep: Preprocessing, config: TrainConfig, rng: np.random.Generator):
         self.cases, self.prep, self.config, self.rng = cases, prep, config, rng
         self.n_classes = 1 + max(config.labels)
+        self.maps_wanted = config.loss == "dice-boundary" and prep.spatial_dims == 3
+        self.per_patch = prep.n_channels == 1 and prep.normalisation == "counts"  # count thinning needs raw counts
+        self._inputs: dict[int, np.ndarray] = {}
+        self._maps: dict[int, np.ndarray] = {}
+        self.augmenter = None
+        if prep.spatial_dims == 3:
+            from .augment import AugmentConfig, Augmenter
 
-    def sample(self, case: Case) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = case.image.array, case.label
-        if self.prep.spatial_dims == 3:
-            image, label = random_patch(image, label, self.prep.patch_size, self.rng)
-        image, label = augment(image, label, self.rng, self.prep, self.config.count_reduction, self.config.flip_axes)
-        x = normalise(image, self.prep)
-        layers = label if label.ndim > x.ndim else label[None]  # (heads, *grid)
+            settings = dict(config.augmentation) if config.augmentation is not None else {"kinds": ("flip",)}
+            settings.setdefault("flip_axes", tuple(config.flip_axes))
+            for key in ("kinds", "flip_axes", "elastic_sigma", "elastic_magnitude", "gamma"):
+                if key in settings:
+                    settings[key] = tuple(settings[key])
+            self.aug_config = AugmentConfig(**settings)
+            self.augmenter = Augmenter(self.aug_config, tuple(prep.patch_size), seed=int(rng.integers(2**31)))
+
+    def case_input(self, index: int) -> np.ndarray:
+        """The whole case normalised once (C, *grid), as inference normalises it."""
+        if index not in self._inputs:
+            self._inputs[index] = normalise_channels(self.cases[index].image.array, self.prep)
+        return self._inputs[index]
+
+    def case_maps(self, index: int) -> np.ndarray:
+        """Signed distance maps (layers * (C-1), *grid) in mm of the whole case, computed once."""
+        if index not in self._maps:
+            from .losses import case_distance_maps
+
+            case = self.cases[index]
+            self._maps[index] = case_distance_maps(case.label, self.n_classes, tuple(case.image.spacing[::-1]))
+        return self._maps[index]
+
+    def sample(self, index: int) -> tuple[torch.Tensor, ...]:
+        case = self.cases[index]
         if self.prep.spatial_dims == 2:
+            image, label = augment(case.image.array, case.label, self.rng, self.prep, self.config.count_reduction, self.config.flip_axes)
+            x = normalise(image, self.prep)
+            layers = label if label.ndim > x.ndim else label[None]  # (heads, *grid)
             target = torch.cat([label_fractions_2d(layer, self.prep.target_size, self.n_classes) for layer in layers])
             return resize_2d(x, self.prep.target_size, "bilinear"), target
-        return torch.from_numpy(x)[None], torch.from_numpy(np.ascontiguousarray(layers).astype(np.int64))
+        from .augment import crop_size
+
+        size = crop_size(self.aug_config, self.prep.patch_size)
+        maps = self.case_maps(index) if self.maps_wanted else None
+        if self.per_patch:
+            image, label, maps = random_patch(case.image.array, case.label, size, self.rng, maps, channel_axis=True)
+            if self.config.count_reduction is not None:
+                image = thin_counts_patch(image, self.config.count_reduction, self.rng)
+            x = normalise(image, self.prep)[None]
+        else:
+            x, label, maps = random_patch(self.case_input(index), case.label, size, self.rng, maps, channel_axis=True)
+        layers = label if label.ndim > x.ndim - 1 else label[None]  # (heads, *grid)
+        x_t, y_t, m_t = self.augmenter(x, layers, maps)
+        return (x_t, y_t) if m_t is None else (x_t, y_t, m_t)
 
     def batches(self, n_iterations: int, batch_size: int):
         for _ in range(n_iterations):
             idx = self.rng.integers(0, len(self.cases), size=batch_size)
-            pairs = [self.sample(self.cases[i]) for i in idx]
-            yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            parts = [self.sample(int(i)) for i in idx]
+            yield tuple(torch.stack([p[k] for p in parts]) for k in range(len(parts[0])))
+
+
+def thin_counts_patch(image: np.ndarray, reduction: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """A count image patch as a shorter acquisition would have recorded it (binomial thinning)."""
+    from .preprocess import thin_counts
+
+    return thin_counts(image, float(rng.uniform(*reduction)), rng)
+
+
+@torch.no_grad()
+def predict_labels_3d(model: nn.Module, array: np.ndarray, prep: Preprocessing, device: torch.device, n_classes: int,
+                      n_heads: int = 1) -> np.ndarray:
+    """Label maps (heads, *grid) of a whole (resampled) 3D case by sliding window: the validation predictor of training,
+    with the channels normalised as in training."""
+    from monai.inferers import sliding_window_inference
+
+    from .infer import grouped_softmax
+
+    x = torch.from_numpy(normalise_channels(array, prep))[None].to(device)
+    logits = sliding_window_inference(x, roi_size=tuple(prep.patch_size), sw_batch_size=2, predictor=model, overlap=0.25, mode="gaussian")
+    probs = grouped_softmax(logits, n_heads)[0]
+    return probs.reshape(n_heads, n_classes, *probs.shape[1:]).argmax(1).cpu().numpy().astype(np.uint8)
 
 
 def check_heads(cases: Sequence[Case], heads: Sequence[str] | None, what: str) -> None:
@@ -176,7 +263,6 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
           progress: bool = True, data_summary: dict[str, Any] | None = None) -> Path:
     """Train, keep the best checkpoint by validation Dice, and write a model bundle in ``out_dir``."""
     from . import bundle as bundle_mod
-    from .infer import predict_array
 
     if not train_cases:
         raise ValueError("no training cases")
@@ -196,7 +282,7 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
     divisor = required_divisor(config.network, config.network_options)
     if img_size is None or any(s % divisor for s in img_size):
         raise ValueError(f"{config.network} needs input sizes divisible by {divisor}; got {img_size}")
-    model = build_network(config.network, prep.spatial_dims, 1, n_classes * n_heads, img_size=img_size,
+    model = build_network(config.network, prep.spatial_dims, prep.n_channels, n_classes * n_heads, img_size=img_size,
                           **dict(config.network_options)).to(device)
     pretrained: dict[str, Any] | None = None
     if config.init_weights:
@@ -228,10 +314,11 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
         losses = []
         bar = tqdm(sampler.batches(iterations, config.batch_size), total=iterations, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
-        for x, y in bar:
-            x, y = x.to(device), y.to(device)
+        for batch in bar:
+            x, y = batch[0].to(device), batch[1].to(device)
+            maps = batch[2].to(device) if len(batch) > 2 else None
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(x), y, maps)
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
@@ -239,7 +326,7 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
         scheduler.step()
         model.eval()
         per_head = np.array([[dice_per_class(p, t, labels) for p, t in
-                              zip(predict_array(model, c.image.array, prep, device, n_classes, n_heads=n_heads, head=None),
+                              zip(validation_labels(model, c, prep, device, n_classes, n_heads),
                                   c.label if heads else c.label[None])] for c in val_cases]).reshape(-1, n_heads)
         val_scores = list(per_head.mean(1))
         val_dice = float(np.mean(val_scores)) if val_scores else float("nan")
@@ -273,6 +360,95 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
                   **({"val_dice_per_head": {h: history[best_epoch - 1][f"val_dice_{h}"] for h in heads}} if heads and val_cases else {}),
                   "training_seconds": time.perf_counter() - start_time, "parameters": parameter_count(model), "device": str(device)}
     bundle_mod.write_bundle(out_dir, model, config, prep, validation=validation, data_summary=summary)
+    return out_dir
+
+
+def validation_labels(model: nn.Module, case: Case, prep: Preprocessing, device: torch.device, n_classes: int,
+                      n_heads: int) -> np.ndarray:
+    """Predicted label maps (heads, *grid) of a validation case."""
+    from .infer import predict_array
+
+    was_training = model.training
+    model.eval()
+    try:
+        if prep.spatial_dims == 3:
+            return predict_labels_3d(model, case.image.array, prep, device, n_classes, n_heads)
+        return predict_array(model, case.image.array, prep, device, n_classes, n_heads=n_heads, head=None)
+    finally:
+        model.train(was_training)
+
+
+def assign_folds(cases: Sequence[Case], k: int | None, seed: int = 1) -> list[int]:
+    """The fold (0..K-1) of every case: the case table's fold column when every case has one, else a patient-level
+    split into ``k`` folds (a patient's cases stay together; patients shuffled with ``seed``, largest first into the
+    smallest fold). Raises ``ValueError`` with the reason when that cannot be done."""
+    texts = [c.fold for c in cases]
+    if all(texts):
+        try:
+            folds = [int(t) for t in texts]
+        except ValueError as exc:
+            raise ValueError(f"the fold column must hold integers; got {sorted(set(texts))}") from exc
+        found = sorted(set(folds))
+        if min(found) < 0 or (k is not None and max(found) >= k):
+            raise ValueError(f"the fold column holds {found}; --kfold {k} needs values 0..{(k or 1) - 1}")
+        return folds
+    if k is None:
+        raise ValueError("no fold column in the case table: give --kfold K for a patient-level split")
+    if k < 2:
+        raise ValueError(f"k-fold training needs at least 2 folds; got {k}")
+    by_patient: dict[str, list[int]] = {}
+    for i, case in enumerate(cases):
+        by_patient.setdefault(case.patient_id or case.case_id, []).append(i)
+    if len(by_patient) < k:
+        raise ValueError(f"{k} folds need at least {k} patients; the training cases come from {len(by_patient)}")
+    patients = sorted(by_patient)
+    np.random.default_rng(seed).shuffle(patients)
+    patients.sort(key=lambda p: -len(by_patient[p]))  # stable: equal sizes keep the shuffled order
+    sizes, out = [0] * k, [0] * len(cases)
+    for patient in patients:
+        fold = int(np.argmin(sizes))
+        sizes[fold] += len(by_patient[patient])
+        for i in by_patient[patient]:
+            out[i] = fold
+    return out
+
+
+def train_folds(cases: list[Case], fold_of: Sequence[int], folds: Sequence[int], prep: Preprocessing, config: TrainConfig,
+                out_dir: str | Path, progress: bool = True, data_summary: dict[str, Any] | None = None) -> Path:
+    """K-fold training: fold k validates on the cases of fold k and trains on the others; one model per fold in
+    ``out_dir/fold_k`` and a bundle whose ``ensemble`` lists them (inference averages their softmax). The top-level
+    ``model.safetensors`` is the first fold's, so a reader that knows no ensembles still gets a working model."""
+    import json
+    import shutil
+
+    from . import bundle as bundle_mod
+
+    out_dir = Path(out_dir)
+    folds = list(dict.fromkeys(int(f) for f in folds))
+    if not folds:
+        raise ValueError("no folds to train")
+    per_fold: dict[str, Any] = {}
+    for fold in folds:
+        train_cases = [c for c, f in zip(cases, fold_of) if f != fold]
+        val_cases = [c for c, f in zip(cases, fold_of) if f == fold]
+        if not train_cases or not val_cases:
+            raise ValueError(f"fold {fold}: needs training and validation cases (it has {len(train_cases)} and {len(val_cases)})")
+        if progress:
+            print(f"fold {fold}: training on {len(train_cases)} cases, validating on {len(val_cases)}", flush=True)
+        summary = dict(data_summary or {}, fold=fold, val_cases=[c.case_id for c in val_cases][:1000])
+        train(train_cases, val_cases, prep, config, out_dir / f"fold_{fold}", progress=progress, data_summary=summary)
+        desc = json.loads((out_dir / f"fold_{fold}" / bundle_mod.DESCRIPTION).read_text())
+        per_fold[str(fold)] = desc.get("validation", {})
+    first = out_dir / f"fold_{folds[0]}"
+    description = json.loads((first / bundle_mod.DESCRIPTION).read_text())
+    shutil.copyfile(first / bundle_mod.WEIGHTS, out_dir / bundle_mod.WEIGHTS)
+    scores = [v.get("val_dice_mean") for v in per_fold.values() if v.get("val_dice_mean") is not None]
+    description["name"] = out_dir.name
+    description["ensemble"] = {"folds": folds, "members": [f"fold_{f}/{bundle_mod.WEIGHTS}" for f in folds], "combine": "mean softmax"}
+    description["validation"] = {"val_dice_mean": float(np.mean(scores)) if scores else None, "per_fold": per_fold,
+                                 "folds": {c.case_id: int(f) for c, f in zip(cases, fold_of)}}
+    description["training_data"] = dict(data_summary or {}, n_cases=len(cases), n_folds=len(set(fold_of)))
+    (out_dir / bundle_mod.DESCRIPTION).write_text(json.dumps(description, indent=2, default=str))
     return out_dir
 
 
