@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ._args import at_least
+
 log = logging.getLogger(__name__)
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -50,7 +52,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="nnU-Net models: the folds to ensemble (e.g. 0 1 2 3 4, or all); default: all folds present")
     p.add_argument("--checkpoint-name", default=None,
                    help="nnU-Net models: checkpoint file name in each fold_N (default checkpoint_final.pth)")
+    p.add_argument("--overlap", type=_overlap, default=None, metavar="FRACTION",
+                   help="3D sliding window: overlap of neighbouring windows, 0 <= FRACTION < 1 (default: 0.25 for nmkit "
+                        "bundles; nnU-Net models: tile step 1 - FRACTION, their default 0.5; MONAI bundles: their inferer's)")
+    p.add_argument("--sw-batch", type=at_least(1), default=None, metavar="N",
+                   help="3D sliding window: windows per forward pass (default 2; memory grows with N x window size; "
+                        "MONAI bundles: sw_batch_size; nnU-Net runs one window at a time)")
     p.set_defaults(func=run)
+
+
+def _overlap(text: str) -> float:
+    """An argparse type: a window overlap fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: the overlap is a fraction of the window, 0 <= overlap < 1")
+    return value
+
+
+def _window(args: argparse.Namespace):
+    """The sliding-window settings the user asked for (None: each engine's default)."""
+    if args.overlap is None and args.sw_batch is None:
+        return None
+    from ..segment.infer import DEFAULT_WINDOW, SlidingWindow
+
+    return SlidingWindow(overlap=DEFAULT_WINDOW.overlap if args.overlap is None else args.overlap,
+                         batch=DEFAULT_WINDOW.batch if args.sw_batch is None else args.sw_batch)
 
 
 def _stem(path: Path) -> str:
@@ -157,11 +186,46 @@ def _write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
     return sidecar
 
 
-def seg_algorithm_version(bundle) -> str:
+def model_identity(bundle) -> dict[str, Any]:
+    """Which model predicted, for provenance and the SEG: the engine's identity (nnU-Net, MONAI: checksums of plans,
+    configs and checkpoints), or for an nmkit bundle the SHA-256 of bundle.json and every weights file (all folds of an
+    ensemble) and one digest over them (``model_sha256``)."""
+    identity = dict(getattr(bundle, "identity", None) or {})
+    if identity:
+        return identity
+    import hashlib
+    import json
+
+    from ..segment.engines import sha256
+
+    folder = Path(bundle.path)
+    members = [str(m) for m in ((bundle.description.get("ensemble") or {}).get("members") or [])]
+    files = dict.fromkeys(["bundle.json", "model.safetensors", *members])
+    checksums = {name: sha256(folder / name) for name in files if (folder / name).is_file()}
+    digest = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
+    return {"engine": "nmkit", "bundle": str(folder), "name": bundle.name, "version": bundle.version,
+            "models": len(getattr(bundle, "models", None) or [None]), "sha256": checksums, "model_sha256": digest}
+
+
+def seg_algorithm_parameters(identity: dict[str, Any], window: dict[str, Any], flips: Any) -> dict[str, str]:
+    """AlgorithmParameters of the SEG: the weights' digest, engine, ensemble size and inference settings (short text)."""
+    params = {"model_sha256": str(identity.get("model_sha256") or ""), "engine": str(identity.get("engine") or "")}
+    if identity.get("folds"):
+        params["folds"] = "+".join(map(str, identity["folds"]))
+    elif identity.get("models"):
+        params["models"] = str(identity["models"])
+    for key in ("overlap", "batch", "tile_step_size"):
+        if window.get(key) is not None:
+            params[f"sw_{key}"] = str(window[key])
+    params["tta"] = "default" if flips is None else ("flip" if flips else "none")
+    return {k: v for k, v in params.items() if v}
+
+
+def seg_algorithm_version(bundle, identity: dict[str, Any] | None = None) -> str:
     """The SEG's algorithm version: the model's version, with the first 8 hex digits of its weights' SHA-256 when the
     engine records one (nnU-Net, MONAI bundles) and the version does not already carry them (DICOM LO: 64 characters)."""
     version = str(bundle.version)
-    identity = getattr(bundle, "identity", None) or {}
+    identity = identity or getattr(bundle, "identity", None) or {}
     digest = str(identity.get("model_sha256") or "")[:8]
     if digest and digest not in version:
         version = f"{version} sha256:{digest}"
@@ -219,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     from ..provenance import provenance
     from ..segment.bundle import load_bundle
     from ..segment.data import load_image
-    from ..segment.infer import predict_heads
+    from ..segment.infer import predict_heads, window_settings
 
     inputs = _inputs(args)  # a bad case table fails here, before the network is built
     bundle = load_bundle(args.bundle, device=args.device, **_engine_options(args))
@@ -232,6 +296,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     flips = None if args.tta is None else ((-1,) if args.tta else ())
     default_suv = _default_suv(args.suv, bundle)
+    window = _window(args)
+    window_used = window_settings(bundle, window)  # applied to nnU-Net / MONAI engines here; recorded in the provenance
+    identity = model_identity(bundle)
     done, failed, rows = [], [], []
     from tqdm.auto import tqdm
 
@@ -240,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
             suv = str(source.get("suv") or "").strip() or default_suv
             image = _load_input(path, source, suv)
             suv = suv if image.modality == "PT" and not str(path).lower().endswith(_VOLUME_SUFFIXES) else None
-            masks = predict_heads(bundle, image, heads, flips=flips, keep_largest=args.largest, fill=args.fill_holes)
+            masks = predict_heads(bundle, image, heads, flips=flips, keep_largest=args.largest, fill=args.fill_holes,
+                                  window=window)
             refs, head_columns = [], {}
             for head, mask in masks.items():
                 stem = case_id if len(heads) == 1 else f"{case_id}_{head}"
@@ -255,7 +323,9 @@ def run(args: argparse.Namespace) -> int:
 
                     algorithm = bundle.name if head is None else f"{bundle.name} ({head})"
                     write_seg(mask, load_image(path, suv=suv) if image.array.ndim > image.ndim_spatial else image,
-                              out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=seg_algorithm_version(bundle))
+                              out / f"{stem}_seg.dcm", algorithm_name=algorithm, algorithm_version=seg_algorithm_version(bundle, identity),
+                              series_description=f"{algorithm} {bundle.version}", algorithm_source=f"nmkit {identity.get('engine', '')}".strip(),
+                              algorithm_parameters=seg_algorithm_parameters(identity, window_used, flips))
             rows.append({"case_id": case_id, **image_fields(image, source, case_id), "image": str(path.resolve()),
                          "masks": refs, "reader": reader_id(bundle, heads[0] if len(heads) == 1 else None), "suv": suv or "",
                          **head_columns})
@@ -264,9 +334,9 @@ def run(args: argparse.Namespace) -> int:
             log.error("%s: %s", path, exc)
             failed.append({"input": str(path), "error": str(exc)})
     config = {"bundle": str(bundle.path), "heads": heads, "suv": default_suv, "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
-              "bundle_postprocessing": bundle.description.get("postprocessing", {})}
+              "bundle_postprocessing": bundle.description.get("postprocessing", {}), "sliding_window": window_used}
     model = {"name": bundle.name, "version": bundle.version, "labels": {str(k): v for k, v in bundle.labels.items()},
-             **({"identity": bundle.identity} if getattr(bundle, "identity", None) else {})}
+             "identity": identity}
     record = provenance(config=config, inputs=done, model=model, failed=failed)
     (out / "provenance.json").write_text(json.dumps(record, indent=2))
     if rows:

@@ -255,17 +255,39 @@ def read_seg_fractions(path: str | Path, reference: Image | None = None, segment
     return image
 
 
+def _segment_description(number: int, name: str, algorithm_type, algorithm):
+    """One SegmentSequence item: label, SNOMED-CT category/type (laterality modifier, anatomic region) from
+    :func:`nmkit.io.snomed.segment_codes` (generic Tissue for names without a table entry)."""
+    import highdicom as hd
+    from pydicom.sequence import Sequence as DicomSequence
+
+    from .snomed import segment_codes
+
+    coded = segment_codes(name)
+    description = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=name, segmented_property_category=coded.category.to_pydicom(),
+        segmented_property_type=coded.type.to_pydicom(), algorithm_type=algorithm_type, algorithm_identification=algorithm,
+        anatomic_regions=[coded.region.to_pydicom()] if coded.region else None)
+    if coded.modifier is not None:
+        modifier = hd.sr.CodedConcept(coded.modifier.value, coded.modifier.scheme, coded.modifier.meaning)
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = DicomSequence([modifier])
+    return description
+
+
 def write_seg(mask: Mask, reference: Image | Sequence[Any], path: str | Path, algorithm_name: str | None = "nmkit",
               algorithm_version: str | None = None, segment_names: Sequence[str] | None = None,
               series_description: str = "nmkit segmentation", labelmap: bool = False,
-              manufacturer: str = "nmkit", series_number: int = 901) -> Path:
+              manufacturer: str = "nmkit", series_number: int = 901, algorithm_source: str | None = None,
+              algorithm_parameters: dict[str, str] | None = None) -> Path:
     """Write ``mask`` as a DICOM SEG that references the source series.
 
     ``reference``: the 3D image read from DICOM (its ``meta["source_files"]`` are read back to reference
     them) or the source pydicom datasets themselves, sorted like the image's slices. One segment per label
     (sorted label values), BINARY by default; ``labelmap=True`` writes a LABELMAP SEG (non-overlapping
-    masks only). ``algorithm_name=None`` records a MANUAL segmentation, otherwise AUTOMATIC by that
-    algorithm and version.
+    masks only). Each segment is coded in SNOMED-CT from its name (:mod:`nmkit.io.snomed`). ``algorithm_name=None``
+    records a MANUAL segmentation, otherwise AUTOMATIC by that algorithm and version; ``algorithm_source`` (e.g. the
+    engine) and ``algorithm_parameters`` (e.g. the weights' SHA-256, sliding-window settings) go into the
+    AlgorithmIdentificationSequence too, so the SEG itself says which model made it.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -292,17 +314,15 @@ def write_seg(mask: Mask, reference: Image | Sequence[Any], path: str | Path, al
     if labelmap and np.any(layers.sum(axis=-1) > 1):
         raise InputError(path, "a LABELMAP SEG cannot hold overlapping segments; write a BINARY SEG")
     if algorithm_name:
-        algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, version=algorithm_version or __version__,
-                                                       family=codes.DCM.ArtificialIntelligence)
+        parameters = {str(k): str(v) for k, v in (algorithm_parameters or {}).items()} or None
+        algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name[:64], version=(algorithm_version or __version__)[:64],
+                                                       family=codes.DCM.ArtificialIntelligence,
+                                                       source=algorithm_source[:64] if algorithm_source else None,
+                                                       parameters=parameters)
         algorithm_type = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
     else:
         algorithm, algorithm_type = None, hd.seg.SegmentAlgorithmTypeValues.MANUAL
-    descriptions = [
-        hd.seg.SegmentDescription(segment_number=n, segment_label=name, segmented_property_category=codes.SCT.Tissue,
-                                  segmented_property_type=codes.SCT.Tissue, algorithm_type=algorithm_type,
-                                  algorithm_identification=algorithm)
-        for n, name in enumerate(names, start=1)
-    ]
+    descriptions = [_segment_description(n, name, algorithm_type, algorithm) for n, name in enumerate(names, start=1)]
     if labelmap:
         pixel_array = np.zeros(layers.shape[:-1], dtype=np.uint8 if len(values) < 256 else np.uint16)
         for n in range(len(values)):
@@ -316,7 +336,7 @@ def write_seg(mask: Mask, reference: Image | Sequence[Any], path: str | Path, al
             source_images=sources, pixel_array=pixel_array, segmentation_type=seg_type, segment_descriptions=descriptions,
             series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
             manufacturer=manufacturer, manufacturer_model_name="nmkit", software_versions=__version__,
-            device_serial_number="0", series_description=series_description, omit_empty_frames=True,
+            device_serial_number="0", series_description=series_description[:64], omit_empty_frames=True,
         )
     except Exception as exc:
         raise InputError(path, f"cannot build a Segmentation from these sources ({type(exc).__name__}: {exc})") from exc
