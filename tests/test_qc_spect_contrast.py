@@ -78,12 +78,20 @@ def analytic_contrast_recovery(d: float, ratio: float, fwhm_mm: float, wall_mm: 
 @pytest.mark.parametrize("case", ["cold", "hot"])
 def test_simulated_phantom_matches_closed_form(case):
     """Cold solid spheres (Jaszczak standard set, R = 0) and hot IEC spheres (1 mm walls, R = 4) blurred by 12 mm
-    FWHM: the disc-ROI contrast recovery of every sphere within 2.0 percentage points of the closed form, centres
-    within 1.5 mm, the largest sphere's FWHM within 1 mm and its diameter within 1.5 mm."""
+    FWHM, 4 mm voxels, 1 % noise: the disc-ROI contrast recovery of every sphere within 2.0 percentage points of the
+    closed form over the ideal disc (measured 0.8-1.8 points low: the disc is sampled by 4 mm pixels whose averages
+    straddle its edge) and within 1.0 point of the same disc ROI on the noise-free image at the true centre (the noise
+    SE of the 10-13 mm discs is ~0.4 point; measured <= 0.55); centres within 1.5 mm, the largest sphere's FWHM within
+    1 mm and its diameter within 1.5 mm."""
+    from nmkit.quality.qc_iq import _xyz_axes, disc_weights
+
     preset = PHANTOMS["jaszczak-standard" if case == "cold" else "iec"]
     ratio = 0.0 if case == "cold" else 4.0
     diam, wall = preset["diameters_mm"], preset["wall_mm"]
     image, centres = simulate(diam, ratio, 12.0, wall_mm=wall)
+    clean, _ = simulate(diam, ratio, 12.0, wall_mm=wall, noise=0.0)
+    xs, ys, zs = _xyz_axes(clean)
+    k0 = int(np.argmin(np.abs(zs)))
     table, s = analyse_contrast(image, ContrastSettings(diameters_mm=diam, polarity="auto",
                                                         ratio=None if case == "cold" else ratio, wall_mm=wall))
     assert s["polarity"] == case and s["true_ratio"] == ratio and not s["ratio_estimated"]
@@ -95,6 +103,9 @@ def test_simulated_phantom_matches_closed_form(case):
         assert math.dist((r["x_mm"], r["y_mm"], r["z_mm"]), c) < 1.5, (d, r["x_mm"], r["y_mm"], r["z_mm"], c)
         expected = 100 * analytic_contrast_recovery(d, ratio, 12.0, wall, 4.0)
         assert r["contrast_recovery_percent"] == pytest.approx(expected, abs=2.0), (d, r["contrast_recovery_percent"], expected)
+        w = disc_weights(xs, ys, c[0], c[1], d)
+        sampled = 100 * (float((clean.array[k0] * w).sum() / w.sum()) / 1000.0 - 1) / (ratio - 1)
+        assert r["contrast_recovery_percent"] == pytest.approx(sampled, abs=1.0), (d, r["contrast_recovery_percent"], sampled)
     # contrast recovery falls with the sphere size (partial volume)
     assert table["contrast_recovery_percent"].is_monotonic_decreasing
 
@@ -108,6 +119,7 @@ def test_closed_form_limits():
     assert analytic_contrast_recovery(4.0, 0.0, 20.0, 0.0, 1.0) < 0.05
 
 
+@pytest.mark.slow
 def test_estimated_hot_ratio_is_said():
     """Hot spheres without --ratio: the ratio is estimated from the largest sphere's fitted signal (~4) and flagged."""
     diam = PHANTOMS["iec"]["diameters_mm"]
@@ -117,18 +129,23 @@ def test_estimated_hot_ratio_is_said():
     assert s["true_ratio"] == pytest.approx(4.0, rel=0.05)
 
 
-def test_rotated_and_off_centre_phantom_gives_the_same_contrast():
-    """The same cold phantom 40 mm off-centre and rotated in plane by 90 degrees (array rotation): the same spheres
-    (ring angles 90 degrees apart) and contrasts within 0.5 percentage points."""
+def test_rotated_and_off_centre_phantom():
+    """The cold phantom rotated in plane by 90 degrees and 36 mm off-centre: every sphere found at its true centre
+    (within 1.5 mm) and its contrast within 1.0 point of the disc ROI on the noise-free image at the true centre."""
+    from nmkit.quality.qc_iq import _xyz_axes, disc_weights
+
     diam = PHANTOMS["jaszczak-standard"]["diameters_mm"]
-    image, _ = simulate(diam, 0.0, 12.0, offset_mm=(20.0, -15.0), seed=2)
-    t0, _ = analyse_contrast(image, ContrastSettings(diameters_mm=diam))
-    rotated = image.with_array(np.ascontiguousarray(np.rot90(image.array, 1, axes=(1, 2))))
-    t1, _ = analyse_contrast(rotated, ContrastSettings(diameters_mm=diam))
-    assert np.allclose(t0["contrast_percent"], t1["contrast_percent"], atol=0.5)
-    turn = (t1["angle_deg"] - t0["angle_deg"]) % 360
-    assert np.allclose(np.minimum(abs(turn - 90), abs(turn - 270)), 0, atol=3.0)  # handedness of rot90 vs LPS y
-    assert np.allclose(t0["ring_radius_mm"], 58, atol=1.5) and np.allclose(t1["ring_radius_mm"], 58, atol=1.5)
+    image, centres = simulate(diam, 0.0, 12.0, offset_mm=(20.0, -30.0), angle0=-7.0 + 90.0, seed=2)
+    clean, _ = simulate(diam, 0.0, 12.0, offset_mm=(20.0, -30.0), angle0=-7.0 + 90.0, noise=0.0)
+    xs, ys, zs = _xyz_axes(clean)
+    k0 = int(np.argmin(np.abs(zs)))
+    table, s = analyse_contrast(image, ContrastSettings(diameters_mm=diam))
+    assert s["phantom_axis_x_mm"] == pytest.approx(20.0, abs=1.0) and s["phantom_axis_y_mm"] == pytest.approx(-30.0, abs=1.0)
+    for (_, r), c, d in zip(table.iterrows(), centres, diam):
+        assert math.dist((r["x_mm"], r["y_mm"], r["z_mm"]), c) < 1.5, d
+        w = disc_weights(xs, ys, c[0], c[1], d)
+        assert r["contrast_percent"] == pytest.approx(100 * (1 - float((clean.array[k0] * w).sum() / w.sum()) / 1000.0), abs=1.0)
+    assert np.allclose(table["ring_radius_mm"], 58, atol=1.5)
 
 
 def test_bad_inputs_give_one_line(tmp_path, capsys):
@@ -210,3 +227,18 @@ def test_real_jaszczak_identical_on_rerun_and_deluxe_set(external_data, tmp_path
     d, td = _run_real(external_data, tmp_path / "d", ["--phantom", "jaszczak-deluxe"])
     assert np.allclose(td["angle_deg"], ta["angle_deg"], atol=6)
     assert 36 < td["fitted_diameter_mm"].iloc[0] < 41
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The value length")  # the Mediso header's over-long SH value
+def test_real_jaszczak_rotated_by_90_degrees(external_data):
+    """The real scan rotated in plane by 90 degrees (an exact pixel permutation about the volume centre): the same six
+    spheres, each ring angle turned by 90 degrees, contrasts within 0.5 percentage points."""
+    from nmkit.io.reader import read_image
+
+    image = read_image(str(need(external_data, JASZCZAK)))
+    t0, _ = analyse_contrast(image)
+    t1, _ = analyse_contrast(image.with_array(np.ascontiguousarray(np.rot90(image.array, 1, axes=(1, 2)))))
+    assert np.allclose(t1["contrast_percent"], t0["contrast_percent"], atol=0.5)
+    turn = (t1["angle_deg"] - t0["angle_deg"]) % 360
+    assert np.all(np.minimum(np.abs(turn - 90), np.abs(turn - 270)) < 3), list(turn)
