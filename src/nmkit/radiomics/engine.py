@@ -106,9 +106,26 @@ def filtered_roi(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig,
     in_plane = spec.dims == "2D" and not spec.orthogonal_planes  # slice-by-slice filters never look along z
     reach_mm = float("inf") if reach >= WHOLE_IMAGE else (reach + 2) * max(spacing[:2] if in_plane else spacing)
     roi = process(image, mask, config, label=label, margin_mm=PEAK_RADIUS_MM + 2.0 + reach_mm)
-    roi.image = apply_filter(roi.image, roi.spacing, spec)
+    roi.image = apply_filter(roi.image, roi.spacing, spec, region=_read_region(roi))
     roi.diagnostics["filter"] = spec.kind
     return roi, dataclasses.replace(config, reseg_range=None, outlier_sigma=None, ivh_use_reseg_range=False)
+
+
+def _read_region(roi: ProcessedROI) -> tuple[slice, slice, slice]:
+    """The voxels of the crop that features read: the masks' bounding box plus the local-intensity sphere's
+    radius (and one voxel), per axis."""
+    import math
+
+    from .preprocess import PEAK_RADIUS_MM
+
+    either = roi.morph_mask | roi.int_mask
+    sp_zyx = (roi.spacing[2], roi.spacing[1], roi.spacing[0])
+    out = []
+    for axis, n in enumerate(either.shape):
+        idx = np.flatnonzero(either.any(axis=tuple(a for a in range(3) if a != axis)))
+        m = int(math.ceil(PEAK_RADIUS_MM / float(sp_zyx[axis]))) + 1
+        out.append(slice(max(0, int(idx[0]) - m), min(n, int(idx[-1]) + 1 + m)))
+    return tuple(out)
 
 
 def extract(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig | Mapping[str, Any] | str,

@@ -372,8 +372,13 @@ def _gabor_kernel(spec: FilterSpec, plane_spacing: tuple[float, float], theta: f
     return env * np.exp(1j * 2 * math.pi * xr / spec.lambda_mm)
 
 
-def _gabor_plane(img: np.ndarray, spec: FilterSpec, plane_spacing: tuple[float, float]) -> np.ndarray:
-    """|Gabor response| in each slice over axes (1, 2); averaged (or maxed) over orientations when pooling."""
+def _gabor_plane(img: np.ndarray, spec: FilterSpec, plane_spacing: tuple[float, float],
+                 region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+    """|Gabor response| in each slice over axes (1, 2); averaged (or maxed) over orientations when pooling.
+
+    ``region``: the output voxels wanted (slices of the three axes); only those slices are filtered, and in plane
+    only the wanted box plus the kernel's reach (with the boundary condition where that leaves the image) is
+    transformed. Elsewhere the result is 0."""
     if spec.rotation == "none" or not spec.delta_theta:
         thetas = [spec.theta]
     else:
@@ -383,14 +388,18 @@ def _gabor_plane(img: np.ndarray, spec: FilterSpec, plane_spacing: tuple[float, 
         thetas = [spec.theta + k * spec.delta_theta for k in range(n)]
     from scipy import fft
 
+    full = tuple(slice(0, n) for n in img.shape)
+    rz, rj, ri = full if region is None else tuple(slice(*r.indices(n)[:2]) for r, n in zip(region, img.shape))
     kernels = [_gabor_kernel(spec, plane_spacing, th) for th in thetas]
     ry, rx = kernels[0].shape[0] // 2, kernels[0].shape[1] // 2
-    padded, _ = _pad(img, {1: ry, 2: rx}, spec.boundary)
+    padded, _ = _pad(img[rz], {1: ry, 2: rx}, spec.boundary)
+    # original index i is padded index i + r: the wanted outputs [lo, hi) need padded [lo, hi + 2 r)
+    sub = padded[:, rj.start:rj.stop + 2 * ry, ri.start:ri.stop + 2 * rx]
     # one forward FFT of the padded slices for every orientation; circular convolution on a grid at least as large
     # as the padded slice equals the linear one on the valid part (no output index wraps)
-    shape = (fft.next_fast_len(padded.shape[1]), fft.next_fast_len(padded.shape[2]))
-    spectrum = fft.fft2(padded, s=shape, axes=(1, 2))
-    valid = (slice(None), slice(2 * ry, 2 * ry + img.shape[1]), slice(2 * rx, 2 * rx + img.shape[2]))
+    shape = (fft.next_fast_len(sub.shape[1]), fft.next_fast_len(sub.shape[2]))
+    spectrum = fft.fft2(sub, s=shape, axes=(1, 2))
+    valid = (slice(None), slice(2 * ry, 2 * ry + rj.stop - rj.start), slice(2 * rx, 2 * rx + ri.stop - ri.start))
     acc = None
     for k in kernels:
         resp = np.abs(fft.ifft2(spectrum * fft.fft2(k, s=shape)[None], axes=(1, 2))[valid])
@@ -400,18 +409,25 @@ def _gabor_plane(img: np.ndarray, spec: FilterSpec, plane_spacing: tuple[float, 
             np.maximum(acc, resp, out=acc)
         else:
             acc += resp
-    return acc if spec.rotation == "max" else acc / len(thetas)
+    acc = acc if spec.rotation == "max" else acc / len(thetas)
+    if (rz, rj, ri) == full:
+        return acc
+    out = np.zeros(img.shape)
+    out[rz, rj, ri] = acc
+    return out
 
 
-def _gabor(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np.ndarray:
+def _gabor(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...],
+           region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
     dx, dy, dz = (float(v) for v in spacing)
-    out = _gabor_plane(img, spec, (dy, dx))
+    out = _gabor_plane(img, spec, (dy, dx), region)
     if not spec.orthogonal_planes:
         return out
     # coronal: array (y, z, x), plane (z, x); sagittal: array (x, y, z), plane (y, z)
     for perm, plane in (((1, 0, 2), (dz, dx)), ((2, 1, 0), (dy, dz))):
         t = np.transpose(img, perm)
-        out = out + np.transpose(_gabor_plane(t, spec, plane), perm)
+        r = None if region is None else tuple(region[p] for p in perm)
+        out = out + np.transpose(_gabor_plane(t, spec, plane, r), perm)
     return out / 3.0
 
 
@@ -724,8 +740,12 @@ def _pooled(img: np.ndarray, spec: FilterSpec, spacing: tuple[float, ...]) -> np
     return acc if spec.rotation == "max" else acc / len(rots)
 
 
-def apply_filter(image: np.ndarray, spacing: tuple[float, ...], spec: FilterSpec | Mapping[str, Any]) -> np.ndarray:
-    """The IBSI-2 response map of ``image`` (z, y, x), spacing (x, y, z) mm, as float64 on the same grid."""
+def apply_filter(image: np.ndarray, spacing: tuple[float, ...], spec: FilterSpec | Mapping[str, Any],
+                 region: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+    """The IBSI-2 response map of ``image`` (z, y, x), spacing (x, y, z) mm, as float64 on the same grid.
+
+    ``region`` (slices): the part of the map the caller reads. The response is exact there; outside it a filter
+    may skip the work (Gabor does: 0 there). None: the whole map."""
     spec = spec if isinstance(spec, FilterSpec) else FilterSpec.from_dict(spec)
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 3:
@@ -733,7 +753,7 @@ def apply_filter(image: np.ndarray, spacing: tuple[float, ...], spec: FilterSpec
     if spec.kind == "none":
         return img
     if spec.kind == "gabor":
-        return _gabor(img, spec, spacing)
+        return _gabor(img, spec, spacing, region)
     if spec.rotation == "none":
         out = _oriented(img, spec, spacing)
     else:
