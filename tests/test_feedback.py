@@ -29,7 +29,8 @@ NM_CLASS = "1.2.840.10008.5.1.4.1.1.20"
 
 
 def edit_seg(ai_path: str | Path, out: str | Path, add: tuple[slice, slice], remove_rows_below: int | None = None,
-             creator: str = "Expert^Anna", study_uid: str | None = None, refs: str = "keep") -> tuple[np.ndarray, np.ndarray]:
+             creator: str = "Expert^Anna", study_uid: str | None = None, refs: str = "keep",
+             content_date: str = "20261201") -> tuple[np.ndarray, np.ndarray]:
     """The expert's edit of a planar AI SEG: a block of pixels added, the gland's rows from ``remove_rows_below`` on
     removed; a new SEG object (new UIDs, the expert as content creator). Returns (AI mask, corrected mask)."""
     from pydicom.pixels import pack_bits
@@ -47,7 +48,7 @@ def edit_seg(ai_path: str | Path, out: str | Path, add: tuple[slice, slice], rem
     ds.Manufacturer = "ReviewStation"
     ds.SeriesDescription = "thyroid corrected"
     ds.ContentLabel = "CORRECTED"
-    ds.ContentDate, ds.ContentTime = "20261201", "101500"
+    ds.ContentDate, ds.ContentTime = content_date, "101500"
     if study_uid:
         ds.StudyInstanceUID = study_uid
     if refs == "unknown":  # references nothing this server knows
@@ -146,6 +147,31 @@ def test_link_by_the_ai_seg_uid_and_resend(tmp_path):
     assert len(srv["store"].feedback_scores()) == 1
 
 
+def test_report_per_model_version_and_week(tmp_path):
+    """Two model versions, corrections in two ISO weeks by two readers: the summaries count and average them apart."""
+    from nmkit.serve.feedback_report import report_tables
+
+    first = server_with_ai_result(tmp_path, seed=1, version="1.0.0")
+    second = server_with_ai_result(tmp_path, seed=2, version="2.0.0", storage=first["storage"])
+    store = first["store"]
+    want = {}
+    for srv, version, date, who in ((first, "1.0.0", "20261130", "Expert^Anna"), (second, "2.0.0", "20261208", "Expert^Ben")):
+        fix = tmp_path / f"fix-{version}.dcm"
+        ai, new = edit_seg(srv["seg"], fix, add=(slice(2, 5), slice(2, 5)), content_date=date, creator=who)
+        want[version] = expected(ai, new, srv["pixel_mm"])
+        assert import_path(store, first["storage"], fix)[0]["linked"]
+    assert score_pending(store) == {"scored": 2, "failed": 0}
+    tables = report_tables(store)
+    by_version = tables["by_version"].set_index("model_version")
+    assert list(by_version.index) == ["1.0.0", "2.0.0"] and by_version["corrections"].tolist() == [1, 1]
+    for version in ("1.0.0", "2.0.0"):
+        assert by_version.loc[version, "dice_mean"] == pytest.approx(want[version]["dice"])
+        assert by_version.loc[version, "added_mm2_mean"] == pytest.approx(want[version]["added_mm2"])
+        assert by_version.loc[version, "removed_mm2_mean"] == 0 and by_version.loc[version, "unchanged_fraction"] == 0
+    assert tables["by_week"]["week"].tolist() == ["2026-W49", "2026-W50"]  # Mon 30 Nov 2026 and Tue 8 Dec 2026
+    assert set(tables["segments"]["reader"]) == {"Expert^Anna", "Expert^Ben"}
+
+
 def test_correction_for_unknown_study_is_quarantined(tmp_path, capsys):
     srv = server_with_ai_result(tmp_path)
     fix = tmp_path / "stranger.dcm"
@@ -194,3 +220,53 @@ def test_volume_scores_in_ml_on_anisotropic_voxels():
     assert row["hd95_mm"] == pytest.approx(5.0, abs=1.0)  # the removed slice: 5 mm along z; the added columns: 4 mm
     same = compare(ai, ai, (2.0, 2.0, 5.0))
     assert same["dice"] == 1.0 and same["hd95_mm"] == 0.0 and same["added_voxels"] == same["removed_voxels"] == 0
+
+
+def test_rtstruct_correction_of_a_volume_scored_in_ml(tmp_path):
+    """A PET volume: the AI SEG (an ellipsoid) corrected by an RTSTRUCT (a block added, one slice removed) whose author
+    is in OperatorsName; linked by the source series it references; sizes in ml checked with numpy."""
+    from nmkit.io.image import Image, Mask
+    from nmkit.io.rtstruct import write_rtstruct
+    from nmkit.phantoms.spect_dicom import write_pt_series
+
+    z, y, x = np.mgrid[:12, :32, :32]
+    hot = (z - 6) ** 2 / 9 + ((y - 16) ** 2 + (x - 14) ** 2) / 36 <= 1
+    img = Image(np.where(hot, 20000.0, 2000.0), spacing=(4.0, 4.0, 3.0), origin=(-64.0, -64.0, -20.0), modality="PT", units="BQML")
+    common = {"PatientName": "Phantom^PET", "PatientID": "PET1", "StudyInstanceUID": generate_uid(), "StudyDate": "20240506",
+              "StudyTime": "090000", "SeriesDate": "20240506", "SeriesTime": "100000", "AcquisitionDate": "20240506",
+              "AcquisitionTime": "100000", "FrameOfReferenceUID": generate_uid(), "PatientWeight": 70.0, "PatientSex": "F",
+              "PatientBirthDate": "19600101", "ReferringPhysicianName": "", "StudyID": "1", "AccessionNumber": ""}
+    storage = tmp_path / "srv"
+    series = generate_uid()
+    files = write_pt_series(img, storage / "incoming" / "pt", common, series, "PET test", 3, 370.0)
+    store = Store(storage / "server.sqlite")
+    for f in files:
+        h = pydicom.dcmread(str(f), stop_before_pixels=True)
+        store.record_received(sop_uid=str(h.SOPInstanceUID), instances=["lesions"], series_uid=series, study_uid=common["StudyInstanceUID"],
+                              path=str(f), sop_class_uid=str(h.SOPClassUID), calling_ae="SCU", called_ae="NMKIT")
+    (jid,) = store.enqueue_quiet_series(0.0, now=time.time() + 1)
+    store.claim("w", 60, 3)
+    image, datasets = read_series([str(f) for f in files])
+    seg = make_seg(Mask.like(image, hot.astype(np.uint8), labels={1: "lesion"}), image, datasets, storage / "results" / "seg.dcm",
+                   ModelTag("lesions", "3.1"), jid)
+    store.complete(jid, "w", {"outputs": {"seg": {"path": str(storage / "results" / "seg.dcm"), "sop_uid": str(seg.SOPInstanceUID)}},
+                              "model": "lesions", "version": "3.1"})
+    fixed = hot.copy()
+    fixed[2:5, 2:8, 2:8] = True  # 3 x 6 x 6 = 108 voxels added
+    fixed[8] = False  # the AI's top slice removed
+    rt = tmp_path / "rt.dcm"
+    write_rtstruct(Mask.like(image, fixed.astype(np.uint8), labels={1: "Lesion"}), image, rt)
+    ds = pydicom.dcmread(str(rt))
+    ds.OperatorsName = "Expert^Carl"
+    ds.save_as(str(rt))
+    (res,) = import_path(store, storage, rt)
+    assert res["linked"] and store.feedback_rows()[0]["linked_by"] == "source_series"
+    assert score_pending(store) == {"scored": 1, "failed": 0}
+    (row,) = store.feedback_scores()
+    voxel_ml = 4 * 4 * 3 / 1000
+    assert row["reader"] == "Expert^Carl" and row["model"] == "lesions" and row["geometry"] == "volume" and row["structure"] == "lesion"
+    assert row["added_voxels"] == 108 and row["added_ml"] == pytest.approx(108 * voxel_ml)
+    assert row["removed_voxels"] == int((hot & ~fixed).sum()) > 0
+    assert row["removed_ml"] == pytest.approx((hot & ~fixed).sum() * voxel_ml)
+    assert row["dice"] == pytest.approx(2 * (hot & fixed).sum() / (hot.sum() + fixed.sum()))
+    assert row["ai_ml"] == pytest.approx(hot.sum() * voxel_ml) and row["added_mm2"] is None

@@ -217,7 +217,8 @@ def accept(store: Store, storage: Path, ds: Any, data: bytes | list, *, digest: 
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        event("feedback_unlinked", logging.WARNING, sop=uid_hash(sop_uid), via=via, reason=how)
+        # the server's log warns; `nmkit feedback import` prints the reason itself (one line, no log noise)
+        event("feedback_unlinked", logging.WARNING if via == "c-store" else logging.INFO, sop=uid_hash(sop_uid), via=via, reason=how)
         return {"linked": False, "reason": how, "path": str(path), "outcome": "unlinked"}
     fid = feedback_id(sop_uid)
     path = storage / "feedback" / fid / f"correction-{digest[:12]}.dcm"

@@ -132,9 +132,15 @@ def _figures(tables: dict[str, Any]) -> list[tuple[Any, str]]:
         figs.append((fig, f"Size added (up) and removed (down) by the experts per structure, per model version ({unit})"))
     if len(week):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+        weeks = sorted(week["week"].unique())
+        bottom = np.zeros(len(weeks))
         for (m, v), g in week.groupby(["model", "model_version"], sort=True):
-            ax1.plot(g["week"], g["dice_mean"], "o-", label=f"{m} v{v}")
-            ax2.bar(g["week"], g["corrections"], alpha=0.6, label=f"{m} v{v}")
+            ax1.plot([weeks.index(w) for w in g["week"]], g["dice_mean"], "o-", label=f"{m} v{v}")
+            counts = g.set_index("week")["corrections"].reindex(weeks, fill_value=0).to_numpy(float)
+            ax2.bar(np.arange(len(weeks)), counts, bottom=bottom, label=f"{m} v{v}")  # stacked: versions per week
+            bottom += counts
+        for ax in (ax1, ax2):
+            ax.set_xticks(range(len(weeks)), weeks)
         ax1.set_ylabel("mean Dice AI vs correction (1)")
         ax1.set_ylim(0, 1.05)
         ax2.set_ylabel("corrections (count)")
