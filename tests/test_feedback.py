@@ -145,6 +145,12 @@ def test_link_by_the_ai_seg_uid_and_resend(tmp_path):
     assert import_path(srv["store"], srv["storage"], fix)[0]["outcome"] == "duplicate"
     assert score_pending(srv["store"]) == {"scored": 1, "failed": 0}
     assert len(srv["store"].feedback_scores()) == 1
+    # the labelled case keeps its own link to the scan: the server's retention of job inputs does not break the export
+    Path(srv["study"]["path"]).unlink()
+    out = tmp_path / "ds" / "dataset.csv"
+    assert main(["feedback", "export", "--server-dir", str(srv["storage"]), "--out", str(out)]) == 0
+    table = read_dataset(out, need_masks=True)
+    assert pydicom.dcmread(table.loc[0, "image"]).SOPInstanceUID == srv["study"]["sop_uid"]
 
 
 def test_report_per_model_version_and_week(tmp_path):
@@ -270,3 +276,22 @@ def test_rtstruct_correction_of_a_volume_scored_in_ml(tmp_path):
     assert row["removed_ml"] == pytest.approx((hot & ~fixed).sum() * voxel_ml)
     assert row["dice"] == pytest.approx(2 * (hot & fixed).sum() / (hot.sum() + fixed.sum()))
     assert row["ai_ml"] == pytest.approx(hot.sum() * voxel_ml) and row["added_mm2"] is None
+
+
+def test_feedback_tables_migrate_additively(tmp_path):
+    """A database made before a column was added gets it (ALTER TABLE ADD COLUMN); its rows and other tables stay."""
+    import sqlite3
+
+    db = tmp_path / "server.sqlite"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE feedback (id TEXT PRIMARY KEY, sop_uid TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, reader TEXT, "
+                 "job_id TEXT NOT NULL, instance TEXT, model TEXT, model_version TEXT, ai_output TEXT, ai_sop_uid TEXT, ai_path TEXT, "
+                 "source_series_uid TEXT, study_uid TEXT, linked_by TEXT, via TEXT, calling_ae TEXT, received_at REAL NOT NULL, "
+                 "corrected_at REAL, state TEXT NOT NULL, reason TEXT, scored_at REAL, label_map TEXT)")
+    conn.execute("INSERT INTO feedback(id, sop_uid, path, kind, job_id, received_at, state) VALUES ('fb-1', '1.2', '/x', 'seg', 'j', 1.0, 'scored')")
+    conn.commit()
+    conn.close()
+    store = Store(db)
+    (row,) = store.feedback_rows()
+    assert row["id"] == "fb-1" and "image" in row and row["image"] is None
+    assert store.query("SELECT COUNT(*) AS n FROM jobs")[0]["n"] == 0

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY, sop_uid TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, reader TEXT, job_id TEXT NOT NULL,
     instance TEXT, model TEXT, model_version TEXT, ai_output TEXT, ai_sop_uid TEXT, ai_path TEXT, source_series_uid TEXT,
     study_uid TEXT, linked_by TEXT, via TEXT, calling_ae TEXT, received_at REAL NOT NULL, corrected_at REAL,
-    state TEXT NOT NULL, reason TEXT, scored_at REAL, label_map TEXT);
+    state TEXT NOT NULL, reason TEXT, scored_at REAL, label_map TEXT, image TEXT);
 CREATE INDEX IF NOT EXISTS feedback_state ON feedback(state);
 CREATE TABLE IF NOT EXISTS feedback_scores (
     feedback_id TEXT NOT NULL, segment_number INTEGER NOT NULL, structure TEXT, corrected_segment INTEGER, geometry TEXT,
@@ -105,6 +105,17 @@ class Store:
         self._pending: list[dict[str, Any]] = []
         self._leading = False
         self._conn().executescript(SCHEMA)  # executescript manages its own transaction
+        self._add_columns()
+
+    #: columns added to existing tables after their first release (additive migrations: ALTER TABLE ... ADD COLUMN)
+    ADDED_COLUMNS = (("feedback", "image", "TEXT"),)
+
+    def _add_columns(self) -> None:
+        conn = self._conn()
+        for table, column, kind in self.ADDED_COLUMNS:
+            have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -422,13 +433,15 @@ class Store:
             c.execute("INSERT OR REPLACE INTO feedback_unlinked VALUES (?,?,?,?,?,?,?,?)",
                       (sop_uid, path, kind, study_uid, reason, via, calling_ae, time.time() if when is None else when))
 
-    def save_scores(self, feedback_id: str, rows: list[dict[str, Any]], label_map: str | None) -> None:
-        """Store a correction's per-segment scores and mark it scored, in one transaction."""
+    def save_scores(self, feedback_id: str, rows: list[dict[str, Any]], label_map: str | None, image: str | None = None) -> None:
+        """Store a correction's per-segment scores, its label map and its kept source image (a file or a folder of the
+        case's own links to the source series) and mark it scored, in one transaction."""
         with self.tx() as c:
             c.execute("DELETE FROM feedback_scores WHERE feedback_id=?", (feedback_id,))
             c.executemany(f"INSERT INTO feedback_scores(feedback_id, {', '.join(SCORE_COLUMNS)}) VALUES ({', '.join('?' * (len(SCORE_COLUMNS) + 1))})",
                           [[feedback_id] + [r.get(k) for k in SCORE_COLUMNS] for r in rows])
-            c.execute("UPDATE feedback SET state='scored', reason=NULL, scored_at=?, label_map=? WHERE id=?", (time.time(), label_map, feedback_id))
+            c.execute("UPDATE feedback SET state='scored', reason=NULL, scored_at=?, label_map=?, image=? WHERE id=?",
+                      (time.time(), label_map, image, feedback_id))
 
     def feedback_failed(self, feedback_id: str, reason: str) -> None:
         with self.tx() as c:

@@ -17,7 +17,8 @@ number; an AI segment absent from the correction counts as deleted): Dice, HD95 
 corrected) parts, in ml for volumes and mm2 for planar images. The corrected label map (values = AI segment
 numbers) is written next to the correction for ``nmkit feedback export``.
 
-Files: ``<storage>/feedback/<id>/correction-<digest>.dcm`` and ``corrected_labels.nii.gz`` (+ ``.labels.json``).
+Files: ``<storage>/feedback/<id>/correction-<digest>.dcm``, ``corrected_labels.nii.gz`` (+ ``.labels.json``) and
+``image/`` (hard links to the source image's files, so the labelled case outlives the retention of job inputs).
 The file is written durably before its row; a failed row removes the file, so nothing is half-written.
 """
 
@@ -281,11 +282,23 @@ def _source_files(store: Store, row: dict[str, Any]) -> list[str]:
     return files
 
 
-def _source(store: Store, row: dict[str, Any]) -> tuple[Any, list[Any]]:
-    """The source image (and its datasets) the AI result was computed on."""
-    from .worker import read_series
+def keep_source(files: list[str], folder: Path) -> str:
+    """The case's own copy of its source image under ``folder`` (hard links where the file system allows, else
+    copies), so that the labelled case outlives the server's retention of job inputs; returns the file (one) or folder."""
+    import os
+    import shutil
 
-    return read_series(_source_files(store, row))
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for i, f in enumerate(files):
+        dst = folder / f"{i:05d}.dcm"
+        if not dst.exists():
+            try:
+                os.link(f, dst)
+            except OSError:
+                shutil.copy2(f, dst)
+        kept.append(dst)
+    return str(kept[0] if len(kept) == 1 else folder)
 
 
 def structures(path: str | Path, kind: str, image: Any, datasets: list[Any]) -> dict[int, tuple[str, np.ndarray]]:
@@ -352,7 +365,10 @@ def score(store: Store, row: dict[str, Any]) -> list[dict[str, Any]]:
 
     from ..io.image import Mask
 
-    image, datasets = _source(store, row)
+    from .worker import read_series
+
+    files = _source_files(store, row)
+    image, datasets = read_series(files)
     ai = structures(row["ai_path"], "seg", image, datasets)
     corrected = structures(row["path"], row["kind"], image, datasets)
     pairs = match_segments(ai, corrected)
@@ -373,7 +389,7 @@ def score(store: Store, row: dict[str, Any]) -> list[dict[str, Any]]:
     sitk.WriteImage(mask.to_sitk(), str(tmp))
     tmp.replace(out)
     out.with_name("corrected_labels.labels.json").write_text(json.dumps({str(n): ai[n][0] for n in sorted(ai)}, indent=1))
-    store.save_scores(row["id"], rows, str(out))
+    store.save_scores(row["id"], rows, str(out), keep_source(files, out.parent / "image"))
     return rows
 
 

@@ -236,7 +236,11 @@ def export_dataset(store: Store, out: str | Path, server_dir: str | Path, val_fr
         raise InputError(server_dir, f"no scored correction{what} to export (see `nmkit feedback report`)")
     records, labels_seen = [], {}
     for r in rows:
-        files = _source_files(store, r)
+        kept = Path(r["image"]) if r.get("image") else None
+        if kept is not None and kept.exists():
+            files = [str(kept)] if kept.is_file() else sorted(str(p) for p in kept.glob("*.dcm"))
+        else:
+            files = _source_files(store, r)
         head = pydicom.dcmread(files[0], stop_before_pixels=True)
         case = r["id"]
         images = [folder / "images" / case / f"{i:05d}.dcm" for i in range(len(files))]
