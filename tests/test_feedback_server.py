@@ -27,9 +27,18 @@ from test_serve_server import SEG_CLASS, CaptureSCP, server_config, wait_for
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """A small thyroid bundle (a few seconds of training on phantom scans): its SEGs are the 'AI output'."""
-    return demo.train_thyroid_bundle(tmp_path_factory.mktemp("fb_model") / "b", epochs=2, n_train=8)
+def bundle():
+    """The shipped thyroid model (no training in the test): its SEGs are the 'AI output'."""
+    from nmkit.segment.bundle import shipped_bundle
+
+    path = shipped_bundle("thyroid-unet2d")
+    if path is None:
+        pytest.skip("the shipped thyroid-unet2d bundle is not installed")
+    return path
+
+
+def _version(bundle) -> str:
+    return json.loads((bundle / "bundle.json").read_text())["version"]
 
 
 @pytest.fixture
@@ -43,7 +52,7 @@ def _segment(tmp_path, bundle, pacs, studies: list[dict]) -> tuple[Server, list[
     """Start the server, send the studies to the thyroid AE and return it with the AI SEGs the PACS received."""
     reg = Registry(tmp_path / "reg")
     reg.register("thyroid", bundle)
-    reg.promote("thyroid", "1.0.0")
+    reg.promote("thyroid", _version(bundle))
     cfg = parse_config(server_config(tmp_path, pacs.port, tmp_path / "reg"), None, tmp_path)
     server = Server(cfg).start()
     for st in studies:
@@ -62,7 +71,8 @@ def test_corrected_seg_sent_back_is_scored_reported_and_exported(tmp_path, bundl
     study = demo.thyroid_study(tmp_path / "in", 11)
     server, (ai_seg,) = _segment(tmp_path, bundle, pacs, [study])
     try:
-        assert "AI SEG thyroid v1.0.0" in ai_seg.SeriesDescription
+        version = _version(bundle)
+        assert f"AI SEG thyroid v{version}" in ai_seg.SeriesDescription
         fix = tmp_path / "corrected.dcm"
         ai, new = edit_seg(_save(ai_seg, tmp_path / "ai.dcm"), fix, add=(slice(1, 5), slice(1, 8)), remove_rows_below=34)
         want = expected(ai, new, float(pydicom.dcmread(str(study["path"])).PixelSpacing[0]))
@@ -79,21 +89,21 @@ def test_corrected_seg_sent_back_is_scored_reported_and_exported(tmp_path, bundl
     finally:
         server.stop()
     (row,) = store.feedback_rows()
-    assert row["reader"] == "Expert^Anna" and row["via"] == "c-store" and row["model_version"] == "1.0.0"
+    assert row["reader"] == "Expert^Anna" and row["via"] == "c-store" and row["model_version"] == version
     assert (unl := store.unlinked_rows()[0])["via"] == "c-store" and "unknown study" in unl["reason"]
     assert len(store.query("SELECT * FROM feedback_scores")) == 1  # the stranger left no score, no case
     # the report, with the numbers computed here with numpy
     storage = str(tmp_path / "srv")
     assert main(["feedback", "report", "--server-dir", storage, "--out", str(tmp_path / "report.html")]) == 0
     seg = pd.read_csv(tmp_path / "report.csv")
-    assert seg.loc[0, "dice"] == pytest.approx(want["dice"], rel=1e-9) and seg.loc[0, "model_version"] == "1.0.0"
+    assert seg.loc[0, "dice"] == pytest.approx(want["dice"], rel=1e-9) and seg.loc[0, "model_version"] == version
     assert seg.loc[0, "added_mm2"] == pytest.approx(want["added_mm2"]) and seg.loc[0, "removed_mm2"] == pytest.approx(want["removed_mm2"])
     assert "Unlinked corrections" in (tmp_path / "report.html").read_text()
     # the export: the corrected case, with the expert as reader and the AI version in its provenance
     assert main(["feedback", "export", "--server-dir", storage, "--out", str(tmp_path / "ds" / "dataset.csv")]) == 0
     table = read_dataset(tmp_path / "ds" / "dataset.csv", require=("image", "split"), need_masks=True)
     assert list(table["reader"]) == ["Expert^Anna"] and table.loc[0, "series_uid"] == study["series_uid"]
-    assert json.loads((tmp_path / "ds" / "dataset.provenance.json").read_text())["ai_models"] == ["thyroid v1.0.0"]
+    assert json.loads((tmp_path / "ds" / "dataset.provenance.json").read_text())["ai_models"] == [f"thyroid v{version}"]
 
 
 @pytest.mark.slow
@@ -122,12 +132,12 @@ def test_the_loop_closes_train_on_corrections_then_register_and_promote(tmp_path
     assert main(["feedback", "export", "--server-dir", str(tmp_path / "srv"), "--out", str(out), "--val-fraction", "0.25"]) == 0
     assert set(read_dataset(out)["split"]) == {"train", "val"}
     assert main(["train", str(out), "--out", str(tmp_path / "v2"), "--labels", "1=thyroid", "--epochs", "2", "--size", "32", "32",
-                 "--version", "2.0.0", "--name", "thyroid", "--device", "cpu"]) == 0
+                 "--version", "99.0.0", "--name", "thyroid", "--device", "cpu"]) == 0
     cfg = server_config(tmp_path, pacs.port, tmp_path / "reg")
     cfg["instances"][0]["validation"] = str(demo.validation_manifest(tmp_path / "val", range(7000, 7003)))
     (tmp_path / "server.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["model", "--config", str(tmp_path / "server.yaml"), "register", "thyroid", str(tmp_path / "v2")]) == 0
-    code = main(["model", "--config", str(tmp_path / "server.yaml"), "promote", "thyroid", "2.0.0"])
+    code = main(["model", "--config", str(tmp_path / "server.yaml"), "promote", "thyroid", "99.0.0"])
     history = [h["action"] for h in Registry(tmp_path / "reg").history("thyroid")]
     assert (code == 0 and history[-1] == "promote") or (code == 2 and history[-1] == "refused")  # the gate decided either way
     shutil.rmtree(tmp_path / "v2", ignore_errors=True)
