@@ -68,6 +68,19 @@ def test_planar_resolution_from_two_lines(external_data, tmp_path):
     assert g == pytest.approx(table["fwhm_mm"].iloc[0], rel=0.10)
 
 
+def test_four_line_phantom(external_data, tmp_path):
+    """FourBar.dcm holds line sources, not bars (`qc bars` says so): `qc lines` gives the LEHR system FWHM 6-10 mm,
+    FWTM/FWHM 1.6-2.1 and the lines ~100 mm apart by the header pixel (pylinac's example uses separation_mm=100);
+    --spacing-mm 100 rescales the widths; identical on a re-run."""
+    f = need(external_data, f"{GC}/FourBar.dcm")
+    s = _run(["qc", "lines", str(f)], tmp_path / "a")["summary"]
+    assert 6.0 < s["fwhm_mm"] < 10.0 and 1.6 < s["fwtm_mm"] / s["fwhm_mm"] < 2.1
+    assert 95 < s["line_separation_mm"] < 103
+    assert _run(["qc", "lines", str(f)], tmp_path / "b")["summary"] == s
+    cal = _run(["qc", "lines", str(f), "--spacing-mm", "100"], tmp_path / "c")["summary"]
+    assert cal["fwhm_mm"] == pytest.approx(s["fwhm_mm"] * 100.0 / s["line_separation_mm"], rel=1e-6)
+
+
 def test_slit_linearity(external_data, tmp_path):
     for name, n_slits in (("Lin_X", 13), ("Lin_Y", 17)):
         f = need(external_data, f"{GC}/{name}.dcm")
@@ -160,11 +173,12 @@ def test_bad_inputs_give_one_line(external_data, tmp_path, capsys):
 def test_identical_on_rerun(external_data, tmp_path):
     """Every supported real scan gives the same numbers when analysed again."""
     cases = [("lines", f"{GC}/Spatial_Resol_Y.dcm"), ("slit", f"{GC}/Lin_Y.dcm"),
-             ("spect-resolution", f"{LQ}/NMQC_Mediso/TomoResolution.dcm"), ("spect-uniformity", f"{GC}/Jaszack.dcm")]
+             ("spect-resolution", f"{LQ}/NMQC_Mediso/TomoResolution.dcm"), ("spect-uniformity", f"{GC}/Jaszack.dcm"),
+             ("spect-resolution", f"{LQ}/TomoRes"), ("spect-uniformity", f"{LQ}/TomoUniformity")]
     for test, rel in cases:
         f = need(external_data, rel)
-        first = _run(["qc", test, str(f)], tmp_path / f"{test}1")["summary"]
-        second = _run(["qc", test, str(f)], tmp_path / f"{test}2")["summary"]
+        first = _run(["qc", test, str(f)], tmp_path / f"{test}-{f.stem}-1")["summary"]
+        second = _run(["qc", test, str(f)], tmp_path / f"{test}-{f.stem}-2")["summary"]
         assert first == second, test
         assert any(isinstance(v, float) and np.isfinite(v) for v in first.values())
 

@@ -242,3 +242,25 @@ def test_real_jaszczak_rotated_by_90_degrees(external_data):
     assert np.allclose(t1["contrast_percent"], t0["contrast_percent"], atol=0.5)
     turn = (t1["angle_deg"] - t0["angle_deg"]) % 360
     assert np.all(np.minimum(np.abs(turn - 90), np.abs(turn - 270)) < 3), list(turn)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The value length")
+def test_real_jaszczak_truncated(external_data):
+    """Cut copies of the real scan: 6 slices, the rod section only (0:24), cut through the spheres (0:33, 27:45): a
+    one-line reason each; the part from the rods' end up (24:45) still holds the whole spheres: the same contrasts."""
+    from nmkit.errors import InputError
+    from nmkit.io.reader import read_image
+
+    image = read_image(str(need(external_data, JASZCZAK)))
+
+    def cut(a: int, b: int) -> Image:
+        return Image(array=image.array[a:b], spacing=image.spacing, modality="NM", units="counts",
+                     origin=tuple(image.index_to_physical(np.array([0.0, 0.0, a]))))
+
+    for (a, b), words in (((0, 6), "truncated"), ((0, 24), "no cold spheres found"), ((0, 33), "truncated"),
+                          ((27, 45), "truncated")):
+        with pytest.raises(InputError, match=words):
+            analyse_contrast(cut(a, b), ContrastSettings(polarity="cold"))
+    table, _ = analyse_contrast(cut(24, 45))
+    assert list(table["contrast_percent"].round(0)) == [52, 42, 34, 32, 31, 19]

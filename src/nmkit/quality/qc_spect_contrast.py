@@ -54,7 +54,9 @@ JASZCZAK_DIAMETERS_MM = PHANTOMS["jaszczak-standard"]["diameters_mm"]
 SHELL_GAP_MM = 4.0
 SHELL_OUTER_MM = 10.0
 BACKGROUND_HALF_HEIGHT_MM = 20.0
-MIN_DETECTABILITY = 3.0  # the largest sphere must stand this many score SDs out, else: not a sphere phantom
+#: the largest sphere must stand this many score SDs out, else: not a sphere phantom (real Jaszczak 9.9, simulated
+#: 15-18; the Jaszczak's rod section alone 4.3)
+MIN_DETECTABILITY = 6.0
 
 
 @dataclass
@@ -161,8 +163,10 @@ def locate_spheres(arr: np.ndarray, body: np.ndarray, spacing_zyx: Sequence[floa
     from scipy import fft
 
     rel_fft = fft.rfftn(rel, tuple(n + 64 for n in rel.shape))
-    inside = distance_transform_edt(body, sampling=sp)
+    # distance to the phantom's edge, the volume's first and last slices counting as edge (a cut sphere is no sphere)
+    inside = distance_transform_edt(np.pad(body, ((1, 1), (0, 0), (0, 0))), sampling=sp)[1:-1]
     diam = sorted((float(d) for d in diameters_mm), reverse=True)
+    asked = polarity
     if polarity == "auto":
         s_big = score_map(rel, sp, diam[0], rel_fft)
         ok = inside > diam[0] / 2 + 3.0
@@ -192,7 +196,8 @@ def locate_spheres(arr: np.ndarray, body: np.ndarray, spacing_zyx: Sequence[floa
         found.append({"diameter_mm": d, "k": int(k), "j": int(j), "i": int(i), "score": float(s[k, j, i]),
                       "detectability": float(s[k, j, i] / noise) if noise > 0 else math.inf})
     if found[0]["detectability"] < MIN_DETECTABILITY:
-        raise InputError(None, f"no {polarity} spheres found (the largest stands out only {found[0]['detectability']:.1f} "
+        kind = "cold or hot" if asked == "auto" else polarity
+        raise InputError(None, f"no {kind} spheres found (the largest stands out only {found[0]['detectability']:.1f} "
                                "SD): not a sphere phantom, or the spheres are outside the volume")
     return found, polarity
 
@@ -325,6 +330,7 @@ def analyse_contrast(image: Image, settings: ContrastSettings | None = None) -> 
             image, arr, _centre(g), f["diameter_mm"], bg, polarity, cfg.wall_mm, fwhm_mm=fwhm_ref, signal=big["signal"],
             fit_diameter=True, fix_centre=True)["diameter_mm"]
         f["if"], f["jf"], f["kf"] = (float(v) for v in image.physical_to_index(_centre(g)))
+    _check_inside(found, arr.shape[0], sp[0])
     plane_k = float(np.median([f["kf"] for f in found[:3]]))
     region, bg, bg_cov = _background(arr, body, sp, plane_k, found, cfg.edge_mm)
     ratio, ratio_source = _estimated_or_given_ratio(cfg, polarity, fits[0]["signal"], bg)
@@ -359,9 +365,18 @@ def analyse_contrast(image: Image, settings: ContrastSettings | None = None) -> 
     return table, summary
 
 
+def _check_inside(found: Sequence[dict[str, float]], nz: int, dz: float) -> None:
+    """One-line error when a fitted sphere reaches past the first or last slice (a truncated series)."""
+    for f in found:
+        r = f["diameter_mm"] / 2 / dz
+        if f["kf"] - r < -0.5 or f["kf"] + r > nz - 0.5:
+            raise InputError(None, f"the {f['diameter_mm']:g} mm sphere reaches past the volume's first or last slice: "
+                                   "a truncated series?")
+
+
 def _axis_at(body: np.ndarray, plane_k: float, image: Image) -> tuple[float, float, float]:
     """Phantom axis (x, y mm) and radius (mm) from the body's cross-section on the sphere plane."""
-    k = int(round(plane_k))
+    k = int(np.clip(round(plane_k), 0, body.shape[0] - 1))
     jj, ii = np.nonzero(body[k])
     c = image.index_to_physical(np.array([ii.mean(), jj.mean(), k], float))
     area = body[k].sum() * image.spacing[0] * image.spacing[1]
