@@ -70,6 +70,9 @@ def _bbox(mask: np.ndarray) -> list[tuple[int, int]] | None:
     return [(int(z[0]), int(z[-1])), (int(y[0]), int(y[-1])), (int(x[0]), int(x[-1]))]
 
 
+PLANE_LOOP_MIN = 8192  # voxels per plane from which interpolating plane by plane beats gathering whole arrays
+
+
 def _linear_along(a: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
     """Linear interpolation of ``a`` at continuous indices ``coords`` along one axis, edge values beyond the ends.
 
@@ -84,10 +87,21 @@ def _linear_along(a: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
         return np.take(a, c.astype(np.intp), axis=axis)
     i0 = np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
     w = c - i0
+    i1 = np.minimum(i0 + 1, n - 1)
+    if axis < a.ndim - 1 and a.size >= PLANE_LOOP_MIN * n:  # plane by plane: no gathered copies (same arithmetic)
+        out = np.empty(a.shape[:axis] + (w.size,) + a.shape[axis + 1:], dtype=np.result_type(a, w))
+        lead = (slice(None),) * axis
+        for i in range(w.size):
+            o = out[lead + (i,)]
+            lo = a[lead + (int(i0[i]),)]
+            np.subtract(a[lead + (int(i1[i]),)], lo, out=o)
+            o *= w[i]
+            o += lo
+        return out
     shape = [1] * a.ndim
     shape[axis] = w.size
     lo = np.take(a, i0, axis=axis)
-    hi = np.take(a, np.minimum(i0 + 1, n - 1), axis=axis)
+    hi = np.take(a, i1, axis=axis)
     hi -= lo
     hi *= w.reshape(shape)
     hi += lo
@@ -140,6 +154,18 @@ def _cubic_bspline_along(coef: np.ndarray, coords: np.ndarray, axis: int) -> np.
     t2, t3 = t * t, t * t * t
     weights = ((1.0 - t) ** 3 / 6.0, (4.0 - 6.0 * t2 + 3.0 * t3) / 6.0, (1.0 + 3.0 * t + 3.0 * t2 - 3.0 * t3) / 6.0,
                t3 / 6.0)
+    if axis < coef.ndim - 1 and coef.size >= PLANE_LOOP_MIN * n:  # plane by plane: no gathered copies (same arithmetic)
+        lead = (slice(None),) * axis
+        out = np.empty(coef.shape[:axis] + (coords.size,) + coef.shape[axis + 1:])
+        tmp = np.empty(coef.shape[:axis] + coef.shape[axis + 1:])
+        taps = [np.clip(i0 + offset, 0, n - 1) for offset in (-1, 0, 1, 2)]
+        for i in range(coords.size):
+            o = out[lead + (i,)]
+            np.multiply(coef[lead + (int(taps[0][i]),)], weights[0][i], out=o)
+            for j, w in zip(taps[1:], weights[1:]):
+                np.multiply(coef[lead + (int(j[i]),)], w[i], out=tmp)
+                o += tmp
+        return out
     shape = [1] * coef.ndim
     shape[axis] = coords.size
     out = None
