@@ -295,3 +295,28 @@ def test_feedback_tables_migrate_additively(tmp_path):
     (row,) = store.feedback_rows()
     assert row["id"] == "fb-1" and "image" in row and row["image"] is None
     assert store.query("SELECT COUNT(*) AS n FROM jobs")[0]["n"] == 0
+
+
+def test_correction_arriving_before_its_ai_result_is_linked_later(tmp_path):
+    from nmkit.serve.feedback import relink_unlinked
+
+    srv = server_with_ai_result(tmp_path)
+    store = srv["store"]
+    fix = tmp_path / "early.dcm"
+    edit_seg(srv["seg"], fix, add=(slice(2, 6), slice(2, 9)))
+    with store.tx() as c:  # the job has not finished yet when the correction arrives
+        c.execute("UPDATE jobs SET state='running'")
+    (res,) = import_path(store, srv["storage"], fix, reader="Dr^Override")
+    assert not res["linked"] and Path(res["path"]).is_file() and relink_unlinked(store, srv["storage"]) == 0
+    with store.tx() as c:
+        c.execute("UPDATE jobs SET state='done'")
+    assert relink_unlinked(store, srv["storage"]) == 1
+    assert store.unlinked_rows() == [] and not Path(res["path"]).exists()  # out of the quarantine, file and row
+    (row,) = store.feedback_rows()
+    assert row["via"] == "import" and row["reader"] == "Expert^Anna" and row["job_id"] == srv["job"]
+    assert score_pending(store) == {"scored": 1, "failed": 0}
+    # an explicit reader (`feedback import --reader`) wins over the header
+    again = tmp_path / "again.dcm"
+    edit_seg(srv["seg"], again, add=(slice(2, 3), slice(2, 3)))
+    assert import_path(store, srv["storage"], again, reader="Dr^Override")[0]["linked"]
+    assert {r["reader"] for r in store.feedback_rows()} == {"Expert^Anna", "Dr^Override"}

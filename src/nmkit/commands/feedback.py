@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import InputError
-    from ..serve.feedback import import_path, score_pending
+    from ..serve.feedback import import_path, relink_unlinked, score_pending
     from ..serve.feedback_report import export_dataset, open_store, write_report
 
     store, storage = open_store(args.server_dir)
@@ -60,6 +60,7 @@ def run(args) -> int:
                 raise InputError(args.path, "no correction matches an AI result of this server (unknown study or series); "
                                             "nothing was added to the labelled cases")
             return 0
+        relink_unlinked(store, storage)  # quarantined corrections whose AI result has finished since
         score_pending(store)  # corrections received while no server ran its scorer
         if args.action == "report":
             paths = write_report(store, args.out, storage)

@@ -415,8 +415,10 @@ class Store:
     # ----- expert feedback (tables feedback, feedback_scores, feedback_unlinked) -----------------
     def record_feedback(self, row: dict[str, Any]) -> str:
         """Record a linked correction (its file already written durably) as ``pending``; returns ``new``, ``duplicate``
-        (same object and file) or ``replaced`` (same SOP Instance UID, new content: scored again)."""
+        (same object and file) or ``replaced`` (same SOP Instance UID, new content: scored again). A quarantined
+        (unlinked) copy of the same object leaves the unlinked list in the same transaction."""
         with self.tx() as c:
+            c.execute("DELETE FROM feedback_unlinked WHERE sop_uid=?", (row["sop_uid"],))
             old = c.execute("SELECT path FROM feedback WHERE id=?", (row["id"],)).fetchone()
             if old is not None and old["path"] == row["path"]:
                 return "duplicate"

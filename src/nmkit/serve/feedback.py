@@ -231,12 +231,16 @@ def accept(store: Store, storage: Path, ds: Any, data: bytes | list, *, digest: 
            "ai_sop_uid": hit.sop_uid, "ai_path": hit.path, "source_series_uid": hit.series_uid,
            "study_uid": str(getattr(ds, "StudyInstanceUID", "") or ""), "linked_by": how, "via": via, "calling_ae": calling_ae,
            "received_at": now, "corrected_at": corrected_at(ds, now)}
+    quarantined = [r["path"] for r in store.query("SELECT path FROM feedback_unlinked WHERE sop_uid=?", (sop_uid,))]
     try:
         outcome = store.record_feedback(row)
     except BaseException:
         if not existed:
             path.unlink(missing_ok=True)
         raise
+    for q in quarantined:  # linked now (its AI result finished after it arrived): the quarantined copy goes
+        if q != str(path):
+            Path(q).unlink(missing_ok=True)
     event("feedback_received", job=hit.job_id, feedback=fid, model=hit.model, version=hit.version, linked_by=how, via=via, outcome=outcome)
     return {"linked": True, "id": fid, "outcome": outcome, "path": str(path), "job": hit.job_id}
 
@@ -266,6 +270,30 @@ def import_path(store: Store, storage: Path, target: str | Path, reader: str | N
                      default_reader=default_reader)
         out.append(dict(res, file=str(f)))
     return out
+
+
+def relink_unlinked(store: Store, storage: Path) -> int:
+    """Try the quarantined corrections again (one may arrive before the AI result it corrects is finished); returns
+    how many are linked now. Each keeps the way it came (``via``) and its calling AE."""
+    import pydicom
+
+    linked = 0
+    for r in store.unlinked_rows():
+        f = Path(r["path"])
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+            if link(store, ds)[0] is None:
+                continue
+            data = f.read_bytes()
+            res = accept(store, storage, ds, data, digest=hashlib.sha256(data).hexdigest(), via=r["via"] or "c-store",
+                         calling_ae=r["calling_ae"] or "")
+        except Exception as exc:  # noqa: BLE001 - an unreadable quarantined file stays where it is
+            log.debug("cannot relink %s: %s", f, exc)
+            continue
+        linked += bool(res["linked"])
+    return linked
 
 
 # ----- scoring -------------------------------------------------------------------------------------------------
@@ -413,8 +441,10 @@ def score_pending(store: Store) -> dict[str, int]:
 class Scorer:
     """A background thread of the DICOM node that scores received corrections (outside the C-STORE handler)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, storage: Path, relink_seconds: float = 60.0):
         self.store = store
+        self.storage = storage
+        self.relink_seconds = relink_seconds  # how often quarantined corrections are tried again
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nmkit-feedback", daemon=True)
@@ -431,12 +461,18 @@ class Scorer:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        import time
+
+        last_relink = 0.0
         while not self._stop.is_set():
             self._wake.wait(5.0)
             self._wake.clear()
             if self._stop.is_set():
                 break
             try:
+                if time.time() - last_relink > self.relink_seconds:
+                    last_relink = time.time()
+                    relink_unlinked(self.store, self.storage)
                 score_pending(self.store)
             except Exception as exc:  # noqa: BLE001 - a busy database must not end scoring
                 event("feedback_error", logging.ERROR, error=f"{type(exc).__name__}: {exc}"[:300])

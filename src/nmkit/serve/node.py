@@ -247,7 +247,7 @@ class DicomNode:
         ae._servers.append(server)
         self._server = server
         self.guard.start()
-        self.scorer = Scorer(self.store)
+        self.scorer = Scorer(self.store, self.config.storage)
         self.scorer.start()
         self.port = int(server.server_address[1])
         event("dicom_node_started", ae_title=cfg.ae_title, port=self.port, tls=bool(ctx))
