@@ -95,28 +95,72 @@ def test_ensemble_averages_softmax():
     assert np.abs(with_flip - (pa + pb + flipped[0] + flipped[1]) / 4).max() < 1e-6
 
 
-def _blob_bundle(out: Path) -> Path:
+def _blob_bundle(out: Path, seed: int = 7) -> Path:
     """A 3D U-Net bundle (random weights, labels 1=liver): enough to run the chain, not to segment."""
     from nmkit.segment.bundle import write_bundle
     from nmkit.segment.train import TrainConfig
 
     config = TrainConfig(network="unet", network_options={"channels": (4, 8)}, labels={1: "liver"})
     prep = Preprocessing(normalisation="window", spatial_dims=3, target_size=None, patch_size=(16, 16, 16))
-    torch.manual_seed(7)
+    torch.manual_seed(seed)
     model = build_network("unet", 3, 1, 2, img_size=(16, 16, 16), channels=(4, 8))
     return write_bundle(out, model, config, prep, name="blob-liver", version="0.0.2")
 
 
-def test_cli_window_options_reach_windows_and_provenance(tmp_path, monkeypatch):
+def _ct_file(path: Path) -> Path:
     import SimpleITK as sitk
 
-    import nmkit.segment.infer as infer
-
-    bundle = _blob_bundle(tmp_path / "bundle")
     ct = np.random.default_rng(8).normal(40, 30, size=(20, 40, 36)).astype(np.float32)
     image = sitk.GetImageFromArray(ct)
     image.SetSpacing((1.5, 1.5, 3.0))
-    sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_kfold_bundle_ensemble_and_fold_choice(tmp_path, capsys):
+    """A two-fold bundle (H5's ensemble entry): predict averages both folds' softmax; --folds 0 uses fold 0 alone;
+    a fold it lacks is one clear line."""
+    import shutil
+
+    from nmkit.io.volume_files import read_volume
+    from nmkit.segment.bundle import load_bundle
+
+    single = [_blob_bundle(tmp_path / f"single{f}", seed=10 + f) for f in (0, 1)]
+    bundle = tmp_path / "kfold"
+    shutil.copytree(single[0], bundle)
+    for f in (0, 1):
+        (bundle / f"fold_{f}").mkdir()
+        shutil.copy(single[f] / "model.safetensors", bundle / f"fold_{f}" / "model.safetensors")
+    description = json.loads((bundle / "bundle.json").read_text())
+    description["ensemble"] = {"folds": [0, 1], "members": ["fold_0/model.safetensors", "fold_1/model.safetensors"],
+                               "combine": "mean softmax"}
+    (bundle / "bundle.json").write_text(json.dumps(description))
+    ct = _ct_file(tmp_path / "ct.nii.gz")
+    image = read_volume(ct)
+    models = [load_bundle(b, device="cpu").model for b in single]
+    prep = load_bundle(single[0], device="cpu").preprocessing
+    probs = [predict_probabilities(m, image.array, prep, "cpu", 2) for m in models]
+    expected_mean = ((probs[0] + probs[1]) / 2).argmax(0)
+    assert main(["predict", str(bundle), str(ct), "--out", str(tmp_path / "all"), "--no-tta", "--device", "cpu"]) == 0
+    assert np.array_equal(read_volume(tmp_path / "all" / "ct.nii.gz").array, expected_mean)
+    assert not np.array_equal(probs[0].argmax(0), expected_mean)  # the second fold does change the result
+    record = json.loads((tmp_path / "all" / "provenance.json").read_text())
+    assert record["model"]["identity"]["folds"] == ["0", "1"] and record["config"]["sliding_window"]["models"] == 2
+    assert set(record["model"]["identity"]["sha256"]) == {"bundle.json", "model.safetensors", "fold_0/model.safetensors",
+                                                          "fold_1/model.safetensors"}
+    assert main(["predict", str(bundle), str(ct), "--out", str(tmp_path / "f0"), "--no-tta", "--device", "cpu", "--folds", "0"]) == 0
+    assert np.array_equal(read_volume(tmp_path / "f0" / "ct.nii.gz").array, probs[0].argmax(0))
+    capsys.readouterr()
+    assert main(["predict", str(bundle), str(ct), "--out", str(tmp_path / "f5"), "--folds", "5"]) != 0
+    err = capsys.readouterr().err
+    assert "fold(s) 5 not in the bundle (folds: 0, 1)" in err and "Traceback" not in err
+
+
+def test_cli_window_options_reach_windows_and_provenance(tmp_path, monkeypatch):
+    import nmkit.segment.infer as infer
+
+    bundle = _blob_bundle(tmp_path / "bundle")
+    _ct_file(tmp_path / "ct.nii.gz")
     seen: list[SlidingWindow] = []
     real = infer.sliding_window_probabilities
 

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seg", action="store_true", help="also write DICOM SEG referencing the source series (DICOM input)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
-                   help="nnU-Net models: the folds to ensemble (e.g. 0 1 2 3 4, or all); default: all folds present")
+                   help="k-fold models (nnU-Net, nmkit ensembles): the folds to ensemble (e.g. 0 1 2 3 4, or all); default: all "
+                        "folds present (softmax averaged)")
     p.add_argument("--checkpoint-name", default=None,
                    help="nnU-Net models: checkpoint file name in each fold_N (default checkpoint_final.pth)")
     p.add_argument("--overlap", type=_overlap, default=None, metavar="FRACTION",
@@ -186,10 +187,10 @@ def _write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
     return sidecar
 
 
-def model_identity(bundle) -> dict[str, Any]:
+def model_identity(bundle, folds: list[str] | None = None) -> dict[str, Any]:
     """Which model predicted, for provenance and the SEG: the engine's identity (nnU-Net, MONAI: checksums of plans,
     configs and checkpoints), or for an nmkit bundle the SHA-256 of bundle.json and every weights file (all folds of an
-    ensemble) and one digest over them (``model_sha256``)."""
+    ensemble) and one digest over them (``model_sha256``); ``folds``: the ensemble folds used."""
     identity = dict(getattr(bundle, "identity", None) or {})
     if identity:
         return identity
@@ -204,7 +205,8 @@ def model_identity(bundle) -> dict[str, Any]:
     checksums = {name: sha256(folder / name) for name in files if (folder / name).is_file()}
     digest = hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
     return {"engine": "nmkit", "bundle": str(folder), "name": bundle.name, "version": bundle.version,
-            "models": len(getattr(bundle, "models", None) or [None]), "sha256": checksums, "model_sha256": digest}
+            "models": len(getattr(bundle, "models", None) or [None]), **({"folds": folds} if folds else {}),
+            "sha256": checksums, "model_sha256": digest}
 
 
 def seg_algorithm_parameters(identity: dict[str, Any], window: dict[str, Any], flips: Any) -> dict[str, str]:
@@ -240,6 +242,28 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "checkpoint_name", None):
         options["checkpoint"] = args.checkpoint_name
     return options
+
+
+def select_folds(bundle, folds: list[str] | None) -> list[str] | None:
+    """``--folds`` for an own-engine k-fold bundle: keep those folds' models (``all``: every fold); nnU-Net models take
+    the option at loading instead. A fold the bundle lacks, or --folds on a single-model bundle, is a clear error."""
+    if getattr(bundle, "predict_labels", None) is not None:
+        return None
+    have = [str(f) for f in (getattr(bundle, "folds", None) or [])]
+    if not folds:
+        return have or None
+    from ..errors import InputError
+
+    if not have:
+        raise InputError(bundle.path, f"--folds: bundle {bundle.name!r} is a single model, not a k-fold ensemble")
+    if folds == ["all"]:
+        return have
+    missing = [f for f in folds if f not in have]
+    if missing:
+        raise InputError(bundle.path, f"--folds: fold(s) {', '.join(missing)} not in the bundle (folds: {', '.join(have)})")
+    bundle.models = [m for f, m in zip(have, bundle.models) if f in folds]
+    bundle.model = bundle.models[0]
+    return [f for f in have if f in folds]
 
 
 def _channel_inputs(inputs: list[tuple[str, Path, dict[str, Any]]], bundle, args: argparse.Namespace) -> list[tuple[str, Path, dict[str, Any]]]:
@@ -287,6 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
     inputs = _inputs(args)  # a bad case table fails here, before the network is built
     bundle = load_bundle(args.bundle, device=args.device, **_engine_options(args))
+    own_folds = select_folds(bundle, args.folds)
     inputs = _channel_inputs(inputs, bundle, args)
     wanted: list[str | None] = [None]  # None: the bundle's default head (the only one of a single-head bundle)
     if args.head:
@@ -298,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     default_suv = _default_suv(args.suv, bundle)
     window = _window(args)
     window_used = window_settings(bundle, window)  # applied to nnU-Net / MONAI engines here; recorded in the provenance
-    identity = model_identity(bundle)
+    identity = model_identity(bundle, own_folds)
     done, failed, rows = [], [], []
     from tqdm.auto import tqdm
 
@@ -333,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # log and skip a bad case
             log.error("%s: %s", path, exc)
             failed.append({"input": str(path), "error": str(exc)})
-    config = {"bundle": str(bundle.path), "heads": heads, "suv": default_suv, "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
+    config = {"bundle": str(bundle.path), "heads": heads, "folds": args.folds, "suv": default_suv, "tta": args.tta, "largest": args.largest, "fill_holes": args.fill_holes,
               "bundle_postprocessing": bundle.description.get("postprocessing", {}), "sliding_window": window_used}
     model = {"name": bundle.name, "version": bundle.version, "labels": {str(k): v for k, v in bundle.labels.items()},
              "identity": identity}

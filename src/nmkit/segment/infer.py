@@ -79,6 +79,9 @@ def network_input(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
     arr = np.asarray(array)
     if arr.ndim == prep.spatial_dims:
         return normalise(arr, prep)[None]
+    expected = getattr(prep, "n_channels", arr.shape[0])
+    if arr.ndim != prep.spatial_dims + 1 or (arr.shape[0] != expected and expected > 1):
+        raise ValueError(f"the model takes {expected} channel(s) before {prep.spatial_dims} spatial axes; got an image of shape {arr.shape}")
     out = np.empty(arr.shape, dtype=np.float32)
     per_channel = getattr(prep, "channel_preprocessing", None)
     for c in range(arr.shape[0]):
