@@ -246,7 +246,11 @@ def _zone_matrices(nb: _Neighbourhood, ng: int, three_d: bool, want_dzm: bool
     row = zslice * lv + zlvl
 
     def matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cols, col = np.unique(values, return_inverse=True)
+        # the occurring sizes / distances (small non-negative integers) and each zone's column, without a sort
+        cols = np.flatnonzero(np.bincount(values))
+        lut = np.empty(int(cols[-1]) + 1, dtype=np.intp)
+        lut[cols] = np.arange(cols.size)
+        col = lut[values]
         m = np.bincount(row * cols.size + col, minlength=ns * lv * cols.size).reshape(ns, lv, cols.size)
         return m[:, 1:], cols
 
