@@ -10,7 +10,7 @@ memory or the window count, only the time. Each subprocess reports its peak resi
 /proc/self/status, and ``ru_maxrss``) and its wall time.
 
 Run (it takes CPU minutes; be nice to others):
-    nice -n 19 .venv/bin/python bench/bench_predict_memory.py [--quick] [--settings 0:2 0:8 0.25:2]
+    nice -n 19 .venv/bin/python bench/bench_predict_memory.py [--quick] [--settings 0:2 0:8 0.25:2 0:2:flip 0:2:monai]
 ``--quick``: a 256x256x150 CT instead (seconds), to try the script.
 """
 
@@ -129,15 +129,28 @@ def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-bundle_path, ct_path, pet_path, out, overlap, batch = sys.argv[1:7]
+bundle_path, ct_path, pet_path, out, overlap, batch, extra = sys.argv[1:8]
 bundle = load_bundle(bundle_path, device="cpu")
 after_import = hwm()
 image = stack_channels([load_image(Path(ct_path)), load_image(Path(pet_path))])
 after_load = hwm()
 t1 = time.time()
-masks = predict_heads(bundle, image, [None], flips=(), window=SlidingWindow(float(overlap), int(batch)))
+if extra == "monai":  # the previous path: MONAI's sliding_window_inference on the whole normalised tensor
+    import numpy as np, torch
+    from monai.inferers import sliding_window_inference
+    from nmkit.io.image import Mask
+    from nmkit.segment.infer import network_input
+    with torch.no_grad():
+        x = torch.from_numpy(network_input(image.array, bundle.preprocessing))[None]
+        logits = sliding_window_inference(x, tuple(bundle.preprocessing.patch_size), int(batch), bundle.model,
+                                          overlap=float(overlap), mode="gaussian")
+        probs = torch.softmax(logits, 1)[0].numpy()
+    mask = Mask.like(image, probs.argmax(0).astype(np.uint8), labels=bundle.labels)
+else:
+    masks = predict_heads(bundle, image, [None], flips=(-1,) if extra == "flip" else (),
+                          window=SlidingWindow(float(overlap), int(batch)))
+    mask = masks[None]
 t2 = time.time()
-mask = masks[None]
 write_volume(mask, Path(out))
 print(json.dumps({"hwm": hwm(), "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "after_import": after_import, "after_load": after_load, "infer_s": t2 - t1, "total_s": time.time() - t0,
@@ -145,9 +158,9 @@ print(json.dumps({"hwm": hwm(), "maxrss": resource.getrusage(resource.RUSAGE_SEL
 '''
 
 
-def run_setting(bundle: Path, ct: Path, pet: Path, out: Path, overlap: float, batch: int) -> dict:
+def run_setting(bundle: Path, ct: Path, pet: Path, out: Path, overlap: float, batch: int, extra: str = "") -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    done = subprocess.run([sys.executable, "-c", CHILD, str(bundle), str(ct), str(pet), str(out), str(overlap), str(batch)],
+    done = subprocess.run([sys.executable, "-c", CHILD, str(bundle), str(ct), str(pet), str(out), str(overlap), str(batch), extra],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"setting overlap {overlap} batch {batch} failed:\n{done.stderr[-3000:]}")
@@ -158,7 +171,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 256x256x150 CT (tries the script in seconds)")
     parser.add_argument("--patch", type=int, nargs=3, default=(128, 128, 128), help="window (z y x voxels)")
-    parser.add_argument("--settings", nargs="+", default=["0:2", "0:8"], help="OVERLAP:BATCH pairs")
+    parser.add_argument("--settings", nargs="+", default=["0:2", "0:8"],
+                        help="OVERLAP:BATCH[:flip|:monai] (flip: test-time flip, two passes; monai: MONAI's "
+                             "sliding_window_inference on the whole normalised tensor, the path nmkit used before)")
     parser.add_argument("--work", default=None, help="folder for the synthetic study (default: a temporary one)")
     args = parser.parse_args()
     ct_shape, pet_shape = ((150, 256, 256), (112, 96, 96)) if args.quick else ((600, 512, 512), (450, 192, 192))
@@ -172,16 +187,19 @@ def main() -> None:
               f"window {tuple(args.patch)} voxels", flush=True)
         input_gib = 2 * 4 * np.prod(ct_shape) / GIB
         print(f"two-channel float32 input on the CT grid alone: {input_gib:.2f} GiB")
-        header = f"{'volume (x y z)':>16} {'channels':>8} {'window':>13} {'overlap':>7} {'batch':>5} {'peak RSS GiB':>12} {'load GiB':>8} {'time s':>7}"
+        header = (f"{'volume (x y z)':>16} {'channels':>8} {'window':>13} {'overlap':>7} {'batch':>5} {'path':>14} "
+                  f"{'peak RSS GiB':>12} {'load GiB':>8} {'time s':>7}")
         print(header)
         rows = []
         for setting in args.settings:
-            overlap, batch = setting.split(":")
-            result = run_setting(bundle, ct, pet, work / f"mask_{overlap}_{batch}.nii.gz", float(overlap), int(batch))
+            overlap, batch, *rest = setting.split(":")
+            extra = rest[0] if rest else ""
+            path = {"": "nmkit", "flip": "nmkit+flip", "monai": "monai (before)"}[extra]
+            result = run_setting(bundle, ct, pet, work / f"mask_{overlap}_{batch}_{extra}.nii.gz", float(overlap), int(batch), extra)
             row = (f"{'x'.join(map(str, ct_shape[::-1])):>16} {2:>8} {'x'.join(map(str, args.patch)):>13} {float(overlap):>7.2f} "
-                   f"{int(batch):>5} {result['hwm'] / GIB:>12.2f} {result['after_load'] / GIB:>8.2f} {result['infer_s']:>7.0f}")
+                   f"{int(batch):>5} {path:>14} {result['hwm'] / GIB:>12.2f} {result['after_load'] / GIB:>8.2f} {result['infer_s']:>7.0f}")
             print(row, flush=True)
-            rows.append({"overlap": float(overlap), "batch": int(batch), **result})
+            rows.append({"overlap": float(overlap), "batch": int(batch), "path": path, **result})
         print(json.dumps(rows))
 
 

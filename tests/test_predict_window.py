@@ -193,3 +193,30 @@ def test_bad_window_options_one_line(tmp_path, capsys, option, value, message):
         main(["predict", "thyroid-unet2d", str(tmp_path / "x.nii.gz"), "--out", str(tmp_path / "o"), option, value])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and option in err and "Traceback" not in err
+
+
+def test_pointwise_normalisation_per_window_equals_whole_image():
+    """SUV/CT-window channels are normalised window by window (no float copy of the image); the probabilities equal
+    those of normalising the whole image first; a z-score channel (image-wide statistics) takes the eager path."""
+    from dataclasses import replace
+
+    import nmkit.segment.infer as infer
+
+    prep = Preprocessing(normalisation="window", spatial_dims=3, target_size=None, patch_size=(16, 16, 16))
+    if hasattr(prep, "channel_normalisations"):
+        prep = replace(prep, channels=("CT", "PT"), channel_normalisations=("window", "suv"))
+        rng = np.random.default_rng(9)
+        image = np.stack([rng.normal(40, 300, size=(20, 33, 30)), rng.gamma(2, 2, size=(20, 33, 30))]).astype(np.float32)
+        net = _net(11, 2, 2)
+    else:  # one channel (before multi-channel preprocessing existed)
+        image = np.random.default_rng(9).normal(40, 300, size=(20, 33, 30)).astype(np.int16)
+        net = _net(11, 1, 2)
+    assert infer.window_normaliser(image, prep, prep.patch_size) is not None
+    lazy = predict_probabilities(net, image, prep, "cpu", 2, flips=(-1,))
+    eager_input = infer.network_input(image, prep)
+    eager = sliding_window_probabilities(net, eager_input, prep.patch_size, 2, "cpu", flips=(-1,))
+    assert np.abs(lazy - eager).max() < 1e-6
+    assert infer.window_normaliser(image, replace(prep, normalisation="zscore", channel_normalisations=None)
+                                   if hasattr(prep, "channel_normalisations") else replace(prep, normalisation="zscore"),
+                                   prep.patch_size) is None
+    assert infer.window_normaliser(image[..., :8], prep, prep.patch_size) is None  # smaller than a window: padded eagerly

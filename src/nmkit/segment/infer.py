@@ -7,7 +7,9 @@ slab in place. So memory beyond the input is the output (classes x voxels x 4 by
 batch, whatever the volume size - a 512x512x600 PET/CT fits a few GiB on a CPU. Window positions and the importance map
 are MONAI's (``dense_patch_slices``, ``compute_importance_map``), so one model gives what
 ``monai.inferers.sliding_window_inference`` gives. Several models (k-fold ensembles, ``Bundle.models``) and test-time
-flips are combined by averaging their softmax probabilities.
+flips are combined by averaging their softmax probabilities. When every input channel's normalisation is pointwise (SUV
+for PET, a window for CT) the windows are normalised as they are cut from the raw image, so not even a float32 copy of
+the input is made.
 """
 
 from __future__ import annotations
@@ -89,6 +91,37 @@ def network_input(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return out
 
 
+_POINTWISE = ("suv", "window")  # normalisations without image-wide statistics: a window normalised alone is the same
+
+
+def _channel_preps(prep: Preprocessing, n: int) -> list[Preprocessing]:
+    per_channel = getattr(prep, "channel_preprocessing", None)
+    return [per_channel(c) if per_channel else prep for c in range(n)]
+
+
+def window_normaliser(array: np.ndarray, prep: Preprocessing, roi: Sequence[int]):
+    """``(raw channel-first view, per-window normaliser)`` when every channel's normalisation is pointwise (SUV, CT
+    window) and no padding is needed: windows are then normalised as they are cut - exactly the values of normalising
+    the whole image first - and the image-sized float32 copy is never made. ``None`` otherwise."""
+    arr = np.asarray(array)
+    x = arr[None] if arr.ndim == prep.spatial_dims else arr
+    if x.ndim != prep.spatial_dims + 1 or any(s < int(r) for s, r in zip(x.shape[1:], roi)):
+        return None
+    preps = _channel_preps(prep, x.shape[0])
+    if x.shape[0] != getattr(prep, "n_channels", x.shape[0]) and getattr(prep, "n_channels", 1) > 1:
+        return None  # network_input raises the clear error
+    if any(p.normalisation not in _POINTWISE for p in preps):
+        return None
+
+    def apply(windows: np.ndarray) -> np.ndarray:
+        out = np.empty(windows.shape, dtype=np.float32)
+        for c, p in enumerate(preps):
+            out[:, c] = normalise(windows[:, c], p)
+        return out
+
+    return x, apply
+
+
 def window_slices(shape: Sequence[int], roi: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
     """Window positions covering ``shape`` (each dimension >= ``roi``): MONAI's scan (step ``int(roi * (1 - overlap))``,
     the last window flush with the far edge), so results match ``monai.inferers.sliding_window_inference``."""
@@ -117,12 +150,14 @@ def _pad_to_window(x: np.ndarray, roi: Sequence[int]) -> tuple[np.ndarray, tuple
 
 
 def _accumulate(model: nn.Module, x: np.ndarray, slices: Sequence[tuple[slice, ...]], weight: np.ndarray, batch: int,
-                device: torch.device, acc: np.ndarray, stats: dict[str, int] | None) -> None:
-    """Add every window's weighted logits into ``acc`` (n_out, *spatial); windows cut and run ``batch`` at a time."""
+                device: torch.device, acc: np.ndarray, stats: dict[str, int] | None, transform=None) -> None:
+    """Add every window's weighted logits into ``acc`` (n_out, *spatial); windows cut and run ``batch`` at a time
+    (``transform``: the per-window normalisation when ``x`` is the raw image)."""
     w = torch.from_numpy(weight)
     for start in range(0, len(slices), batch):
         group = slices[start:start + batch]
-        windows = torch.from_numpy(np.stack([x[(slice(None), *s)] for s in group]))
+        cut = np.stack([x[(slice(None), *s)] for s in group])
+        windows = torch.from_numpy(transform(cut) if transform is not None else np.asarray(cut, dtype=np.float32))
         out = model(windows.to(device))
         if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution output comes first
             out = out[0]
@@ -153,18 +188,21 @@ def _softmax_in_place(acc: np.ndarray, weight_sum: np.ndarray, n_heads: int) -> 
 @torch.no_grad()
 def sliding_window_probabilities(model: nn.Module | Sequence[nn.Module], x: np.ndarray, roi: Sequence[int],
                                  n_out: int, device: torch.device | str = "cpu", window: SlidingWindow = DEFAULT_WINDOW,
-                                 n_heads: int = 1, flips: Sequence[int] = (), stats: dict[str, int] | None = None) -> np.ndarray:
+                                 n_heads: int = 1, flips: Sequence[int] = (), stats: dict[str, int] | None = None,
+                                 transform=None) -> np.ndarray:
     """Softmax probabilities (n_out, *spatial) float32 of a channel-first input ``x`` (C, *spatial), streamed.
 
     Each model and each test-time flip (spatial axis) is one pass: its windows' Gaussian-weighted logits are summed
     into one accumulator, divided by the weight sum and turned into probabilities in place; passes are averaged.
     Peak memory beyond ``x``: one accumulator (two with several passes), the weight-sum map and one window batch.
-    ``stats`` (optional dict) counts windows, forward passes and the largest batch.
+    ``stats`` (optional dict) counts windows, forward passes and the largest batch. ``transform``: normalise each window
+    batch as it is cut (``x`` is then the raw image, every dimension at least the window; :func:`window_normaliser`).
     """
     models = _model_list(model)
     device = torch.device(device)
     nd = x.ndim - 1
-    xp, crop = _pad_to_window(np.asarray(x, dtype=np.float32), roi)
+    xp, crop = (x, tuple(slice(None) for _ in x.shape[1:])) if transform is not None else \
+        _pad_to_window(np.asarray(x, dtype=np.float32), roi)
     shape = xp.shape[1:]
     slices = window_slices(shape, roi, window.overlap)
     weight = importance_map(roi, window.mode)
@@ -180,11 +218,12 @@ def sliding_window_probabilities(model: nn.Module | Sequence[nn.Module], x: np.n
         else:
             acc[...] = 0.0
         if axis is None:
-            _accumulate(m, xp, slices, weight, int(window.batch), device, acc, stats)
+            _accumulate(m, xp, slices, weight, int(window.batch), device, acc, stats, transform)
             _softmax_in_place(acc, weight_sum, n_heads)
         else:  # the flipped image's windows, accumulated straight into the unflipped frame (no flipped copy)
             dim = axis % nd
-            _accumulate(m, np.flip(xp, 1 + dim), slices, weight, int(window.batch), device, np.flip(acc, 1 + dim), stats)
+            _accumulate(m, np.flip(xp, 1 + dim), slices, weight, int(window.batch), device, np.flip(acc, 1 + dim), stats,
+                        transform)
             _softmax_in_place(acc, np.flip(weight_sum, dim), n_heads)
         if total is None:
             total = acc
@@ -236,11 +275,13 @@ def predict_probabilities(model: nn.Module | Sequence[nn.Module], array: np.ndar
     """
     models = _model_list(model)
     device = torch.device(device)
-    x = network_input(array, prep)
     if prep.spatial_dims == 2:
-        return _probabilities_2d(models, x, prep, device, flips, n_heads)
-    return sliding_window_probabilities(models, x, tuple(prep.patch_size), n_classes * n_heads, device,
-                                        window or DEFAULT_WINDOW, n_heads, flips, stats)
+        return _probabilities_2d(models, network_input(array, prep), prep, device, flips, n_heads)
+    roi = tuple(prep.patch_size)
+    lazy = window_normaliser(array, prep, roi)
+    x, transform = lazy if lazy is not None else (network_input(array, prep), None)
+    return sliding_window_probabilities(models, x, roi, n_classes * n_heads, device, window or DEFAULT_WINDOW, n_heads, flips,
+                                        stats, transform)
 
 
 def labels_from_probabilities(probs: np.ndarray, n_heads: int, n_classes: int) -> np.ndarray:
