@@ -183,7 +183,7 @@ def test_identical_on_rerun(external_data, tmp_path):
         assert any(isinstance(v, float) and np.isfinite(v) for v in first.values())
 
 
-@pytest.mark.parametrize("test", ["iq", "flood", "lines", "slit", "spect-resolution", "spect-uniformity", "trend"])
+@pytest.mark.parametrize("test", ["iq", "flood", "lines", "slit", "spect-resolution", "spect-uniformity", "spect-contrast", "trend"])
 def test_help(test, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["qc", test, "--help"])

@@ -213,7 +213,14 @@ def test_real_jaszczak_spheres_and_contrast(external_data, tmp_path):
     html = (tmp_path / "j" / "spect_contrast_report.html").read_text()
     assert "data:image/png;base64" in html and "38.1" in html
     assert (tmp_path / "j" / "spect_contrast.png").stat().st_size > 10_000
-    assert list((tmp_path / "h").glob("MEDISO_*.sqlite"))
+    import sqlite3
+
+    db = next((tmp_path / "h").glob("MEDISO_InterViewXP_*.sqlite"))
+    with sqlite3.connect(db) as con:
+        hist = dict(con.execute("SELECT measure, unit FROM results WHERE test='spect_contrast'").fetchall())
+    assert hist["contrast_38p1mm_percent"] == "%" and hist["contrast_12p7mm_percent"] == "%"
+    assert hist["integral_uniformity_percent_mean"] == "%" and hist["noise_cov_percent_mean"] == "%"
+    assert hist["fwhm_largest_sphere_mm"] == "mm" and not any(k.startswith("phantom_axis") for k in hist)
 
 
 @pytest.mark.slow

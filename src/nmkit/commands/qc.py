@@ -519,8 +519,9 @@ def history_measures(summary: dict) -> dict:
     """The measures worth a trend: widths (mm) and percentages, not positions, pixel sizes or counts."""
     skip = ("pixel_", "peak_", "line_separation", "slit_spacing", "cylinder_radius", "roi_radius", "lung_x", "lung_y",
             "sphere_plane", "cfov_poisson", "phantom_axis", "phantom_radius")
-    return {k: v for k, v in summary.items() if (k.endswith("_mm") or k.endswith("_percent") or k.startswith("rc_"))
-            and not k.startswith(skip)}
+    return {k: v for k, v in summary.items()
+            if (k.endswith("_mm") or k.endswith("_percent") or "_percent_" in k or k.startswith("rc_"))
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith(skip)}
 
 
 def _units_by_suffix(summary: dict) -> dict:
