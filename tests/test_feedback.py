@@ -320,3 +320,29 @@ def test_correction_arriving_before_its_ai_result_is_linked_later(tmp_path):
     edit_seg(srv["seg"], again, add=(slice(2, 3), slice(2, 3)))
     assert import_path(store, srv["storage"], again, reader="Dr^Override")[0]["linked"]
     assert {r["reader"] for r in store.feedback_rows()} == {"Expert^Anna", "Dr^Override"}
+
+
+def test_two_instances_on_one_series_the_structure_names_decide(tmp_path):
+    """The thyroid and a nodule instance both segmented the series (the nodule job finished last); a correction of the
+    thyroid outline that references only the source series is linked to the thyroid result by its segment label."""
+    from nmkit.io.image import Mask
+
+    srv = server_with_ai_result(tmp_path)
+    store, st = srv["store"], srv["study"]
+    store.record_received(sop_uid=st["sop_uid"], instances=["nodules"], series_uid=st["series_uid"], study_uid=st["study_uid"],
+                          path=str(st["path"]), sop_class_uid=NM_CLASS, calling_ae="SCU", called_ae="NMKIT")
+    (jid,) = store.enqueue_quiet_series(0.0, now=time.time() + 1)
+    store.claim("w", 60, 3)
+    image, datasets = read_series([str(st["path"])])
+    nod = np.zeros(image.spatial_shape, np.uint8)
+    nod[30:34, 20:24] = 1
+    out = srv["storage"] / "results" / jid / "seg.dcm"
+    seg = make_seg(Mask(array=nod, spacing=image.spacing, labels={1: "nodule"}), image, datasets, out, ModelTag("nodules", "0.9"), jid)
+    time.sleep(0.01)
+    assert store.complete(jid, "w", {"outputs": {"seg": {"path": str(out), "sop_uid": str(seg.SOPInstanceUID)}}, "model": "nodules",
+                                     "version": "0.9"})
+    fix = tmp_path / "thyroid-fix.dcm"
+    edit_seg(srv["seg"], fix, add=(slice(2, 4), slice(2, 4)))
+    (res,) = import_path(store, srv["storage"], fix)
+    row = store.feedback_rows()[0]
+    assert res["linked"] and row["linked_by"] == "source_series" and row["job_id"] == srv["job"] and row["model"] == "thyroid"

@@ -148,6 +148,23 @@ def ai_results(store: Store) -> list[AiResult]:
     return out
 
 
+def structure_labels(ds: Any) -> list[str]:
+    """Structure names of a SEG (Segment Labels) or RTSTRUCT (ROI Names), from the header."""
+    items = getattr(ds, "SegmentSequence", None) or []
+    names = [str(getattr(i, "SegmentLabel", "") or "") for i in items]
+    names += [str(getattr(i, "ROIName", "") or "") for i in getattr(ds, "StructureSetROISequence", None) or []]
+    return [n for n in names if n]
+
+
+def _ai_labels(result: AiResult) -> list[str]:
+    import pydicom
+
+    try:
+        return structure_labels(pydicom.dcmread(result.path, stop_before_pixels=True))
+    except Exception:  # noqa: BLE001 - a purged result does not narrow the choice
+        return []
+
+
 def _ai_sources(result: AiResult) -> set[str]:
     """SOP Instance UIDs of the source images an AI SEG references (its header)."""
     import pydicom
@@ -171,7 +188,15 @@ def link(store: Store, ds: Any) -> tuple[AiResult | None, str]:
         candidates = [r for r in results if r.series_uid in series]
         how = "source_series"
         if candidates:
-            latest = [r for r in candidates if r.job_id == candidates[0].job_id]
+            newest: dict[str, str] = {}  # instance -> its newest job of this series (results are newest first)
+            for r in candidates:
+                newest.setdefault(r.instance, r.job_id)
+            latest = [r for r in candidates if newest[r.instance] == r.job_id]
+            if len(newest) > 1:  # several instances segmented the series: the one whose structure names the correction has
+                names = {n.casefold() for n in structure_labels(ds)}
+                latest = [r for r in latest if names & {n.casefold() for n in _ai_labels(r)}] or latest
+                first = next(r.job_id for r in latest)  # still several: the newest job
+                latest = [r for r in latest if r.job_id == first]
             if len(latest) > 1:  # a multi-image planar series: the image whose source instance the correction references
                 latest = [r for r in latest if _ai_sources(r) & sops] or latest
             if len(latest) > 1:
