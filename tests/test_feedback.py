@@ -346,3 +346,22 @@ def test_two_instances_on_one_series_the_structure_names_decide(tmp_path):
     (res,) = import_path(store, srv["storage"], fix)
     row = store.feedback_rows()[0]
     assert res["linked"] and row["linked_by"] == "source_series" and row["job_id"] == srv["job"] and row["model"] == "thyroid"
+
+
+def test_configured_reader_names_anonymous_corrections():
+    """`feedback_reader` in server.yaml is the reader of a correction whose header names nobody; a named one keeps its name."""
+    import pytest as _pytest
+    from pydicom.dataset import Dataset
+
+    from nmkit.errors import InputError
+    from nmkit.serve.config import parse_config
+    from nmkit.serve.feedback import reader_of
+
+    cfg = parse_config({"feedback_reader": "Dr Expert", "instances": {}, "destinations": {}})
+    assert cfg.feedback_reader == "Dr Expert"
+    assert reader_of(Dataset(), cfg.feedback_reader) == "Dr Expert"
+    named = Dataset()
+    named.ContentCreatorName = "Expert^Anna"
+    assert reader_of(named, cfg.feedback_reader) == "Expert^Anna"
+    with _pytest.raises(InputError, match="feedback_reader"):
+        parse_config({"feedback_reader": 3, "instances": {}, "destinations": {}}, source="server.yaml")

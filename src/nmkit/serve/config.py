@@ -97,6 +97,9 @@ class ServerConfig:
     log_max_mb: float = 50.0  # log rotation
     log_backups: int = 5
     workers: int = 1
+    # expert corrections (serve.feedback): reader name used when the correction's header names nobody
+    # (ContentCreatorName, OperatorsName and the RTSTRUCT's ROI Interpreter all empty)
+    feedback_reader: str | None = None
     dask: dict[str, Any] | None = None  # {"scheduler": "tcp://..."} or {"local": true, "n_workers": 2}
     http_host: str = "127.0.0.1"
     http_port: int | None = None
