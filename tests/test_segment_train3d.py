@@ -1,8 +1,8 @@
 """Own-engine 3D training (issue 23 item 3): target-spacing resampling, spacing-aware boundary loss with distance maps
 made once per case, MONAI augmentation applied jointly, iterations/width/k-fold options, and PET+CT input.
 
-Synthetic data is physically plausible and tiny: a PET (SUV, 4 mm voxels, 2.5 mm... see ``_study``) and a CT on its
-own finer grid of the same patient, a spherical lesion hot on PET and slightly dense on CT, thick slices (anisotropic).
+Synthetic data is physically plausible and tiny: a PET (SUV, 3 x 3 x 6 mm voxels: thick slices) and a CT of the same
+patient on its own 2x finer grid, a 12 mm-radius lesion hot on PET (SUV 8 vs 1) and slightly dense on CT (70 vs 40 HU).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from nmkit.cli import main
 from nmkit.dataset import MaskRef, new_table, write_dataset
 from nmkit.io.image import Image, Mask
 from nmkit.io.volume_files import read_volume, write_volume
+
+# one torch thread (the machine is shared); one xdist worker for the module (its tests share one trained bundle)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("segment_train3d")]
 
 
 def _study(rng: np.random.Generator, shape=(10, 24, 24), spacing=(3.0, 3.0, 6.0)) -> tuple[Image, Image, Mask]:

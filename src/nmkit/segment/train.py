@@ -313,7 +313,7 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
         t0 = time.perf_counter()
         losses = []
         bar = tqdm(sampler.batches(iterations, config.batch_size), total=iterations, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False)
+                   disable=None if progress else True, leave=False)
         for batch in bar:
             x, y = batch[0].to(device), batch[1].to(device)
             maps = batch[2].to(device) if len(batch) > 2 else None
