@@ -174,16 +174,17 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["0:2", "0:8"],
                         help="OVERLAP:BATCH[:flip|:monai] (flip: test-time flip, two passes; monai: MONAI's "
                              "sliding_window_inference on the whole normalised tensor, the path nmkit used before)")
-    parser.add_argument("--work", default=None, help="folder for the synthetic study (default: a temporary one)")
+    parser.add_argument("--work", default=None, help="folder for the synthetic study, reused when it is there (default: a "
+                                                     "temporary one)")
     args = parser.parse_args()
     ct_shape, pet_shape = ((150, 256, 256), (112, 96, 96)) if args.quick else ((600, 512, 512), (450, 192, 192))
     with tempfile.TemporaryDirectory(prefix="nmkit-bench-mem-") as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         t = time.time()
-        ct, pet = write_study(work, ct_shape, pet_shape)
+        ct, pet = (work / "ct.nii", work / "pet.nii") if args.work and (work / "pet.nii").exists() else write_study(work, ct_shape, pet_shape)
         bundle = write_bundle(work / "bundle", tuple(args.patch))
-        print(f"study written in {time.time() - t:.0f} s: CT {ct_shape[::-1]} (x y z) int16, PET {pet_shape[::-1]} float32; "
+        print(f"study ready in {time.time() - t:.0f} s: CT {ct_shape[::-1]} (x y z) int16, PET {pet_shape[::-1]} float32; "
               f"window {tuple(args.patch)} voxels", flush=True)
         input_gib = 2 * 4 * np.prod(ct_shape) / GIB
         print(f"two-channel float32 input on the CT grid alone: {input_gib:.2f} GiB")

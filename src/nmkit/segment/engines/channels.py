@@ -46,11 +46,12 @@ def stack_channels(images: Sequence[Any]):
     from ...io.image import resample_to
 
     ref = images[0]
-    arrays = [np.asarray(ref.array, dtype=np.float32)]
-    for other in images[1:]:
+    stacked = np.empty((len(images), *np.shape(ref.array)), dtype=np.float32)  # filled in place: no per-channel copies
+    stacked[0] = ref.array
+    for c, other in enumerate(images[1:], start=1):
         if other.ndim_spatial != ref.ndim_spatial:
             raise InputError(None, f"channels of different dimensionality ({ref.ndim_spatial}D and {other.ndim_spatial}D)")
         same = other.spatial_shape == ref.spatial_shape and np.allclose(other.spacing, ref.spacing) \
             and np.allclose(other.origin, ref.origin) and np.allclose(other.direction, ref.direction)
-        arrays.append(np.asarray((other if same else resample_to(other, ref, "linear")).array, dtype=np.float32))
-    return ref.with_array(np.stack(arrays), modality=ref.modality, units=ref.units, meta=dict(ref.meta))
+        stacked[c] = (other if same else resample_to(other, ref, "linear")).array
+    return ref.with_array(stacked, modality=ref.modality, units=ref.units, meta=dict(ref.meta))
