@@ -97,7 +97,6 @@ def filtered_roi(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig,
     import dataclasses
 
     from .filters import WHOLE_IMAGE, apply_filter, margin_voxels
-    from .preprocess import PEAK_RADIUS_MM
 
     spec = config.filter
     sp = [s for s in (config.new_spacing or (None, None, None))]
@@ -105,25 +104,35 @@ def filtered_roi(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig,
     reach = margin_voxels(spec, tuple(spacing))
     in_plane = spec.dims == "2D" and not spec.orthogonal_planes  # slice-by-slice filters never look along z
     reach_mm = float("inf") if reach >= WHOLE_IMAGE else (reach + 2) * max(spacing[:2] if in_plane else spacing)
-    roi = process(image, mask, config, label=label, margin_mm=PEAK_RADIUS_MM + 2.0 + reach_mm)
-    roi.image = apply_filter(roi.image, roi.spacing, spec, region=_read_region(roi))
+    roi = process(image, mask, config, label=label, margin_mm=_margin_mm(config) + reach_mm)
+    roi.image = apply_filter(roi.image, roi.spacing, spec, region=_read_region(roi, config))
     roi.diagnostics["filter"] = spec.kind
     return roi, dataclasses.replace(config, reseg_range=None, outlier_sigma=None, ivh_use_reseg_range=False)
 
 
-def _read_region(roi: ProcessedROI) -> tuple[slice, slice, slice]:
-    """The voxels of the crop that features read: the masks' bounding box plus the local-intensity sphere's
-    radius (and one voxel), per axis."""
+def _margin_mm(config: RadiomicsConfig) -> float:
+    """Crop margin around the ROI (mm): 2 mm (the interpolated mask may reach beyond the ROI's box), plus the
+    local-intensity sphere's radius when the config asks for local intensity (the only family that reads
+    intensities outside the masks)."""
+    from .preprocess import PEAK_RADIUS_MM
+
+    return (PEAK_RADIUS_MM if "local_intensity" in config.families else 0.0) + 2.0
+
+
+def _read_region(roi: ProcessedROI, config: RadiomicsConfig) -> tuple[slice, slice, slice]:
+    """The voxels of the crop that features read: the masks' bounding box plus, for local intensity, the
+    peak sphere's radius (and one voxel), per axis."""
     import math
 
     from .preprocess import PEAK_RADIUS_MM
 
     either = roi.morph_mask | roi.int_mask
     sp_zyx = (roi.spacing[2], roi.spacing[1], roi.spacing[0])
+    radius = PEAK_RADIUS_MM if "local_intensity" in config.families else 0.0
     out = []
     for axis, n in enumerate(either.shape):
         idx = np.flatnonzero(either.any(axis=tuple(a for a in range(3) if a != axis)))
-        m = int(math.ceil(PEAK_RADIUS_MM / float(sp_zyx[axis]))) + 1
+        m = int(math.ceil(radius / float(sp_zyx[axis]))) + 1
         out.append(slice(max(0, int(idx[0]) - m), min(n, int(idx[-1]) + 1 + m)))
     return tuple(out)
 
@@ -138,7 +147,7 @@ def extract(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig | Map
     if cfg.filter is not None:
         roi, feat_cfg = filtered_roi(image, mask, cfg, label=label)
     else:
-        roi, feat_cfg = process(image, mask, cfg, label=label), cfg
+        roi, feat_cfg = process(image, mask, cfg, label=label, margin_mm=_margin_mm(cfg)), cfg
     out = features_from_roi(roi, feat_cfg)
     if diagnostics:
         from .diagnostics import ibsi_diagnostics

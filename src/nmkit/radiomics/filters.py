@@ -311,14 +311,13 @@ def _half_response(shape: tuple[int, ...], axes: tuple[int, ...], response: Call
 
 
 def _box_mean(img: np.ndarray, size: int, axes: tuple[int, ...], boundary: str) -> np.ndarray:
-    """Mean over a box of ``size`` (odd) voxels along each of ``axes``: running sums (``uniform_filter1d``), a
-    constant cost per voxel whatever the size, equal to convolving with ``size`` taps of ``1 / size``."""
-    from scipy import ndimage
+    """Mean over a box of ``size`` (odd) voxels along each of ``axes`` (``size`` taps of ``1 / size`` per axis).
 
-    out = img
-    for a in axes:
-        out = ndimage.uniform_filter1d(out, size, axis=a, mode=_NDIMAGE_MODE[boundary], cval=0.0)
-    return out
+    Taps rather than running sums (``uniform_filter1d``, 3x faster for 15 voxels): a running sum's round-off
+    depends on where each line starts, so the response at a voxel would change in its last digits with the crop
+    around the ROI, and order statistics such as stat_rmad can jump with it (seen at 5e-6 relative on 2.B)."""
+    k = np.full(size, 1.0 / size)
+    return _separable(img, {a: k for a in axes}, boundary)
 
 
 def _mean(img: np.ndarray, spec: FilterSpec) -> np.ndarray:
