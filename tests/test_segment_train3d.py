@@ -132,6 +132,28 @@ def test_boundary_loss_on_an_anisotropic_grid_uses_the_true_spacing(tmp_path):
     assert abs(float(BoundaryLoss()(logits, torch.from_numpy(voxels)[None, None])) - float(loss)) > 0.05 * abs(float(loss))
 
 
+def test_2d_boundary_maps_use_the_pixel_spacing():
+    """2D too: the maps come from the whole image with its pixel spacing (here 1 x 3 mm), in mm, flipped with it."""
+    from nmkit.segment.data import Case
+    from nmkit.segment.losses import signed_distance_map
+    from nmkit.segment.preprocess import Preprocessing
+    from nmkit.segment.train import TrainConfig, _Sampler
+
+    yy, xx = np.mgrid[:24, :32]
+    label = ((((xx - 14) * 1.0) ** 2 + ((yy - 12) * 3.0) ** 2) <= 15.0**2).astype(np.int64)
+    case = Case(case_id="planar", image=Image(array=(10 + 90 * label).astype(np.float32), spacing=(1.0, 3.0)), label=label)
+    prep = Preprocessing(normalisation="zscore", spatial_dims=2, target_size=(24, 32))
+    truth = signed_distance_map(label == 1, (3.0, 1.0))
+    for flips, expected in (((), truth), ((-1,), truth[:, ::-1])):
+        config = TrainConfig(loss="dice-boundary", labels={1: "organ"}, flip_axes=flips)
+        rng = np.random.default_rng(1)
+        while True:  # a draw that flips when flips are asked for
+            x, target, maps = _Sampler([case], prep, config, rng).sample(0)
+            if not flips or torch.equal(target[1], torch.from_numpy(np.ascontiguousarray(label[:, ::-1])).float()):
+                break
+        assert np.allclose(maps[0].numpy(), expected, atol=1e-4)
+
+
 # --- augmentation -------------------------------------------------------------------------------------------------
 
 def test_augmentation_moves_image_channels_labels_and_maps_together():

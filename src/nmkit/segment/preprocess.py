@@ -131,14 +131,23 @@ def thin_counts(counts: np.ndarray, keep_fraction: float, rng: np.random.Generat
 
 
 def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, prep: Preprocessing,
-            count_reduction: tuple[float, float] | None = (0.25, 1.0), flip_axes: tuple[int, ...] = (-1,)) -> tuple[np.ndarray, np.ndarray]:
-    """Random augmentation of one (raw) image/label pair: count reduction for count images, flips."""
+            count_reduction: tuple[float, float] | None = (0.25, 1.0), flip_axes: tuple[int, ...] = (-1,),
+            extra: np.ndarray | None = None):
+    """Random augmentation of one (raw) image/label pair: count reduction for count images, flips.
+
+    ``extra``: arrays with leading axes on the same grid (e.g. boundary-loss distance maps) flipped with the image and
+    returned third."""
     if prep.normalisation == "counts" and count_reduction is not None:
         image = thin_counts(image, float(rng.uniform(*count_reduction)), rng)
+    n = prep.spatial_dims
     for axis in flip_axes:
         if rng.random() < 0.5:
             image, label = np.flip(image, axis), np.flip(label, axis)
-    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+            if extra is not None:
+                extra = np.flip(extra, extra.ndim - n + axis % n)
+    if extra is None:
+        return np.ascontiguousarray(image), np.ascontiguousarray(label)
+    return np.ascontiguousarray(image), np.ascontiguousarray(label), np.ascontiguousarray(extra)
 
 
 def spacing_grid(image: "Image", spacing_mm: Sequence[float]) -> "Image":

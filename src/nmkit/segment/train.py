@@ -13,10 +13,11 @@ network has one output head (a group of ``n_classes`` channels) per reader, shar
 carries one label layer per head (``Case.label[k]``) and the loss is the mean of the heads' losses. A
 reader's habits (threshold, margin, isthmus) become that head's, while all heads learn the anatomy together.
 
+The boundary loss's signed distance maps (2D and 3D) are computed once per case on the whole case with its voxel
+spacing (``losses.case_distance_maps``), flipped/cropped/resized with the image (values in mm survive resizing).
 3D specifics: cases come already resampled to ``Preprocessing.target_spacing_mm`` (``data.resample_case``); each case
-is normalised once as a whole (as inference does; ``counts`` images stay per patch, after count thinning), the
-boundary loss's distance maps are computed once per case with its true voxel spacing (``losses.case_distance_maps``)
-and cropped with the patch; augmentation (``TrainConfig.augmentation``, :mod:`nmkit.segment.augment`, MONAI) moves
+is normalised once as a whole (as inference does; ``counts`` images stay per patch, after count thinning);
+augmentation (``TrainConfig.augmentation``, :mod:`nmkit.segment.augment`, MONAI) moves
 image channels, labels and distance maps together. Several input channels (``Preprocessing.channels``) arrive as a
 leading axis of ``Case.image.array``. K-fold training (:func:`train_folds`) writes one model per fold into the bundle,
 whose ``ensemble`` entry lists them (inference averages their softmax).
@@ -165,7 +166,7 @@ class _Sampler:
     def __init__(self, cases: list[Case], prep: Preprocessing, config: TrainConfig, rng: np.random.Generator):
         self.cases, self.prep, self.config, self.rng = cases, prep, config, rng
         self.n_classes = 1 + max(config.labels)
-        self.maps_wanted = config.loss == "dice-boundary" and prep.spatial_dims == 3
+        self.maps_wanted = config.loss == "dice-boundary"
         self.per_patch = prep.n_channels == 1 and prep.normalisation == "counts"  # count thinning needs raw counts
         self._inputs: dict[int, np.ndarray] = {}
         self._maps: dict[int, np.ndarray] = {}
@@ -199,11 +200,18 @@ class _Sampler:
     def sample(self, index: int) -> tuple[torch.Tensor, ...]:
         case = self.cases[index]
         if self.prep.spatial_dims == 2:
-            image, label = augment(case.image.array, case.label, self.rng, self.prep, self.config.count_reduction, self.config.flip_axes)
+            maps = self.case_maps(index) if self.maps_wanted else None
+            image, label, *rest = augment(case.image.array, case.label, self.rng, self.prep, self.config.count_reduction,
+                                          self.config.flip_axes, extra=maps)
             x = normalise(image, self.prep)
             layers = label if label.ndim > x.ndim else label[None]  # (heads, *grid)
             target = torch.cat([label_fractions_2d(layer, self.prep.target_size, self.n_classes) for layer in layers])
-            return resize_2d(x, self.prep.target_size, "bilinear"), target
+            if not rest:
+                return resize_2d(x, self.prep.target_size, "bilinear"), target
+            # distance maps are in mm: resizing the grid keeps their values (bilinear, like the image)
+            maps_t = nn.functional.interpolate(torch.from_numpy(rest[0])[None], size=tuple(self.prep.target_size), mode="bilinear",
+                                               align_corners=False)[0]
+            return resize_2d(x, self.prep.target_size, "bilinear"), target, maps_t
         from .augment import crop_size
 
         size = crop_size(self.aug_config, self.prep.patch_size)
