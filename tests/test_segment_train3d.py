@@ -40,7 +40,7 @@ def _study(rng: np.random.Generator, shape=(10, 24, 24), spacing=(3.0, 3.0, 6.0)
     return pet, ct, Mask.like(pet, lesion.astype(np.uint8), labels={1: "lesion"})
 
 
-def _dataset(folder, n: int = 4, splits=("train", "train", "val", "test"), with_ct: bool = True, seed: int = 4):
+def _dataset(folder, n: int = 4, splits=("train", "train", "val", "test"), with_ct: bool = True, seed: int = 4, folds=None):
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -49,7 +49,8 @@ def _dataset(folder, n: int = 4, splits=("train", "train", "val", "test"), with_
         pet_path = write_volume(pet, folder / f"p{i}_pet.nii.gz")
         mask_path = write_volume(mask, folder / f"p{i}_gtv.nii.gz")
         rows.append({"case_id": f"p{i}_pt", "patient_id": pid, "study_uid": study, "modality": "PT", "image": str(pet_path),
-                     "masks": [MaskRef(file=str(mask_path), structure="lesion", label=1)], "split": splits[i % len(splits)]})
+                     "masks": [MaskRef(file=str(mask_path), structure="lesion", label=1)], "split": splits[i % len(splits)],
+                     "fold": "" if folds is None else folds[i]})
         if with_ct:
             rows.append({"case_id": f"p{i}_ct", "patient_id": pid, "study_uid": study, "modality": "CT",
                          "image": str(write_volume(ct, folder / f"p{i}_ct.nii.gz")), "split": splits[i % len(splits)]})
@@ -305,3 +306,16 @@ def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
     code, cap = _run(["train", str(manifest), "--out", str(tmp_path / "b"), "--size", "32", "32", "32", "--width", "4", "--epochs", "1", *argv], capsys)
     assert code != 0 and message in cap.err, cap.err
     assert len(cap.err.strip().splitlines()) == 1 and "Traceback" not in cap.err
+
+
+@pytest.mark.parametrize("folds, argv, message", [
+    (["0", "1", ""], ["--kfold", "2"], "the fold column is blank for case 'p2_pt'"),
+    (["0", "0", "0"], ["--folds", "0"], "fold 0 holds every case"),
+    (["0", "1", "1"], ["--kfold", "2", "--folds", "0", "1", "--width", "0"], "--width must be at least 1"),
+])
+def test_bad_fold_columns_are_one_line(tmp_path, capsys, folds, argv, message):
+    manifest = _dataset(tmp_path / "data", n=3, splits=("train", "val", "train"), with_ct=False, folds=folds)
+    code, cap = _run(["train", str(manifest), "--out", str(tmp_path / "b"), "--dims", "3", "--size", "32", "32", "32",
+                      "--width", "4", "--epochs", "1", *argv], capsys)
+    assert code != 0 and message in cap.err, cap.err
+    assert len(cap.err.strip().splitlines()) == 1

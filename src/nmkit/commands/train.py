@@ -333,6 +333,9 @@ def run_kfold(args: argparse.Namespace, table, prep, config, spacing) -> int:
     missing = [f for f in folds if f not in fold_of]
     if missing:
         raise InputError(args.manifest, f"--folds {' '.join(map(str, folds))}: no cases in fold(s) {', '.join(map(str, missing))}")
+    lonely = [f for f in folds if all(g == f for g in fold_of)]
+    if lonely:
+        raise InputError(args.manifest, f"fold {lonely[0]} holds every case: nothing left to train on (the fold column needs at least 2 folds)")
     prep.target_spacing_mm = resolve_spacing(spacing, cases, args)
     cases = resample_cases(cases, prep)
     print(f"training {config.network} ({args.dims}D, loss {args.loss}), {k}-fold on {len(cases)} cases: folds "

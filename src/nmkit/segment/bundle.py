@@ -212,8 +212,7 @@ def load_bundle(path: str | Path, device: str | torch.device | None = None, **en
     channels = description.get("channels")
     if channels and len(channels) != int(net.get("in_channels", 1)):
         raise InputError(desc_path, f"channels {channels} do not match the network's {net.get('in_channels')} input channels")
-    ensemble = description.get("ensemble") or {}
-    members = [path / str(m) for m in ensemble.get("members") or []] or [path / WEIGHTS]
+    members = ensemble_members(description, path)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     models = [_load_member(net, weights, path) for weights in members]
@@ -221,6 +220,13 @@ def load_bundle(path: str | Path, device: str | torch.device | None = None, **en
         model.to(device).eval()
     return Bundle(path=path, model=models[0], description=description, preprocessing=Preprocessing.from_dict(description["preprocessing"]),
                   models=models)
+
+
+def ensemble_members(description: dict[str, Any], path: Path) -> list[Path]:
+    """Weight files to load: every fold of a k-fold ensemble, else the one model (``nmkit predict --folds`` keeps some
+    of them after loading)."""
+    members = [str(m) for m in (description.get("ensemble") or {}).get("members") or []]
+    return [path / m for m in members] or [path / WEIGHTS]
 
 
 def _load_member(net: dict[str, Any], weights: Path, bundle: Path) -> nn.Module:

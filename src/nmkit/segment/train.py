@@ -391,6 +391,9 @@ def assign_folds(cases: Sequence[Case], k: int | None, seed: int = 1) -> list[in
     split into ``k`` folds (a patient's cases stay together; patients shuffled with ``seed``, largest first into the
     smallest fold). Raises ``ValueError`` with the reason when that cannot be done."""
     texts = [c.fold for c in cases]
+    if any(texts) and not all(texts):
+        blank = next(c.case_id for c in cases if not c.fold)
+        raise ValueError(f"the fold column is blank for case {blank!r}: fill it for every train/val row, or clear it and use --kfold")
     if all(texts):
         try:
             folds = [int(t) for t in texts]
