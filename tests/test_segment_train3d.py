@@ -78,6 +78,8 @@ def test_resampling_round_trip_keeps_geometry_and_labels():
     idx = np.array([[5.0, 7.0, 11.0]])  # x y z on the fine grid
     src = ramp.physical_to_index(fine.index_to_physical(idx))[0]  # x y z on the original grid (inside)
     assert fine.array[11, 7, 5] == pytest.approx(0.5 * src[0] + 2 * src[1] - 3 * src[2], abs=1e-3)
+    cubic = resample_to_spacing(ramp, (2.0, 2.0, 2.0), "bspline")  # B-splines reproduce a ramp too (inside)
+    assert cubic.array[11, 7, 5] == pytest.approx(fine.array[11, 7, 5], abs=1e-2)
     # and back out: the original grid again, values within interpolation error
     back = resample_array(fine.array, fine, ramp, order=1)
     assert back.shape == ramp.array.shape
