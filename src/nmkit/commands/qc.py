@@ -672,7 +672,7 @@ def run_spect_contrast(args: argparse.Namespace) -> int:
     uniform = _slice_range(args.uniform_slices, "--uniform-slices", image.array.shape[0]) if args.uniform_slices else None
     settings = ContrastSettings(diameters_mm=tuple(args.diameters or preset["diameters_mm"]),
                                 polarity=args.spheres or preset["polarity"], ratio=args.ratio, wall_mm=wall,
-                                uniform_slices=uniform)
+                                central_exclusion_mm=preset.get("central_exclusion_mm", 0.0), uniform_slices=uniform)
     table, summary = _in_file_error(args.image, analyse_contrast, image, settings)
     unit = image_unit(image.units, image.modality)
     suffix = _unit_suffix(unit)

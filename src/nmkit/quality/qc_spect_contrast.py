@@ -18,7 +18,8 @@ Pipeline (``analyse_contrast``):
    the other spheres' centres and diameters with the largest's blur (and signal) fixed.
 4. NEMA-style 2D ROIs on the slice nearest each fitted centre: a disc of the sphere diameter (partial-pixel
    weights). Background C_B: mean of the body (more than ``edge_mm`` inside its edge) on the slices within +-20 mm
-   of the sphere plane, minus balls of radius + 10 mm around every sphere. Contrast (%): cold 100 (1 - C_S/C_B),
+   of the sphere plane, minus balls of radius + 10 mm around every sphere (IEC: minus the lung insert too, a 35 mm
+   radius cylinder about the centre of the sphere ring). Contrast (%): cold 100 (1 - C_S/C_B),
    hot 100 (C_S/C_B - 1); contrast recovery (%) 100 (C_S/C_B - 1)/(R - 1) with R the true sphere-to-background
    ratio (cold solid spheres: R = 0, so it equals the cold contrast; hot: given, or ESTIMATED as the fitted signal of
    the largest sphere over C_B, and every output says so).
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 PHANTOMS: dict[str, dict[str, Any]] = {
     "jaszczak-standard": {"diameters_mm": (38.1, 31.8, 25.4, 19.1, 15.9, 12.7), "polarity": "cold", "wall_mm": 0.0},
     "jaszczak-deluxe": {"diameters_mm": (31.8, 25.4, 19.1, 15.9, 12.7, 9.5), "polarity": "cold", "wall_mm": 0.0},
-    "iec": {"diameters_mm": (37.0, 28.0, 22.0, 17.0, 13.0, 10.0), "polarity": "hot", "wall_mm": 1.0},
+    "iec": {"diameters_mm": (37.0, 28.0, 22.0, 17.0, 13.0, 10.0), "polarity": "hot", "wall_mm": 1.0,
+            "central_exclusion_mm": 35.0},
 }
 JASZCZAK_DIAMETERS_MM = PHANTOMS["jaszczak-standard"]["diameters_mm"]
 SHELL_GAP_MM = 4.0
@@ -69,6 +71,7 @@ class ContrastSettings:
     wall_mm: float = 0.0  # cold wall of fillable spheres (hot IEC: 1.0); solid spheres: 0
     plane_tolerance_mm: float = 10.0
     edge_mm: float = 15.0
+    central_exclusion_mm: float = 0.0  # IEC: the 50 mm lung insert + 10 mm, about the sphere ring's centre
     uniform_slices: tuple[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -223,9 +226,25 @@ def _centre(fit: dict[str, float]) -> np.ndarray:
     return np.array([fit["x_mm"], fit["y_mm"], fit["z_mm"]])
 
 
+def ring_centre(spheres: Sequence[dict[str, float]]) -> tuple[float, float] | None:
+    """Centre (row j, column i; voxel units) of the circle through the sphere centres (algebraic least squares), or
+    None with fewer than 3 spheres or collinear ones."""
+    if len(spheres) < 3:
+        return None
+    j = np.array([s["jf"] for s in spheres])
+    i = np.array([s["if"] for s in spheres])
+    a = np.stack([2 * j, 2 * i, np.ones_like(j)], 1)
+    sol, *_ = np.linalg.lstsq(a, j**2 + i**2, rcond=None)
+    if not np.all(np.isfinite(sol)) or np.linalg.matrix_rank(a) < 3:
+        return None
+    return float(sol[0]), float(sol[1])
+
+
 def _background(arr: np.ndarray, body: np.ndarray, spacing_zyx: np.ndarray, plane_k: float,
-                spheres: Sequence[dict[str, float]], edge_mm: float) -> tuple[np.ndarray, float, float]:
-    """Background region mask, its mean and its voxel CoV (%) around the sphere plane (see module docstring)."""
+                spheres: Sequence[dict[str, float]], edge_mm: float,
+                central_exclusion_mm: float = 0.0) -> tuple[np.ndarray, float, float]:
+    """Background region mask, its mean and its voxel CoV (%) around the sphere plane (see module docstring);
+    ``central_exclusion_mm``: radius of a cylinder about the sphere ring's centre left out (the IEC lung insert)."""
     from scipy.ndimage import distance_transform_edt
 
     sp = spacing_zyx
@@ -237,6 +256,9 @@ def _background(arr: np.ndarray, body: np.ndarray, spacing_zyx: np.ndarray, plan
     for s in spheres:
         dist2 = sum((g - c) ** 2 for g, c in zip(grid, (s["kf"] * sp[0], s["jf"] * sp[1], s["if"] * sp[2])))
         region &= dist2 > (s["diameter_mm"] / 2 + 10.0) ** 2
+    centre = ring_centre(spheres) if central_exclusion_mm > 0 else None
+    if centre is not None:
+        region &= (grid[1] - centre[0] * sp[1]) ** 2 + (grid[2] - centre[1] * sp[2]) ** 2 > central_exclusion_mm**2
     vals = arr[region]
     if vals.size < 50:
         raise InputError(None, "too little background around the spheres for a background value (< 50 voxels)")
@@ -314,7 +336,7 @@ def analyse_contrast(image: Image, settings: ContrastSettings | None = None) -> 
     for f in found:  # first background pass at the voxel centres
         f["kf"], f["jf"], f["if"] = float(f["k"]), float(f["j"]), float(f["i"])
     plane_k = float(np.median([f["k"] for f in found[:3]]))
-    _, bg, _ = _background(arr, body, sp, plane_k, found, cfg.edge_mm)
+    _, bg, _ = _background(arr, body, sp, plane_k, found, cfg.edge_mm, cfg.central_exclusion_mm)
     # the largest sphere: centre, blur and signal, then its diameter as imaged (blur and signal free); the others:
     # centre, then diameter, with the largest's blur and signal (small spheres trade size, blur and signal)
     fits: list[dict[str, float]] = []
@@ -332,7 +354,7 @@ def analyse_contrast(image: Image, settings: ContrastSettings | None = None) -> 
         f["if"], f["jf"], f["kf"] = (float(v) for v in image.physical_to_index(_centre(g)))
     _check_inside(found, arr.shape[0], sp[0])
     plane_k = float(np.median([f["kf"] for f in found[:3]]))
-    region, bg, bg_cov = _background(arr, body, sp, plane_k, found, cfg.edge_mm)
+    region, bg, bg_cov = _background(arr, body, sp, plane_k, found, cfg.edge_mm, cfg.central_exclusion_mm)
     ratio, ratio_source = _estimated_or_given_ratio(cfg, polarity, fits[0]["signal"], bg)
     axis = _axis_at(body, plane_k, image)
     rows = []
