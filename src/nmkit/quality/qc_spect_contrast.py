@@ -56,8 +56,8 @@ JASZCZAK_DIAMETERS_MM = PHANTOMS["jaszczak-standard"]["diameters_mm"]
 SHELL_GAP_MM = 4.0
 SHELL_OUTER_MM = 10.0
 BACKGROUND_HALF_HEIGHT_MM = 20.0
-#: the largest sphere must stand this many score SDs out, else: not a sphere phantom (real Jaszczak 9.9, simulated
-#: 15-18; the Jaszczak's rod section alone 4.3)
+#: the largest sphere must stand this many score SDs out, else: not a sphere phantom (real Jaszczak 10.1, simulated
+#: 15-18, real IEC PET 22; the Jaszczak's rod section alone 4.5)
 MIN_DETECTABILITY = 6.0
 
 
