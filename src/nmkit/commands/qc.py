@@ -706,7 +706,12 @@ def run_spect_contrast(args: argparse.Namespace) -> int:
                   f"(max {summary['integral_uniformity_percent_max']:.1f} %), noise (voxel CoV) {summary['noise_cov_percent_mean']:.1f} %")
     else:
         unif.text(summary.get("uniform_note", "no uniform section"), note=True)
-    report.section("Summary").code({"summary": summary, "units": units})
+    from ..provenance import provenance
+    from ..quality.qc_history import scanner_identity
+
+    report.section("Scanner, summary and provenance").code(
+        {"scanner": scanner_identity(image.meta or {}, args.image), "summary": summary, "units": units,
+         "provenance": provenance(settings.as_dict(), [args.image])})
     report.write(out / "spect_contrast_report.html")
     print(f"NOTE: {note}" if summary["ratio_estimated"] else note)
     print(table[["diameter_mm", "fitted_diameter_mm", "detectability", "contrast_percent", "contrast_recovery_percent"]]
