@@ -120,13 +120,24 @@ def test_closed_form_limits():
 
 
 @pytest.mark.slow
-def test_estimated_hot_ratio_is_said():
+def test_estimated_hot_ratio_is_said(tmp_path, capsys):
     """Hot spheres without --ratio: the ratio is estimated from the largest sphere's fitted signal (~4) and flagged."""
     diam = PHANTOMS["iec"]["diameters_mm"]
     image, _ = simulate(diam, 4.0, 10.0, wall_mm=1.0, seed=1)
     table, s = analyse_contrast(image, ContrastSettings(diameters_mm=diam, polarity="hot", wall_mm=1.0))
     assert s["ratio_estimated"] and s["ratio_source"].startswith("ESTIMATED")
     assert s["true_ratio"] == pytest.approx(4.0, rel=0.05)
+    # from the CLI every output says so: the CSV column, the JSON summary, the report and the printed line
+    path = tmp_path / "hot.nii.gz"
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.transpose(np.asarray(image.array), (2, 1, 0)), np.diag([4.0, 4.0, 4.0, 1.0])), path)
+    assert main(["qc", "spect-contrast", str(path), "--phantom", "iec", "--out", str(tmp_path / "o")]) == 0
+    assert "NOTE: " in capsys.readouterr().out
+    csv = pd.read_csv(tmp_path / "o" / "spect_contrast.csv")
+    assert csv["ratio_source"].str.startswith("ESTIMATED").all()
+    assert json.loads((tmp_path / "o" / "spect_contrast.json").read_text())["summary"]["ratio_estimated"]
+    assert "ESTIMATED" in (tmp_path / "o" / "spect_contrast_report.html").read_text()
 
 
 def test_rotated_and_off_centre_phantom():
@@ -285,6 +296,7 @@ def test_real_iec_pet_scan_hot_spheres_agree_with_qc_iq(external_data, tmp_path)
     mct = need(external_data, "qc_phantoms/linaqa_pet_spect_qc/EARL-Anon")
     rec, table = _run_real_file(mct, tmp_path / "iec", ["--phantom", "iec", "--ratio", "9.4"])
     assert rec["summary"]["polarity"] == "hot" and rec["units"]["background_mean"] == "Bq/ml"
+    assert (table["ratio_source"] == "given (--ratio)").all() and (table["true_ratio"] == 9.4).all()
     assert (abs(table["fitted_diameter_mm"] - table["diameter_mm"]) < 1.0).all()
     iq, _ = analyse_iq(read_image(str(mct)), IQSettings(ratio=9.4))
     assert np.allclose(table["contrast_recovery_percent"], iq["contrast_q_h_percent"], atol=1.5)

@@ -679,6 +679,8 @@ def run_spect_contrast(args: argparse.Namespace) -> int:
     values = ("c_sphere_roi", "c_background", "c_extreme_voxel")
     table = table.rename(columns={c: f"{c}_{suffix}" for c in values})
     table.insert(0, "polarity", summary["polarity"])
+    table.insert(1, "true_ratio", summary["true_ratio"])
+    table.insert(2, "ratio_source", summary["ratio_source"])  # says ESTIMATED when no --ratio was given (hot)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     note = f"{summary['polarity']} spheres; true ratio R = {summary['true_ratio']:.3g}: {summary['ratio_source']}"
