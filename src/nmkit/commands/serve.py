@@ -26,6 +26,7 @@ def run(args) -> int:
         config.port = args.port
     prepare_folders(config)
     if args.check:
+        _check_channels(config)
         print(f"{args.config}: configuration valid ({len(config.instances)} instance(s), {len(config.destinations)} destination(s))")
         return 0
     configure(config.log_file, logging.DEBUG if getattr(args, "verbose", 0) >= 2 else logging.INFO, config.log_max_mb, config.log_backups)
@@ -37,3 +38,26 @@ def run(args) -> int:
           + (f", status on http://{config.http_host}:{server.http_port}/status" if server.http_port else ""), flush=True)
     server.serve_forever()
     return 0
+
+
+def _check_channels(config) -> None:
+    """The channel keys of each instance against its current model in the registry (multi-channel models, e.g. PET+CT):
+    every problem in one error naming the configuration file."""
+    from ..errors import InputError
+    from ..serve.companions import model_channels
+    from ..serve.config import channel_problems
+    from ..serve.registry import Registry
+
+    registry = Registry(config.registry_path)
+    problems: list[str] = []
+    for inst in config.instances:
+        try:
+            current = registry.current(inst.model_name)
+        except InputError:
+            continue
+        if current.path is None:
+            continue
+        names = model_channels(current.path)
+        problems += channel_problems(inst, names or ["image"], where=f" {inst.model_name} {current.version}")
+    if problems:
+        raise InputError(config.source, problems[0] if len(problems) == 1 else f"{len(problems)} problems: " + " | ".join(problems))

@@ -56,6 +56,10 @@ class Instance:
     gate_min_dice: float = 0.5  # the first promotion (nothing to compare with) needs at least this Dice on the validation set
     keep_largest: bool = False
     head: str | None = None  # multi-reader bundles: whose delineation to send (default: the bundle's default head)
+    # multi-channel models (e.g. PET+CT): one job per study, started by the first channel's series
+    channels: list[str] | None = None  # DICOM Modality of each model channel, in the model's order (default: the model's names)
+    companion_wait_seconds: float = 120.0  # how long a job waits for the other channels' series after its own series
+    channel_series: dict[str, str] = field(default_factory=dict)  # channel -> SeriesDescription glob (e.g. CT: "*CTAC*")
 
     @property
     def model_name(self) -> str:
@@ -414,7 +418,75 @@ def _instance_problems(inst: Instance, cfg: ServerConfig, base: Path, defined: s
         problems.append(f"instance {inst.name!r} needs an ae_title or match rules (else it would take every series)")
     if any(i.name == inst.name for i in cfg.instances):
         problems.append(f"instance name {inst.name!r} used twice")
+    return problems + channel_problems(inst, inst.channels)
+
+
+#: DICOM modalities a model channel can be matched to (SeriesInstanceUID of the same study, Modality attribute)
+CHANNEL_MODALITIES = ("PT", "CT", "MR", "NM", "US", "CR", "DX", "MG", "XA", "OT")
+
+
+def channel_key(name: str) -> str:
+    """The DICOM Modality a model channel name stands for (PET/SUV -> PT, SPECT -> NM, MRI -> MR; others upper-cased)."""
+    from ..segment.engines.channels import _modality_key
+
+    return _modality_key(str(name))
+
+
+def channel_problems(inst: Instance, channels: list[str] | None, where: str = "") -> list[str]:
+    """Problems of an instance's channel keys (``channels``, ``companion_wait_seconds``, ``channel_series``) against the
+    model's channels (``channels``: the configured list, or the current model's; None when unknown). ``where`` names
+    the model the channels came from, for the message."""
+    name = f"instance {inst.name!r}"
+    problems = []
+    wait = inst.companion_wait_seconds
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait <= 0:
+        problems.append(f"{name}: companion_wait_seconds must be a number of seconds > 0, got {wait!r}")
+    if inst.channels is not None:
+        if not isinstance(inst.channels, list) or not all(isinstance(c, str) and c.strip() for c in inst.channels):
+            return problems + [f"{name}: channels must be a list of DICOM modalities (e.g. [PT, CT]), got {inst.channels!r}"]
+        if len(inst.channels) < 2:
+            return problems + [f"{name}: channels needs the Modality of every model channel (two or more, e.g. [PT, CT]); "
+                               f"a single-channel instance needs no channels key"]
+        bad = [c for c in inst.channels if channel_key(c) not in CHANNEL_MODALITIES]
+        if bad:
+            problems.append(f"{name}: channels {bad} are not DICOM modalities; use e.g. [PT, CT] ({', '.join(CHANNEL_MODALITIES)})")
+    if not isinstance(inst.channel_series, dict) or not all(isinstance(v, str) and v for v in inst.channel_series.values()):
+        return problems + [f"{name}: channel_series must map a channel to a SeriesDescription glob (e.g. {{CT: \"*CTAC*\"}}), "
+                           f"got {inst.channel_series!r}"]
+    if channels is not None and len(channels) < 2:
+        if inst.channel_series or inst.channels:
+            problems.append(f"{name}: channels/channel_series given but the model{where} has one input channel")
+        return problems
+    if channels is None:
+        return problems
+    if inst.channels and len(inst.channels) != len(channels):
+        return problems + [f"{name}: channels {inst.channels} name {len(inst.channels)} modalities but the model{where} has "
+                           f"{len(channels)} input channels ({', '.join(map(str, channels))})"]
+    keys = [channel_key(c) for c in (inst.channels or channels)]
+    bad = [c for c in inst.channel_series if channel_key(c) not in keys]
+    if bad:
+        problems.append(f"{name}: channel_series key(s) {sorted(map(str, bad))} are not channels of the model{where} ({', '.join(keys)})")
+    unknown = [c for c in keys if c not in CHANNEL_MODALITIES]
+    if unknown and inst.channels is None:  # (configured channels were checked above)
+        problems.append(f"{name}: the model{where} has channel(s) {unknown} that are not DICOM modalities; give the instance "
+                        f"'channels: [...]' with the Modality of each, in the model's order")
+    pattern = inst.match.get("modality")
+    if pattern is not None:
+        refused = [c for c in keys if not _search(str(pattern), c)]
+        if refused:
+            problems.append(f"{name}: match.modality {pattern!r} refuses the {'/'.join(refused)} series the model{where} needs "
+                            f"(use e.g. '^({'|'.join(keys)})$' or the instance's own ae_title)")
+    if "tracer" in inst.match and any(c not in ("PT", "NM") for c in keys):
+        problems.append(f"{name}: match.tracer would refuse the {'/'.join(c for c in keys if c not in ('PT', 'NM'))} series "
+                        f"(no radiopharmaceutical in them); route a multi-channel instance by ae_title or modality")
     return problems
+
+
+def _search(pattern: str, text: str) -> bool:
+    try:
+        return bool(re.search(pattern, text, flags=re.IGNORECASE))
+    except re.error:
+        return True  # reported as a bad regular expression already
 
 
 def prepare_folders(cfg: ServerConfig) -> None:

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS received (
@@ -255,13 +255,20 @@ class Store:
     def series_files(self, instance: str, series_uid: str) -> list[str]:
         return [r["path"] for r in self.query("SELECT path FROM received WHERE instance=? AND series_uid=? ORDER BY path", (instance, series_uid))]
 
-    def enqueue_quiet_series(self, quiet_seconds: float, now: float | None = None) -> list[str]:
-        """Queue a job for every series with no new instance for ``quiet_seconds``; returns the new job ids."""
+    def enqueue_quiet_series(self, quiet_seconds: float, now: float | None = None,
+                             wants_job: Callable[[sqlite3.Row], bool] | None = None) -> list[str]:
+        """Queue a job for every series with no new instance for ``quiet_seconds``; returns the new job ids.
+
+        ``wants_job(series_row)``: False for a series that makes no job of its own (a companion channel of a
+        multi-channel instance: it is used by its study's job); it is marked handled all the same."""
         now = time.time() if now is None else now
         created = []
         with self.tx() as c:
             rows = list(c.execute("SELECT * FROM series WHERE queued_revision < revision AND last_at <= ?", (now - quiet_seconds,)))
             for r in rows:
+                if wants_job is not None and not wants_job(r):
+                    c.execute("UPDATE series SET queued_revision=? WHERE series_uid=? AND instance=?", (r["revision"], r["series_uid"], r["instance"]))
+                    continue
                 jid = job_id_for(r["instance"], r["series_uid"], r["revision"])
                 c.execute("INSERT OR IGNORE INTO jobs(id, instance, series_uid, state, created, last_image_at, next_try) VALUES (?,?,?,?,?,?,0)",
                           (jid, r["instance"], r["series_uid"], "queued", now, r["last_at"]))
@@ -293,6 +300,22 @@ class Store:
                       (owner, now + lease_seconds, now, row["id"]))
             row = c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone()
         return self._job(row)
+
+    def defer(self, job_id: str, owner: str, until: float, reason: str) -> bool:
+        """Put a claimed job back to wait (``queued`` until ``until``, the claim's attempt not counted), with the
+        reason shown in /status and ``nmkit jobs`` (e.g. a multi-channel job waiting for its study's CT)."""
+        with self.tx() as c:
+            n = c.execute("""UPDATE jobs SET state='queued', next_try=?, reason=?, attempts=MAX(attempts - 1, 0), lease_owner=NULL
+                             WHERE id=? AND lease_owner=? AND state='running'""", (until, reason[:500], job_id, owner)).rowcount
+        return n == 1
+
+    def series_row(self, instance: str, series_uid: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM series WHERE instance=? AND series_uid=?", (instance, series_uid))
+        return rows[0] if rows else None
+
+    def study_series(self, instance: str, study_uid: str) -> list[sqlite3.Row]:
+        """Every series of one study received for an instance (candidates for a multi-channel job's companions)."""
+        return self.query("SELECT * FROM series WHERE instance=? AND study_uid=? ORDER BY first_at, series_uid", (instance, study_uid))
 
     def heartbeat(self, job_ids: list[str], owner: str, lease_seconds: float) -> None:
         if not job_ids:

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import InputError
 from .config import ServerConfig, prepare_folders
 from .db import Job, Store
-from .logs import event
+from .logs import event, uid_hash
 from .node import DicomNode
 from .registry import Registry
 from .sender import try_send
@@ -134,7 +134,7 @@ class Server:
         last_beat = 0.0
         while not self._stop.is_set():
             try:
-                for jid in self.store.enqueue_quiet_series(cfg.quiet_seconds):
+                for jid in self.store.enqueue_quiet_series(cfg.quiet_seconds, wants_job=self._wants_job):
                     event("job_queued", job=jid)
                 with self._active_lock:
                     for jid in [j for j, f in self._active.items() if f.done()]:
@@ -176,9 +176,17 @@ class Server:
             shadow = job.shadow_version if job.model_version else resolved.shadow_version
             self.store.set_versions(job.id, version, shadow)
             files = self.store.series_files(job.instance, job.series_uid)
-            event("job_started", job=job.id, attempt=job.attempts, version=version, shadow=shadow, files=len(files))
+            channels = self._channels(inst, version)
+            extra: dict[str, Any] = {}
+            if channels:  # a multi-channel model (e.g. PET+CT): the study's other channels' series, or wait for them
+                found = self._companion_inputs(job, inst, channels, files)
+                if found is None:
+                    return
+                extra = found
+            event("job_started", job=job.id, attempt=job.attempts, version=version, shadow=shadow, files=len(files),
+                  **({"channels": channels} if channels else {}))
             base = {"job_id": job.id, "files": files, "model_name": inst.model_name, "outputs": list(inst.outputs),
-                    "keep_largest": inst.keep_largest, "head": inst.head, "device": cfg.device}
+                    "keep_largest": inst.keep_largest, "head": inst.head, "device": cfg.device, **extra}
             out_root = cfg.storage / "results" / job.id
             spec = dict(base, version=version, bundle_path=str(self.registry.path(inst.model_name, version)), out_dir=str(out_root / version))
             result = self._compute(spec)
@@ -189,6 +197,8 @@ class Server:
                     result["shadow"] = self._compute(sspec)  # kept, never sent
                 except Exception as exc:
                     event("shadow_failed", logging.WARNING, job=job.id, shadow=shadow, error=f"{type(exc).__name__}: {exc}"[:300])
+            if extra:
+                result["companions"] = extra["companions"]
             items = [(kind, dest, out["path"], out["sop_uid"]) for kind, out in result["outputs"].items() for dest in inst.destinations]
             self.store.add_outbox(job.id, items)  # durable before the job counts as done; delivery threads take it from here
             result["wall_seconds"] = round(time.time() - t0, 3)
@@ -202,6 +212,78 @@ class Server:
             reason = f"{type(exc).__name__}: {exc}"[:500]
             state = self.store.fail(job.id, self.owner, reason, cfg.max_attempts, cfg.retry_base_seconds)
             event("job_failed", logging.WARNING if state == "failed" else logging.ERROR, job=job.id, state=state, reason=reason[:300])
+
+    # ----- multi-channel instances (serve.companions) -----------------------------------------------
+    def _channels(self, inst: Any, version: str | None = None) -> list[str] | None:
+        """The Modality of each channel of the instance's model (``version``, else the current one); None for a
+        single-channel model (the usual one-series-one-job path)."""
+        from .companions import instance_channels, model_channels
+
+        try:
+            path = self.registry.path(inst.model_name, version) if version else self.registry.current(inst.model_name).path
+        except Exception:  # noqa: BLE001 - no model yet: the job itself says so
+            path = None
+        channels = instance_channels(inst, path)
+        if channels and inst.channels and path is not None:
+            names = model_channels(path)
+            if names and len(names) != len(inst.channels):
+                raise PermanentJobError(f"instance {inst.name!r}: channels {inst.channels} but model {inst.model_name} "
+                                        f"{version or ''} has {len(names)} input channels ({', '.join(names)})")
+        return channels
+
+    def _wants_job(self, row: Any) -> bool:
+        """Whether a quiet series makes a job: always for a single-channel model; for a multi-channel one, only a series
+        of the model's first channel (the others are companions, used by their study's job)."""
+        from .companions import series_info, starts_job
+
+        try:
+            inst = self.config.instance(row["instance"])
+            channels = self._channels(inst)
+            if not channels:
+                return True
+            files = self.store.series_files(row["instance"], row["series_uid"])[:1]
+            info = series_info(row["series_uid"], row["study_uid"] or "", row["n"], row["last_at"], files)
+            if starts_job(inst, channels, info):
+                return True
+        except Exception:  # noqa: BLE001 - unreadable header or configuration: a job, whose failure says why
+            return True
+        level = logging.DEBUG if info.modality in channels else logging.WARNING
+        event("series_companion" if info.modality in channels else "series_not_a_channel", level, instance=inst.name,
+              series=uid_hash(row["series_uid"]), modality=info.modality, channels=channels)
+        return False
+
+    def _companion_inputs(self, job: Job, inst: Any, channels: list[str], files: list[str]) -> dict[str, Any] | None:
+        """The companion series of a multi-channel job (``channel_files`` in the model's order after the first), or
+        None when the job was put back to wait for them. Past ``companion_wait_seconds`` without one: parked."""
+        from .companions import find_companions, series_info, summary, takes
+
+        row = self.store.series_row(job.instance, job.series_uid)
+        study = str(row["study_uid"] or "") if row is not None else ""
+        primary = series_info(job.series_uid, study, len(files), float(row["last_at"]) if row is not None else 0.0, files[:1])
+        if not takes(inst, channels[0], primary):
+            raise PermanentJobError(f"series is {primary.modality or 'of no modality'}; the model's first channel is {channels[0]} "
+                                    f"(channels {'+'.join(channels)})")
+        candidates = [series_info(r["series_uid"], study, r["n"], float(r["last_at"]), self.store.series_files(inst.name, r["series_uid"]))
+                      for r in (self.store.study_series(inst.name, study) if study else []) if r["series_uid"] != job.series_uid]
+        now = time.time()
+        found, missing, receiving = find_companions(inst, channels, primary, candidates, now - self.config.quiet_seconds)
+        if not missing and not receiving:
+            for c in found.values():
+                c.files = self.store.series_files(inst.name, c.series_uid)
+            return {"channels": list(channels), "channel_files": [found[c].files for c in channels[1:]], "companions": summary(primary, found)}
+        wait = float(inst.companion_wait_seconds)
+        deadline = float(job.last_image_at or job.created or now) + wait
+        globs = {k.upper(): v for k, v in (inst.channel_series or {}).items()}
+        names = "/".join(f"{c} (SeriesDescription {globs[c]!r})" if c in globs else c for c in missing)
+        if receiving or now < deadline:
+            step = max(1.0, self.config.quiet_seconds) if receiving else min(max(1.0, self.config.quiet_seconds), 10.0, max(deadline - now, 0.2))
+            what = "/".join(missing + receiving)
+            self.store.defer(job.id, self.owner, now + step, f"waiting for the {what} series of the study (up to {wait:g} s "
+                                                            f"after its {channels[0]} series; the model takes {'+'.join(channels)})")
+            event("job_waiting", job=job.id, missing=missing, receiving=receiving, wait_left_s=round(max(deadline - now, 0.0), 1))
+            return None
+        raise PermanentJobError(f"no {names} series in study {uid_hash(study)} within {wait:g} s (the model takes "
+                                f"{'+'.join(channels)}; once it is received: nmkit jobs requeue {job.id})")
 
     # ----- delivery (outbox) ---------------------------------------------------------------------
     def _backoff(self, failures: int) -> float:
@@ -327,6 +409,7 @@ class Server:
         with self._active_lock:
             running = len([f for f in self._active.values() if not f.done()])
         parked = [{"job": j.id, "instance": j.instance, "reason": j.reason} for j in self.store.jobs("parked")[-20:]]
+        waiting = [{"job": j.id, "instance": j.instance, "reason": j.reason} for j in self.store.jobs("queued") if j.reason][-20:]
         parked_deliveries = [{"job": r["job_id"], "output": r["output"], "destination": r["destination"], "reason": r["last_error"]}
                              for r in self.store.query("SELECT * FROM outbox WHERE state='parked' ORDER BY created DESC LIMIT 20")]
         destinations = {n: {"reachable": st["reachable"], "down_since": st["since"], "last_error": st["last_error"],
@@ -335,6 +418,6 @@ class Server:
         return {"status": "ok", "ae_title": self.config.ae_title, "port": self.port, "uptime_s": round(time.time() - self.started_at, 1),
                 "node": dict(self.node.counts), "connections": self.node.guard.active() if self.node.guard else {},
                 "queue": counts["queue"], "instances": counts["instances"], "sent": counts["sent"], "destinations": destinations,
-                "parked_jobs": parked, "parked_deliveries": parked_deliveries, "unrouted": counts["unrouted"],
+                "parked_jobs": parked, "waiting_jobs": waiting, "parked_deliveries": parked_deliveries, "unrouted": counts["unrouted"],
                 "models": models, "running_here": running}
 

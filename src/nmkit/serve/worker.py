@@ -28,22 +28,28 @@ def cached_bundle(path: str, device: str = "cpu") -> Any:
         return _BUNDLES[key]
 
 
-def read_series(files: list[str]) -> tuple[Any, list[Any]]:
-    """The image of a received series and its source datasets in slice order (planar: the one file)."""
+def read_series_image(files: list[str]) -> Any:
+    """The image of a received series: PET in SUV (body weight) when the header allows it, else in its stored units."""
     import pydicom
 
+    from ..errors import MissingTagError
     from ..io.reader import read_series_files
 
     if not files:
         raise InputError(None, "the series has no received files")
-    from ..errors import MissingTagError
-
     paths = [Path(f) for f in files]
     modality = str(pydicom.dcmread(str(paths[0]), stop_before_pixels=True).get("Modality", ""))
-    try:  # PET in SUV (body weight) when the header allows it, else in its stored units
-        image = read_series_files(paths, suv="bw") if modality == "PT" else read_series_files(paths)
+    try:
+        return read_series_files(paths, suv="bw") if modality == "PT" else read_series_files(paths)
     except MissingTagError:
-        image = read_series_files(paths)
+        return read_series_files(paths)
+
+
+def read_series(files: list[str]) -> tuple[Any, list[Any]]:
+    """The image of a received series and its source datasets in slice order (planar: the one file)."""
+    import pydicom
+
+    image = read_series_image(files)
     ordered = image.meta.get("source_files") or files
     if image.ndim_spatial == 2:
         ordered = ordered[:1]
@@ -75,7 +81,7 @@ def planar_units(files: list[str]) -> list[list[str]]:
 def compute_outputs(spec: dict[str, Any]) -> dict[str, Any]:
     """All results of one job: one unit (see :func:`planar_units`) gives outputs ``seg``, ``sr``, ``overlay``;
     several give ``seg-1``, ``sr-1``, ... (one set per image, with their own deterministic UIDs)."""
-    units = planar_units(spec["files"])
+    units = [list(spec["files"])] if spec.get("channel_files") else planar_units(spec["files"])
     if len(units) == 1:
         return compute_unit(spec)
     result: dict[str, Any] = {"outputs": {}, "measurements": [], "images": len(units)}
@@ -105,7 +111,7 @@ def compute_unit(spec: dict[str, Any]) -> dict[str, Any]:
     image, datasets = read_series(spec["files"])
     bundle = cached_bundle(spec["bundle_path"], spec.get("device", "cpu"))
     model = ModelTag(spec["model_name"], str(spec["version"]))
-    mask = predict_image(bundle, image, keep_largest=True if spec.get("keep_largest") else None,  # else: bundle's default
+    mask = predict_image(bundle, model_input(bundle, image, spec), keep_largest=True if spec.get("keep_largest") else None,  # else: bundle's default
                          head=spec.get("head"))
     rows = measurements(mask, image)
     result: dict[str, Any] = {"outputs": {}, "measurements": rows, "model": model.name, "version": model.version}
@@ -124,6 +130,23 @@ def compute_unit(spec: dict[str, Any]) -> dict[str, Any]:
     result["seconds"] = round(time.perf_counter() - t0, 3)
     import json
 
-    (out_dir / "provenance.json").write_text(json.dumps(provenance(config={k: v for k, v in spec.items() if k != "files"},
-                                                                   inputs=[Path(f).name for f in spec["files"]], result=result), indent=2, default=str))
+    inputs = [Path(f).name for f in spec["files"]] + [Path(f).name for fs in spec.get("channel_files") or [] for f in fs]
+    (out_dir / "provenance.json").write_text(json.dumps(provenance(config={k: v for k, v in spec.items() if k not in ("files", "channel_files")},
+                                                                   inputs=inputs, result=result), indent=2, default=str))
     return result
+
+
+def model_input(bundle: Any, image: Any, spec: dict[str, Any]) -> Any:
+    """What the network reads: the series' image, or for a multi-channel model (``spec['channel_files']``: the other
+    channels' series, in the model's order) every channel stacked on this series' grid (others resampled, linear) -
+    the same stacking as ``nmkit predict BUNDLE PT_DIR CT_DIR``."""
+    companions = spec.get("channel_files") or []
+    n_model = len(getattr(bundle, "channels", None) or []) or 1
+    if n_model != 1 + len(companions):
+        raise InputError(None, f"model {spec['model_name']} {spec['version']} takes {n_model} input channel(s) "
+                               f"({', '.join(getattr(bundle, 'channels', None) or ['image'])}); the job has {1 + len(companions)} series")
+    if not companions:
+        return image
+    from ..segment.engines.channels import stack_channels
+
+    return stack_channels([image, *(read_series_image(files) for files in companions)])
