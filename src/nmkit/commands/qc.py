@@ -658,7 +658,7 @@ def _slice_range(text: str, option: str, n: int) -> tuple[int, int]:
 
 def run_spect_contrast(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..quality.qc_spect_contrast import PHANTOMS, ContrastSettings, analyse_contrast, contrast_figure
+    from ..quality.qc_spect_contrast import PHANTOMS, ContrastSettings, analyse_contrast, contrast_figure, upright
     from ..report.html import Report
     from ..units import image_unit
 
@@ -668,12 +668,15 @@ def run_spect_contrast(args: argparse.Namespace) -> int:
         raise InputError(None, f"--wall-mm must be between 0 and 5 mm, got {wall}")
     if args.ratio is not None and not (math.isfinite(args.ratio) and args.ratio >= 0):
         raise InputError(None, f"--ratio must be a non-negative number, got {args.ratio}")
-    image = _read(args.image)
+    # the figure draws on the frame the positions refer to: the phantom axis along the slices (resliced if need be)
+    image, resliced = _in_file_error(args.image, upright, _read(args.image))
     uniform = _slice_range(args.uniform_slices, "--uniform-slices", image.array.shape[0]) if args.uniform_slices else None
     settings = ContrastSettings(diameters_mm=tuple(args.diameters or preset["diameters_mm"]),
                                 polarity=args.spheres or preset["polarity"], ratio=args.ratio, wall_mm=wall,
                                 central_exclusion_mm=preset.get("central_exclusion_mm", 0.0), uniform_slices=uniform)
     table, summary = _in_file_error(args.image, analyse_contrast, image, settings)
+    if resliced:
+        summary["resliced"] = resliced
     unit = image_unit(image.units, image.modality)
     suffix = _unit_suffix(unit)
     values = ("c_sphere_roi", "c_background", "c_extreme_voxel")
@@ -716,6 +719,8 @@ def run_spect_contrast(args: argparse.Namespace) -> int:
          "provenance": provenance(settings.as_dict(), [args.image])})
     report.write(out / "spect_contrast_report.html")
     print(f"NOTE: {note}" if summary["ratio_estimated"] else note)
+    if summary.get("resliced"):
+        print(f"NOTE: {summary['resliced']}")
     print(table[["diameter_mm", "fitted_diameter_mm", "detectability", "contrast_percent", "contrast_recovery_percent"]]
           .to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"wrote {out / 'spect_contrast.csv'}, {out / 'spect_contrast.png'}, {out / 'spect_contrast_report.html'}")

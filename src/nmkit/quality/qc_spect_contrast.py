@@ -4,8 +4,9 @@ phantom (hot fillable spheres), found automatically in a real reconstruction.
 Pipeline (``analyse_contrast``):
 
 1. ``phantom_body``: the cylinder (smoothed image above half its 99.5th percentile, largest component, holes filled
-   per slice). Its axis must be the slice axis: a phantom lying along x or y gets a one-line error (reslice first);
-   any in-plane position or rotation is fine (nothing below depends on an in-plane direction).
+   per slice). ``upright``: a phantom lying along y or x (its mid cross-section along the slices is a rectangle) is
+   resliced so its axis is the slice axis, and the summary says so; any in-plane position or rotation is fine
+   (nothing below depends on an in-plane direction).
 2. ``locate_spheres``: matched filter per diameter, largest first: mean of the relative deviation from the body
    median in a ball of the sphere's diameter minus its mean in a shell 4-10 mm outside it (rods and other long
    structures are cold in the shell too and score low). The polarity (cold or hot) is the sign whose largest-sphere
@@ -116,13 +117,34 @@ def phantom_body(arr: np.ndarray) -> np.ndarray:
     nz, ny, nx = body.shape
     if body.sum() < 0.01 * body.size or body.sum() < 200:
         raise InputError(None, "no phantom found: the bright region is too small (a point source or a non-phantom image?)")
-    mids = [body[nz // 2], body[:, ny // 2, :], body[:, :, nx // 2]]
-    fills = [_fill_fraction(m) for m in mids]
-    if fills[0] > 0.88 and min(fills[1:]) < 0.88:
-        along = "y (rows)" if fills[1] < fills[2] else "x (columns)"
-        raise InputError(None, f"the phantom's cylinder axis lies along {along}, not along the slices (its cross-section "
-                               "there is a rectangle): reslice the volume so the phantom axis is the slice axis")
     return body
+
+
+def cylinder_axis(body: np.ndarray) -> int:
+    """The array axis the phantom cylinder lies along (0: slices, 1: rows/y, 2: columns/x): its mid cross-section
+    across the axis is a disc (fills pi/4 of its bounding box), along it a rectangle (fills ~1)."""
+    nz, ny, nx = body.shape
+    fills = [_fill_fraction(m) for m in (body[nz // 2], body[:, ny // 2, :], body[:, :, nx // 2])]
+    if fills[0] > 0.88 and min(fills[1:]) < 0.88:
+        return 1 if fills[1] < fills[2] else 2
+    return 0
+
+
+def upright(image: Image) -> tuple[Image, str | None]:
+    """The image with the phantom's axis along the slices: unchanged, or resliced (an exact permutation of the voxels,
+    new origin 0 and identity directions) with a note saying so, when the phantom lies along y or x."""
+    arr = _volume(image)
+    axis = cylinder_axis(phantom_body(arr))
+    if axis == 0:
+        return image, None
+    sx, sy, sz = image.spacing
+    new, spacing = (np.moveaxis(arr, 1, 0), (sx, sz, sy)) if axis == 1 else (np.moveaxis(arr, 2, 0), (sy, sz, sx))
+    out = Image(array=np.ascontiguousarray(new), spacing=spacing, modality=image.modality, units=image.units, meta=image.meta)
+    if cylinder_axis(phantom_body(np.asarray(out.array, float))) != 0:  # pragma: no cover - a permutation cannot fail
+        raise InputError(None, "the phantom's axis could not be brought along the slices")
+    along = "y (rows)" if axis == 1 else "x (columns)"
+    return out, (f"the phantom lies along {along}: analysed in planes across its axis; positions are in that "
+                 "resliced frame (z along the phantom axis, origin at the first voxel)")
 
 
 def _ball_kernels(spacing_zyx: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
@@ -327,6 +349,7 @@ def analyse_contrast(image: Image, settings: ContrastSettings | None = None) -> 
         raise InputError(None, f"--spheres must be cold, hot or auto, got {cfg.polarity!r}")
     if cfg.polarity != "auto":
         _check_ratio(cfg.ratio, cfg.polarity)
+    image, resliced = upright(image)
     arr = _volume(image)
     sp = np.asarray(image.spacing, float)[::-1]  # z, y, x
     body = phantom_body(arr)
@@ -379,6 +402,8 @@ def analyse_contrast(image: Image, settings: ContrastSettings | None = None) -> 
                "sphere_plane_z_mm": float(np.median(table["z_mm"].iloc[:3])), "phantom_axis_x_mm": axis[0],
                "phantom_axis_y_mm": axis[1], "phantom_radius_mm": axis[2], "fwhm_largest_sphere_mm": fwhm_ref,
                "fitted_signal_largest_sphere": float(fits[0]["signal"])}
+    if resliced:
+        summary["resliced"] = resliced
     for _, r in table.iterrows():
         key = f"{r['diameter_mm']:g}".replace(".", "p")
         summary[f"contrast_{key}mm_percent"] = float(r["contrast_percent"])
