@@ -65,8 +65,8 @@ def lesion_table(cohort: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
         rows.append({"case_id": case.case_id, "patient_id": case.case_id, "modality": "PT", "series_description": "OSEM",
                      "image": str(cohort / case.osem_pt_dir), "masks": [MaskRef(str(path), "labelmap", label=1, structure="lesion")],
                      "split": split[i]})
-    table = write_dataset(new_table(rows), out / "lesions.csv", {"producer": "bench_bone_study"})
-    return table, truth_test
+    write_dataset(new_table(rows), out / "lesions.csv", {"producer": "bench_bone_study"})
+    return out / "lesions.csv", truth_test
 
 
 def summarise(per_case: "dict[str, object]") -> list[dict]:
