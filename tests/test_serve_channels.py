@@ -95,7 +95,7 @@ def predicted_mask(bundle: Path, study: dict, out: Path, capsys) -> np.ndarray:
 
     code = main(["predict", str(bundle), str(study["pt_dir"]), str(study["ct_dir"]), "--out", str(out), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
-    return np.asarray(read_volume(out / "PT.nii.gz").array)
+    return np.asarray(read_volume(out / f"{study['pt_dir'].name}.nii.gz").array)
 
 
 def seg_mask(seg: pydicom.Dataset, study: dict, where: Path) -> np.ndarray:
@@ -194,3 +194,36 @@ def test_check_validates_channel_keys_against_the_model(tmp_path, registry, caps
     raw = config(tmp_path, 104, registry["registry"], channel_series={"CT": "*CTAC*"})
     path.write_text(yaml.safe_dump(raw))
     assert main(["serve", "--config", str(path), "--check"]) == 0
+
+
+@pytest.mark.slow
+def test_real_pet_with_its_ct_through_the_server(tmp_path, registry, pacs, external_data, capsys):
+    """Real data (pet_sts STS_003): the PET as stored (DICOM, 51 slices of 30 x 29, 5.47 mm pixels) and the patient's
+    CT (NIfTI, 0.98 mm pixels, written here as a DICOM CT series of the same study and frame of reference) sent by
+    C-STORE: the SEG on the PET grid equals `nmkit predict BUNDLE PT_DIR CT_DIR` on the same two series."""
+    from nmkit.io.volume_files import read_volume
+    from nmkit.phantoms.spect_dicom import write_ct_series
+
+    pt_dir = external_data / "pet_sts" / "sts_images" / "STS_003" / "PET" / "dicom" / "image"
+    ct_nifti = external_data / "pet_sts" / "sts_images_flat" / "nifti" / "STS_003_CT_image.nii.gz"
+    if not pt_dir.is_dir() or not ct_nifti.is_file():
+        pytest.skip("pet_sts STS_003 PET DICOM / CT NIfTI not found")
+    pet_files = sorted(pt_dir.glob("*.dcm"))
+    head = pydicom.dcmread(str(pet_files[0]), stop_before_pixels=True)
+    common = {**STUDY_TAGS, **{k: head.get(k) for k in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID",
+                                                       "StudyDate", "StudyTime") if head.get(k) is not None}}
+    ct_dir = tmp_path / "CT"
+    ct_files = write_ct_series(read_volume(ct_nifti), ct_dir, common, f"{ROOT_UID}.9.4", series_number=3)
+    study = {"pt_dir": pt_dir, "ct_dir": ct_dir}
+    cfg = parse_config(config(tmp_path, pacs.port, registry["registry"], companion_wait_seconds=30), None, tmp_path)
+    with Server(cfg) as server:
+        assert set(scu_send(server.port, pet_files + ct_files, called="NMKIT_PETCT")) == {0}
+        wait_for(lambda: pacs.by_class(SEG_CLASS), 120, "the SEG")
+        jobs = server.store.jobs()
+    assert [j.state for j in jobs] == ["done"] and jobs[0].result["companions"][0]["same_frame_of_reference"] is True
+    seg = pacs.by_class(SEG_CLASS)[0]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == head.SeriesInstanceUID and seg.StudyInstanceUID == head.StudyInstanceUID
+    served = seg_mask(seg, study, tmp_path / "served")
+    expected = predicted_mask(registry["bundle"], study, tmp_path / "pred", capsys) == 1
+    assert served.shape == expected.shape == (51, 30, 29) and 0.01 < expected.mean() < 0.99
+    assert np.array_equal(served, expected)
