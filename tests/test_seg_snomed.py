@@ -124,3 +124,37 @@ def test_predict_seg_carries_model_identity(tmp_path):
     assert params["engine"] == "nmkit" and params["tta"] == "none"
     assert ds.SeriesDescription == "blob-liver 0.0.2" and ds.SegmentSequence[0].SegmentLabel == "liver"
     assert ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+
+
+def test_totalsegmentator_output_on_real_ct_gets_its_codes(external_data, tmp_path):
+    """TotalSegmentator's own output for its example CT (20 DICOM slices, 31 classes present; names in class order
+    from its statistics.json): every segment of the SEG is coded from the table, none generic; liver/left upper lobe/
+    T-vertebra codes as the table says."""
+    from conftest import need
+
+    from nmkit.io.dicom_series import stack_slices
+    from nmkit.io.image import Mask
+    from nmkit.io.seg import write_seg
+    from nmkit.io.volume_files import read_volume
+
+    ref = need(external_data, "ct_totalsegmentator/tests/reference_files")
+    names = list(json.loads((ref / "example_seg_fast" / "statistics.json").read_text()))
+    assert len(names) == 117 and names[4] == "liver"
+    labels = read_volume(ref / "example_seg_dicom.nii.gz").array
+    image, sources = stack_slices(sorted((ref / "example_ct_dicom").iterdir()))
+    for source in sources:  # the anonymised example slices carry an empty SOPClassUID, which a SEG must reference
+        source.SOPClassUID = source.SOPClassUID or pydicom.uid.CTImageStorage
+    present = [int(v) for v in np.unique(labels) if v]
+    mask = Mask.like(image, labels.astype(np.uint8), labels={v: names[v - 1] for v in present})
+    ds = pydicom.dcmread(str(write_seg(mask, sources, tmp_path / "ts.dcm", algorithm_name="TotalSegmentator")))
+    coded = {str(s.SegmentLabel): s for s in ds.SegmentSequence}
+    assert len(coded) == len(present) >= 30
+    generic = [n for n, s in coded.items() if s.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"]
+    assert generic == []
+    assert coded["liver"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    for name, item in coded.items():
+        side = item.SegmentedPropertyTypeCodeSequence[0].get("SegmentedPropertyTypeModifierCodeSequence")
+        if name.endswith("_left") or "_left_" in name:
+            assert side is not None and side[0].CodeValue == "7771000", name
+        if name.endswith("_right") or "_right_" in name:
+            assert side is not None and side[0].CodeValue == "24028007", name
