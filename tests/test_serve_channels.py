@@ -227,3 +227,27 @@ def test_real_pet_with_its_ct_through_the_server(tmp_path, registry, pacs, exter
     expected = predicted_mask(registry["bundle"], study, tmp_path / "pred", capsys) == 1
     assert served.shape == expected.shape == (51, 30, 29) and 0.01 < expected.mean() < 0.99
     assert np.array_equal(served, expected)
+
+
+def test_retention_purges_companion_series_with_their_study(tmp_path):
+    """retention_days: a finished PET+CT job's inputs go, the CT (which made no job) included; a series of the study
+    still arriving (not yet quiet, so no job yet) stays."""
+    from nmkit.serve.db import Store
+
+    store = Store(tmp_path / "db.sqlite")
+    files = {}
+    for series in ("pt", "ct"):
+        files[series] = tmp_path / f"{series}.dcm"
+        files[series].write_bytes(b"x")
+        store.record_received(sop_uid=f"1.{len(files)}", instances=["petct"], series_uid=series, study_uid="9.9", path=str(files[series]),
+                              sop_class_uid="", calling_ae="SCU", called_ae="NMKIT", when=0.0)
+    assert len(store.enqueue_quiet_series(1.0, wants_job=lambda row: row["series_uid"] == "pt")) == 1
+    late = tmp_path / "late.dcm"
+    late.write_bytes(b"x")
+    store.record_received(sop_uid="1.3", instances=["petct"], series_uid="late", study_uid="9.9", path=str(late), sop_class_uid="",
+                          calling_ae="SCU", called_ae="NMKIT", when=time.time() + 100)
+    job = store.claim("me", 10.0, 3)
+    assert store.purge_finished(0.0, tmp_path) == 0 and files["ct"].exists()  # running: nothing purged
+    store.complete(job.id, "me", {"outputs": {}})
+    assert store.purge_finished(0.0, tmp_path, now=time.time() + 1) == 1
+    assert not files["pt"].exists() and not files["ct"].exists() and late.exists()

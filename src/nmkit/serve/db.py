@@ -250,7 +250,25 @@ class Store:
             shutil.rmtree(storage / "results" / r["id"], ignore_errors=True)
             with self.tx() as c:
                 c.execute("UPDATE jobs SET result=json_set(COALESCE(result, '{}'), '$.purged', json('true')) WHERE id=?", (r["id"],))
+            for f in self._finished_companion_files(r["instance"], r["series_uid"]):
+                Path(f).unlink(missing_ok=True)
         return len(rows)
+
+    def _finished_companion_files(self, instance: str, series_uid: str) -> list[str]:
+        """Files of the series of a study that made no job of their own (companion channels of a multi-channel
+        instance), once every job of that study for the instance is finished and purged; none for single-channel use."""
+        row = self.series_row(instance, series_uid)
+        if row is None or not row["study_uid"]:
+            return []
+        study = self.query("SELECT series_uid FROM series WHERE instance=? AND study_uid=? AND queued_revision >= revision",
+                           (instance, row["study_uid"]))  # handled (quiet) series only: one still arriving may yet make a job
+        jobs = self.query("""SELECT j.series_uid, j.state, json_extract(j.result, '$.purged') AS purged FROM jobs j JOIN series s
+                             ON s.series_uid=j.series_uid AND s.instance=j.instance WHERE j.instance=? AND s.study_uid=?""",
+                          (instance, row["study_uid"]))
+        if any(j["state"] not in ("done", "cancelled") or not j["purged"] for j in jobs):
+            return []
+        with_jobs = {j["series_uid"] for j in jobs}
+        return [f for s in study if s["series_uid"] not in with_jobs for f in self.series_files(instance, s["series_uid"])]
 
     def series_files(self, instance: str, series_uid: str) -> list[str]:
         return [r["path"] for r in self.query("SELECT path FROM received WHERE instance=? AND series_uid=? ORDER BY path", (instance, series_uid))]
