@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import Destination
 from .logs import event
+from .outcomes import status_outcome  # noqa: F401 - the C-STORE status mapping, shared with serve.stow
 
 
 class SendError(RuntimeError):
@@ -51,16 +52,6 @@ def c_store(destination: Destination, path: Path, calling_ae: str, timeout_s: fl
     if not status or "Status" not in status:
         raise SendError(f"no C-STORE response from {destination.name}")
     return int(status.Status)
-
-
-def status_outcome(status: int, destination: str) -> tuple[str, str]:
-    """A DICOM C-STORE status (or STOW-RS failure reason) as a delivery outcome: success and warnings are "ok",
-    0xA7xx (out of resources) "retry", any other refusal "failed"."""
-    if status == 0x0000 or (status & 0xF000) == 0xB000:
-        return "ok", ""
-    if (status & 0xFF00) == 0xA700:
-        return "retry", f"status 0x{status:04X} (out of resources at {destination})"
-    return "failed", f"status 0x{status:04X}"
 
 
 def try_send(destination: Destination, path: Path, calling_ae: str, timeout_s: float = 30.0) -> tuple[str, str]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Destination
+from .outcomes import status_outcome
 
 #: PS3.18 Table 10.5.3-1 / PS3.4 C-STORE statuses a STOW-RS server may give as FailureReason (0008,1197)
 FAILURE_REASONS = {0x0110: "processing failure", 0x0111: "duplicate SOP instance", 0x0122: "SOP class not supported",
@@ -279,8 +280,6 @@ def failure_text(code: int | None) -> str:
 
 def classify(answer: StowAnswer, sop_uid: str, destination: str, n_instances: int = 1) -> tuple[str, str]:
     """The outcome of one instance of a STOW-RS request from the server's answer (see the module doc)."""
-    from .sender import status_outcome
-
     head = f"HTTP {answer.status}{' ' + answer.phrase if answer.phrase else ''} from {destination}"
     said = f": {answer.message}" if answer.message else ""
     code = answer.failed.get(sop_uid)
