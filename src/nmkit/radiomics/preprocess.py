@@ -166,8 +166,8 @@ def _cubic_bspline_along(coef: np.ndarray, coords: np.ndarray, axis: int) -> np.
                 np.multiply(coef[lead + (int(j[i]),)], w[i], out=tmp)
                 o += tmp
         return out
-    if coef.ndim == 3 and coef.size >= PLANE_LOOP_MIN * coef.shape[0]:  # last axis: one outer plane at a time,
-        taps = [np.clip(i0 + offset, 0, n - 1) for offset in (-1, 0, 1, 2)]  # so the gathers stay in cache
+    if axis == 2 and coef.ndim == 3 and coef.size >= PLANE_LOOP_MIN * coef.shape[0]:  # last axis: one outer plane,
+        taps = [np.clip(i0 + offset, 0, n - 1) for offset in (-1, 0, 1, 2)]  # at a time: gathers stay in cache
         out = np.empty(coef.shape[:2] + (coords.size,))
         tmp = np.empty((coef.shape[1], coords.size))
         for z in range(coef.shape[0]):
@@ -195,11 +195,15 @@ def _tricubic(a: np.ndarray, coords: list[np.ndarray]) -> np.ndarray:
     Exactly ``ndimage.map_coordinates(a, mesh, order=3, mode='nearest', prefilter=True)`` (same edge pre-padding
     and spline prefilter) but separable: the prefilter and the 4-tap evaluation along one axis commute with
     those along the others, so each axis is filtered and then immediately shrunk to the output grid, and later
-    axes are filtered on smaller arrays."""
+    axes are filtered on smaller arrays. Edge padding along one axis also commutes with work along the others
+    (it copies whole planes), so each axis is padded only when its turn comes: the same values, fewer lines."""
     from scipy import ndimage
 
-    out = np.pad(np.asarray(a, dtype=np.float64), SPLINE_PREPAD, mode="edge")
+    out = np.asarray(a, dtype=np.float64)
     for ax in sorted(range(3), key=lambda k: len(coords[k]) / a.shape[k]):
+        widths = [(0, 0)] * out.ndim
+        widths[ax] = (SPLINE_PREPAD, SPLINE_PREPAD)
+        out = np.pad(out, widths, mode="edge")
         out = ndimage.spline_filter1d(out, order=3, axis=ax, output=np.float64, mode="nearest")
         out = _cubic_bspline_along(out, coords[ax] + SPLINE_PREPAD, ax)
     return out
