@@ -97,6 +97,9 @@ no pixel spacing). Mean over both lungs: **{summary['dice_mean']:.3f}** (95 % CI
 
 {table}
 
+Use: `nmkit predict BUNDLE radiograph.png --out DIR` (the bundle recommends no test-time flips: a mirrored chest would
+swap the lung labels).
+
 Reproduce: `nice -n 19 .venv/bin/python bench/bench_cxr_lung_bundle.py --out {out} --size {args.size} --iterations {args.iterations} --batch-size {args.batch_size}` (nmkit repository).
 """
 
@@ -166,6 +169,9 @@ def main() -> int:
                                "licence": "mostly CC BY-NC-SA: weights inherit non-commercial terms", "iterations": args.iterations,
                                "train_seconds": seconds},
                  name="cxr-lungs-diffusion-unet")
+    description = json.loads((bundle / "bundle.json").read_text())  # no test-time flips: labels 1/2 are the patient's sides
+    description["postprocessing"] = {"flips": [], "keep_largest": False, "fill_holes": False}
+    (bundle / "bundle.json").write_text(json.dumps(description, indent=2))
     (bundle / "MODEL_CARD.md").write_text(model_card(out, args, table, summary, len(items), len({i.patient for i in items}), seconds))
     loaded = load_bundle(bundle, device="cpu")  # the bundle rebuilds the same network: same logits on one image
     x = torch.rand(1, 1, args.size, args.size)

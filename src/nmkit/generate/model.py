@@ -272,11 +272,15 @@ def save_diffusion(model: torch.nn.Module, config: DiffusionConfig, out_dir: str
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out_dir / WEIGHTS))
+    tmp = out_dir / (WEIGHTS + ".tmp")  # write then rename: a run killed while saving keeps its previous checkpoint
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(out_dir / WEIGHTS)
     description = {"format": FORMAT, "config": config.to_dict(), "history": history or [], "n_training_images": len(inputs), "training_source": source,
                    "training_images": list(inputs)[:1000], "libraries": library_versions(),
                    "provenance": provenance(config.to_dict(), inputs=list(inputs)[:1000])}
-    (out_dir / DESCRIPTION).write_text(json.dumps(description, indent=2))
+    tmp = out_dir / (DESCRIPTION + ".tmp")
+    tmp.write_text(json.dumps(description, indent=2))
+    tmp.replace(out_dir / DESCRIPTION)
     return out_dir
 
 
