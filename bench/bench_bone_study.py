@@ -122,7 +122,7 @@ def main() -> None:
         bundle = out / f"bundle_{engine}"
         if engine == "own":
             timings["train_own_s"] = nmkit("train", str(table), "--out", str(bundle), "--dims", "3", "--size", *map(str, args.size),
-                                           "--network", "unet", "--width", str(args.width), "--normalisation", "percentile",
+                                           "--network", "unet", "--width", str(args.width), "--normalisation", "zscore",
                                            "--loss", "dice-ce", "--batch-size", "2", *common)
         else:
             timings["train_nnunet_s"] = nmkit("train", "--engine", "nnunet", str(table), "--out", str(bundle), "--val-iterations", "1",
