@@ -59,3 +59,44 @@ def test_overlay_burns_contour_only():
     red = (rgb[..., 0] == 255) & (rgb[..., 1] == 40)
     assert red.sum() == 36 and red[5, 5] and not red[10, 10]  # a 10x10 square has a 36-pixel outline
     assert (rgb[10, 10] == rgb[10, 10, 0]).all()  # inside stays grey
+
+
+def test_the_model_gets_pet_in_the_units_it_was_trained_on(pet_series, tmp_path):
+    """One rule (segment.bundle.pet_suv_reading) for predict and the server: SUV for a model that normalises a channel
+    as SUV or a foreign engine with a PET channel; as stored (Bq/ml) otherwise; SUV wanted but not computable -> the
+    job fails with the missing tag named (never Bq/ml in place of SUV)."""
+    from types import SimpleNamespace
+
+    from nmkit.errors import InputError
+    from nmkit.segment.bundle import pet_suv_reading
+    from nmkit.serve.worker import as_model_reads
+
+    def model(normalisation, channels=None, per_channel=None):
+        return SimpleNamespace(preprocessing=SimpleNamespace(normalisation=normalisation, channel_normalisations=per_channel),
+                               channels=channels)
+
+    assert pet_suv_reading(model("suv")) == "bw"
+    assert pet_suv_reading(model("zscore", ["PT", "CT"], ("suv", "window"))) == "bw"
+    assert pet_suv_reading(model("engine", ["PET", "CT"])) == "bw"  # e.g. an autoPET nnU-Net results folder
+    assert pet_suv_reading(model("engine", ["CT"])) is None
+    assert pet_suv_reading(model("zscore")) is None
+
+    files, hot = pet_series
+    paths = [str(f) for f in files]
+    image, _ = read_series(paths)
+    assert image.units == "g/ml"
+    stored = as_model_reads(model("zscore"), image, paths)
+    assert stored.units != "g/ml" and float(np.asarray(stored.array)[hot].mean()) == pytest.approx(20000.0, rel=1e-3)
+    assert as_model_reads(model("suv"), image, paths) is image
+    no_weight = []
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.PatientWeight
+        out = tmp_path / "noweight" / f.name
+        out.parent.mkdir(exist_ok=True)
+        ds.save_as(out)
+        no_weight.append(str(out))
+    as_stored, _ = read_series(no_weight)
+    assert as_stored.units != "g/ml"  # the SR then reports Bq/ml
+    with pytest.raises(InputError, match="PatientWeight|weight"):
+        as_model_reads(model("suv"), as_stored, no_weight)

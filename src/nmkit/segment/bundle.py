@@ -246,3 +246,22 @@ def _load_member(net: dict[str, Any], weights: Path, bundle: Path) -> nn.Module:
 def load_models(bundle: Bundle) -> list[nn.Module]:
     """Every model of a loaded bundle (the k folds of an ensemble, else the one model), loaded once by load_bundle."""
     return list(bundle.models)
+
+
+def pet_suv_reading(model: Any) -> str | None:
+    """How DICOM PET is read for ``model`` (an nmkit bundle or a foreign engine's model): ``"bw"`` (SUV, body
+    weight) or None (as stored, Bq/ml).
+
+    One rule for ``nmkit predict`` and the server, so both feed the network the same numbers: SUV when the
+    model normalises a channel as ``suv`` (own engine, one or several channels), or when it is a foreign engine
+    (nnU-Net, MONAI) with a PET channel - community PET models (autoPET baselines, LION) are trained on SUV
+    images, and nnU-Net's z-score normalisation of a PET channel does not depend on the scale."""
+    prep = getattr(model, "preprocessing", None)
+    kinds = {getattr(prep, "normalisation", None), *(getattr(prep, "channel_normalisations", None) or ())}
+    if "suv" in kinds:
+        return "bw"
+    if "engine" in kinds:
+        channels = [str(c).upper() for c in (getattr(model, "channels", None) or [])]
+        if any(c in ("PT", "SUV") or "PET" in c for c in channels):
+            return "bw"
+    return None

@@ -108,10 +108,10 @@ def compute_unit(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     out_dir = Path(spec["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    image, datasets = read_series(spec["files"])
+    image, datasets = read_series(spec["files"])  # PET in SUV when the header allows: the SR reports SUV
     bundle = cached_bundle(spec["bundle_path"], spec.get("device", "cpu"))
     model = ModelTag(spec["model_name"], str(spec["version"]))
-    mask = predict_image(bundle, model_input(bundle, image, spec), keep_largest=True if spec.get("keep_largest") else None,  # else: bundle's default
+    mask = predict_image(bundle, model_input(bundle, as_model_reads(bundle, image, spec["files"]), spec), keep_largest=True if spec.get("keep_largest") else None,  # else: bundle's default
                          head=spec.get("head"))
     rows = measurements(mask, image)
     result: dict[str, Any] = {"outputs": {}, "measurements": rows, "model": model.name, "version": model.version}
@@ -149,4 +149,24 @@ def model_input(bundle: Any, image: Any, spec: dict[str, Any]) -> Any:
         return image
     from ..segment.engines.channels import stack_channels
 
-    return stack_channels([image, *(read_series_image(files) for files in companions)])
+    return stack_channels([image, *(as_model_reads(bundle, read_series_image(files), files) for files in companions)])
+
+
+def as_model_reads(bundle: Any, image: Any, files: list[str]) -> Any:
+    """``image`` in the units the model was trained on (``segment.bundle.pet_suv_reading``, the rule `nmkit predict`
+    follows): a PET read in SUV is read again as stored for a model that does not take SUV; a model that takes SUV
+    on a PET whose header cannot give it fails the job with the reason (never Bq/ml in place of SUV)."""
+    from ..io.reader import read_series_files
+    from ..segment.bundle import pet_suv_reading
+
+    if image.modality != "PT":
+        return image
+    suv = image.meta.get("suv") or {}
+    in_suv = bool(suv) or image.units == "g/ml"
+    converted = bool(suv) and float(suv.get("factor", 1.0)) != 1.0  # stored Bq/ml made SUV (not stored as SUV, GML)
+    wanted = pet_suv_reading(bundle)
+    if wanted and not in_suv:
+        return read_series_files([Path(f) for f in files], suv=wanted)  # raises the header's missing tag, named
+    if not wanted and converted:
+        return read_series_files([Path(f) for f in files])
+    return image
