@@ -44,6 +44,7 @@ KNOWN_INTERNAL: dict[tuple[str, str], str] = {
 #: (command words, case id): the "bad" input is valid for this command (exit 0 is right)
 VALID_INPUT = {
     ("evaluate", "png"): "a PNG label map against a PNG label map is a valid 2D evaluation",
+    ("featuremap", "png"): "a PNG radiograph is a planar image: its whole-image feature maps are valid output",
 }
 
 #: argument destinations that name an input file or folder (must exist)
@@ -62,6 +63,7 @@ ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stay
     (("train",), "name"): "value",  # bundle name
     (("pull",), "db"): "output",  # the catalog a pull indexes into (created when missing)
     (("predict",), "checkpoint_name"): "value",  # nnU-Net checkpoint file name inside each fold_N (issue 23)
+    (("synth", "train"), "checkpoint_every"): "value",  # save a checkpoint every N epochs (issue 18)
     (("network",), "batch_col"): "value",  # a column name of the organ table (issue 17)
     (("manifest",), "patient_key"): "value", (("manifest",), "labels"): "value",  # column name, VALUE=NAME (issue 18)
     # QC (issue #16): `qc trend` reads a history database; the other qc tests append to a history folder
