@@ -211,3 +211,14 @@ def test_fine_tuning_starts_from_given_weights(tmp_path):
     a, b = load_weights(first / "model.safetensors"), load_weights(second / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((second / "bundle.json").read_text())["training_data"]["initialisation"]["init_weights"].endswith("model.safetensors")
+
+
+def test_every_normalisation_gives_float32_network_input():
+    """NumPy 2 promotes float32 arrays combined with float64 scalars (a percentile) to float64, which a float32 network
+    refuses ("Input type (double) and bias type (float)"): the network input is float32 whatever the normalisation."""
+    from nmkit.segment.preprocess import NORMALISATIONS, Preprocessing, normalise
+
+    x = np.random.default_rng(0).gamma(2.0, 100.0, (8, 16, 16)).astype(np.float32)
+    for kind in NORMALISATIONS:
+        out = normalise(x, Preprocessing(normalisation=kind))
+        assert out.dtype == np.float32 and out.shape == x.shape and np.isfinite(out).all(), kind

@@ -94,7 +94,12 @@ def normalise_channels(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 def normalise(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Map raw image values to network input (float32)."""
+    """Map raw image values to network input (float32 always: NumPy 2 promotes a float32 array combined with a
+    float64 scalar such as a percentile to float64, which a float32 network refuses)."""
+    return np.asarray(_normalised(array, prep), dtype=np.float32)
+
+
+def _normalised(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
     x = np.asarray(array, dtype=np.float32)
     kind = prep.normalisation
     if kind == "counts":
