@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=3, default=(32, 32, 32), help="own engine patch (z y x)")
     parser.add_argument("--width", type=int, default=8, help="own engine network width")
     parser.add_argument("--engines", nargs="+", default=["own", "nnunet"], choices=("own", "nnunet"))
+    parser.add_argument("--nnunet-epochs", type=int, default=None, help="nnU-Net epochs (default: --epochs; an nnU-Net "
+                                                                         "iteration costs several own-engine ones on a CPU)")
+    parser.add_argument("--reuse", action="store_true", help="reuse an engine's evaluation already in --out")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,17 +123,22 @@ def main() -> None:
 
     for engine in args.engines:
         bundle = out / f"bundle_{engine}"
+        evaluation = out / f"eval_{engine}.csv"
+        if args.reuse and evaluation.exists():
+            print(f"reusing {evaluation}")
+            per_case[engine] = pd.read_csv(evaluation)
+            continue
         if engine == "own":
             timings["train_own_s"] = nmkit("train", str(table), "--out", str(bundle), "--dims", "3", "--size", *map(str, args.size),
                                            "--network", "unet", "--width", str(args.width), "--normalisation", "zscore",
                                            "--loss", "dice-ce", "--batch-size", "2", *common)
         else:
+            epochs = str(args.nnunet_epochs or args.epochs)
             timings["train_nnunet_s"] = nmkit("train", "--engine", "nnunet", str(table), "--out", str(bundle), "--val-iterations", "1",
-                                              "--threads", "2", *common)
+                                              "--threads", "2", *common[:2], "--epochs", epochs, *common[4:])
         pred = out / f"pred_{engine}"
         timings[f"predict_{engine}_s"] = nmkit("predict", str(bundle), str(table), "--split", "test", "--out", str(pred), "--no-tta",
                                                "--device", "cpu")
-        evaluation = out / f"eval_{engine}.csv"
         nmkit("evaluate", "--pred", str(pred), "--truth", str(truth_test), "--lesions", "--connectivity", "18", "--out", str(evaluation))
         per_case[engine] = pd.read_csv(evaluation)
     rows = summarise(per_case)
