@@ -85,11 +85,12 @@ def summarise(runs: pd.DataFrame, out: Path) -> str:
     for init, g in c.groupby("init"):
         ax.errorbar(g.n, g["mean"], yerr=[g["mean"] - g.lo, g.hi - g["mean"]], marker="o", capsize=3, label=init)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sorted(c.n.unique()))
     ax.set_xticklabels([str(v) for v in sorted(c.n.unique())])
     ax.set_xlabel("labelled images")
     ax.set_ylabel("test Dice, mean of both lungs")
-    ax.set_title("cxr_lungs few-label (patient CV, 95 % CI)")
+    ax.set_title(f"cxr_lungs few-label, {int(runs.groupby(['n_labelled', 'init']).size().max())} runs/point (95 % CI)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "learning_curve.png", dpi=120)
