@@ -169,13 +169,16 @@ def image_fields(image, source: dict[str, Any], case_id: str) -> dict[str, Any]:
 
 
 def _default_suv(option: str | None, bundle) -> str | None:
-    """SUV reading of DICOM PET: the option, else ``bw`` when the bundle was trained on SUV images."""
+    """SUV reading of DICOM PET: the option, else the model's rule (``segment.bundle.pet_suv_reading``, which the
+    server follows too): ``bw`` for a model trained on SUV or a foreign engine with a PET channel."""
+    from ..segment.bundle import pet_suv_reading
+
     if option is not None:
         return None if option == "none" else option
-    if bundle.preprocessing.normalisation == "suv":
-        log.info("bundle %s was trained on SUV: DICOM PET is read in SUV (body weight); --suv none to read as stored", bundle.name)
-        return "bw"
-    return None
+    suv = pet_suv_reading(bundle)
+    if suv:
+        log.info("model %s takes PET in SUV: DICOM PET is read in SUV (body weight); --suv none to read as stored", bundle.name)
+    return suv
 
 
 def _write_label_names(mask_path: Path, labels: dict[int, str]) -> Path:
