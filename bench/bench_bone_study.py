@@ -6,11 +6,9 @@ Steps, each an ``nmkit`` command (printed, so they can be rerun by hand):
    ``lesion`` (the truth's lesion labels 10+ merged), split by patient into train/val/test;
 3. ``nmkit train`` (own engine, 3D U-Net) and ``nmkit train --engine nnunet`` on the same table;
 4. ``nmkit predict`` of both on the test split; ``nmkit evaluate --lesions`` of both against the truth;
-5. a table per engine: mean Dice, HD95 (mm) and lesion-wise F1 with 95 % bootstrap CIs over test patients
-   (``segment.study.bootstrap_ci``, percentile method), and the paired difference own - nnU-Net with its CI.
-
-``nmkit study compare`` trains only own-engine variants (network:loss pairs), so the two engines are compared here from
-``nmkit evaluate``'s per-case tables with the same bootstrap as ``study compare``.
+5. ``nmkit study evaluations own=... nnunet=...``: mean Dice, HD95 (mm) and lesion-wise F1 with 95 % bootstrap CIs
+   over test patients (the percentile bootstrap of ``study compare``), and the paired difference own - nnU-Net with
+   its CI (``--out``/compare/evaluations.csv and .png).
 
 CPU scale (minutes, not a result to quote for accuracy): a handful of patients, a few epochs. Run:
     nice -n 19 .venv/bin/python bench/bench_bone_study.py --out /tmp/bone_study [--patients 10] [--epochs 4]
@@ -69,30 +67,6 @@ def lesion_table(cohort: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
     return out / "lesions.csv", truth_test
 
 
-def summarise(per_case: "dict[str, object]") -> list[dict]:
-    """Mean and 95 % bootstrap CI per engine and metric, and the paired difference own - nnunet."""
-    from nmkit.segment.study import bootstrap_ci
-
-    rows = []
-    metrics = ("dice", "hd95_mm", "lesion_f1")
-    for engine, df in per_case.items():
-        for metric in metrics:
-            values = df[metric].to_numpy(float)
-            lo, hi = bootstrap_ci(values)
-            finite = values[np.isfinite(values)]
-            rows.append({"engine": engine, "metric": metric, "mean": float(finite.mean()) if len(finite) else float("nan"),
-                         "ci_low": lo, "ci_high": hi, "n": int(len(finite)), "n_not_finite": int(len(values) - len(finite))})
-    if {"own", "nnunet"} <= set(per_case):
-        a, b = per_case["own"].set_index("case"), per_case["nnunet"].set_index("case")
-        for metric in metrics:
-            diff = (a[metric] - b[metric]).to_numpy(float)
-            lo, hi = bootstrap_ci(diff)
-            finite = diff[np.isfinite(diff)]
-            rows.append({"engine": "own - nnunet", "metric": metric, "mean": float(finite.mean()) if len(finite) else float("nan"),
-                         "ci_low": lo, "ci_high": hi, "n": int(len(finite)), "n_not_finite": int(len(diff) - len(finite))})
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="work folder")
@@ -141,9 +115,11 @@ def main() -> None:
                                                "--device", "cpu")
         nmkit("evaluate", "--pred", str(pred), "--truth", str(truth_test), "--lesions", "--connectivity", "18", "--out", str(evaluation))
         per_case[engine] = pd.read_csv(evaluation)
-    rows = summarise(per_case)
-    summary = pd.DataFrame(rows)
-    summary.to_csv(out / "summary.csv", index=False)
+    # the comparison itself: `nmkit study evaluations` (means, bootstrap CIs, paired own - nnunet)
+    tables = [f"{engine}={out / f'eval_{engine}.csv'}" for engine in per_case]
+    reference = ["--reference", "nnunet"] if "nnunet" in per_case else []
+    nmkit("study", "evaluations", *tables, *reference, "--metrics", "dice", "hd95_mm", "lesion_f1", "--out", str(out / "compare"))
+    summary = pd.read_csv(out / "compare" / "evaluations.csv")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(json.dumps({k: round(v, 1) for k, v in timings.items()}))
 

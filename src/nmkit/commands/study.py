@@ -46,7 +46,63 @@ def register(sub: argparse._SubParsersAction) -> None:
                     type=variant_item, help="NETWORK:LOSS pairs")
     cp.add_argument("--limit", type=int, default=None, help="training cases to use")
     cp.set_defaults(func=run_compare)
+    ev = ss.add_parser("evaluations", help="compare models of any engine from their `nmkit evaluate` tables: means, "
+                                          "bootstrap CIs and paired differences (Dice, HD95, lesion-wise F1 ...)",
+                       description="Reads one `nmkit evaluate` per-case table per model (own engine, nnU-Net, MONAI bundle, "
+                                   "an expert...), matched by case and structure. Writes OUT/evaluations.csv (per model and "
+                                   "metric: mean, 95 % bootstrap CI over cases, count of non-finite values; then each model "
+                                   "minus the reference, paired), evaluations.png and evaluations.provenance.json.")
+    ev.add_argument("tables", nargs="+", type=variant_table, metavar="NAME=EVALUATION_CSV",
+                    help="a model's name and its `nmkit evaluate --out` table (add --lesions there for lesion_f1)")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.add_argument("--reference", default=None, help="model the others are compared with, paired (default: the last one)")
+    ev.add_argument("--metrics", nargs="+", default=None,
+                    help="columns to compare (default: dice, hd95_mm, assd_mm, nsd, lesion_f1/recall/precision, "
+                         "abs_volume_difference_ml where every table has them)")
+    ev.set_defaults(func=run_evaluations)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def variant_table(text: str) -> tuple[str, str]:
+    """``NAME=EVALUATION_CSV`` -> (name, path)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=EVALUATION_CSV, got {text!r}")
+    return name, path
+
+
+def run_evaluations(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ..errors import InputError
+    from ..provenance import provenance
+    from ..segment.study import compare_evaluations, plot_evaluations
+
+    tables = {}
+    for name, path in args.tables:
+        if name in tables:
+            raise InputError(None, f"model name {name!r} given twice")
+        if not Path(path).is_file():
+            raise InputError(path, "no such evaluation table")
+        try:
+            tables[name] = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"not a CSV table ({exc})") from exc
+        if "case" not in tables[name].columns:
+            raise InputError(path, "not an `nmkit evaluate` table (no 'case' column)")
+    summary = compare_evaluations(tables, args.metrics, args.reference)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "evaluations.csv", index=False)
+    plot_evaluations(summary, out / "evaluations.png")
+    (out / "evaluations.provenance.json").write_text(json.dumps(provenance(
+        {"reference": args.reference or list(tables)[-1], "metrics": args.metrics, "bootstrap": "percentile, 2000 resamples, 95 %"},
+        [path for _, path in args.tables], n_rows=int(len(summary))), indent=2, default=str))
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
 
 
 def _setup(args: argparse.Namespace, networks: list[str] | None = None):

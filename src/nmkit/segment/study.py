@@ -179,3 +179,79 @@ def plot_compare(results: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+#: metrics compared by ``compare_evaluations`` when present in the tables, with their units
+EVALUATION_METRICS = {"dice": "1", "hd95_mm": "mm", "assd_mm": "mm", "nsd": "1", "lesion_f1": "1", "lesion_recall": "1",
+                      "lesion_precision": "1", "abs_volume_difference_ml": "ml"}
+
+
+def compare_evaluations(tables: dict[str, pd.DataFrame], metrics: Sequence[str] | None = None,
+                        reference: str | None = None, n_boot: int = 2000) -> pd.DataFrame:
+    """Compare models of any engine from their ``nmkit evaluate`` per-case tables (``{name: table}``).
+
+    Per model and metric: mean of the finite values and a 95 % percentile-bootstrap CI over cases (the bootstrap of
+    ``study compare``), how many values were not finite (an empty prediction or truth); then, against ``reference``
+    (default: the last model), the paired difference model - reference over the cases both evaluated, with its CI.
+    Rows are matched by case and structure."""
+    from ..errors import InputError
+
+    if len(tables) < 1:
+        raise InputError(None, "give at least one evaluation table")
+    names = list(tables)
+    reference = reference or names[-1]
+    if reference not in tables:
+        raise InputError(None, f"reference {reference!r} is not among the models {names}")
+    keyed = {}
+    for name, df in tables.items():
+        if "case" not in df.columns:
+            raise InputError(None, f"{name}: not an `nmkit evaluate` table (no 'case' column)")
+        keys = ["case"] + (["structure"] if "structure" in df.columns else [])
+        keyed[name] = df.set_index(keys)
+    chosen = list(metrics) if metrics else [m for m in EVALUATION_METRICS if all(m in df.columns for df in tables.values())]
+    missing = [m for m in chosen if not all(m in df.columns for df in tables.values())]
+    if missing:
+        raise InputError(None, f"metric(s) {missing} not in every table (run `nmkit evaluate --lesions` for lesion_f1)")
+    rows = []
+    for name in names:
+        for metric in chosen:
+            values = keyed[name][metric].to_numpy(float)
+            finite = values[np.isfinite(values)]
+            lo, hi = bootstrap_ci(finite, n_boot=n_boot) if len(finite) else (float("nan"), float("nan"))
+            rows.append({"model": name, "comparison": "", "metric": metric, "unit": EVALUATION_METRICS.get(metric, ""),
+                         "mean": float(finite.mean()) if len(finite) else float("nan"), "ci_low": lo, "ci_high": hi,
+                         "n_cases": int(len(finite)), "n_not_finite": int(len(values) - len(finite))})
+    for name in names:
+        if name == reference:
+            continue
+        both = keyed[name].index.intersection(keyed[reference].index)
+        for metric in chosen:
+            diff = (keyed[name].loc[both, metric].to_numpy(float) - keyed[reference].loc[both, metric].to_numpy(float))
+            finite = diff[np.isfinite(diff)]
+            lo, hi = bootstrap_ci(finite, n_boot=n_boot) if len(finite) else (float("nan"), float("nan"))
+            rows.append({"model": name, "comparison": f"{name} - {reference}", "metric": metric,
+                         "unit": EVALUATION_METRICS.get(metric, ""), "mean": float(finite.mean()) if len(finite) else float("nan"),
+                         "ci_low": lo, "ci_high": hi, "n_cases": int(len(finite)), "n_not_finite": int(len(diff) - len(finite))})
+    return pd.DataFrame(rows)
+
+
+def plot_evaluations(summary: pd.DataFrame, path: Path) -> None:
+    """One panel per metric: each model's mean with its 95 % CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_model = summary[summary["comparison"] == ""]
+    metrics = list(dict.fromkeys(per_model["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        part = per_model[per_model["metric"] == metric]
+        x = np.arange(len(part))
+        ax.errorbar(x, part["mean"], yerr=[part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]], fmt="o", capsize=4)
+        ax.set_xticks(x, part["model"], rotation=30)
+        unit = part["unit"].iloc[0]
+        ax.set_title(f"{metric} ({unit})" if unit and unit != "1" else metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
