@@ -6,7 +6,7 @@ Steps, each an ``nmkit`` command (printed, so they can be rerun by hand):
    ``lesion`` (the truth's lesion labels 10+ merged), split by patient into train/val/test;
 3. ``nmkit train`` (own engine, 3D U-Net) and ``nmkit train --engine nnunet`` on the same table;
 4. ``nmkit predict`` of both on the test split; ``nmkit evaluate --lesions`` of both against the truth;
-5. ``nmkit study evaluations own=... nnunet=...``: mean Dice, HD95 (mm) and lesion-wise F1 with 95 % bootstrap CIs
+5. ``nmkit study compare --evaluations own=... nnunet=...`` (= ``nmkit study evaluations``): mean Dice, HD95 (mm) and lesion-wise F1 with 95 % bootstrap CIs
    over test patients (the percentile bootstrap of ``study compare``), and the paired difference own - nnU-Net with
    its CI (``--out``/compare/evaluations.csv and .png).
 
@@ -118,7 +118,7 @@ def main() -> None:
     # the comparison itself: `nmkit study evaluations` (means, bootstrap CIs, paired own - nnunet)
     tables = [f"{engine}={out / f'eval_{engine}.csv'}" for engine in per_case]
     reference = ["--reference", "nnunet"] if "nnunet" in per_case else []
-    nmkit("study", "evaluations", *tables, *reference, "--metrics", "dice", "hd95_mm", "lesion_f1", "--out", str(out / "compare"))
+    nmkit("study", "compare", "--evaluations", *tables, *reference, "--metrics", "dice", "hd95_mm", "lesion_f1", "--out", str(out / "compare"))
     summary = pd.read_csv(out / "compare" / "evaluations.csv")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(json.dumps({k: round(v, 1) for k, v in timings.items()}))

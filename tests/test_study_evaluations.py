@@ -55,3 +55,17 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(SystemExit):
         main(["study", "evaluations", "no-equals-sign", "--out", str(tmp_path / "o")])
+
+
+def test_study_compare_takes_evaluated_models_of_any_engine(tmp_path, capsys):
+    """`study compare --evaluations` is the same comparison as `study evaluations`; without a manifest or tables: one line."""
+    a = _table(tmp_path / "a.csv", [0.5, 0.6, 0.7], [3.0, 4.0, 5.0], [1.0, 0.5, 0.8])
+    b = _table(tmp_path / "b.csv", [0.6, 0.7, 0.9], [2.0, 3.0, 4.0], [1.0, 1.0, 0.8])
+    assert main(["study", "evaluations", f"own={a}", f"nnunet={b}", "--out", str(tmp_path / "e")]) == 0
+    assert main(["study", "compare", "--evaluations", f"own={a}", f"nnunet={b}", "--out", str(tmp_path / "c")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "e" / "evaluations.csv"), pd.read_csv(tmp_path / "c" / "evaluations.csv"))
+    capsys.readouterr()
+    assert main(["study", "compare", "--out", str(tmp_path / "x")]) == 2
+    assert "needs a manifest" in capsys.readouterr().err
+    assert main(["study", "compare", str(a), "--evaluations", f"own={a}", "--out", str(tmp_path / "x")]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -22,8 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="learning curves and network/loss comparisons")
     ss = p.add_subparsers(dest="study", metavar="STUDY")
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("manifest", help="dataset manifest CSV (image, mask, split)")
+    def common(q: argparse.ArgumentParser, manifest_optional: bool = False) -> None:
+        if manifest_optional:
+            q.add_argument("manifest", nargs="?", default=None, help="dataset manifest CSV (image, mask, split); not with --evaluations")
+        else:
+            q.add_argument("manifest", help="dataset manifest CSV (image, mask, split)")
         q.add_argument("--out", required=True)
         q.add_argument("--network", default="unet", choices=NETWORK_NAMES)
         q.add_argument("--loss", default="dice-ce", choices=LOSS_NAMES)
@@ -40,8 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     lc.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400, 800])
     lc.add_argument("--repeats", type=int, default=1)
     lc.set_defaults(func=run_learning_curve)
-    cp = ss.add_parser("compare", help="several networks/losses: Dice, HD95, ASSD, parameters, training time")
-    common(cp)
+    cp = ss.add_parser("compare", help="several networks/losses: Dice, HD95, ASSD, parameters, training time; or models of "
+                                       "any engine from their evaluate tables (--evaluations)")
+    common(cp, manifest_optional=True)
+    cp.add_argument("--evaluations", nargs="+", type=variant_table, default=None, metavar="NAME=EVALUATION_CSV",
+                    help="compare already evaluated models of any engine (own, nnU-Net, MONAI, a reader) instead of training "
+                         "variants: the same as `nmkit study evaluations` (means, bootstrap CIs, paired differences)")
+    cp.add_argument("--reference", default=None, help="with --evaluations: the model the others are compared with")
+    cp.add_argument("--metrics", nargs="+", default=None, help="with --evaluations: columns to compare")
     cp.add_argument("--variants", nargs="+", default=["unet:dice-ce", "attention-unet:dice-ce", "hrnet:dice-ce", "unet:dice-boundary"],
                     type=variant_item, help="NETWORK:LOSS pairs")
     cp.add_argument("--limit", type=int, default=None, help="training cases to use")
@@ -138,8 +147,17 @@ def run_learning_curve(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..segment.data import load_split
     from ..segment.study import compare
+
+    if args.evaluations:
+        if args.manifest:
+            raise InputError(None, "give a manifest (train and compare variants) or --evaluations (compare evaluated models), not both")
+        args.tables = args.evaluations
+        return run_evaluations(args)
+    if not args.manifest:
+        raise InputError(None, "study compare needs a manifest CSV (or --evaluations NAME=EVALUATION_CSV ...)")
 
     table, prep, config, val, test = _setup(args, [item.partition(":")[0] for item in args.variants])
     variants = []
