@@ -580,26 +580,8 @@ def _odd(k: np.ndarray) -> np.ndarray:
 
 def _axis_chains(spec: FilterSpec) -> list[list[np.ndarray]] | None:
     """Per numpy axis (z, y, x) the 1D kernels a linear separable 3D filter applies along it, in order; None for
-    filters that are not (Gabor, Fourier filters) or whose chains the fast pooling does not cover."""
-    if spec.dims != "3D":
-        return None
-    if spec.kind == "wavelet":
-        lo, hi = _wavelet_filters(spec.wavelet)
-        letters = spec.decomposition.upper()[::-1]  # numpy order (z, y, x)
-        chains = []
-        for c in letters:
-            chain = []
-            for level in range(1, spec.level + 1):
-                step = 2 ** (level - 1)
-                k = lo if (level < spec.level or c == "L") else hi
-                d = np.zeros(k.size * step)
-                d[::step] = k
-                chain.append(_odd(d))
-            chains.append(chain)
-        return chains
-    if spec.kind == "laws":
-        return [[_odd(k)] for k in _laws_kernels(spec.kernel, 3)[::-1]]
-    return None
+    filters that are not (Gabor, Fourier filters) and for 2D filters (the 24-rotation pooling is 3D)."""
+    return _separable_chains(spec) if spec.dims == "3D" else None
 
 
 def _average_pooled_separable(img: np.ndarray, spec: FilterSpec) -> np.ndarray | None:
