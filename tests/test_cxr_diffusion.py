@@ -184,3 +184,39 @@ def test_lung_mask_conditioned_diffusion_samples_follow_given_masks(chest_folder
     # its encoder still initialises the segmentation net (mask input channels dropped)
     report = init_from_diffusion(build_segnet(tmp_path / "cond", 3), tmp_path / "cond")
     assert report["adapted"] and not report["skipped"]
+
+
+def test_conditioned_model_warm_started_from_unconditional_checkpoint(chest_folder, tmp_path):
+    """``init_from``: a mask-conditioned DDPM starts from a pre-trained unconditional one; the mask channels start at
+    zero, so before training it predicts exactly what the pre-trained model does, whatever the mask."""
+    from nmkit.cli import main
+    from nmkit.generate.data import TrainingImage
+    from nmkit.generate.fewlabel import load_pairs
+    from nmkit.generate.model import build_unet, load_diffusion, warm_start
+    from nmkit.io.image import Image
+
+    torch.set_num_threads(1)
+    train_diffusion(load_folder(chest_folder / "images"), _tiny(2), tmp_path / "uncond")
+    plain, _ = load_diffusion(tmp_path / "uncond")
+    config = _tiny(0)
+    config.condition_labels = {1: "right_lung", 2: "left_lung"}
+    cond = build_unet(config)
+    report = warm_start(cond, config, tmp_path / "uncond")
+    assert report["adapted"] == ["conv_in.conv.weight"]
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([3, 40])
+    masks = torch.rand(2, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(cond.eval()(torch.cat([x, masks], 1), t), plain(x, t), atol=1e-6)
+    # a network of another layout is refused with the differing setting named
+    wider = _tiny(1)
+    wider.channels = (8, 32)
+    with pytest.raises(InputError, match="channels"):
+        warm_start(build_unet(wider), wider, tmp_path / "uncond")
+    # training from it moves the weights away from the start (the masks get used) and the CLI has it too
+    pairs = load_pairs(chest_folder, size=32)
+    images = [TrainingImage(p.name, Image(array=p.image, spacing=(1.0, 1.0)), p.label) for p in pairs[:4]]
+    trained, _, _ = train_diffusion(images, DiffusionConfig(**{**config.__dict__, "iterations": 2}), init_from=tmp_path / "uncond")
+    assert trained.conv_in.conv.weight[:, 1:].abs().sum() > 0
+    assert main(["synth", "train", "--folder", str(chest_folder / "images"), "--out", str(tmp_path / "cli"), "--size", "32",
+                 "--channels", "8", "16", "--timesteps", "50", "--iterations", "1", "--batch-size", "2", "--normalisation",
+                 "percentile", "--device", "cpu", "--init", str(tmp_path / "cond-missing")]) == 2

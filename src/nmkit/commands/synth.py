@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     t.add_argument("--checkpoint-every", type=at_least(1), default=None, metavar="N",
                    help="write the checkpoint and the training state every N iterations (so the run can be resumed)")
+    t.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this diffusion checkpoint's weights (same network; e.g. an unconditional model "
+                        "pre-trained on unlabelled images, fine-tuned here with --conditioned)")
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out (same options; --iterations may be larger)")
     t.set_defaults(func=run_train)
@@ -93,7 +96,8 @@ def run_train(args: argparse.Namespace) -> int:
                              condition_labels=_labels(args.labels) if args.conditioned else None)
     print(f"training a {'mask-conditioned ' if args.conditioned else ''}diffusion model on {len(images)} images "
           f"({args.size}x{args.size}, {args.iterations} iterations)")
-    train_diffusion(images, config, args.out, progress=True, source=source, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    train_diffusion(images, config, args.out, progress=True, source=source, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                    init_from=args.init)
     print(f"checkpoint written to {args.out}")
     return 0
 

@@ -175,8 +175,12 @@ def _resume_state(out_dir: Path, config: DiffusionConfig, model: torch.nn.Module
 
 def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, out_dir: str | Path | None = None,
                     progress: bool = False, source: dict[str, Any] | None = None, checkpoint_every: int | None = None,
-                    resume: bool = False) -> tuple[torch.nn.Module, DiffusionConfig, list[dict[str, float]]]:
+                    resume: bool = False, init_from: str | Path | None = None
+                    ) -> tuple[torch.nn.Module, DiffusionConfig, list[dict[str, float]]]:
     """Train a DDPM on ``images`` (with their label maps when ``config.condition_labels`` is set).
+
+    ``init_from``: a diffusion checkpoint of the same network whose weights start the training
+    (:func:`warm_start`), e.g. a model pre-trained on unlabelled images fine-tuned into a mask-conditioned one.
 
     Returns the model, the completed config (training scale and spacing filled in) and the loss log; writes a
     checkpoint folder when ``out_dir`` is given (also every ``checkpoint_every`` iterations, with the training state);
@@ -206,7 +210,10 @@ def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, ou
     config.units = images[0].image.units
     conds = [one_hot(lab, config.n_condition) if config.n_condition else None for lab in labels]
 
-    model = build_unet(config).to(device)
+    model = build_unet(config)
+    if init_from is not None and not resume:
+        warm_start(model, config, init_from)
+    model = model.to(device)
     scheduler = build_scheduler(config, "ddpm")
     inferer = DiffusionInferer(scheduler)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
@@ -263,6 +270,45 @@ def train_diffusion(images: Sequence[TrainingImage], config: DiffusionConfig, ou
         if checkpoint_every or resume:
             _save_state(Path(out_dir), optimiser, max(first, config.iterations), rng, history, time.perf_counter() - start)
     return model, config, history
+
+
+def warm_start(model: torch.nn.Module, config: DiffusionConfig, checkpoint_dir: str | Path) -> dict[str, Any]:
+    """Load a pre-trained diffusion checkpoint's weights into ``model`` (built from ``config``).
+
+    The networks must have the same layout (channels, attention, residual blocks, groups). Only the number of
+    conditioning channels may differ: the input convolution keeps the pre-trained image-channel weights and starts
+    the new mask channels at zero, so at iteration 0 the conditioned model predicts exactly what the pre-trained
+    one does and learns to use the masks from there. Returns ``{"checkpoint", "adapted"}``.
+    """
+    from safetensors.torch import load_file
+
+    source_model, source_config = load_diffusion(checkpoint_dir, device="cpu")
+    for key in ("image_size", "channels", "num_res_blocks", "norm_num_groups", "attention_levels"):
+        if getattr(source_config, key) != getattr(config, key):
+            raise InputError(checkpoint_dir, f"cannot start from this checkpoint: its {key} is {getattr(source_config, key)!r}, "
+                                             f"this model's is {getattr(config, key)!r}")
+    del source_model
+    state = load_file(str(Path(checkpoint_dir) / WEIGHTS))
+    target = model.state_dict()
+    adapted = []
+    for key, value in target.items():
+        src = state.get(key)
+        if src is None:
+            raise InputError(checkpoint_dir, f"cannot start from this checkpoint: it has no weight {key}")
+        if src.shape == value.shape:
+            target[key] = src
+        elif key.endswith("conv_in.conv.weight") and src.shape[0] == value.shape[0] and src.shape[2:] == value.shape[2:]:
+            new = torch.zeros_like(value)
+            n = min(src.shape[1], value.shape[1])
+            new[:, :n] = src[:, :n]  # the image channel first; extra mask channels start at zero
+            target[key] = new
+            adapted.append(key)
+        else:
+            raise InputError(checkpoint_dir, f"cannot start from this checkpoint: {key} is {tuple(src.shape)}, "
+                                             f"this model needs {tuple(value.shape)}")
+    model.load_state_dict(target)
+    log.info("diffusion weights started from %s (adapted: %s)", checkpoint_dir, adapted or "none")
+    return {"checkpoint": str(checkpoint_dir), "adapted": adapted}
 
 
 def save_diffusion(model: torch.nn.Module, config: DiffusionConfig, out_dir: str | Path, history: list[dict[str, float]] | None = None,
