@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-from ._fft import ArrayCache, even_fast_len, kernel_pair_sums, unfolded_weights
+from ._fft import ArrayCache, even_fast_len, kernel_pair_sums, rows_pair_sums, scratch, slab_weights, unfolded_weights
+from ._native import native
 from .preprocess import ProcessedROI
 
 
@@ -182,16 +183,43 @@ def _inverse_distance_octant(shape: tuple[int, ...], spacing_zyx: np.ndarray):
 _WEIGHTS = ArrayCache(64 << 20)
 
 
-def _inverse_distance_weights(shape: tuple[int, int, int], spacing_zyx: tuple[float, float, float]
-                              ) -> tuple[np.ndarray, tuple[int, int, int], np.ndarray]:
-    """Kernel octant, grid size and ``_fft.unfolded_weights`` for an ROI box of this shape and spacing, kept in a
-    bounded cache: the same geometry recurs (one ROI under several settings, repeated extractions) and the
-    kernel's DCT costs as much as a transform of the data."""
+def _inverse_distance_weights(shape: tuple[int, int, int], spacing_zyx: tuple[float, float, float],
+                              compiled: bool = False) -> tuple[np.ndarray, tuple[int, int, int], np.ndarray]:
+    """Kernel octant, grid size and ``_fft.unfolded_weights`` (``slab_weights`` for the compiled path) for an ROI
+    box of this shape and spacing, kept in a bounded cache: the same geometry recurs (one ROI under several
+    settings, repeated extractions) and the kernel's DCT costs as much as a transform of the data."""
     def make():
         k, size = _inverse_distance_octant(shape, np.asarray(spacing_zyx, dtype=float))
-        return k, size, unfolded_weights(k, size)
+        return k, size, (slab_weights if compiled else unfolded_weights)(k, size)
 
-    return _WEIGHTS.get((tuple(shape), tuple(spacing_zyx)), make)
+    return _WEIGHTS.get((tuple(shape), tuple(spacing_zyx), compiled), make)
+
+
+def _moran_geary_native(cm, image: np.ndarray, mask: np.ndarray, spacing_zyx) -> tuple[float, float]:
+    """``moran_geary`` with the rows of mask, deviations and squared deviations filled by one C pass (and the
+    count, mean and sum of squares taken there), then the compiled pair sums."""
+    sl = _bbox_slices(mask)
+    box = tuple(s.start for s in sl) + tuple(s.stop - s.start for s in sl)
+    img = np.ascontiguousarray(image, dtype=np.float64)
+    msk = np.ascontiguousarray(mask, dtype=bool)
+    k, size, weights = _inverse_distance_weights(box[3:], spacing_zyx, compiled=True)
+    rows = scratch("kps_rows", (3,) + box[3:5] + (size[2],), np.float64)
+    n, _mu, ss = cm.moran_rows(img, msk, img.shape, box, rows, size[2])
+    if n < 2 or ss == 0:
+        return float("nan"), float("nan")
+    w_sum, cross, dev2_m = rows_pair_sums(rows, [(0, 0), (1, 1), (0, 2)], k, size, weights=weights)
+    return _moran_geary_from_sums(float(n), ss, w_sum, cross, dev2_m)
+
+
+def _moran_geary_from_sums(n: float, ss: float, w_sum: float, cross: float, dev2_m: float) -> tuple[float, float]:
+    """Moran's I and Geary's C from the voxel count, the sum of squared deviations and the three pair sums."""
+    if w_sum == 0:
+        return float("nan"), float("nan")
+    moran = n / w_sum * cross / ss
+    # sum_ij w_ij (x_i - x_j)^2 = 2 sum_ij w_ij dev_i^2 m_j - 2 sum_ij w_ij dev_i dev_j  (the mean cancels)
+    pair = 2.0 * dev2_m - 2.0 * cross
+    geary = (n - 1.0) * pair / (2.0 * w_sum * ss)
+    return moran, geary
 
 
 def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float, float]:
@@ -202,6 +230,10 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
     they are sums over frequencies of kernel spectrum x cross-spectrum (``_fft.kernel_pair_sums``): forward
     transforms only, exact up to floating-point round-off.
     """
+    sp = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+    cm = native("_cmorph")
+    if cm is not None:
+        return _moran_geary_native(cm, image, mask, sp)
     sl = _bbox_slices(mask)
     inside = mask[sl]
     n = float(np.count_nonzero(inside))
@@ -215,17 +247,10 @@ def moran_geary(image: np.ndarray, mask: np.ndarray, spacing_xyz) -> tuple[float
     ss = float(dev2.sum())
     if ss == 0:
         return float("nan"), float("nan")
-    sp = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
     k, size, weights = _inverse_distance_weights(m.shape, sp)
     # sum_ij w_ij m_i m_j, sum_ij w_ij dev_i dev_j, sum_ij w_ij m_i dev_j^2 (= sum_ij w_ij dev_i^2 m_j: w symmetric)
     w_sum, cross, dev2_m = kernel_pair_sums([m, dev, dev2], [(0, 0), (1, 1), (0, 2)], k, size, weights=weights)
-    if w_sum == 0:
-        return float("nan"), float("nan")
-    moran = n / w_sum * cross / ss
-    # sum_ij w_ij (x_i - x_j)^2 = 2 sum_ij w_ij dev_i^2 m_j - 2 sum_ij w_ij dev_i dev_j  (the mean cancels)
-    pair = 2.0 * dev2_m - 2.0 * cross
-    geary = (n - 1.0) * pair / (2.0 * w_sum * ss)
-    return moran, geary
+    return _moran_geary_from_sums(n, ss, w_sum, cross, dev2_m)
 
 
 def _index_moments(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
