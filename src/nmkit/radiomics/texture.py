@@ -77,11 +77,15 @@ def _validate(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, dims: I
     return dims
 
 
-def _neighbourhood(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, three_d: bool) -> _Neighbourhood:
-    roi = levels > 0
-    keep = roi | morph_mask
+def _crop_box(levels: np.ndarray, morph_mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The bounding box of the intensity and morphological masks."""
+    keep = (levels > 0) | morph_mask
     nz = [np.flatnonzero(keep.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1))]
-    sl = tuple(slice(ix[0], ix[-1] + 1) for ix in nz)
+    return tuple(slice(ix[0], ix[-1] + 1) for ix in nz)
+
+
+def _neighbourhood(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, three_d: bool) -> _Neighbourhood:
+    sl = _crop_box(levels, morph_mask)
     dtype = np.uint8 if n_levels < 256 else (np.uint16 if n_levels < 65536 else np.int64)
     crop = levels[sl]
     shape = tuple(n + 2 for n in crop.shape)
@@ -117,13 +121,22 @@ def _glcm_matrices(nb: _Neighbourhood, ng: int, three_d: bool, per_slice: bool =
     centre = nb.centre.astype(np.intp)
     base = (nb.zslot * lv + centre) * lv if per_slice else centre * lv
     m2 = np.stack([np.bincount(base + nb.plus[d], minlength=ns * lv * lv) for d in range(_N2D)])
-    m2 = m2.reshape(_N2D, ns, lv, lv).swapaxes(0, 1)[:, :, 1:, 1:]
-    m2 = m2 + m2.swapaxes(-1, -2)
-    m3 = None
+    mc = None
     if three_d:
         base = centre * lv
-        mc = np.stack([np.bincount(base + nb.plus[d], minlength=lv * lv) for d in range(_N2D, len(_DIRECTIONS))])
-        mc = mc.reshape(-1, lv, lv)[:, 1:, 1:]
+        mc = np.stack([np.bincount(base + nb.plus[d], minlength=lv * lv)
+                       for d in range(_N2D, len(_DIRECTIONS))]).reshape(-1, lv, lv)
+    return _glcm_finish(m2.reshape(_N2D, ns, lv, lv), mc)
+
+
+def _glcm_finish(raw2: np.ndarray, raw3: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """From raw pair counts with level 0 (``(4, S, lv, lv)`` in-plane, ``(9, lv, lv)`` cross-plane or None) to the
+    symmetric matrices without level 0: ``(S, 4, Ng, Ng)`` and ``(13, Ng, Ng)`` (in-plane summed over slices)."""
+    m2 = raw2.swapaxes(0, 1)[:, :, 1:, 1:]
+    m2 = m2 + m2.swapaxes(-1, -2)
+    m3 = None
+    if raw3 is not None:
+        mc = raw3[:, 1:, 1:]
         mc = mc + mc.swapaxes(-1, -2)
         m3 = np.concatenate([m2.sum(0), mc], axis=0)
     return m2, m3
@@ -164,12 +177,20 @@ def _glrlm_matrices(nb: _Neighbourhood, ng: int, three_d: bool, per_slice: bool 
     m2 = np.stack([np.bincount((((start // slab - 1) * lv if per_slice else 0) + level.astype(np.intp)) * nr + length,
                                minlength=ns * lv * nr)
                    for start, level, length in runs[:_N2D]])
-    m2 = m2.reshape(_N2D, ns, lv, nr).swapaxes(0, 1)[:, :, 1:, 1:]
-    m3 = None
+    mc = None
     if three_d:
         mc = np.stack([np.bincount(level.astype(np.intp) * nr + length, minlength=lv * nr)
-                       for _, level, length in runs[_N2D:]])
-        m3 = np.concatenate([m2.sum(0), mc.reshape(-1, lv, nr)[:, 1:, 1:]], axis=0)
+                       for _, level, length in runs[_N2D:]]).reshape(-1, lv, nr)
+    return _glrlm_finish(m2.reshape(_N2D, ns, lv, nr), mc)
+
+
+def _glrlm_finish(raw2: np.ndarray, raw3: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """From raw run counts with level 0 and length 0 (``(4, S, lv, nr)``, ``(9, lv, nr)`` or None) to
+    ``(S, 4, Ng, nr - 1)`` and ``(13, Ng, nr - 1)``."""
+    m2 = raw2.swapaxes(0, 1)[:, :, 1:, 1:]
+    m3 = None
+    if raw3 is not None:
+        m3 = np.concatenate([m2.sum(0), raw3[:, 1:, 1:]], axis=0)
     return m2, m3
 
 
@@ -243,25 +264,24 @@ def _zone_matrices(nb: _Neighbourhood, ng: int, three_d: bool, want_dzm: bool
     zslice = np.zeros(nzone, dtype=np.intp)
     if not three_d:
         zslice[labels] = nb.zslot
-    row = zslice * lv + zlvl
-
-    def matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # the occurring sizes / distances (small non-negative integers) and each zone's column, without a sort
-        cols = np.flatnonzero(np.bincount(values))
-        lut = np.empty(int(cols[-1]) + 1, dtype=np.intp)
-        lut[cols] = np.arange(cols.size)
-        col = lut[values]
-        m = np.bincount(row * cols.size + col, minlength=ns * lv * cols.size).reshape(ns, lv, cols.size)
-        return m[:, 1:], cols
-
-    szm = matrix(size)
-    dzm = None
+    zdist = None
     if want_dzm:
         dist = _edge_distance(nb, three_d)
         zdist = np.full(nzone, np.iinfo(np.intp).max, dtype=np.intp)
         np.minimum.at(zdist, labels, dist)
-        dzm = matrix(zdist)
-    return szm, dzm
+    row = zslice * lv + zlvl
+    return _zone_matrix(row, ns, lv, size), (None if zdist is None else _zone_matrix(row, ns, lv, zdist))
+
+
+def _zone_matrix(row: np.ndarray, ns: int, lv: int, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zone counts per (row = slice * lv + level, occurring value of ``values``): ``((S, Ng, U), the U values)``."""
+    # the occurring sizes / distances (small non-negative integers) and each zone's column, without a sort
+    cols = np.flatnonzero(np.bincount(values))
+    lut = np.empty(int(cols[-1]) + 1, dtype=np.intp)
+    lut[cols] = np.arange(cols.size)
+    col = lut[values]
+    m = np.bincount(row * cols.size + col, minlength=ns * lv * cols.size).reshape(ns, lv, cols.size)
+    return m[:, 1:], cols
 
 
 def _box_sums(grid: np.ndarray, three_d: bool, dtype) -> np.ndarray:
@@ -313,6 +333,87 @@ def _ngldm_matrices(nb: _Neighbourhood, ng: int, three_d: bool) -> np.ndarray:
     centre = nb.centre.astype(np.intp)
     code = (centre if three_d else nb.zslot * lv + centre) * (nn + 1) + dep
     return np.bincount(code, minlength=ns * lv * (nn + 1)).reshape(ns, lv, nn + 1)[:, 1:, 1:]
+
+
+# ----- all matrices: NumPy or compiled ------------------------------------------------------------------------
+
+@dataclass
+class _Matrices:
+    """Every texture matrix of one ROI (integer counts, NGTDM ``s`` float), as the feature stage reads them."""
+
+    glcm2: np.ndarray  # (S, 4, Ng, Ng) in-plane, per slice (S = 1: summed over slices)
+    glcm3: np.ndarray | None  # (13, Ng, Ng) per 3D direction
+    rlm2: np.ndarray  # (S, 4, Ng, Nr)
+    rlm3: np.ndarray | None  # (13, Ng, Nr)
+    nv_slice: np.ndarray  # ROI voxels per slice (S slices of the crop)
+    # per zone/neighbourhood dimension (False: per slice, True: 3D): (szm, szm sizes), (dzm, dzm distances),
+    # NGTDM s, NGTDM n, NGLDM
+    zone: dict[bool, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray,
+                           np.ndarray]]
+
+
+def _numpy_matrices(levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d: bool, slices: bool) -> _Matrices:
+    nb = _neighbourhood(levels, morph_mask, ng, three_d)
+    m2, m3 = _glcm_matrices(nb, ng, three_d, per_slice=slices)
+    r2, r3 = _glrlm_matrices(nb, ng, three_d, per_slice=slices)
+    zone = {}
+    for is3d in [d for d, wanted in ((False, slices), (True, three_d)) if wanted]:
+        szm, dzm = _zone_matrices(nb, ng, is3d, want_dzm=True)
+        s_ng, n_ng = _ngtdm_matrices(nb, ng, is3d)
+        zone[is3d] = (szm, dzm, s_ng, n_ng, _ngldm_matrices(nb, ng, is3d))
+    return _Matrices(m2, m3, r2, r3, np.bincount(nb.zslot, minlength=nb.n_slices), zone)
+
+
+def _native_matrices(mod, levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d: bool,
+                     slices: bool) -> _Matrices:
+    """The same matrices from the compiled kernels (``_ctexture``): one pass over the zero-framed grid per family."""
+    sl = _crop_box(levels, morph_mask)
+    crop = levels[sl]
+    nz, ny, nx = shape = tuple(n + 2 for n in crop.shape)
+    grid = np.zeros(shape, dtype=np.uint16)
+    grid[1:-1, 1:-1, 1:-1] = crop
+    flat = grid.reshape(-1)
+    n_slices, lv = nz - 2, ng + 1
+    ns = n_slices if slices else 1
+    ndir = len(_DIRECTIONS) if three_d else _N2D
+    n2 = _N2D * ns
+    raw = np.zeros((n2 + ndir - _N2D) * lv * lv, dtype=np.int64)
+    mod.glcm(flat, nz, ny, nx, ndir, slices, lv, raw)
+    m2, m3 = _glcm_finish(raw[:n2 * lv * lv].reshape(_N2D, ns, lv, lv),
+                          raw[n2 * lv * lv:].reshape(-1, lv, lv) if three_d else None)
+    nr = max(shape) - 1
+    raw = np.zeros((n2 + ndir - _N2D) * lv * nr, dtype=np.int64)
+    longest = mod.runs(flat, nz, ny, nx, ndir, slices, lv, nr, raw)
+    r2, r3 = _glrlm_finish(raw[:n2 * lv * nr].reshape(_N2D, ns, lv, nr)[..., :longest + 1],
+                           raw[n2 * lv * nr:].reshape(-1, lv, nr)[..., :longest + 1] if three_d else None)
+    nv_slice = np.count_nonzero(crop.reshape(n_slices, -1), axis=1).astype(np.intp)
+    nv = int(nv_slice.sum())
+    morph = np.zeros(shape, dtype=np.uint8)
+    morph[1:-1, 1:-1, 1:-1] = morph_mask[sl]
+    zone = {}
+    for is3d in [d for d, wanted in ((False, slices), (True, three_d)) if wanted]:
+        nsz = 1 if is3d else n_slices
+        zones = np.empty((4, nv), dtype=np.int64)
+        n_zones = mod.zones(flat, morph.reshape(-1), nz, ny, nx, is3d, *zones)
+        size, zlvl, zslice, zdist = zones[:, :n_zones]
+        row = zslice * lv + zlvl
+        s_ng = np.zeros((nsz, lv))
+        n_ng = np.zeros((nsz, lv), dtype=np.int64)
+        dep = np.zeros((nsz, lv, 28 if is3d else 10), dtype=np.int64)
+        mod.neighbours(flat, nz, ny, nx, is3d, lv, s_ng, n_ng, dep)
+        zone[is3d] = (_zone_matrix(row, nsz, lv, size), _zone_matrix(row, nsz, lv, zdist),
+                      s_ng[:, 1:], n_ng[:, 1:], dep[:, 1:, 1:])
+    return _Matrices(m2, m3, r2, r3, nv_slice, zone)
+
+
+def _matrices(levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d: bool, slices: bool) -> _Matrices:
+    """All matrices, from the compiled kernels when they are built (and the levels fit uint16), else NumPy."""
+    from ._native import native
+
+    mod = native("_ctexture")
+    if mod is not None and ng <= 65535:
+        return _native_matrices(mod, levels, morph_mask, ng, three_d, slices)
+    return _numpy_matrices(levels, morph_mask, ng, three_d, slices)
 
 
 # ----- aggregation -----------------------------------------------------------------------------------------
@@ -407,23 +508,17 @@ def compute_texture(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, s
     ng = int(n_levels)
     three_d = "3D" in dims
     slices = "2D" in dims or "2.5D" in dims
-    nb = _neighbourhood(levels, morph_mask, ng, three_d)
+    return _features(_matrices(levels, morph_mask, ng, three_d, slices), dims)
+
+
+def _features(mats: _Matrices, dims: tuple[str, ...]) -> dict[str, float]:
+    """Every texture feature of the matrices, aggregated as ``dims`` asks."""
     out: dict[str, float] = {}
-
-    m2, m3 = _glcm_matrices(nb, ng, three_d, per_slice=slices)
-    _glcm(out, m2, m3, dims)
-
-    nv_slice = np.bincount(nb.zslot, minlength=nb.n_slices)
-    r2, r3 = _glrlm_matrices(nb, ng, three_d, per_slice=slices)
-    _glrlm(out, r2, r3, nv_slice, dims)
-
-    for is3d, wanted in ((False, slices), (True, three_d)):
-        if not wanted:
-            continue
-        szm, dzm = _zone_matrices(nb, ng, is3d, want_dzm=True)
-        nvz = np.array([nb.idx.size]) if is3d else nv_slice
-        s_ng, n_ng = _ngtdm_matrices(nb, ng, is3d)
-        dep = _ngldm_matrices(nb, ng, is3d)
+    _glcm(out, mats.glcm2, mats.glcm3, dims)
+    nv_slice = mats.nv_slice
+    _glrlm(out, mats.rlm2, mats.rlm3, nv_slice, dims)
+    for is3d, (szm, dzm, s_ng, n_ng, dep) in sorted(mats.zone.items()):
+        nvz = np.array([nv_slice.sum()]) if is3d else nv_slice
         for family, (m, cols) in (("szm", szm), ("dzm", dzm)):
             if is3d:
                 _runlike(out, family, m, nvz, "3D", cols)
