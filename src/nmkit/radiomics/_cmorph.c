@@ -283,6 +283,181 @@ static PyObject *slab_sums(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ----- work memory ------------------------------------------------------------------------------------------ */
+
+/* Work arrays are reused between calls (fresh memory costs a page fault per 4 KiB at first touch, every call);
+   up to KEEP_BYTES stays allocated, larger requests are freed after the call. The GIL is held throughout, so
+   one static buffer is safe. */
+#define KEEP_BYTES ((size_t)32 << 20)
+static void *work_buf = NULL;
+static size_t work_size = 0;
+
+static void *work_get(size_t nbytes) {
+    if (nbytes <= work_size) return work_buf;
+    void *p = PyMem_Malloc(nbytes);
+    if (!p) return NULL;
+    if (nbytes <= KEEP_BYTES) {
+        PyMem_Free(work_buf);
+        work_buf = p;
+        work_size = nbytes;
+    }
+    return p;
+}
+
+static void work_release(void *p) {
+    if (p && p != work_buf) PyMem_Free(p);
+}
+
+/* ----- local intensity: sphere means ------------------------------------------------------------------------ */
+
+/* sphere_means(image, where, shape, kernel, kshape, out, max_bytes) -> count or None
+   image float64 and where uint8, both of shape (Z, Y, X); kernel uint8 of odd shape kshape = (KZ, KY, KX),
+   centred, each of its x-rows either empty or one run of ones symmetric about the centre (a sphere or ellipsoid).
+   out (float64, one per voxel of `where`, C order) gets the mean of the image over the kernel voxels around each
+   such voxel that lie inside the image. The x-row window sums W_h (half width h) are built for every h on the
+   box of `where` widened by the kernel (W_h = W_(h-1) + two neighbours: no cancellation), then each mean adds one
+   W value per kernel row. Returns None (nothing written) when those sums would take more than max_bytes. */
+static PyObject *sphere_means(PyObject *self, PyObject *args) {
+    PyObject *o_img, *o_where, *o_k, *o_out;
+    Py_ssize_t sh[3], ks[3], max_bytes;
+    if (!PyArg_ParseTuple(args, "OO(nnn)O(nnn)On", &o_img, &o_where, &sh[0], &sh[1], &sh[2], &o_k, &ks[0], &ks[1],
+                          &ks[2], &o_out, &max_bytes))
+        return NULL;
+    Py_ssize_t total = checked_size(sh, 3, 1, "shape"), ktotal = checked_size(ks, 3, 1, "kernel shape");
+    if (total < 0 || ktotal < 0) return NULL;
+    if (!(ks[0] % 2 && ks[1] % 2 && ks[2] % 2)) return PyErr_Format(PyExc_ValueError, "kernel shape must be odd");
+    Py_buffer img, wh, kb, out;
+    if (get_buf(o_img, &img, F64, total, 0, "image") < 0) return NULL;
+    if (get_buf(o_where, &wh, U8, total, 0, "where") < 0) { PyBuffer_Release(&img); return NULL; }
+    if (get_buf(o_k, &kb, U8, ktotal, 0, "kernel") < 0) { PyBuffer_Release(&img); PyBuffer_Release(&wh); return NULL; }
+    if (get_buf(o_out, &out, F64, -1, 1, "out") < 0) {
+        PyBuffer_Release(&img); PyBuffer_Release(&wh); PyBuffer_Release(&kb); return NULL;
+    }
+    PyObject *result = NULL;
+    double *W = NULL, **ptr = NULL;
+    Py_ssize_t *rdz = NULL, *rdy = NULL, *rh = NULL;
+    const double *x = (const double *)img.buf;
+    const uint8_t *w = (const uint8_t *)wh.buf, *k = (const uint8_t *)kb.buf;
+    Py_ssize_t cz = ks[0] / 2, cy = ks[1] / 2, cx = ks[2] / 2, nrows = 0, hmax = -1;
+    rdz = PyMem_Malloc(sizeof(Py_ssize_t) * ks[0] * ks[1]);
+    rdy = PyMem_Malloc(sizeof(Py_ssize_t) * ks[0] * ks[1]);
+    rh = PyMem_Malloc(sizeof(Py_ssize_t) * ks[0] * ks[1]);
+    if (!rdz || !rdy || !rh) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t a = 0; a < ks[0]; a++)
+        for (Py_ssize_t b = 0; b < ks[1]; b++) {
+            const uint8_t *row = k + (a * ks[1] + b) * ks[2];
+            Py_ssize_t cnt = 0, first = -1;
+            for (Py_ssize_t c = 0; c < ks[2]; c++)
+                if (row[c]) { if (first < 0) first = c; cnt++; }
+            if (!cnt) continue;
+            for (Py_ssize_t c = first; c < first + cnt; c++)
+                if (!row[c]) { PyErr_SetString(PyExc_ValueError, "kernel rows must be single runs"); goto done; }
+            if (first + cnt - 1 != 2 * cx - first) {
+                PyErr_SetString(PyExc_ValueError, "kernel rows must be symmetric about the centre");
+                goto done;
+            }
+            rdz[nrows] = a - cz; rdy[nrows] = b - cy; rh[nrows] = cx - first;
+            if (rh[nrows] > hmax) hmax = rh[nrows];
+            nrows++;
+        }
+    /* box of `where`, and the count of its voxels */
+    Py_ssize_t lo[3] = {sh[0], sh[1], sh[2]}, hi[3] = {-1, -1, -1}, count = 0;
+    for (Py_ssize_t z = 0; z < sh[0]; z++)
+        for (Py_ssize_t y = 0; y < sh[1]; y++) {
+            const uint8_t *r = w + (z * sh[1] + y) * sh[2];
+            Py_ssize_t c0 = -1, c1 = -1, cnt = 0;
+            for (Py_ssize_t i = 0; i < sh[2]; i++)
+                if (r[i]) { if (c0 < 0) c0 = i; c1 = i; cnt++; }
+            if (!cnt) continue;
+            count += cnt;
+            if (z < lo[0]) lo[0] = z;
+            if (z > hi[0]) hi[0] = z;
+            if (y < lo[1]) lo[1] = y;
+            if (y > hi[1]) hi[1] = y;
+            if (c0 < lo[2]) lo[2] = c0;
+            if (c1 > hi[2]) hi[2] = c1;
+        }
+    if (out.len != count * 8) {
+        PyErr_Format(PyExc_ValueError, "out has %zd items, `where` has %zd voxels", out.len / 8, count);
+        goto done;
+    }
+    if (!count || !nrows) { result = PyLong_FromSsize_t(count); goto done; }
+    Py_ssize_t half[3] = {cz, cy, cx}, b0[3], bn[3];
+    for (int a = 0; a < 3; a++) {
+        b0[a] = lo[a] - half[a] < 0 ? 0 : lo[a] - half[a];
+        Py_ssize_t e = hi[a] + half[a] + 1 > sh[a] ? sh[a] : hi[a] + half[a] + 1;
+        bn[a] = e - b0[a];
+    }
+    Py_ssize_t bsize = bn[0] * bn[1] * bn[2];
+    if ((double)(hmax + 1) * (double)bsize * 8.0 > (double)max_bytes) { result = Py_None; Py_INCREF(result); goto done; }
+    W = work_get(sizeof(double) * (size_t)((hmax + 1) * bsize + sh[2] + 2 * hmax + (hi[2] - lo[2] + 1)));
+    ptr = PyMem_Malloc(sizeof(double *) * nrows);
+    if (!W || !ptr) { PyErr_NoMemory(); goto done; }
+    double *pad = W + (hmax + 1) * bsize, *acc = pad + sh[2] + 2 * hmax;
+    /* W_0 = image on the box; W_h[x] = W_(h-1)[x] + (image[x - h] + image[x + h]) (terms outside the image: 0,
+       through a zero-padded copy of the image row) */
+    for (Py_ssize_t i = 0; i < hmax; i++) pad[i] = pad[hmax + sh[2] + i] = 0.0;
+    for (Py_ssize_t z = 0; z < bn[0]; z++)
+        for (Py_ssize_t y = 0; y < bn[1]; y++) {
+            const double *src = x + ((b0[0] + z) * sh[1] + b0[1] + y) * sh[2];
+            Py_ssize_t off = (z * bn[1] + y) * bn[2];
+            memcpy(pad + hmax, src, sizeof(double) * (size_t)sh[2]);
+            const double *row = pad + hmax + b0[2];
+            double *w0 = W + off;
+            for (Py_ssize_t i = 0; i < bn[2]; i++) w0[i] = row[i];
+            for (Py_ssize_t h = 1; h <= hmax; h++) {
+                const double *prev = W + (h - 1) * bsize + off;
+                double *cur = W + h * bsize + off;
+                for (Py_ssize_t i = 0; i < bn[2]; i++) cur[i] = prev[i] + (row[i - h] + row[i + h]);
+            }
+        }
+    double full = 0.0;
+    for (Py_ssize_t r = 0; r < nrows; r++) full += (double)(2 * rh[r] + 1);
+    double *o = (double *)out.buf;
+    Py_ssize_t j = 0, nq = hi[2] - lo[2] + 1;
+    for (Py_ssize_t z = lo[0]; z <= hi[0]; z++)
+        for (Py_ssize_t y = lo[1]; y <= hi[1]; y++) {
+            const uint8_t *wr = w + (z * sh[1] + y) * sh[2] + lo[2];
+            Py_ssize_t any = 0;
+            for (Py_ssize_t i = 0; i < nq; i++) any |= wr[i];
+            if (!any) continue;
+            /* the kernel rows that lie inside the image, each one W row; summed over the whole query row */
+            Py_ssize_t nr = 0;
+            for (Py_ssize_t r = 0; r < nrows; r++) {
+                Py_ssize_t zz = z + rdz[r], yy = y + rdy[r];
+                if (zz < 0 || zz >= sh[0] || yy < 0 || yy >= sh[1]) continue;
+                ptr[nr++] = W + rh[r] * bsize + ((zz - b0[0]) * bn[1] + (yy - b0[1])) * bn[2] + (lo[2] - b0[2]);
+            }
+            for (Py_ssize_t i = 0; i < nq; i++) acc[i] = 0.0;
+            for (Py_ssize_t r = 0; r < nr; r++) {
+                const double *pr = ptr[r];
+                for (Py_ssize_t i = 0; i < nq; i++) acc[i] += pr[i];
+            }
+            int rows_inside = z - cz >= 0 && z + cz < sh[0] && y - cy >= 0 && y + cy < sh[1];
+            for (Py_ssize_t i = 0; i < nq; i++) {
+                if (!wr[i]) continue;
+                Py_ssize_t g = lo[2] + i;
+                double den = full;
+                if (!(rows_inside && g - cx >= 0 && g + cx < sh[2])) {  /* near the image edge: count the voxels */
+                    den = 0.0;
+                    for (Py_ssize_t r = 0; r < nrows; r++) {
+                        Py_ssize_t zz = z + rdz[r], yy = y + rdy[r];
+                        if (zz < 0 || zz >= sh[0] || yy < 0 || yy >= sh[1]) continue;
+                        Py_ssize_t a = g - rh[r] < 0 ? 0 : g - rh[r], e = g + rh[r] >= sh[2] ? sh[2] - 1 : g + rh[r];
+                        den += (double)(e - a + 1);
+                    }
+                    if (den < 1.0) den = 1.0;
+                }
+                o[j++] = acc[i] / den;
+            }
+        }
+    result = PyLong_FromSsize_t(count);
+done:
+    work_release(W); PyMem_Free(ptr); PyMem_Free(rdz); PyMem_Free(rdy); PyMem_Free(rh);
+    PyBuffer_Release(&img); PyBuffer_Release(&wh); PyBuffer_Release(&kb); PyBuffer_Release(&out);
+    return result;
+}
+
 /* ----- module ----------------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -290,6 +465,7 @@ static PyMethodDef methods[] = {
     {"fill_slab", fill_slab, METH_VARARGS, "copy a block of x-frequencies of the spectrum into a zero-padded slab"},
     {"split_slab", split_slab, METH_VARARGS, "first radix-2 step along z of a slab, in place"},
     {"slab_sums", slab_sums, METH_VARARGS, "kernel-weighted cross-spectrum sums over a slab"},
+    {"sphere_means", sphere_means, METH_VARARGS, "means over a sphere (kernel) around the voxels of a mask"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cmorph", "nmkit compiled morphology kernels", -1, methods};
