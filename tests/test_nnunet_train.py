@@ -185,3 +185,29 @@ def test_splits_from_the_case_table() -> None:
     cases = [{"id": f"c{i}", "case_id": str(i), "split": "train", "fold": str(i % 2)} for i in range(4)]
     assert make_splits(cases, [0, 1], "t.csv") == [{"train": ["c1", "c3"], "val": ["c0", "c2"]},
                                                    {"train": ["c0", "c2"], "val": ["c1", "c3"]}]
+
+
+def test_sided_labels_train_nnunet_without_mirroring() -> None:
+    """Labels naming a body side: nnU-Net trains and predicts without mirroring (the worker's patch of the default
+    trainer gives no mirror axes and None as the checkpoint's inference mirroring axes); other labels keep it."""
+    pytest.importorskip("nnunetv2")
+    from nmkit.segment.engines.nnunet_train import nnunet_mirroring
+    from nmkit.segment.engines.nnunet_worker import without_mirroring
+
+    assert nnunet_mirroring({1: "kidney_left", 2: "kidney_right"}) is False
+    assert nnunet_mirroring({1: "lesion", 2: "liver"}) is True
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    assert callable(nnUNetTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size)  # the method patched
+
+    class Trainer:  # nnU-Net's method contract: (rotation, dummy 2D, initial patch size, mirror axes)
+        inference_allowed_mirroring_axes = None
+
+        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+            self.inference_allowed_mirroring_axes = (0, 1, 2)
+            return "rot", False, (64, 64, 64), (0, 1, 2)
+
+    trainer = Trainer()
+    without_mirroring(trainer)
+    assert trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size() == ("rot", False, (64, 64, 64), None)
+    assert trainer.inference_allowed_mirroring_axes is None

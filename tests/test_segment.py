@@ -222,3 +222,64 @@ def test_every_normalisation_gives_float32_network_input():
     for kind in NORMALISATIONS:
         out = normalise(x, Preprocessing(normalisation=kind))
         assert out.dtype == np.float32 and out.shape == x.shape and np.isfinite(out).all(), kind
+
+
+def _two_sided_blobs(rng: np.random.Generator, size: int = 32) -> Case:
+    """Two identical 'lungs': label 1 (right, image left as radiographs show it) and 2 (left, image right)."""
+    yy, xx = np.mgrid[:size, :size]
+    label = np.zeros((size, size), np.int64)
+    cy = size * rng.uniform(0.45, 0.55)
+    for value, cx in ((1, size * rng.uniform(0.25, 0.32)), (2, size * rng.uniform(0.68, 0.75))):
+        label[((yy - cy) / (size * 0.3)) ** 2 + ((xx - cx) / (size * 0.13)) ** 2 <= 1] = value
+    img = Image(rng.poisson(40 * (0.2 + (label > 0) * 0.8)).astype(np.float32), spacing=(2.0, 2.0), modality="NM", units="counts")
+    return Case(case_id=f"s{rng.integers(1e9)}", image=img, label=label)
+
+
+def _side_confidence(bundle_dir, cases) -> float:
+    """Mean probability the model gives each structure's own label inside it (1 = sides told apart, ~0.5 = mixed)."""
+    from nmkit.segment.infer import predict_probabilities
+
+    bundle = load_bundle(bundle_dir, device="cpu")
+    values = []
+    for case in cases:
+        probs = predict_probabilities(bundle.models, case.image.array, bundle.preprocessing, "cpu", 3)
+        values += [float(probs[v][case.label == v].mean()) for v in (1, 2)]
+    return float(np.mean(values))
+
+
+def test_sided_labels_turn_left_right_flips_off(tmp_path, capsys, monkeypatch):
+    """Labels that name a side (right_lung / left_lung) are never trained on left-right flipped images: a flipped right
+    lung keeps label 'right' on the image's other side. Two structures that differ only by their side are told apart
+    confidently; side-less names keep the flips."""
+    from dataclasses import replace
+
+    import nmkit.segment.train as train_mod
+    from nmkit.segment.names import sided_names
+    from nmkit.segment.train import without_side_flips
+
+    assert sided_names(["right_lung", "kidney_left", "Left parotid", "lung", "bright_spot", "leftover"]) == \
+        ["right_lung", "kidney_left", "Left parotid"]
+    config = TrainConfig(network="unet", network_options={"channels": (8, 16, 32)}, epochs=20, batch_size=8, learning_rate=5e-3,
+                         seed=2, labels={1: "right_lung", 2: "left_lung"}, num_threads=1, count_reduction=None, patience=100)
+    assert without_side_flips(config, 2).flip_axes == ()
+    assert without_side_flips(TrainConfig(labels={1: "organ"}), 2).flip_axes == (-1,)
+    assert without_side_flips(TrainConfig(labels={1: "kidney_left"}, flip_axes=(0, 2)), 3).flip_axes == (0,)
+    seen: list[tuple[int, ...]] = []
+    real_augment = train_mod.augment
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(args[5]))
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "augment", spy)
+    rng = np.random.default_rng(4)
+    cases = [_two_sided_blobs(rng) for _ in range(16)]
+    prep = Preprocessing(normalisation="counts", spatial_dims=2, target_size=(32, 32))
+    sided = train(cases, cases[:2], prep, config, tmp_path / "sided", progress=True)
+    assert "left-right flips off: the labels right_lung, left_lung name a body side" in capsys.readouterr().out
+    assert json.loads((sided / "bundle.json").read_text())["training"]["flip_axes"] == []
+    assert seen and set(seen) == {()}
+    assert _side_confidence(sided, [_two_sided_blobs(rng) for _ in range(3)]) > 0.85
+    seen.clear()
+    neutral = train(cases, cases[:2], prep, replace(config, labels={1: "a", 2: "b"}, epochs=1), tmp_path / "neutral", progress=False)
+    assert json.loads((neutral / "bundle.json").read_text())["training"]["flip_axes"] == [-1] and set(seen) == {(-1,)}

@@ -11,3 +11,14 @@ NETWORK_NAMES = ("unet", "attention-unet", "unetr", "swin-unetr", "hrnet", "diff
 LOSS_NAMES = ("dice", "dice-ce", "dice-boundary")
 BOUNDARY_SCHEDULES = ("constant", "increase", "adaptive")
 NORMALISATIONS = ("counts", "peak", "zscore", "suv", "window", "percentile")
+
+
+def sided_names(names) -> list[str]:
+    """The label names that name a body side (``right_lung``, ``kidney_left``, ``Left parotid``...).
+
+    A left-right flip turns a right structure into a left one without changing its label, so training augmentation
+    and test-time flips must not flip such a model along the left-right axis."""
+    import re
+
+    pattern = re.compile(r"(^|[^a-z])(left|right)([^a-z]|$)")
+    return [str(n) for n in names if pattern.search(str(n).lower())]

@@ -267,6 +267,24 @@ def check_heads(cases: Sequence[Case], heads: Sequence[str] | None, what: str) -
             raise ValueError(f"{what} case {case.case_id} has one label per head {case.heads} but the config has no heads")
 
 
+def without_side_flips(config: TrainConfig, spatial_dims: int, progress: bool = False) -> TrainConfig:
+    """``config`` without flips along the left-right (last) axis when a label names a side (``segment.names.sided_names``):
+    a flipped right lung is still labelled right lung and would teach the network to mix the sides."""
+    import dataclasses
+
+    from .names import sided_names
+
+    sided = sided_names(config.labels.values())
+    lateral = {-1, spatial_dims - 1}
+    if not sided or not lateral & set(config.flip_axes):
+        return config
+    message = f"left-right flips off: the labels {', '.join(sided)} name a body side"
+    if progress:
+        print(message, flush=True)
+    log.info(message)
+    return dataclasses.replace(config, flip_axes=tuple(a for a in config.flip_axes if a not in lateral))
+
+
 def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, config: TrainConfig, out_dir: str | Path,
           progress: bool = True, data_summary: dict[str, Any] | None = None) -> Path:
     """Train, keep the best checkpoint by validation Dice, and write a model bundle in ``out_dir``."""
@@ -276,6 +294,7 @@ def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, c
         raise ValueError("no training cases")
     check_heads(train_cases, config.heads, "training")
     check_heads(val_cases, config.heads, "validation")
+    config = without_side_flips(config, prep.spatial_dims, progress)
     heads = list(config.heads) if config.heads else None
     n_heads = config.n_heads
     out_dir = Path(out_dir)

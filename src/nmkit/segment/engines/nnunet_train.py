@@ -106,6 +106,18 @@ def make_splits(cases: list[dict[str, Any]], folds: Sequence[int], where: str | 
     return splits
 
 
+def nnunet_mirroring(labels: dict[int, str]) -> bool:
+    """Whether nnU-Net may mirror (training augmentation and test-time mirroring): not when a label names a body side -
+    a mirrored left kidney would be learnt as a left kidney on the right. The worker then does what nnU-Net's
+    ``nnUNetTrainerNoMirroring`` does, on the default trainer class, so the model loads in any nnU-Net install."""
+    from ..names import sided_names
+
+    sided = sided_names(labels.values())
+    if sided:
+        log.info("nnU-Net without mirroring: the labels %s name a body side", ", ".join(sided))
+    return not sided
+
+
 def train_nnunet(table, manifest: str | Path, out: str | Path, labels: dict[int, str], channels: Sequence[str] = ("image",),
                  configuration: str = "3d_fullres", folds: Sequence[int] = (0,), epochs: int = 1000, iterations: int = 250,
                  val_iterations: int = 50, device: str | None = None, name: str | None = None, version: str = "1.0.0",
@@ -126,7 +138,8 @@ def train_nnunet(table, manifest: str | Path, out: str | Path, labels: dict[int,
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    spec = {"raw": str(work / "raw"), "preprocessed": str(work / "preprocessed"), "results": str(work / "results"),
+    mirroring = nnunet_mirroring(labels)
+    spec = {"mirroring": mirroring, "raw": str(work / "raw"), "preprocessed": str(work / "preprocessed"), "results": str(work / "results"),
             "dataset_id": dataset_id, "dataset_name": folder_name, "configuration": configuration, "folds": list(folds),
             "epochs": epochs, "iterations": iterations, "val_iterations": val_iterations, "device": device,
             "threads": threads or min(4, os.cpu_count() or 1), "splits": splits}
@@ -147,7 +160,7 @@ def train_nnunet(table, manifest: str | Path, out: str | Path, labels: dict[int,
                  and p.name in ("plans.json", "dataset.json", "checkpoint_final.pth")}
     config = {"engine": "nnunet", "configuration": configuration, "folds": list(folds), "epochs": epochs,
               "iterations_per_epoch": iterations, "val_iterations_per_epoch": val_iterations, "device": device,
-              "channels": list(channels)}
+              "channels": list(channels), "mirroring": mirroring}
     description = {
         "format": "nmkit-bundle/1", "engine": "nnunet", "name": name or out.name, "version": version,
         "labels": {str(k): v for k, v in sorted(labels.items())}, "channels": list(channels),

@@ -27,6 +27,19 @@ def block_network() -> None:
     socket.create_connection = refuse  # type: ignore[assignment]
 
 
+def without_mirroring(trainer) -> None:
+    """No mirroring in training augmentation nor at inference (saved in the checkpoint), as nnU-Net's
+    ``nnUNetTrainerNoMirroring`` does, on this trainer instance: its class stays ``nnUNetTrainer``."""
+    configure = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size
+
+    def no_mirroring():
+        rotation, dummy_2d, patch_size, _ = configure()
+        trainer.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, patch_size, None
+
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size = no_mirroring
+
+
 def run(spec: dict) -> None:
     """Fingerprint, plan, preprocess, write the split, train; the spec names folders, dataset id and options."""
     os.environ["nnUNet_raw"] = spec["raw"]
@@ -53,6 +66,8 @@ def run(spec: dict) -> None:
     for fold in spec["folds"]:
         trainer = get_trainer_from_args(str(dataset_id), configuration, int(fold), "nnUNetTrainer", plans,
                                         device=torch.device(spec.get("device", "cpu")))
+        if spec.get("mirroring") is False:
+            without_mirroring(trainer)
         trainer.num_epochs = int(spec["epochs"])
         trainer.num_iterations_per_epoch = int(spec["iterations"])
         trainer.num_val_iterations_per_epoch = int(spec["val_iterations"])
