@@ -280,6 +280,11 @@ def test_sided_labels_turn_left_right_flips_off(tmp_path, capsys, monkeypatch):
     assert json.loads((sided / "bundle.json").read_text())["training"]["flip_axes"] == []
     assert seen and set(seen) == {()}
     assert _side_confidence(sided, [_two_sided_blobs(rng) for _ in range(3)]) > 0.85
+    # a test-time left-right flip is skipped for such a model (it would swap the sides), whatever the caller asks
+    test = _two_sided_blobs(rng)
+    bundle = load_bundle(sided, device="cpu")
+    flipped = predict_image(bundle, test.image, flips=(-1,))
+    assert flipped.meta["postprocessing"]["flips"] == [] and np.array_equal(flipped.array, predict_image(bundle, test.image, flips=()).array)
     seen.clear()
     neutral = train(cases, cases[:2], prep, replace(config, labels={1: "a", 2: "b"}, epochs=1), tmp_path / "neutral", progress=False)
     assert json.loads((neutral / "bundle.json").read_text())["training"]["flip_axes"] == [-1] and set(seen) == {(-1,)}

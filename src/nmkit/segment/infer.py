@@ -14,6 +14,7 @@ the input is made.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -24,6 +25,8 @@ from torch import nn
 
 from ..io.image import Image, Mask
 from .preprocess import Preprocessing, normalise
+
+log = logging.getLogger(__name__)
 
 _SLAB_VOXELS = 1 << 22  # voxels per slab when normalising/arg-maxing the accumulator in place (bounded temporaries)
 
@@ -392,6 +395,19 @@ def _own_labels(bundle, image: Image, flips: Sequence[int], window: SlidingWindo
     return labels_from_probabilities(np.asarray(probs, dtype=np.float32), bundle.n_heads, bundle.n_classes)
 
 
+def _side_safe_flips(bundle, flips: tuple[int, ...], spatial_dims: int) -> tuple[int, ...]:
+    """``flips`` without the left-right (last) axis when the bundle's labels name a body side: flipping a chest
+    radiograph makes the right lung look like a left one to a model that learnt the sides."""
+    from .names import sided_names
+
+    lateral = {-1, spatial_dims - 1}
+    sided = sided_names(bundle.labels.values()) if lateral & set(flips) else []
+    if not sided:
+        return flips
+    log.warning("test-time left-right flip skipped: the labels %s name a body side", ", ".join(sided))
+    return tuple(a for a in flips if a not in lateral)
+
+
 def predict_heads(bundle, image: Image, heads: Sequence[str | None] | None = None, flips: Sequence[int] | None = None,
                   keep_largest: bool | None = None, fill: bool | None = None,
                   window: SlidingWindow | None = None) -> dict[str | None, Mask]:
@@ -409,10 +425,13 @@ def predict_heads(bundle, image: Image, heads: Sequence[str | None] | None = Non
     defaults = bundle_postprocessing(bundle)
     asked_flips = flips
     flips = tuple(defaults.get("flips", ())) if flips is None else tuple(flips)
+    image2 = squeeze_planar(image)
+    flips = _side_safe_flips(bundle, flips, image2.ndim_spatial)
+    if asked_flips is not None:
+        asked_flips = flips
     keep_largest = bool(defaults.get("keep_largest", False)) if keep_largest is None else keep_largest
     fill = bool(defaults.get("fill_holes", False)) if fill is None else fill
     names = list(dict.fromkeys(bundle.resolve_head(h) for h in (heads if heads else [None])))  # unknown head: error first
-    image2 = squeeze_planar(image)
     settings = window_settings(bundle, window)
     engine_predict = getattr(bundle, "predict_labels", None)  # nnU-Net / MONAI bundle (nmkit.segment.engines)
     if engine_predict is not None:
