@@ -458,6 +458,309 @@ done:
     return result;
 }
 
+/* ----- morphology: one scan of the masks ------------------------------------------------------------------- */
+
+/* morph_scan(morph, int_mask, image, shape, bbox, moments, wsum, counts, isum) -> voxel count of morph
+   morph / int_mask uint8 and image float64 of shape (Z, Y, X).
+   bbox (int64, 6): (z0, y0, x0, z1, y1, x1) of morph (half-open; all 0 when empty).
+   moments (int64, 10): n, the first index moments (z, y, x) and the second ones (zz, yy, xx, zy, zx, yx) of morph.
+   wsum (float64, 4): sum of the image over int_mask and its sums times z, y and x.
+   counts (int64, 256) and isum (int64, 256 x 3): for the 2x2x2 cells of morph's bounding box with a one-voxel zero
+   frame (cell (z, y, x) has corners (z..z+1, y..y+1, x..x+1) of that framed box), the number of cells of each corner
+   pattern (bit 4 dz + 2 dy + dx) and the sums of their (z, y, x) cell indices, for the patterns other than 0 and 255
+   (as morphology.mask_volume_area counts them). */
+static PyObject *morph_scan(PyObject *self, PyObject *args) {
+    PyObject *o_m, *o_im, *o_x, *o_bb, *o_mom, *o_ws, *o_cnt, *o_is;
+    Py_ssize_t sh[3];
+    if (!PyArg_ParseTuple(args, "OOO(nnn)OOOOO", &o_m, &o_im, &o_x, &sh[0], &sh[1], &sh[2], &o_bb, &o_mom, &o_ws,
+                          &o_cnt, &o_is))
+        return NULL;
+    Py_ssize_t total = checked_size(sh, 3, 1, "shape");
+    if (total < 0) return NULL;
+    Py_buffer bm, bim, bx, bbb, bmom, bws, bcnt, bis;
+    int got = 0;
+    PyObject *result = NULL;
+    uint8_t *work = NULL;
+    if (get_buf(o_m, &bm, U8, total, 0, "morph") < 0) goto done;
+    got++;
+    if (get_buf(o_im, &bim, U8, total, 0, "int_mask") < 0) goto done;
+    got++;
+    if (get_buf(o_x, &bx, F64, total, 0, "image") < 0) goto done;
+    got++;
+    if (get_buf(o_bb, &bbb, I64, 6, 1, "bbox") < 0) goto done;
+    got++;
+    if (get_buf(o_mom, &bmom, I64, 10, 1, "moments") < 0) goto done;
+    got++;
+    if (get_buf(o_ws, &bws, F64, 4, 1, "wsum") < 0) goto done;
+    got++;
+    if (get_buf(o_cnt, &bcnt, I64, 256, 1, "counts") < 0) goto done;
+    got++;
+    if (get_buf(o_is, &bis, I64, 256 * 3, 1, "isum") < 0) goto done;
+    got++;
+    const uint8_t *m = bm.buf, *im = bim.buf;
+    const double *x = bx.buf;
+    int64_t *bb = bbb.buf, *mom = bmom.buf, *cnt = bcnt.buf, *is = bis.buf;
+    double *ws = bws.buf;
+    int64_t lo[3] = {sh[0], sh[1], sh[2]}, hi[3] = {-1, -1, -1};
+    int64_t n = 0, s1[3] = {0, 0, 0}, s2[6] = {0, 0, 0, 0, 0, 0};
+    double w = 0.0, wz = 0.0, wy = 0.0, wx = 0.0;
+    for (Py_ssize_t z = 0; z < sh[0]; z++)
+        for (Py_ssize_t y = 0; y < sh[1]; y++) {
+            Py_ssize_t off = (z * sh[1] + y) * sh[2];
+            const uint8_t *mr = m + off, *ir = im + off;
+            const double *xr = x + off;
+            int64_t rn = 0, rx = 0, rxx = 0, c0 = -1, c1 = -1;
+            double rw = 0.0, rwx = 0.0;
+            for (Py_ssize_t i = 0; i < sh[2]; i++) {
+                if (mr[i]) {
+                    if (c0 < 0) c0 = i;
+                    c1 = i;
+                    rn++; rx += i; rxx += (int64_t)i * i;
+                }
+                if (ir[i]) { rw += xr[i]; rwx += xr[i] * (double)i; }
+            }
+            w += rw; wz += rw * (double)z; wy += rw * (double)y; wx += rwx;
+            if (!rn) continue;
+            n += rn;
+            s1[0] += rn * z; s1[1] += rn * y; s1[2] += rx;
+            s2[0] += rn * z * z; s2[1] += rn * y * y; s2[2] += rxx;
+            s2[3] += rn * z * y; s2[4] += rx * z; s2[5] += rx * y;
+            if (z < lo[0]) lo[0] = z;
+            if (z > hi[0]) hi[0] = z;
+            if (y < lo[1]) lo[1] = y;
+            if (y > hi[1]) hi[1] = y;
+            if (c0 < lo[2]) lo[2] = c0;
+            if (c1 > hi[2]) hi[2] = c1;
+        }
+    mom[0] = n;
+    for (int a = 0; a < 3; a++) mom[1 + a] = s1[a];
+    for (int a = 0; a < 6; a++) mom[4 + a] = s2[a];
+    ws[0] = w; ws[1] = wz; ws[2] = wy; ws[3] = wx;
+    memset(cnt, 0, 256 * sizeof(int64_t));
+    memset(is, 0, 256 * 3 * sizeof(int64_t));
+    if (!n) {
+        for (int a = 0; a < 6; a++) bb[a] = 0;
+        result = PyLong_FromLongLong(0);
+        goto done;
+    }
+    for (int a = 0; a < 3; a++) { bb[a] = lo[a]; bb[3 + a] = hi[a] + 1; }
+    /* framed box: (pz, py, px) = box + 2; row codes r = m[x] | m[x + 1] << 1, plane codes q = r[y] | r[y + 1] << 2,
+       cell code = q(z) | q(z + 1) << 4 over the (pz - 1) (py - 1) (px - 1) cells */
+    Py_ssize_t pz = hi[0] - lo[0] + 3, py = hi[1] - lo[1] + 3, px = hi[2] - lo[2] + 3;
+    Py_ssize_t qsize = (py - 1) * (px - 1);
+    work = work_get((size_t)(2 * qsize + px));
+    if (!work) { PyErr_NoMemory(); goto done; }
+    uint8_t *q0 = work, *q1 = work + qsize, *rowbuf = work + 2 * qsize;
+    for (Py_ssize_t zp = 0; zp < pz; zp++) {
+        /* plane codes of framed plane zp into q1 */
+        Py_ssize_t z = lo[0] + zp - 1;
+        for (Py_ssize_t yp = 0; yp < py; yp++) {
+            Py_ssize_t y = lo[1] + yp - 1;
+            /* row codes of framed row yp into rowbuf (px - 1 entries) */
+            if (z < lo[0] || z > hi[0] || y < lo[1] || y > hi[1]) {
+                memset(rowbuf, 0, (size_t)(px - 1));
+            } else {
+                const uint8_t *mr = m + (z * sh[1] + y) * sh[2] + lo[2];
+                Py_ssize_t nx = px - 2;
+                rowbuf[0] = mr[0] ? 2 : 0;
+                for (Py_ssize_t i = 1; i < nx; i++) rowbuf[i] = (uint8_t)((mr[i - 1] ? 1 : 0) | (mr[i] ? 2 : 0));
+                rowbuf[nx] = mr[nx - 1] ? 1 : 0;
+            }
+            if (yp > 0) {
+                uint8_t *qr = q1 + (yp - 1) * (px - 1);
+                for (Py_ssize_t i = 0; i < px - 1; i++) qr[i] |= (uint8_t)(rowbuf[i] << 2);
+            }
+            if (yp < py - 1) memcpy(q1 + yp * (px - 1), rowbuf, (size_t)(px - 1));
+        }
+        if (zp > 0) {
+            Py_ssize_t cz = zp - 1;
+            for (Py_ssize_t cy = 0; cy < py - 1; cy++) {
+                const uint8_t *a = q0 + cy * (px - 1), *b = q1 + cy * (px - 1);
+                for (Py_ssize_t cx = 0; cx < px - 1; cx++) {
+                    unsigned code = (unsigned)a[cx] | ((unsigned)b[cx] << 4);
+                    if (code == 0 || code == 255) continue;
+                    cnt[code]++;
+                    is[3 * code] += cz; is[3 * code + 1] += cy; is[3 * code + 2] += cx;
+                }
+            }
+        }
+        uint8_t *t = q0; q0 = q1; q1 = t;
+    }
+    result = PyLong_FromLongLong(n);
+done:
+    work_release(work);
+    if (got > 0) PyBuffer_Release(&bm);
+    if (got > 1) PyBuffer_Release(&bim);
+    if (got > 2) PyBuffer_Release(&bx);
+    if (got > 3) PyBuffer_Release(&bbb);
+    if (got > 4) PyBuffer_Release(&bmom);
+    if (got > 5) PyBuffer_Release(&bws);
+    if (got > 6) PyBuffer_Release(&bcnt);
+    if (got > 7) PyBuffer_Release(&bis);
+    return result;
+}
+
+/* ----- morphology: convex hull candidates ------------------------------------------------------------------ */
+
+typedef struct {
+    int64_t c[3]; /* doubled (z, y, x) box index: one coordinate odd (the line's axis), two even */
+} HPoint;
+
+/* the plane axis and the two in-plane axes (u, v) of the current 2D filter pass (qsort takes no context) */
+static int ax_w = 0, ax_u = 1, ax_v = 2;
+
+static int cmp_plane(const void *a, const void *b) {
+    const HPoint *p = a, *q = b;
+    int order[3] = {ax_w, ax_u, ax_v};
+    for (int k = 0; k < 3; k++)
+        if (p->c[order[k]] != q->c[order[k]]) return p->c[order[k]] < q->c[order[k]] ? -1 : 1;
+    return 0;
+}
+
+static int64_t cross2(const HPoint *o, const HPoint *a, const HPoint *b) {
+    return (a->c[ax_u] - o->c[ax_u]) * (b->c[ax_v] - o->c[ax_v]) - (a->c[ax_v] - o->c[ax_v]) * (b->c[ax_u] - o->c[ax_u]);
+}
+
+/* Vertices of the 2D convex hull (u, v) of pts[0..n) (sorted by u then v, distinct), collinear points dropped
+   (Andrew's monotone chain, exact integer arithmetic), written to out; returns their count. */
+static Py_ssize_t hull2d(const HPoint *pts, Py_ssize_t n, HPoint *out, const HPoint **st) {
+    if (n <= 2) {
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = pts[i];
+        return n;
+    }
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        while (k >= 2 && cross2(st[k - 2], st[k - 1], &pts[i]) <= 0) k--;
+        st[k++] = &pts[i];
+    }
+    for (Py_ssize_t i = n - 2, t = k + 1; i >= 0; i--) {
+        while (k >= t && cross2(st[k - 2], st[k - 1], &pts[i]) <= 0) k--;
+        st[k++] = &pts[i];
+    }
+    k--; /* the last point is the first one */
+    for (Py_ssize_t i = 0; i < k; i++) out[i] = *st[i];
+    return k;
+}
+
+/* hull_points(mask, shape, spacing_zyx, out) -> number of points written to out (float64, (cap, 3))
+   The candidates of morphology._hull_points (the outermost marching-cubes vertices of each grid line, half a
+   voxel beyond its first and last inside voxel, less those lying between both neighbouring lines' points), in mm
+   relative to the mask's bounding box; then, plane by plane along z, y and x in turn, only the vertices of each
+   plane's 2D convex hull are kept (a point inside the hull of other points of its plane is no corner of the 3D
+   hull, so the hull is unchanged). */
+static PyObject *hull_points(PyObject *self, PyObject *args) {
+    PyObject *o_m, *o_out;
+    Py_ssize_t sh[3];
+    double sp[3];
+    if (!PyArg_ParseTuple(args, "O(nnn)(ddd)O", &o_m, &sh[0], &sh[1], &sh[2], &sp[0], &sp[1], &sp[2], &o_out))
+        return NULL;
+    Py_ssize_t total = checked_size(sh, 3, 1, "shape");
+    if (total < 0) return NULL;
+    Py_buffer bm, bo;
+    if (get_buf(o_m, &bm, U8, total, 0, "mask") < 0) return NULL;
+    if (get_buf(o_out, &bo, F64, -1, 1, "out") < 0) { PyBuffer_Release(&bm); return NULL; }
+    PyObject *result = NULL;
+    HPoint *pts = NULL, *kept = NULL;
+    const HPoint **st = NULL;
+    int64_t *first = NULL, *last = NULL;
+    const uint8_t *m = bm.buf;
+    Py_ssize_t lo[3] = {sh[0], sh[1], sh[2]}, hi[3] = {-1, -1, -1};
+    for (Py_ssize_t z = 0; z < sh[0]; z++)
+        for (Py_ssize_t y = 0; y < sh[1]; y++) {
+            const uint8_t *r = m + (z * sh[1] + y) * sh[2];
+            for (Py_ssize_t i = 0; i < sh[2]; i++)
+                if (r[i]) {
+                    if (z < lo[0]) lo[0] = z;
+                    if (z > hi[0]) hi[0] = z;
+                    if (y < lo[1]) lo[1] = y;
+                    if (y > hi[1]) hi[1] = y;
+                    if (i < lo[2]) lo[2] = i;
+                    if (i > hi[2]) hi[2] = i;
+                }
+        }
+    if (hi[0] < 0) { result = PyLong_FromLong(0); goto done; }
+    Py_ssize_t n[3] = {hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1};
+    Py_ssize_t cap = 2 * (n[1] * n[2] + n[0] * n[2] + n[0] * n[1]);
+    if (bo.len < cap * 3 * 8) {
+        PyErr_Format(PyExc_ValueError, "out holds %zd points, need %zd", bo.len / 24, cap);
+        goto done;
+    }
+    Py_ssize_t maxline = n[1] * n[2];
+    if (n[0] * n[2] > maxline) maxline = n[0] * n[2];
+    if (n[0] * n[1] > maxline) maxline = n[0] * n[1];
+    pts = PyMem_Malloc(sizeof(HPoint) * cap);
+    kept = PyMem_Malloc(sizeof(HPoint) * cap);
+    st = PyMem_Malloc(sizeof(HPoint *) * (cap + 1));
+    first = PyMem_Malloc(sizeof(int64_t) * maxline);
+    last = PyMem_Malloc(sizeof(int64_t) * maxline);
+    if (!pts || !kept || !st || !first || !last) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t np_ = 0;
+    Py_ssize_t str[3] = {sh[1] * sh[2], sh[2], 1};
+    const uint8_t *base = m + lo[0] * str[0] + lo[1] * str[1] + lo[2];
+    for (int ax = 0; ax < 3; ax++) {
+        int a1 = ax == 0 ? 1 : 0, a2 = ax == 2 ? 1 : 2; /* the other two axes, in order */
+        Py_ssize_t na = n[a1], nb = n[a2], len = n[ax];
+        /* first / last inside index of each line (a, b) along ax; -1 when the line is empty */
+        for (Py_ssize_t a = 0; a < na; a++)
+            for (Py_ssize_t b = 0; b < nb; b++) {
+                const uint8_t *p = base + a * str[a1] + b * str[a2];
+                int64_t f = -1, l = -1;
+                for (Py_ssize_t t = 0; t < len; t++)
+                    if (p[t * str[ax]]) { f = t; break; }
+                if (f >= 0)
+                    for (Py_ssize_t t = len - 1; t >= 0; t--)
+                        if (p[t * str[ax]]) { l = t; break; }
+                first[a * nb + b] = f;
+                last[a * nb + b] = l;
+            }
+        for (Py_ssize_t a = 0; a < na; a++)
+            for (Py_ssize_t b = 0; b < nb; b++) {
+                Py_ssize_t i = a * nb + b;
+                if (first[i] < 0) continue;
+                int keep_f = 1, keep_l = 1;
+                if (a > 0 && a < na - 1 && first[i - nb] >= 0 && first[i + nb] >= 0) {
+                    if (2 * first[i] >= first[i - nb] + first[i + nb]) keep_f = 0;
+                    if (2 * last[i] <= last[i - nb] + last[i + nb]) keep_l = 0;
+                }
+                if (b > 0 && b < nb - 1 && first[i - 1] >= 0 && first[i + 1] >= 0) {
+                    if (2 * first[i] >= first[i - 1] + first[i + 1]) keep_f = 0;
+                    if (2 * last[i] <= last[i - 1] + last[i + 1]) keep_l = 0;
+                }
+                for (int e = 0; e < 2; e++) {
+                    if (!(e ? keep_l : keep_f)) continue;
+                    HPoint *q = &pts[np_++];
+                    q->c[ax] = e ? 2 * last[i] + 1 : 2 * first[i] - 1;
+                    q->c[a1] = 2 * a;
+                    q->c[a2] = 2 * b;
+                }
+            }
+    }
+    /* plane by plane along z, then y, then x: only the vertices of each plane's 2D hull stay */
+    Py_ssize_t nk = np_;
+    for (int w = 0; w < 3; w++) {
+        ax_w = w; ax_u = w == 0 ? 1 : 0; ax_v = w == 2 ? 1 : 2;
+        qsort(pts, (size_t)nk, sizeof(HPoint), cmp_plane);
+        Py_ssize_t nn = 0;
+        for (Py_ssize_t i = 0; i < nk;) {
+            Py_ssize_t j = i;
+            while (j < nk && pts[j].c[w] == pts[i].c[w]) j++;
+            nn += hull2d(pts + i, j - i, kept + nn, st);
+            i = j;
+        }
+        HPoint *t = pts; pts = kept; kept = t;
+        nk = nn;
+    }
+    HPoint *res = pts;
+    double *o = bo.buf;
+    for (Py_ssize_t i = 0; i < nk; i++)
+        for (int k = 0; k < 3; k++) o[3 * i + k] = ((double)res[i].c[k] * 0.5) * sp[k];
+    result = PyLong_FromSsize_t(nk);
+done:
+    PyMem_Free(pts); PyMem_Free(kept); PyMem_Free(st); PyMem_Free(first); PyMem_Free(last);
+    PyBuffer_Release(&bm); PyBuffer_Release(&bo);
+    return result;
+}
+
 /* ----- module ----------------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -465,6 +768,8 @@ static PyMethodDef methods[] = {
     {"fill_slab", fill_slab, METH_VARARGS, "copy a block of x-frequencies of the spectrum into a zero-padded slab"},
     {"split_slab", split_slab, METH_VARARGS, "first radix-2 step along z of a slab, in place"},
     {"slab_sums", slab_sums, METH_VARARGS, "kernel-weighted cross-spectrum sums over a slab"},
+    {"morph_scan", morph_scan, METH_VARARGS, "moments, intensity sums and corner-pattern counts of a mask"},
+    {"hull_points", hull_points, METH_VARARGS, "convex hull candidate points of a mask's marching-cubes mesh"},
     {"sphere_means", sphere_means, METH_VARARGS, "means over a sphere (kernel) around the voxels of a mask"},
     {NULL, NULL, 0, NULL}};
 

@@ -95,7 +95,6 @@ def mask_volume_area(mask: np.ndarray, spacing_xyz) -> tuple[float, float]:
     the per-pattern surface pieces (``_cube_tables``) are summed with their counts (divergence theorem for the
     volume, exact up to round-off)."""
     sp = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
-    area_t, t0_t, s_t = _cube_tables(sp)
     m = np.pad(mask[_bbox_slices(mask)], 1).view(np.uint8)
     nz, ny, nx = (n - 1 for n in m.shape)
     code = np.zeros((nz, ny, nx), dtype=np.uint8)
@@ -106,12 +105,20 @@ def mask_volume_area(mask: np.ndarray, spacing_xyz) -> tuple[float, float]:
     cells = np.flatnonzero((code != 0) & (code != 255))  # cells the surface passes through
     c = code[cells]
     counts = np.bincount(c, minlength=256)
-    area = float(counts @ area_t)
     iz, rest = np.divmod(cells, ny * nx)
     iy, ix = np.divmod(rest, nx)
+    index_sums = [np.bincount(c, weights=idx.astype(np.float64), minlength=256) for idx in (iz, iy, ix)]
+    return _volume_area_from_counts(counts, index_sums, sp)
+
+
+def _volume_area_from_counts(counts: np.ndarray, index_sums, sp: tuple[float, float, float]) -> tuple[float, float]:
+    """Mesh volume and area from the number of cells of each corner pattern and the sums of their (z, y, x) cell
+    indices per pattern (``index_sums[axis]``, exact integers as float64), with the tables of ``_cube_tables``."""
+    area_t, t0_t, s_t = _cube_tables(sp)
+    area = float(counts @ area_t)
     six_v = float(counts @ t0_t)
-    for axis, idx in enumerate((iz, iy, ix)):  # sum over cells of p.s, grouped by pattern
-        six_v += sp[axis] * float(np.bincount(c, weights=idx.astype(np.float64), minlength=256) @ s_t[:, axis])
+    for axis in range(3):  # sum over cells of p.s, grouped by pattern
+        six_v += sp[axis] * float(index_sums[axis] @ s_t[:, axis])
     return abs(six_v) / 6.0, area
 
 
@@ -276,6 +283,33 @@ def _index_covariance(mask: np.ndarray) -> np.ndarray:
     return (n * second.astype(np.float64) - np.outer(first, first).astype(np.float64)) / (n * (n - 1.0))
 
 
+def _scan_native(cm, roi: ProcessedROI, sp_zyx: np.ndarray):
+    """What ``morphology_features`` needs from the masks, by two C passes: mesh volume and area (the same pattern
+    counts and index sums as ``mask_volume_area``, so the same numbers), exact index moments of the morphological
+    mask, the intensity-weighted centre of mass (mm), the bounding box extent (mm) and the hull candidate points
+    (``_hull_points``' set, less the points inside their z-plane's 2D hull)."""
+    morph = np.ascontiguousarray(roi.morph_mask, dtype=bool)
+    int_mask = np.ascontiguousarray(roi.int_mask, dtype=bool)
+    img = np.ascontiguousarray(roi.image, dtype=np.float64)
+    bbox, mom, wsum = np.empty(6, np.int64), np.empty(10, np.int64), np.empty(4)
+    counts, isum = np.empty(256, np.int64), np.empty((256, 3), np.int64)
+    cm.morph_scan(morph, int_mask, img, img.shape, bbox, mom, wsum, counts, isum)
+    sp = (float(sp_zyx[0]), float(sp_zyx[1]), float(sp_zyx[2]))
+    volume, area = _volume_area_from_counts(counts, [isum[:, a].astype(np.float64) for a in range(3)], sp)
+    n = int(mom[0])
+    second = np.empty((3, 3), dtype=np.int64)
+    second[0, 0], second[1, 1], second[2, 2] = mom[4], mom[5], mom[6]
+    second[0, 1] = second[1, 0] = mom[7]
+    second[0, 2] = second[2, 0] = mom[8]
+    second[1, 2] = second[2, 1] = mom[9]
+    com_int = wsum[1:] / wsum[0] * sp_zyx if wsum[0] != 0 else np.full(3, np.nan)
+    ext = (bbox[3:] - bbox[:3]).astype(float) * sp_zyx
+    nb = bbox[3:] - bbox[:3]
+    out = np.empty((2 * int(nb[1] * nb[2] + nb[0] * nb[2] + nb[0] * nb[1]), 3))
+    k = cm.hull_points(morph, morph.shape, sp, out)
+    return volume, area, (n, mom[1:4].copy(), second), com_int, ext, out[:k]
+
+
 def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> dict[str, float]:
     """All IBSI morphological features (mirp tags: ``morph_*``); ``values``: ``roi.values`` when the caller has it."""
     from scipy.spatial import ConvexHull
@@ -284,8 +318,26 @@ def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> 
     sp = roi.spacing
     sp_zyx = np.asarray([sp[2], sp[1], sp[0]], dtype=float)
     morph = roi.morph_mask
-    volume, area = mask_volume_area(morph, sp)
-    n_vox = int(morph.sum())
+    w = roi.values if values is None else values
+    cm = native("_cmorph")
+    if cm is not None:
+        volume, area, (n_m, first_m, second_m), com_int, ext, points = _scan_native(cm, roi, sp_zyx)
+    else:
+        volume, area = mask_volume_area(morph, sp)
+        n_m, first_m, second_m = _index_moments(morph)
+        # intensity-weighted centre of mass (intensity mask), from per-axis projections (no voxel position list)
+        w_tot = float(w.sum())
+        if w_tot != 0:
+            wimg = np.where(roi.int_mask, roi.image, 0.0)
+            w_zy = wimg.sum(axis=2)
+            w_z, w_y, w_x = w_zy.sum(1), w_zy.sum(0), wimg.sum(axis=(0, 1))
+            com_int = np.array([np.arange(len(v)) @ v for v in (w_z, w_y, w_x)]) / w_tot * sp_zyx
+        else:
+            com_int = np.full(3, np.nan)
+        # mesh extent: half a voxel beyond the outermost voxel centres on each side
+        ext = np.array([sl.stop - sl.start for sl in _bbox_slices(morph)], dtype=float) * sp_zyx
+        points = _hull_points(morph, sp_zyx)
+    n_vox = n_m
     vol_approx = n_vox * float(np.prod(sp))
     f: dict[str, float] = {}
     f["morph_volume"] = volume
@@ -297,21 +349,10 @@ def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> 
     f["morph_sph_dispr"] = area / (36.0 * math.pi * volume ** 2) ** (1.0 / 3.0)
     f["morph_sphericity"] = (36.0 * math.pi * volume ** 2) ** (1.0 / 3.0) / area
     f["morph_asphericity"] = (area ** 3 / (36.0 * math.pi * volume ** 2)) ** (1.0 / 3.0) - 1.0
-    # centre of mass shift: geometric (morphological mask) vs intensity-weighted (intensity mask), from
-    # per-axis projections (no list of every voxel position)
-    w = roi.values if values is None else values
-    n_m, first_m, second_m = _index_moments(morph)
+    # centre of mass shift: geometric (morphological mask) vs intensity-weighted (intensity mask)
     com_geo = first_m / n_m * sp_zyx
-    w_tot = float(w.sum())
-    if w_tot != 0:
-        wimg = np.where(roi.int_mask, roi.image, 0.0)
-        w_zy = wimg.sum(axis=2)
-        w_z, w_y, w_x = w_zy.sum(1), w_zy.sum(0), wimg.sum(axis=(0, 1))
-        com_int = np.array([np.arange(len(v)) @ v for v in (w_z, w_y, w_x)]) / w_tot * sp_zyx
-    else:
-        com_int = np.full(3, np.nan)
     f["morph_com"] = float(np.linalg.norm(com_geo - com_int))
-    hull = ConvexHull(_hull_points(morph, sp_zyx))  # the hull of the mesh vertices, from far fewer points
+    hull = ConvexHull(points)  # the hull of the mesh vertices, from far fewer points
     hv = hull.points[hull.vertices]  # the diameter is attained between hull corners
     f["morph_diam"] = float(pdist(hv).max()) if len(hv) > 1 else 0.0
     # PCA on voxel centre positions of the morphological mask: covariance from exact integer index moments
@@ -324,8 +365,6 @@ def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> 
     f["morph_pca_least_axis"] = 4.0 * math.sqrt(l3)
     f["morph_pca_elongation"] = math.sqrt(l2 / l1) if l1 > 0 else float("nan")
     f["morph_pca_flatness"] = math.sqrt(l3 / l1) if l1 > 0 else float("nan")
-    # mesh extent: half a voxel beyond the outermost voxel centres on each side
-    ext = np.array([sl.stop - sl.start for sl in _bbox_slices(morph)], dtype=float) * sp_zyx
     f["morph_vol_dens_aabb"] = volume / float(np.prod(ext))
     f["morph_area_dens_aabb"] = area / float(2.0 * (ext[0] * ext[1] + ext[0] * ext[2] + ext[1] * ext[2]))
     a, b, c = 2.0 * math.sqrt(l1), 2.0 * math.sqrt(l2), 2.0 * math.sqrt(l3)
