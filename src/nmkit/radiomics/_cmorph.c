@@ -761,6 +761,51 @@ done:
     return result;
 }
 
+/* ----- interpolation ---------------------------------------------------------------------------------------- */
+
+/* linear_along(a, (outer, n, inner), i0, i1, w, out): out[o, i, k] = (a[o, i1[i], k] - a[o, i0[i], k]) w[i]
+   + a[o, i0[i], k], for a float64 array viewed as (outer, n, inner) and out as (outer, len(w), inner): one pass of
+   preprocess._linear_along with the same indices, weights and arithmetic (so the same numbers). */
+static PyObject *linear_along(PyObject *self, PyObject *args) {
+    PyObject *o_a, *o_i0, *o_i1, *o_w, *o_out;
+    Py_ssize_t d[3];
+    if (!PyArg_ParseTuple(args, "O(nnn)OOOO", &o_a, &d[0], &d[1], &d[2], &o_i0, &o_i1, &o_w, &o_out)) return NULL;
+    Py_ssize_t total = checked_size(d, 3, 1, "shape");
+    if (total < 0) return NULL;
+    Py_buffer ba, b0, b1, bw, bo;
+    if (get_buf(o_w, &bw, F64, -1, 0, "w") < 0) return NULL;
+    Py_ssize_t m = bw.len / 8;
+    if (get_buf(o_a, &ba, F64, total, 0, "a") < 0) { PyBuffer_Release(&bw); return NULL; }
+    if (get_buf(o_i0, &b0, I64, m, 0, "i0") < 0) { PyBuffer_Release(&bw); PyBuffer_Release(&ba); return NULL; }
+    if (get_buf(o_i1, &b1, I64, m, 0, "i1") < 0) {
+        PyBuffer_Release(&bw); PyBuffer_Release(&ba); PyBuffer_Release(&b0); return NULL;
+    }
+    if (get_buf(o_out, &bo, F64, d[0] * m * d[2], 1, "out") < 0) {
+        PyBuffer_Release(&bw); PyBuffer_Release(&ba); PyBuffer_Release(&b0); PyBuffer_Release(&b1); return NULL;
+    }
+    const int64_t *i0 = b0.buf, *i1 = b1.buf;
+    const double *a = ba.buf, *w = bw.buf;
+    double *out = bo.buf;
+    PyObject *result = Py_None;
+    for (Py_ssize_t i = 0; i < m; i++)
+        if (i0[i] < 0 || i0[i] >= d[1] || i1[i] < 0 || i1[i] >= d[1]) {
+            PyErr_SetString(PyExc_ValueError, "interpolation index out of range");
+            result = NULL;
+            goto done;
+        }
+    Py_ssize_t n = d[1], inner = d[2];
+    for (Py_ssize_t o = 0; o < d[0]; o++)
+        for (Py_ssize_t i = 0; i < m; i++) {
+            const double *lo = a + (o * n + i0[i]) * inner, *hi = a + (o * n + i1[i]) * inner;
+            double *r = out + (o * m + i) * inner, wi = w[i];
+            for (Py_ssize_t k = 0; k < inner; k++) r[k] = (hi[k] - lo[k]) * wi + lo[k];
+        }
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&bw); PyBuffer_Release(&ba); PyBuffer_Release(&b0); PyBuffer_Release(&b1); PyBuffer_Release(&bo);
+    return result;
+}
+
 /* ----- module ----------------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -770,6 +815,7 @@ static PyMethodDef methods[] = {
     {"slab_sums", slab_sums, METH_VARARGS, "kernel-weighted cross-spectrum sums over a slab"},
     {"morph_scan", morph_scan, METH_VARARGS, "moments, intensity sums and corner-pattern counts of a mask"},
     {"hull_points", hull_points, METH_VARARGS, "convex hull candidate points of a mask's marching-cubes mesh"},
+    {"linear_along", linear_along, METH_VARARGS, "linear interpolation along one axis (a separable pass)"},
     {"sphere_means", sphere_means, METH_VARARGS, "means over a sphere (kernel) around the voxels of a mask"},
     {NULL, NULL, 0, NULL}};
 

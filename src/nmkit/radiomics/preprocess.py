@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.image import Image, Mask
+from ._native import native
 from .config import Discretisation, RadiomicsConfig
 
 MASK_EPS = 1e-6  # tolerance on the ROI partial-volume threshold (floating-point round-off of interpolation weights)
@@ -88,6 +89,13 @@ def _linear_along(a: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
     i0 = np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
     w = c - i0
     i1 = np.minimum(i0 + 1, n - 1)
+    cm = native("_cmorph")
+    if cm is not None and a.dtype == np.float64:  # one C pass, the same arithmetic
+        src = np.ascontiguousarray(a)
+        outer, inner = int(np.prod(a.shape[:axis])), int(np.prod(a.shape[axis + 1:]))
+        out = np.empty(a.shape[:axis] + (w.size,) + a.shape[axis + 1:])
+        cm.linear_along(src, (outer, n, inner), i0.astype(np.int64), i1.astype(np.int64), w, out)
+        return out
     if axis < a.ndim - 1 and a.size >= PLANE_LOOP_MIN * n:  # plane by plane: no gathered copies (same arithmetic)
         out = np.empty(a.shape[:axis] + (w.size,) + a.shape[axis + 1:], dtype=np.result_type(a, w))
         lead = (slice(None),) * axis
