@@ -20,8 +20,8 @@ static const int DIRS[13][3] = {{0, 0, 1},  {0, 1, 1},  {0, 1, 0},   {0, 1, -1},
 
 /* ----- buffers ---------------------------------------------------------------------------------------------- */
 
-/* kind: 'u8' uint8, 'u16' uint16, 'i64' int64, 'f64' double */
-enum kind { U8, U16, I64, F64 };
+/* element kinds of the buffers */
+enum kind { U8, U16, I32, I64, F64 };
 
 static int format_is(const Py_buffer *v, enum kind k) {
     const char *f = v->format ? v->format : "B";
@@ -30,6 +30,7 @@ static int format_is(const Py_buffer *v, enum kind k) {
     switch (k) {
     case U8: return v->itemsize == 1 && (f[0] == 'B' || f[0] == '?');
     case U16: return v->itemsize == 2 && f[0] == 'H';
+    case I32: return v->itemsize == 4 && f[0] == 'i';
     case I64: return v->itemsize == 8 && (f[0] == 'l' || f[0] == 'q');
     case F64: return v->itemsize == 8 && f[0] == 'd';
     }
@@ -37,7 +38,7 @@ static int format_is(const Py_buffer *v, enum kind k) {
 }
 
 static const char *kind_name(enum kind k) {
-    static const char *names[] = {"uint8", "uint16", "int64", "float64"};
+    static const char *names[] = {"uint8", "uint16", "int32", "int64", "float64"};
     return names[k];
 }
 
@@ -113,80 +114,63 @@ static int neighbour_offsets(const Grid *g, int three_d, Py_ssize_t *off) {
     return k;
 }
 
-/* ----- GLCM ------------------------------------------------------------------------------------------------- */
+/* ----- GLCM and GLRLM ---------------------------------------------------------------------------------------- */
 
-static const char glcm_doc[] =
-    "glcm(grid, nz, ny, nx, ndir, per_slice, lv, out)\n\n"
-    "Raw (unsymmetrised) co-occurrence counts including level 0: out (int64) holds first the 4 in-plane\n"
-    "directions as (4, S, lv, lv) with S = nz - 2 slices when per_slice else 1, then directions 4..ndir-1 as\n"
-    "(ndir - 4, lv, lv). Adds to out.";
-
-static PyObject *glcm(PyObject *self, PyObject *args) {
-    PyObject *go, *oo;
-    Py_ssize_t nz, ny, nx, ndir, lv;
-    int per_slice;
-    Grid g;
-    Py_buffer gb, ob;
-    if (!PyArg_ParseTuple(args, "OnnnnpnO", &go, &nz, &ny, &nx, &ndir, &per_slice, &lv, &oo)) return NULL;
-    if (parse_shape(nz, ny, nx, &g) < 0) return NULL;
-    if ((ndir != 4 && ndir != 13) || lv < 1 || lv > 65536) {
-        PyErr_SetString(PyExc_ValueError, "ndir must be 4 or 13 and 1 <= lv <= 65536");
-        return NULL;
-    }
-    Py_ssize_t ns = per_slice ? nz - 2 : 1, l2 = lv * lv;
-    if (get_buf(go, &gb, U16, g.n, 0, "grid") < 0) return NULL;
-    if (get_buf(oo, &ob, I64, (N2D * ns + (ndir - N2D)) * l2, 1, "out") < 0) {
-        PyBuffer_Release(&gb);
-        return NULL;
-    }
-    const uint16_t *a = gb.buf;
-    int64_t *out = ob.buf;
-    if (check_grid(a, &g, lv) < 0) goto fail;
-    Py_ssize_t off[13];
-    for (int d = 0; d < ndir; d++) off[d] = offset_of(&g, d);
-    Py_BEGIN_ALLOW_THREADS
-    int64_t *cross = out + N2D * ns * l2;
-    for (Py_ssize_t z = 1; z < nz - 1; z++) {
-        int64_t *plane = out + (per_slice ? (z - 1) * l2 : 0);
-        for (Py_ssize_t y = 1; y < ny - 1; y++) {
-            Py_ssize_t i0 = z * g.sz + y * g.sy;
-            for (Py_ssize_t i = i0 + 1; i < i0 + nx - 1; i++) {
-                Py_ssize_t c = a[i];
+/* The scan of pairs(): restrict pointers let the compiler keep loads ahead of the counter stores. */
+static void pairs_scan(const uint16_t *restrict a, const Grid *g, const Py_ssize_t *off, Py_ssize_t ndir,
+                       int per_slice, Py_ssize_t lv, Py_ssize_t nr, Py_ssize_t rmask, uint16_t *restrict pos,
+                       int32_t *restrict cm, int32_t *restrict rl) {
+    Py_ssize_t ns = per_slice ? g->nz - 2 : 1, l2 = lv * lv, ln = lv * nr;
+    int32_t *cm3 = cm + N2D * ns * l2, *rl3 = rl + N2D * ns * ln;
+    for (Py_ssize_t z = 1; z < g->nz - 1; z++) {
+        int32_t *cm2 = cm + (per_slice ? (z - 1) * l2 : 0), *rl2 = rl + (per_slice ? (z - 1) * ln : 0);
+        for (Py_ssize_t y = 1; y < g->ny - 1; y++) {
+            Py_ssize_t i0 = z * g->sz + y * g->sy;
+            for (Py_ssize_t i = i0 + 1; i < i0 + g->nx - 1; i++) {
+                unsigned c = a[i];
                 if (!c) continue;
-                for (int d = 0; d < N2D; d++) plane[d * ns * l2 + c * lv + a[i + off[d]]]++;
-                for (int d = N2D; d < ndir; d++) cross[(d - N2D) * l2 + c * lv + a[i + off[d]]]++;
+                uint16_t *p = pos + (i & rmask) * 16;
+                unsigned prev[13], len[13];
+                /* the predecessor's slot is only used when it has level c, i.e. was written in this call */
+                for (int d = 0; d < ndir; d++) {
+                    Py_ssize_t o = off[d];
+                    prev[d] = a[i - o];
+                    len[d] = 1u + (pos[((i - o) & rmask) * 16 + d] & -(unsigned)(prev[d] == c));
+                }
+                for (int d = 0; d < ndir; d++) p[d] = (uint16_t)len[d];
+                for (int d = 0; d < N2D; d++) {
+                    cm2[d * ns * l2 + c * lv + prev[d]]++;
+                    rl2[d * ns * ln + c * nr + len[d]]++;
+                }
+                for (int d = N2D; d < ndir; d++) {
+                    cm3[(d - N2D) * l2 + c * lv + prev[d]]++;
+                    rl3[(d - N2D) * ln + c * nr + len[d]]++;
+                }
             }
         }
     }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&gb);
-    PyBuffer_Release(&ob);
-    Py_RETURN_NONE;
-fail:
-    PyBuffer_Release(&gb);
-    PyBuffer_Release(&ob);
-    return NULL;
 }
 
-/* ----- GLRLM ------------------------------------------------------------------------------------------------ */
+static const char pairs_doc[] =
+    "pairs(grid, nz, ny, nx, ndir, per_slice, lv, nr, cm, rl) -> longest run\n\n"
+    "Co-occurrence and run-length counts along the first ndir (4 or 13) directions, both int32 and\n"
+    "overwritten. cm: (4, S, lv, lv) for the in-plane directions (S = nz - 2 when per_slice else 1), then\n"
+    "(ndir - 4, lv, lv); cm[d, ..., c, p] counts voxels of level c whose predecessor along d has level p (0\n"
+    "outside the ROI): the transpose of the forward pair counts, equal once symmetrised. rl: (4, S, lv, nr) then\n"
+    "(ndir - 4, lv, nr), column = run length; nr must exceed the longest interior extent.";
 
-static const char runs_doc[] =
-    "runs(grid, nz, ny, nx, ndir, per_slice, lv, nr, out) -> longest run\n\n"
-    "Run-length counts: out (int64, overwritten) as (4, S, lv, nr) for the in-plane directions (S = nz - 2\n"
-    "when per_slice else 1), then (ndir - 4, lv, nr); column = run length. nr must exceed the longest interior\n"
-    "extent.";
-
-/* Without a branch per voxel and direction: in raster order every ROI voxel knows its position L in its run
-   along d (1 + its predecessor's when the predecessor has the same level), and counts one run of length >= L;
-   runs of length exactly L are then (>= L) - (>= L + 1). The positions live in a ring buffer of the last R
-   voxels (R > the largest offset). */
-static PyObject *runs(PyObject *self, PyObject *args) {
-    PyObject *go, *oo;
+/* One raster pass, no branch per voxel and direction: every ROI voxel counts its pair with the predecessor
+   along d, and knows its position L in its run along d (1 + the predecessor's when that has the same level);
+   it counts one run of length >= L, and runs of length exactly L are (>= L) - (>= L + 1). Positions live in a
+   ring buffer of the last R voxels (R > the largest offset). */
+static PyObject *pairs(PyObject *self, PyObject *args) {
+    PyObject *go, *co, *ro;
     Py_ssize_t nz, ny, nx, ndir, lv, nr;
     int per_slice;
     Grid g;
-    Py_buffer gb, ob;
-    if (!PyArg_ParseTuple(args, "OnnnnpnnO", &go, &nz, &ny, &nx, &ndir, &per_slice, &lv, &nr, &oo)) return NULL;
+    Py_buffer gb, cb, rb;
+    if (!PyArg_ParseTuple(args, "OnnnnpnnOO", &go, &nz, &ny, &nx, &ndir, &per_slice, &lv, &nr, &co, &ro))
+        return NULL;
     if (parse_shape(nz, ny, nx, &g) < 0) return NULL;
     Py_ssize_t longest_axis = nz > ny ? (nz > nx ? nz : nx) : (ny > nx ? ny : nx);
     if ((ndir != 4 && ndir != 13) || lv < 1 || lv > 65536 || nr < longest_axis - 1 || nr > 65535) {
@@ -194,14 +178,19 @@ static PyObject *runs(PyObject *self, PyObject *args) {
                         "ndir must be 4 or 13, 1 <= lv <= 65536 and the longest extent < nr < 65536");
         return NULL;
     }
-    Py_ssize_t ns = per_slice ? nz - 2 : 1, ln = lv * nr, nmat = N2D * ns + (ndir - N2D);
+    Py_ssize_t ns = per_slice ? nz - 2 : 1, nmat = N2D * ns + (ndir - N2D), l2 = lv * lv, ln = lv * nr;
     if (get_buf(go, &gb, U16, g.n, 0, "grid") < 0) return NULL;
-    if (get_buf(oo, &ob, I64, nmat * ln, 1, "out") < 0) {
+    if (get_buf(co, &cb, I32, nmat * l2, 1, "cm") < 0) {
+        PyBuffer_Release(&gb);
+        return NULL;
+    }
+    if (get_buf(ro, &rb, I32, nmat * ln, 1, "rl") < 0) {
+        PyBuffer_Release(&cb);
         PyBuffer_Release(&gb);
         return NULL;
     }
     const uint16_t *a = gb.buf;
-    int64_t *out = ob.buf;
+    int32_t *cm = cb.buf, *rl = rb.buf;
     PyObject *result = NULL;
     Py_ssize_t ring = 1;
     while (ring <= g.sz + g.sy + 1) ring <<= 1;
@@ -212,43 +201,17 @@ static PyObject *runs(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    memset(out, 0, (size_t)(nmat * ln) * sizeof *out);
+    memset(cm, 0, (size_t)(nmat * l2) * sizeof *cm);
+    memset(rl, 0, (size_t)(nmat * ln) * sizeof *rl);
     Py_ssize_t off[13], longest = 0;
     for (int d = 0; d < ndir; d++) off[d] = offset_of(&g, d);
     Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t rmask = ring - 1;
-    int64_t *cross = out + N2D * ns * ln;
-    for (Py_ssize_t z = 1; z < nz - 1; z++) {
-        int64_t *plane = out + (per_slice ? (z - 1) * ln : 0);
-        for (Py_ssize_t y = 1; y < ny - 1; y++) {
-            Py_ssize_t i0 = z * g.sz + y * g.sy;
-            for (Py_ssize_t i = i0 + 1; i < i0 + nx - 1; i++) {
-                unsigned c = a[i];
-                if (!c) continue;
-                uint16_t *p = pos + (i & rmask) * 16;
-                /* the predecessor's slot is only used when it has level c, i.e. was written in this call */
-                for (int d = 0; d < N2D; d++) {
-                    Py_ssize_t o = off[d];
-                    unsigned same = -(unsigned)(a[i - o] == c);
-                    unsigned L = 1u + (pos[((i - o) & rmask) * 16 + d] & same);
-                    p[d] = (uint16_t)L;
-                    plane[d * ns * ln + c * nr + L]++;
-                }
-                for (int d = N2D; d < ndir; d++) {
-                    Py_ssize_t o = off[d];
-                    unsigned same = -(unsigned)(a[i - o] == c);
-                    unsigned L = 1u + (pos[((i - o) & rmask) * 16 + d] & same);
-                    p[d] = (uint16_t)L;
-                    cross[(d - N2D) * ln + c * nr + L]++;
-                }
-            }
-        }
-    }
+    pairs_scan(a, &g, off, ndir, per_slice, lv, nr, ring - 1, pos, cm, rl);
     /* (>= L) to (== L), and the longest run */
     for (Py_ssize_t m = 0; m < nmat * lv; m++) {
-        int64_t *row = out + m * nr;
+        int32_t *row = rl + m * nr;
         for (Py_ssize_t L = 1; L < nr; L++) {
-            int64_t next = L + 1 < nr ? row[L + 1] : 0;
+            int32_t next = L + 1 < nr ? row[L + 1] : 0;
             row[L] -= next;
             if (row[L] && L > longest) longest = L;
         }
@@ -257,8 +220,9 @@ static PyObject *runs(PyObject *self, PyObject *args) {
     result = PyLong_FromSsize_t(longest);
 done:
     PyMem_Free(pos);
+    PyBuffer_Release(&rb);
+    PyBuffer_Release(&cb);
     PyBuffer_Release(&gb);
-    PyBuffer_Release(&ob);
     return result;
 }
 
@@ -360,14 +324,6 @@ static int lowest_bit(unsigned mask) {
 #endif
 }
 
-static int32_t find_root(int32_t *parent, int32_t x) {
-    while (parent[x] != x) {
-        parent[x] = parent[parent[x]]; /* path halving keeps parent[x] <= x */
-        x = parent[x];
-    }
-    return x;
-}
-
 /* Manhattan distance of every voxel to the nearest voxel outside the morphological mask (the frame counts as
    outside): the city-block distance is separable, so 1D two-sweep passes along x, y (and z when three_d);
    without z every slice is on its own. Equal to scipy's chamfer distance_transform_cdt with the 6- or
@@ -414,6 +370,71 @@ static void edge_distance(const uint8_t *morph, const Grid *g, int three_d, int3
     }
 }
 
+/* A provisional zone: union-find parent (a root is the smallest label of its tree, so a zone's root is the
+   label of its first voxel in raster order) and, for roots, the zone's voxel count and minimum distance. */
+typedef struct {
+    int32_t parent, dmin, level, slice;
+    int64_t size;
+} Zone;
+
+static int32_t zone_root(Zone *z, int32_t x) {
+    while (z[x].parent != x) {
+        z[x].parent = z[z[x].parent].parent; /* path halving keeps parent <= label */
+        x = z[x].parent;
+    }
+    return x;
+}
+
+/* One raster pass: each ROI voxel joins the zones of its equal backward neighbours (13 in 3D, the 4 in-plane
+   ones per slice otherwise), merging them, or starts one. Labels of the last R voxels live in a ring buffer
+   (R > the largest offset; a slot is only read for a neighbour of the same level, written in this pass).
+   Writes the zones in order of their first voxel; returns their number. */
+static Py_ssize_t label_zones(const uint16_t *restrict a, const Grid *g, int three_d, const int32_t *restrict dist,
+                              Py_ssize_t rmask, int32_t *restrict lab, Zone *restrict acc, int64_t *zsize,
+                              int64_t *zlevel, int64_t *zslice, int64_t *zdist) {
+    Py_ssize_t off[13];
+    int nback = three_d ? 13 : N2D;
+    for (int d = 0; d < nback; d++) off[d] = offset_of(g, d);
+    int32_t next = 1;
+    for (Py_ssize_t z = 1; z < g->nz - 1; z++)
+        for (Py_ssize_t y = 1; y < g->ny - 1; y++)
+            for (Py_ssize_t i = z * g->sz + y * g->sy + 1; i < z * g->sz + y * g->sy + g->nx - 1; i++) {
+                unsigned c = a[i];
+                if (!c) continue;
+                int32_t dj = dist[i] > 1 ? dist[i] : 1;
+                unsigned mask = 0;
+                for (int d = 0; d < nback; d++) mask |= (unsigned)(a[i - off[d]] == c) << d;
+                if (!mask) {
+                    acc[next] = (Zone){next, dj, (int32_t)c, (int32_t)(three_d ? 0 : z - 1), 1};
+                    lab[i & rmask] = next++;
+                    continue;
+                }
+                int32_t r = zone_root(acc, lab[(i - off[lowest_bit(mask)]) & rmask]);
+                for (mask &= mask - 1; mask; mask &= mask - 1) {
+                    int32_t r2 = zone_root(acc, lab[(i - off[lowest_bit(mask)]) & rmask]);
+                    if (r2 == r) continue;
+                    int32_t lo = r2 < r ? r2 : r, hi = r2 < r ? r : r2;
+                    acc[hi].parent = lo;
+                    acc[lo].size += acc[hi].size;
+                    if (acc[hi].dmin < acc[lo].dmin) acc[lo].dmin = acc[hi].dmin;
+                    r = lo;
+                }
+                acc[r].size++;
+                if (dj < acc[r].dmin) acc[r].dmin = dj;
+                lab[i & rmask] = r;
+            }
+    Py_ssize_t nzone = 0;
+    for (int32_t L = 1; L < next; L++)
+        if (acc[L].parent == L) {
+            zsize[nzone] = acc[L].size;
+            zlevel[nzone] = acc[L].level;
+            zslice[nzone] = acc[L].slice;
+            zdist[nzone] = acc[L].dmin;
+            nzone++;
+        }
+    return nzone;
+}
+
 static const char zones_doc[] =
     "zones(grid, morph, nz, ny, nx, three_d, size, level, slice, dist) -> number of zones\n\n"
     "Zones of equal grey level, 26-connected (three_d) or 8-connected within each slice. For each zone: voxel\n"
@@ -430,7 +451,7 @@ static PyObject *zones(PyObject *self, PyObject *args) {
     Py_buffer gb, mb, b1, b2, b3, b4;
     PyObject *result = NULL;
     int32_t *dist = NULL, *lab = NULL;
-    int32_t *parent = NULL;
+    Zone *acc = NULL;
     if (!PyArg_ParseTuple(args, "OOnnnpOOOO", &go, &mo, &nz, &ny, &nx, &three_d, &szo, &lvo, &slo, &dso))
         return NULL;
     if (parse_shape(nz, ny, nx, &g) < 0) return NULL;
@@ -457,64 +478,19 @@ static PyObject *zones(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "grid too large for zone labelling");
         goto r6;
     }
+    Py_ssize_t ring = 1;
+    while (ring <= g.sz + g.sy + 1) ring <<= 1;
     dist = PyMem_Malloc(g.n * sizeof *dist);
-    lab = PyMem_Calloc(g.n, sizeof *lab);
-    parent = PyMem_Malloc(((size_t)nroi + 1) * sizeof *parent);
-    if (!dist || !lab || !parent) {
+    lab = PyMem_Malloc(ring * sizeof *lab);
+    acc = PyMem_Malloc(((size_t)nroi + 1) * sizeof *acc);
+    if (!dist || !lab || !acc) {
         PyErr_NoMemory();
         goto r6;
     }
     Py_ssize_t nzone = 0;
     Py_BEGIN_ALLOW_THREADS
     edge_distance(morph, &g, three_d, dist);
-    /* provisional labels in raster order, merged with the equal backward neighbours (union-find, a root is the
-       smallest label of its tree, so a zone's root is the label of its first voxel) */
-    Py_ssize_t off[13];
-    int nback = three_d ? 13 : N2D;
-    for (int d = 0; d < nback; d++) off[d] = offset_of(&g, d);
-    int32_t next = 1;
-    for (Py_ssize_t z = 1; z < nz - 1; z++)
-        for (Py_ssize_t y = 1; y < ny - 1; y++)
-            for (Py_ssize_t i = z * g.sz + y * g.sy + 1; i < z * g.sz + y * g.sy + nx - 1; i++) {
-                uint16_t c = a[i];
-                if (!c) continue;
-                unsigned mask = 0;
-                for (int d = 0; d < nback; d++) mask |= (unsigned)(a[i - off[d]] == c) << d;
-                if (!mask) {
-                    parent[next] = next;
-                    lab[i] = next++;
-                    continue;
-                }
-                int32_t r = find_root(parent, lab[i - off[lowest_bit(mask)]]);
-                for (mask &= mask - 1; mask; mask &= mask - 1) {
-                    int32_t r2 = find_root(parent, lab[i - off[lowest_bit(mask)]]);
-                    if (r2 < r) { parent[r] = r2; r = r2; }
-                    else if (r2 > r) parent[r2] = r;
-                }
-                lab[i] = r;
-            }
-    /* roots to zone numbers 0.. (parent[L] <= L: one increasing sweep flattens every tree) */
-    for (int32_t L = 1; L < next; L++) {
-        if (parent[L] == L) {
-            zsize[nzone] = 0;
-            zdist[nzone] = INT32_MAX;
-            parent[L] = -(int32_t)(++nzone); /* zone number + 1, negated */
-        } else {
-            int32_t r = parent[parent[L]];
-            parent[L] = r < 0 ? r : parent[r];
-        }
-    }
-    for (Py_ssize_t z = 1; z < nz - 1; z++)
-        for (Py_ssize_t y = 1; y < ny - 1; y++)
-            for (Py_ssize_t i = z * g.sz + y * g.sy + 1; i < z * g.sz + y * g.sy + nx - 1; i++) {
-                if (!a[i]) continue;
-                Py_ssize_t zn = -(Py_ssize_t)parent[lab[i]] - 1;
-                int64_t dj = dist[i] > 1 ? dist[i] : 1;
-                zsize[zn]++;
-                if (dj < zdist[zn]) zdist[zn] = dj;
-                zlevel[zn] = a[i];
-                zslice[zn] = three_d ? 0 : z - 1;
-            }
+    nzone = label_zones(a, &g, three_d, dist, ring - 1, lab, acc, zsize, zlevel, zslice, zdist);
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(nzone);
 r6:
@@ -531,15 +507,252 @@ r1:
     PyBuffer_Release(&gb);
     PyMem_Free(dist);
     PyMem_Free(lab);
-    PyMem_Free(parent);
+    PyMem_Free(acc);
     return result;
 }
 
+/* ----- feature formulas ------------------------------------------------------------------------------------ */
+
+/* The formulas of texture_features.glcm_features / runlike_features, matrix by matrix: the same terms (p = n / N,
+   p log2 p, weights as reciprocals), summed in index order instead of NumPy's pairwise order. */
+
+static double xlog2x(double p) { return p > 0 ? p * log2(p) : 0.0; }
+
+/* Compensated (Kahan) sums: NumPy's pairwise sums err by ~log2(n) ulp, plain index-order sums by up to n ulp,
+   which features with cancellation (correlation, information correlation) would magnify. */
+typedef struct {
+    double s, c;
+} KSum;
+
+static void kadd(KSum *k, double x) {
+    double y = x - k->c, t = k->s + y;
+    k->c = (t - k->s) - y;
+    k->s = t;
+}
+
+static const char glcm_features_doc[] =
+    "glcm_features(counts, k, ng, out)\n\n"
+    "The 25 IBSI GLCM features (order of texture_features.GLCM_NAMES) of k symmetric non-empty count matrices\n"
+    "(int64, (k, ng, ng)) into out (float64, (25, k)).";
+
+static PyObject *glcm_feats(PyObject *self, PyObject *args) {
+    PyObject *co, *oo;
+    Py_ssize_t k, ng;
+    Py_buffer cb, ob;
+    if (!PyArg_ParseTuple(args, "OnnO", &co, &k, &ng, &oo)) return NULL;
+    if (k < 0 || ng < 1 || ng > 65535) {
+        PyErr_SetString(PyExc_ValueError, "k >= 0 and 1 <= ng <= 65535");
+        return NULL;
+    }
+    if (get_buf(co, &cb, I64, k * ng * ng, 0, "counts") < 0) return NULL;
+    if (get_buf(oo, &ob, F64, 25 * k, 1, "out") < 0) {
+        PyBuffer_Release(&cb);
+        return NULL;
+    }
+    KSum *work = PyMem_Malloc((size_t)(4 * ng + 1) * sizeof *work);
+    double *pv = PyMem_Malloc((size_t)(4 * ng + 1) * sizeof *pv);
+    if (!work || !pv) {
+        PyMem_Free(work);
+        PyMem_Free(pv);
+        PyBuffer_Release(&ob);
+        PyBuffer_Release(&cb);
+        return PyErr_NoMemory();
+    }
+    const int64_t *counts = cb.buf;
+    double *out = ob.buf;
+    Py_BEGIN_ALLOW_THREADS
+    KSum *kpi = work, *kpd = kpi + ng, *kps = kpd + ng; /* kps: 2 ng + 1 */
+    double *pi = pv, *pd = pi + ng, *ps = pd + ng;
+    for (Py_ssize_t m = 0; m < k; m++) {
+        const int64_t *c = counts + m * ng * ng;
+        int64_t total = 0;
+        for (Py_ssize_t q = 0; q < ng * ng; q++) total += c[q];
+        double n = (double)total, pmax = 0;
+        KSum hxy = {0, 0}, energy = {0, 0}, autoc = {0, 0};
+        memset(work, 0, (size_t)(4 * ng + 1) * sizeof *work);
+        for (Py_ssize_t i = 0; i < ng; i++) {
+            double gi = (double)(i + 1);
+            for (Py_ssize_t j = 0; j < ng; j++) {
+                if (!c[i * ng + j]) continue;
+                double p = (double)c[i * ng + j] / n;
+                kadd(&kpi[i], p);
+                kadd(&kpd[i > j ? i - j : j - i], p);
+                kadd(&kps[i + j + 2], p);
+                kadd(&hxy, p * log2(p));
+                kadd(&energy, p * p);
+                if (p > pmax) pmax = p;
+                kadd(&autoc, p * (gi * (double)(j + 1)));
+            }
+        }
+        for (Py_ssize_t q = 0; q < 4 * ng + 1; q++) pv[q] = work[q].s;
+        KSum mu = {0, 0}, m2 = {0, 0}, hx = {0, 0};
+        for (Py_ssize_t i = 0; i < ng; i++) {
+            double g = (double)(i + 1);
+            kadd(&mu, pi[i] * g);
+            kadd(&m2, pi[i] * (g * g));
+            kadd(&hx, xlog2x(pi[i]));
+        }
+        double var = m2.s - mu.s * mu.s;
+        if (!(var > 0)) var = 0.0;
+        KSum davg = {0, 0}, dvar = {0, 0}, dent = {0, 0}, con = {0, 0}, idf = {0, 0}, idn = {0, 0}, idm = {0, 0},
+             idmn = {0, 0}, ivar = {0, 0};
+        for (Py_ssize_t d = 0; d < ng; d++) {
+            double kd = (double)d, kn = kd / (double)ng;
+            kadd(&davg, pd[d] * kd);
+            kadd(&dent, xlog2x(pd[d]));
+            kadd(&con, pd[d] * (kd * kd));
+            kadd(&idf, pd[d] * (1.0 / (1.0 + kd)));
+            kadd(&idn, pd[d] * (1.0 / (1.0 + kn)));
+            kadd(&idm, pd[d] * (1.0 / (1.0 + kd * kd)));
+            kadd(&idmn, pd[d] * (1.0 / (1.0 + kn * kn)));
+            if (d) kadd(&ivar, pd[d] * (1.0 / (kd * kd)));
+        }
+        for (Py_ssize_t d = 0; d < ng; d++) kadd(&dvar, pd[d] * ((d - davg.s) * (d - davg.s)));
+        KSum savg = {0, 0}, svar = {0, 0}, sent = {0, 0}, tend = {0, 0}, shade = {0, 0}, prom = {0, 0};
+        for (Py_ssize_t q = 0; q < 2 * ng + 1; q++) {
+            kadd(&savg, ps[q] * (double)q);
+            kadd(&sent, xlog2x(ps[q]));
+        }
+        for (Py_ssize_t q = 0; q < 2 * ng + 1; q++) {
+            double dv = (double)q - 2.0 * mu.s, dv2 = dv * dv;
+            kadd(&svar, ps[q] * ((q - savg.s) * (q - savg.s)));
+            kadd(&tend, ps[q] * dv2);
+            kadd(&shade, ps[q] * dv2 * dv);
+            kadd(&prom, ps[q] * dv2 * dv2);
+        }
+        double h = -hxy.s, hx1 = -hx.s, muv = mu.s, ac = autoc.s;
+        double info2 = 1.0 - exp(-2.0 * (2.0 * hx1 - h));
+        double v[25] = {pmax, muv, var, h, davg.s, dvar.s, -dent.s, savg.s, svar.s, -sent.s, energy.s, con.s,
+                        davg.s, idf.s, idn.s, idm.s, idmn.s, ivar.s, var != 0 ? (ac - muv * muv) / var : 0.0, ac,
+                        tend.s, shade.s, prom.s, hx1 != 0 ? (h - 2.0 * hx1) / hx1 : 0.0,
+                        sqrt(info2 > 0 ? info2 : 0.0)};
+        for (int f = 0; f < 25; f++) out[f * k + m] = v[f];
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(work);
+    PyMem_Free(pv);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&cb);
+    Py_RETURN_NONE;
+}
+
+static const char runlike_features_doc[] =
+    "runlike_features(counts, k, ng, nj, n_voxels, j_values, out)\n\n"
+    "The 16 run-length-style features (texture_features.RUNLIKE_NAMES order) and the NGLDM energy of k\n"
+    "non-empty count matrices (int64, (k, ng, nj)), column c holding j_values[c] (float64, >= 1); n_voxels\n"
+    "(float64, (k,)). out: float64, (17, k).";
+
+static PyObject *runlike_feats(PyObject *self, PyObject *args) {
+    PyObject *co, *vo, *jo, *oo;
+    Py_ssize_t k, ng, nj;
+    Py_buffer cb, vb, jb, ob;
+    if (!PyArg_ParseTuple(args, "OnnnOOO", &co, &k, &ng, &nj, &vo, &jo, &oo)) return NULL;
+    if (k < 0 || ng < 1 || nj < 1) {
+        PyErr_SetString(PyExc_ValueError, "k >= 0, ng >= 1 and nj >= 1");
+        return NULL;
+    }
+    if (get_buf(co, &cb, I64, k * ng * nj, 0, "counts") < 0) return NULL;
+    if (get_buf(vo, &vb, F64, k, 0, "n_voxels") < 0) goto e1;
+    if (get_buf(jo, &jb, F64, nj, 0, "j_values") < 0) goto e2;
+    if (get_buf(oo, &ob, F64, 17 * k, 1, "out") < 0) goto e3;
+    double *work = PyMem_Malloc((size_t)(ng + 3 * nj) * sizeof *work);
+    KSum *krj = PyMem_Malloc((size_t)nj * sizeof *krj);
+    if (!work || !krj) {
+        PyMem_Free(work);
+        PyMem_Free(krj);
+        PyErr_NoMemory();
+        goto e4;
+    }
+    const int64_t *counts = cb.buf;
+    const double *nvox = vb.buf, *jv = jb.buf;
+    double *out = ob.buf;
+    Py_BEGIN_ALLOW_THREADS
+    double *ri = work, *rj = ri + ng, *inv_j2 = rj + nj, *j2 = inv_j2 + nj;
+    for (Py_ssize_t c = 0; c < nj; c++) {
+        j2[c] = jv[c] * jv[c];
+        inv_j2[c] = 1.0 / j2[c];
+    }
+    for (Py_ssize_t m = 0; m < k; m++) {
+        const int64_t *cm = counts + m * ng * nj;
+        int64_t total = 0;
+        for (Py_ssize_t q = 0; q < ng * nj; q++) total += cm[q];
+        double ns = (double)total;
+        KSum entr = {0, 0}, energy = {0, 0}, srlge = {0, 0}, srhge = {0, 0}, lrlge = {0, 0}, lrhge = {0, 0};
+        memset(krj, 0, (size_t)nj * sizeof *krj);
+        for (Py_ssize_t i = 0; i < ng; i++) {
+            double g = (double)(i + 1), i2 = g * g, inv_i2 = 1.0 / i2;
+            KSum r = {0, 0}, lo = {0, 0}, hi = {0, 0};
+            for (Py_ssize_t c = 0; c < nj; c++) {
+                int64_t v = cm[i * nj + c];
+                if (!v) continue;
+                double x = (double)v, p = x / ns;
+                kadd(&r, x);
+                kadd(&krj[c], x);
+                kadd(&lo, x * inv_j2[c]);
+                kadd(&hi, x * j2[c]);
+                kadd(&entr, p * log2(p));
+                kadd(&energy, p * p);
+            }
+            ri[i] = r.s;
+            kadd(&srlge, lo.s * inv_i2);
+            kadd(&srhge, lo.s * i2);
+            kadd(&lrlge, hi.s * inv_i2);
+            kadd(&lrhge, hi.s * i2);
+        }
+        for (Py_ssize_t c = 0; c < nj; c++) rj[c] = krj[c].s;
+        KSum sre = {0, 0}, lre = {0, 0}, lgre = {0, 0}, hgre = {0, 0}, glnu = {0, 0}, rlnu = {0, 0}, mui = {0, 0},
+             muj = {0, 0}, glvar = {0, 0}, rlvar = {0, 0};
+        for (Py_ssize_t i = 0; i < ng; i++) {
+            double g = (double)(i + 1), i2 = g * g;
+            kadd(&lgre, ri[i] * (1.0 / i2));
+            kadd(&hgre, ri[i] * i2);
+            kadd(&glnu, ri[i] * ri[i]);
+            kadd(&mui, (ri[i] / ns) * g);
+        }
+        for (Py_ssize_t c = 0; c < nj; c++) {
+            kadd(&sre, rj[c] * inv_j2[c]);
+            kadd(&lre, rj[c] * j2[c]);
+            kadd(&rlnu, rj[c] * rj[c]);
+            kadd(&muj, (rj[c] / ns) * jv[c]);
+        }
+        for (Py_ssize_t i = 0; i < ng; i++) {
+            double d = (double)(i + 1) - mui.s;
+            kadd(&glvar, (ri[i] / ns) * (d * d));
+        }
+        for (Py_ssize_t c = 0; c < nj; c++) {
+            double d = jv[c] - muj.s;
+            kadd(&rlvar, (rj[c] / ns) * (d * d));
+        }
+        double v[17] = {sre.s / ns, lre.s / ns, lgre.s / ns, hgre.s / ns, srlge.s / ns, srhge.s / ns,
+                        lrlge.s / ns, lrhge.s / ns, glnu.s / ns, glnu.s / (ns * ns), rlnu.s / ns,
+                        rlnu.s / (ns * ns), ns / nvox[m], glvar.s, rlvar.s, -entr.s, energy.s};
+        for (int f = 0; f < 17; f++) out[f * k + m] = v[f];
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(work);
+    PyMem_Free(krj);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&jb);
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&cb);
+    Py_RETURN_NONE;
+e4:
+    PyBuffer_Release(&ob);
+e3:
+    PyBuffer_Release(&jb);
+e2:
+    PyBuffer_Release(&vb);
+e1:
+    PyBuffer_Release(&cb);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
-    {"glcm", glcm, METH_VARARGS, glcm_doc},
-    {"runs", runs, METH_VARARGS, runs_doc},
+    {"pairs", pairs, METH_VARARGS, pairs_doc},
     {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
     {"zones", zones, METH_VARARGS, zones_doc},
+    {"glcm_features", glcm_feats, METH_VARARGS, glcm_features_doc},
+    {"runlike_features", runlike_feats, METH_VARARGS, runlike_features_doc},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ctexture",

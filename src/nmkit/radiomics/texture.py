@@ -132,11 +132,11 @@ def _glcm_matrices(nb: _Neighbourhood, ng: int, three_d: bool, per_slice: bool =
 def _glcm_finish(raw2: np.ndarray, raw3: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """From raw pair counts with level 0 (``(4, S, lv, lv)`` in-plane, ``(9, lv, lv)`` cross-plane or None) to the
     symmetric matrices without level 0: ``(S, 4, Ng, Ng)`` and ``(13, Ng, Ng)`` (in-plane summed over slices)."""
-    m2 = raw2.swapaxes(0, 1)[:, :, 1:, 1:]
+    m2 = raw2.swapaxes(0, 1)[:, :, 1:, 1:].astype(np.int64, copy=False)
     m2 = m2 + m2.swapaxes(-1, -2)
     m3 = None
     if raw3 is not None:
-        mc = raw3[:, 1:, 1:]
+        mc = raw3[:, 1:, 1:].astype(np.int64, copy=False)
         mc = mc + mc.swapaxes(-1, -2)
         m3 = np.concatenate([m2.sum(0), mc], axis=0)
     return m2, m3
@@ -187,10 +187,10 @@ def _glrlm_matrices(nb: _Neighbourhood, ng: int, three_d: bool, per_slice: bool 
 def _glrlm_finish(raw2: np.ndarray, raw3: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """From raw run counts with level 0 and length 0 (``(4, S, lv, nr)``, ``(9, lv, nr)`` or None) to
     ``(S, 4, Ng, nr - 1)`` and ``(13, Ng, nr - 1)``."""
-    m2 = raw2.swapaxes(0, 1)[:, :, 1:, 1:]
+    m2 = raw2.swapaxes(0, 1)[:, :, 1:, 1:].astype(np.int64, copy=False)
     m3 = None
     if raw3 is not None:
-        m3 = np.concatenate([m2.sum(0), raw3[:, 1:, 1:]], axis=0)
+        m3 = np.concatenate([m2.sum(0), raw3[:, 1:, 1:]], axis=0, dtype=np.int64)
     return m2, m3
 
 
@@ -377,15 +377,15 @@ def _native_matrices(mod, levels: np.ndarray, morph_mask: np.ndarray, ng: int, t
     ns = n_slices if slices else 1
     ndir = len(_DIRECTIONS) if three_d else _N2D
     n2 = _N2D * ns
-    raw = np.zeros((n2 + ndir - _N2D) * lv * lv, dtype=np.int64)
-    mod.glcm(flat, nz, ny, nx, ndir, slices, lv, raw)
-    m2, m3 = _glcm_finish(raw[:n2 * lv * lv].reshape(_N2D, ns, lv, lv),
-                          raw[n2 * lv * lv:].reshape(-1, lv, lv) if three_d else None)
     nr = max(shape) - 1
-    raw = np.zeros((n2 + ndir - _N2D) * lv * nr, dtype=np.int64)
-    longest = mod.runs(flat, nz, ny, nx, ndir, slices, lv, nr, raw)
-    r2, r3 = _glrlm_finish(raw[:n2 * lv * nr].reshape(_N2D, ns, lv, nr)[..., :longest + 1],
-                           raw[n2 * lv * nr:].reshape(-1, lv, nr)[..., :longest + 1] if three_d else None)
+    cm = np.empty((n2 + ndir - _N2D) * lv * lv, dtype=np.int32)
+    rl = np.empty((n2 + ndir - _N2D) * lv * nr, dtype=np.int32)
+    longest = mod.pairs(flat, nz, ny, nx, ndir, slices, lv, nr, cm, rl)
+    # backward pairs: the transposed forward counts, the same once symmetrised
+    m2, m3 = _glcm_finish(cm[:n2 * lv * lv].reshape(_N2D, ns, lv, lv),
+                          cm[n2 * lv * lv:].reshape(-1, lv, lv) if three_d else None)
+    r2, r3 = _glrlm_finish(rl[:n2 * lv * nr].reshape(_N2D, ns, lv, nr)[..., :longest + 1],
+                           rl[n2 * lv * nr:].reshape(-1, lv, nr)[..., :longest + 1] if three_d else None)
     nv_slice = np.count_nonzero(crop.reshape(n_slices, -1), axis=1).astype(np.intp)
     nv = int(nv_slice.sum())
     morph = np.zeros(shape, dtype=np.uint8)
@@ -418,56 +418,95 @@ def _matrices(levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d: bool
 
 # ----- aggregation -----------------------------------------------------------------------------------------
 
-def _emit(out: dict[str, float], prefix: str, suffix: str, feats: dict[str, np.ndarray]) -> None:
-    for name, vals in feats.items():
-        v = vals if isinstance(vals, np.ndarray) else np.asarray(vals)
-        # one matrix (merged aggregations): the value itself, without np.mean's per-call overhead
-        out[f"{prefix}_{name}_{suffix}"] = (float(v.flat[0]) if v.size == 1
-                                            else (float(v.mean()) if v.size else float("nan")))
+class _Stack:
+    """Matrices of several aggregations stacked for one call of a feature function (every feature of a matrix
+    depends on that matrix alone), with the rows of each aggregation; empty matrices are dropped."""
 
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.nv: list[np.ndarray] = []
+        self.groups: list[tuple[str, int, int]] = []  # (suffix, first row, end row)
+        self.rows = 0
 
-def _nonempty(m: np.ndarray) -> np.ndarray:
-    """Drop matrices without any count (e.g. a one-voxel slice has no co-occurring pair)."""
-    return m[m.reshape(m.shape[0], -1).sum(1) > 0]
+    def add(self, suffix: str, m: np.ndarray, nv: np.ndarray | None = None) -> None:
+        keep = m.reshape(m.shape[0], -1).any(1)
+        if not keep.all():  # e.g. a one-voxel slice has no co-occurring pair
+            m = m[keep]
+            nv = None if nv is None else nv[keep]
+        self.parts.append(m)
+        if nv is not None:
+            self.nv.append(nv)
+        self.groups.append((suffix, self.rows, self.rows + m.shape[0]))
+        self.rows += m.shape[0]
+
+    def matrices(self) -> np.ndarray:
+        return self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+
+    def voxels(self) -> np.ndarray:
+        return self.nv[0] if len(self.nv) == 1 else np.concatenate(self.nv)
+
+    def values(self, feats: dict[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+        """Feature names and, per aggregation, their values averaged over its matrices (NaN if none)."""
+        names = list(feats)
+        vals = np.stack([np.asarray(feats[n], dtype=float) for n in names])
+        cols = []
+        for _, a, b in self.groups:
+            if b - a == 1:  # one matrix (merged aggregations): the value itself
+                cols.append(vals[:, a])
+            elif b > a:
+                cols.append(vals[:, a:b].sum(1) / (b - a))  # == np.mean, row by row
+            else:
+                cols.append(np.full(len(names), np.nan))
+        return names, cols
+
+    def emit_values(self, out: dict[str, float], prefix: str, values: tuple[list[str], list[np.ndarray]],
+                    group: int) -> None:
+        suffix = self.groups[group][0]
+        names, cols = values
+        for name, v in zip(names, cols[group].tolist()):
+            out[f"{prefix}_{name}_{suffix}"] = v
+
+    def emit(self, out: dict[str, float], prefix: str, feats: dict[str, np.ndarray]) -> None:
+        """``out[prefix_name_suffix]`` = the feature averaged over each aggregation's matrices."""
+        values = self.values(feats)
+        for group in range(len(self.groups)):
+            self.emit_values(out, prefix, values, group)
 
 
 def _glcm(out: dict[str, float], m2: np.ndarray, m3: np.ndarray | None, dims: tuple[str, ...]) -> None:
     ng = m2.shape[-1]
+    st = _Stack()
     if "2D" in dims:
-        _emit(out, "cm", "2D_avg", glcm_features(_nonempty(m2.reshape(-1, ng, ng))))
-        _emit(out, "cm", "2D_comb", glcm_features(_nonempty(m2.sum(1))))
+        st.add("2D_avg", m2.reshape(-1, ng, ng))
+        st.add("2D_comb", m2.sum(1))
     if "2.5D" in dims:
-        _emit(out, "cm", "2_5D_avg", glcm_features(_nonempty(m2.sum(0))))
-        _emit(out, "cm", "2_5D_comb", glcm_features(_nonempty(m2.sum((0, 1))[None])))
+        st.add("2_5D_avg", m2.sum(0))
+        st.add("2_5D_comb", m2.sum((0, 1))[None])
     if m3 is not None:
-        _emit(out, "cm", "3D_avg", glcm_features(_nonempty(m3)))
-        _emit(out, "cm", "3D_comb", glcm_features(_nonempty(m3.sum(0)[None])))
+        st.add("3D_avg", m3)
+        st.add("3D_comb", m3.sum(0)[None])
+    st.emit(out, "cm", glcm_features(st.matrices()))
 
 
-def _runlike(out: dict[str, float], family: str, m: np.ndarray, nv: np.ndarray, suffix: str,
-             j_values: np.ndarray | None = None) -> None:
-    keep = m.reshape(m.shape[0], -1).sum(1) > 0
-    _emit(out, family, suffix, runlike_features(m[keep], nv[keep], family, j_values))
+def _runlike(out: dict[str, float], family: str, st: _Stack, j_values: np.ndarray | None = None) -> None:
+    st.emit(out, family, runlike_features(st.matrices(), st.voxels(), family, j_values))
 
 
 def _glrlm(out: dict[str, float], m2: np.ndarray, m3: np.ndarray | None, nv_slice: np.ndarray,
            dims: tuple[str, ...]) -> None:
     ns, nd, ng, nr = m2.shape
+    st = _Stack()
     if "2D" in dims:
-        _runlike(out, "rlm", m2.reshape(-1, ng, nr), np.repeat(nv_slice, nd), "2D_avg")
-        _runlike(out, "rlm", m2.sum(1), nv_slice * nd, "2D_comb")
+        st.add("2D_avg", m2.reshape(-1, ng, nr), np.repeat(nv_slice, nd))
+        st.add("2D_comb", m2.sum(1), nv_slice * nd)
     if "2.5D" in dims:
-        _runlike(out, "rlm", m2.sum(0), np.full(nd, nv_slice.sum()), "2_5D_avg")
-        _runlike(out, "rlm", m2.sum((0, 1))[None], np.array([nv_slice.sum() * nd]), "2_5D_comb")
+        st.add("2_5D_avg", m2.sum(0), np.full(nd, nv_slice.sum()))
+        st.add("2_5D_comb", m2.sum((0, 1))[None], np.array([nv_slice.sum() * nd]))
     if m3 is not None:
         n3 = m3.shape[0]
-        _runlike(out, "rlm", m3, np.full(n3, nv_slice.sum()), "3D_avg")
-        _runlike(out, "rlm", m3.sum(0)[None], np.array([nv_slice.sum() * n3]), "3D_comb")
-
-
-def _ngtdm(out: dict[str, float], s: np.ndarray, n: np.ndarray, suffix: str) -> None:
-    keep = n.sum(1) > 0
-    _emit(out, "ngt", suffix, ngtdm_features(s[keep], n[keep]))
+        st.add("3D_avg", m3, np.full(n3, nv_slice.sum()))
+        st.add("3D_comb", m3.sum(0)[None], np.array([nv_slice.sum() * n3]))
+    _runlike(out, "rlm", st)
 
 
 def compute_texture(levels: np.ndarray, morph_mask: np.ndarray, n_levels: int, spacing_xyz: Iterable[float],
@@ -519,22 +558,26 @@ def _features(mats: _Matrices, dims: tuple[str, ...]) -> dict[str, float]:
     _glrlm(out, mats.rlm2, mats.rlm3, nv_slice, dims)
     for is3d, (szm, dzm, s_ng, n_ng, dep) in sorted(mats.zone.items()):
         nvz = np.array([nv_slice.sum()]) if is3d else nv_slice
+        # per slice ("2D") and slices merged ("2_5D"), or the volume ("3D")
+        parts = [("3D", lambda m: m, nvz)] if is3d else (
+            ([("2D", lambda m: m, nvz)] if "2D" in dims else [])
+            + ([("2_5D", lambda m: m.sum(0)[None], np.array([nvz.sum()]))] if "2.5D" in dims else []))
         for family, (m, cols) in (("szm", szm), ("dzm", dzm)):
-            if is3d:
-                _runlike(out, family, m, nvz, "3D", cols)
-            else:
-                if "2D" in dims:
-                    _runlike(out, family, m, nvz, "2D", cols)
-                if "2.5D" in dims:
-                    _runlike(out, family, m.sum(0)[None], np.array([nvz.sum()]), "2_5D", cols)
-        if is3d:
-            _ngtdm(out, s_ng, n_ng, "3D")
-            _runlike(out, "ngl", dep, nvz, "3D")
-        else:
-            if "2D" in dims:
-                _ngtdm(out, s_ng, n_ng, "2D")
-                _runlike(out, "ngl", dep, nvz, "2D")
-            if "2.5D" in dims:
-                _ngtdm(out, s_ng.sum(0)[None], n_ng.sum(0)[None], "2_5D")
-                _runlike(out, "ngl", dep.sum(0)[None], np.array([nvz.sum()]), "2_5D")
+            st = _Stack()
+            for suffix, agg, nv in parts:
+                st.add(suffix, agg(m), nv)
+            _runlike(out, family, st, cols)
+        # NGTDM s and n side by side, so that both drop the same empty rows
+        sn = _Stack()
+        dp = _Stack()
+        for suffix, agg, nv in parts:
+            sn.add(suffix, np.concatenate([agg(s_ng), agg(n_ng)], axis=1))
+            dp.add(suffix, agg(dep), nv)
+        ngt = sn.matrices()
+        k = s_ng.shape[1]
+        ngt_vals = sn.values(ngtdm_features(ngt[:, :k], ngt[:, k:]))
+        ngl_vals = dp.values(runlike_features(dp.matrices(), dp.voxels(), "ngl"))
+        for i in range(len(parts)):  # the order of the keys: ngt, ngl per aggregation
+            sn.emit_values(out, "ngt", ngt_vals, i)
+            dp.emit_values(out, "ngl", ngl_vals, i)
     return out
