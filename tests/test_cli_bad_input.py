@@ -66,6 +66,7 @@ ROLE_OVERRIDES = {  # `index --db` is read too (incremental catalog), so it stay
     (("synth", "train"), "checkpoint_every"): "value",  # save a checkpoint every N epochs (issue 18)
     (("synth", "train"), "init"): "input",  # the pre-trained diffusion checkpoint it starts from (issue 18)
     (("network",), "batch_col"): "value",  # a column name of the organ table (issue 17)
+    (("manifest",), "add_train"): "input",  # extra training-only case tables (synthetic pairs, issue 18)
     (("manifest",), "patient_key"): "value", (("manifest",), "labels"): "value",  # column name, VALUE=NAME (issue 18)
     # QC (issue #16): `qc trend` reads a history database; the other qc tests append to a history folder
     (("qc", "trend"), "history"): "input",

@@ -220,3 +220,41 @@ def test_conditioned_model_warm_started_from_unconditional_checkpoint(chest_fold
     assert main(["synth", "train", "--folder", str(chest_folder / "images"), "--out", str(tmp_path / "cli"), "--size", "32",
                  "--channels", "8", "16", "--timesteps", "50", "--iterations", "1", "--batch-size", "2", "--normalisation",
                  "percentile", "--device", "cpu", "--init", str(tmp_path / "cond-missing")]) == 2
+
+
+def test_synthetic_pairs_join_the_train_split_as_a_case_table(chest_folder, tmp_path, capsys):
+    """`synth sample --mask` writes its image/mask pairs as a case table (masks on the samples' grid, split train,
+    one pseudo-patient each); `manifest --add-train` appends them to a real table after the patient-level split
+    (never val/test) and refuses a table whose patients are already there."""
+    from nmkit.cli import main
+    from nmkit.dataset import read_dataset
+    from nmkit.io.volume_files import read_label_map, read_volume
+
+    common = ["--size", "32", "--channels", "8", "16", "--timesteps", "20", "--batch-size", "2", "--normalisation",
+              "percentile", "--device", "cpu", "--iterations", "1"]
+    assert main(["manifest", "--image-dir", str(chest_folder / "images"), "--mask-dir", str(chest_folder / "masks"),
+                 "--labels", "1=right_lung", "2=left_lung", "--split", "0.5", "0.5", "--out", str(tmp_path / "real.csv")]) == 0
+    assert main(["synth", "train", "--manifest", str(tmp_path / "real.csv"), "--conditioned", "--labels", "1=right_lung",
+                 "2=left_lung", "--out", str(tmp_path / "cond"), *common]) == 0
+    masks = [str(chest_folder / "masks" / f"c{i}.png") for i in (0, 1)]
+    assert main(["synth", "sample", str(tmp_path / "cond"), "--mask", *masks, "-n", "3", "--steps", "2", "--formats", "nii.gz",
+                 "--out", str(tmp_path / "samples")]) == 0
+    pairs = read_dataset(tmp_path / "samples" / "dataset.csv", need_masks=True)
+    assert len(pairs) == 3 and set(pairs.split) == {"train"} and pairs.patient_id.nunique() == 3
+    first = pairs.iloc[0]
+    assert [(m.structure, m.label) for m in first.masks] == [("right_lung", 1), ("left_lung", 2)]
+    image, mask = read_volume(first.image), read_label_map(first.masks[0].file)
+    assert image.array.shape == mask.array.shape == (32, 32) and set(np.unique(mask.array)) == {0, 1, 2}
+    assert first.condition_source.endswith("c0.png")
+    assert "func" not in json.loads((tmp_path / "samples" / "provenance.json").read_text())["config"]
+    out = tmp_path / "real_plus.csv"
+    assert main(["manifest", "--dataset", str(tmp_path / "real.csv"), "--split", "0.5", "0.5", "--add-train",
+                 str(tmp_path / "samples" / "dataset.csv"), "--out", str(out)]) == 0
+    table = read_dataset(out)
+    real = read_dataset(tmp_path / "real.csv")
+    assert len(table) == len(real) + 3 and set(table[table.synthetic.astype(str) == "True"].split) == {"train"}
+    assert (table[table.patient_id.str.startswith("synthetic:")].split == "train").all()
+    capsys.readouterr()
+    assert main(["manifest", "--dataset", str(tmp_path / "real.csv"), "--add-train", str(tmp_path / "real.csv"),
+                 "--out", str(tmp_path / "clash.csv")]) == 2
+    assert "already in the case table" in capsys.readouterr().err and not (tmp_path / "clash.csv").exists()

@@ -161,3 +161,38 @@ def test_cli_resample_and_lesion_table(tmp_path, capsys):
     assert set(lesions["side"]) == {"truth", "pred"}
     spleen = lesions[(lesions.label == 2) & (lesions.side == "truth")]
     assert len(spleen) == 1 and not spleen["detected"].item()
+
+
+def test_planar_masks_give_areas_and_pixel_distances_without_spacing(tmp_path):
+    """2D masks report areas (mm^2), not volumes; PNG label maps carry no pixel spacing, so their distances are in
+    pixels and say so; two images of one patient (no series UID, no time point) are not mixed up."""
+    from PIL import Image as PILImage
+
+    from nmkit.cli import main
+    from nmkit.dataset import MaskRef, new_table, write_dataset
+
+    m = overlap_metrics(np.ones((4, 5), bool), np.ones((4, 5), bool), (0.5, 2.0))
+    assert m["area_truth_mm2"] == pytest.approx(20.0) and "volume_truth_ml" not in m
+    rows_truth, rows_pred = [], []
+    for i, (shift, size) in enumerate(((0, 10), (6, 14))):  # two images of patient p1, different sizes of structure
+        truth = np.zeros((40, 40), np.uint8)
+        truth[5:5 + size, 5:5 + size] = 1
+        pred = np.roll(truth, shift, axis=1)
+        PILImage.fromarray(truth).save(tmp_path / f"t{i}.png")
+        PILImage.fromarray(pred).save(tmp_path / f"p{i}.png")
+        PILImage.fromarray(truth * 50).save(tmp_path / f"img{i}.png")
+        common = {"case_id": f"c{i}", "patient_id": "p1", "image": str(tmp_path / f"img{i}.png"), "split": "test"}
+        rows_truth.append({**common, "masks": [MaskRef(str(tmp_path / f"t{i}.png"), structure="lesion", label=1)]})
+        rows_pred.append({**common, "masks": [MaskRef(str(tmp_path / f"p{i}.png"), structure="lesion", label=1)]})
+    write_dataset(new_table(rows_truth), tmp_path / "truth.csv")
+    write_dataset(new_table(rows_pred[::-1]), tmp_path / "pred.csv")  # other order: rows must pair by image, not position
+    assert main(["evaluate", "--pred", str(tmp_path / "pred.csv"), "--truth", str(tmp_path / "truth.csv"),
+                 "--out", str(tmp_path / "eval.csv")]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "eval.csv").set_index("case")
+    assert df.loc["c0", "dice"] == pytest.approx(1.0) and df.loc["c0", "area_truth_mm2"] == 100
+    assert df.loc["c1", "area_truth_mm2"] == 196 and df.loc["c1", "hd95_mm"] == pytest.approx(6.0)
+    assert set(df.distance_unit) == {"px"}
+    summary = pd.read_csv(tmp_path / "eval_summary.csv")
+    assert set(summary[summary.metric == "hd95_mm"].unit) == {"px"}

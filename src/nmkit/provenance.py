@@ -7,7 +7,7 @@ import hashlib
 import json
 import platform
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from . import __version__
 
@@ -27,6 +27,8 @@ def provenance(config: Any = None, inputs: Iterable[str] | None = None, **extra:
         "platform": platform.platform(),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if isinstance(config, Mapping):  # an argparse namespace's vars(): its handler function is not configuration
+        config = {k: v for k, v in config.items() if not callable(v)}
     if config is not None:
         record["config"] = config
         record["config_hash"] = config_hash(config)

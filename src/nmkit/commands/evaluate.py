@@ -87,8 +87,10 @@ def summary_line(summary: dict) -> str:
     line = f"mean Dice {summary['dice_mean']:.4f} over {summary.get('dice_n_finite', summary.get('n_rows'))} row(s)"
     if "hd95_mm_n_finite" in summary:
         hd95, n_fin = summary.get("hd95_mm_mean"), summary["hd95_mm_n_finite"]
+        unit = summary.get("distance_unit", "mm")
+        unit = "px (no pixel spacing in the files)" if unit == "px" else unit
         n_inf, n_nan = summary.get("hd95_mm_n_infinite", 0), summary.get("hd95_mm_n_undefined", 0)
-        line += f"; mean HD95 {'n/a' if hd95 is None else f'{hd95:.2f} mm'} over the {n_fin} finite row(s)"
+        line += f"; mean HD95 {'n/a' if hd95 is None else f'{hd95:.2f} {unit}'} over the {n_fin} finite row(s)"
         if n_inf or n_nan:
             line += f" ({n_inf} infinite: prediction or truth empty; {n_nan} undefined; left out of the mean)"
     if summary.get("n_both_empty"):

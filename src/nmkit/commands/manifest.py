@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stratify", default=None, help="manifest column to stratify by (patient level), e.g. modality")
     p.add_argument("--folds", type=int, default=0, help="also assign k folds (patient level) to non-test rows")
+    p.add_argument("--add-train", nargs="+", type=Path, default=None, metavar="TABLE",
+                   help="case tables whose rows join the train split after the split (e.g. the synthetic image/mask "
+                        "pairs of `nmkit synth sample --mask`): never validation or test; their patients must be new")
     p.set_defaults(func=run)
 
 
@@ -102,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
     df = split_by_patient(df, args.split, seed=args.seed, stratify=args.stratify, names=args.names)
     if args.folds:
         df = assign_folds(df, args.folds, seed=args.seed, stratify=args.stratify, where=(df.split != "test").to_numpy())
-    config = {"command": "manifest", "source": str(Path(source).resolve()), "seed": args.seed, "fractions": args.split,
+    inputs = [str(Path(source).resolve())]
+    if args.add_train:
+        df = add_training_rows(df, args.add_train)
+        inputs += [str(t.resolve()) for t in args.add_train]
+    config = {"command": "manifest", "source": str(Path(source).resolve()), "add_train": [str(t) for t in args.add_train or []], "seed": args.seed, "fractions": args.split,
               "names": args.names, "stratify": args.stratify, "folds": args.folds, "modality": args.modality,
               "tracer": args.tracer, "series_description": args.series_description, "require_roi": args.require_roi,
               "blank_patient": args.blank_patient}
@@ -110,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         config.update(mask_dir=str(args.mask_dir.resolve()) if args.mask_dir else None, labels=args.labels,
                       patients=getattr(args, "patients_used", None), patient_column=args.patient_column,
                       patient_key=args.patient_key)
-    side = write_manifest(df, args.out, provenance(config, [str(Path(source).resolve())]))
+    side = write_manifest(df, args.out, provenance(config, inputs))
     counts, warnings = split_report(df, names)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -118,3 +125,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(df)} image(s) of {df.patient_id.nunique()} patient(s) -> {args.out}; patients per split: {per_split}; "
           f"with ROI: {sum(len(m) > 0 for m in df.masks)}; provenance: {side}")
     return 0
+
+
+def add_training_rows(df, tables):
+    """``df`` followed by every row of ``tables`` with split ``train`` (and no fold): extra training data that must
+    never land in validation or test. A patient already in ``df`` (or in two tables) is refused: patient-level
+    splits would no longer hold."""
+    import pandas as pd
+
+    from ..dataset import read_dataset
+    from ..errors import InputError
+
+    seen = set(df.patient_id.astype(str))
+    parts = [df]
+    for table in tables:
+        extra = read_dataset(table)
+        clash = sorted(seen & set(extra.patient_id.astype(str)))
+        if clash:
+            raise InputError(table, f"patient(s) {', '.join(clash[:3])} already in the case table; --add-train rows must be "
+                                    "other patients (e.g. synthetic pseudo-patients)")
+        seen |= set(extra.patient_id.astype(str))
+        extra = extra.copy()
+        extra["split"] = "train"
+        if "fold" in extra.columns:
+            extra["fold"] = ""
+        parts.append(extra)
+    return pd.concat(parts, ignore_index=True)
+

@@ -137,16 +137,46 @@ def run_sample(args: argparse.Namespace) -> int:
             "config_hash": config_hash(config.to_dict()), "condition": condition_text,
             "total_counts": args.counts}
     rows = write_samples(values, out, info, spacing=config.spacing, formats=tuple(args.formats), units=config.units)
+    record = provenance(vars(args), inputs=[args.checkpoint], sampling=info)
     if conditions is not None:
+        from ..generate.data import resize
         from ..generate.writers import write_nifti
 
         for row, cond in zip(rows, conditions):
-            row["condition_mask"] = str(write_nifti(cond.astype(np.float32), out / "conditions" / f"condition_{row['index']:04d}.nii.gz",
+            # the label map as the model saw it: on the sample's grid (nearest neighbour), so image and mask pair up
+            on_grid = resize(np.asarray(cond), config.image_size, 0).astype(np.float32)
+            row["condition_mask"] = str(write_nifti(on_grid, out / "conditions" / f"condition_{row['index']:04d}.nii.gz",
                                                     info, config.spacing))
+            row["condition_source"] = str(args.mask[row["index"] % len(args.mask)]) if args.mask else condition_text
+        table = write_pairs_table(rows, config, args, out, record)
+        print(f"image/mask pairs: {table} (nmkit-dataset/1, split train; add them to a case table with "
+              f"`nmkit manifest --dataset REAL.csv --add-train {table} --out ...`)")
     pd.DataFrame(rows).to_csv(out / "samples.csv", index=False)
-    (out / "provenance.json").write_text(json.dumps(provenance(vars(args), inputs=[args.checkpoint], sampling=info), indent=2, default=str))
+    (out / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
     print(f"{len(rows)} synthetic images written to {out}")
     return 0
+
+
+def write_pairs_table(rows: list[dict], config, args: argparse.Namespace, out, record: dict):
+    """The synthetic image / conditioning mask pairs as a case table (nmkit-dataset/1): one pseudo-patient per
+    sample, split ``train`` (synthetic images are for training only), the model and the mask each came from."""
+    from pathlib import Path
+
+    from ..dataset import MaskRef, new_table, write_dataset
+
+    model = Path(args.checkpoint).resolve().name
+    table_rows = []
+    for row in rows:
+        image = row.get("nifti") or row.get("png") or row.get("dicom")
+        case = f"synthetic_{args.seed}_{row['index']:04d}"
+        masks = [MaskRef(file=row["condition_mask"], kind="labelmap", structure=name, label=int(value))
+                 for value, name in sorted(config.condition_labels.items())]
+        table_rows.append({"case_id": case, "patient_id": f"synthetic:{model}:{case}", "image": image, "masks": masks,
+                           "modality": config.modality, "split": "train", "synthetic": True, "generator": model,
+                           "condition_source": row.get("condition_source", "")})
+    path = Path(out) / "dataset.csv"
+    write_dataset(new_table(table_rows), path, record)
+    return path
 
 
 def run_audit(args: argparse.Namespace) -> int:

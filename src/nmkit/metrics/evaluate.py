@@ -42,6 +42,8 @@ def _layer(mask: Mask, value: int) -> np.ndarray:
 
 
 #: columns summarised by ``summarise`` / ``summary_table``, with their unit
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DISTANCE_COLUMNS = ("hd95_mm", "hd_mm", "assd_mm")
 SUMMARY_COLUMNS = {"dice": "1", "iou": "1", "hd95_mm": "mm", "hd_mm": "mm", "assd_mm": "mm", "nsd": "1"}
 
 
@@ -114,6 +116,8 @@ def evaluate_pair(pred: Mask, truth: Mask, labels: Mapping[int, str] | Sequence[
                                                **{k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in item.items()}})
         row["surface_method"] = method
         row["tolerance_mm"] = tolerance_mm
+        # a truth without pixel spacing (PNG radiograph): the *_mm columns hold pixels (spacing 1), and say so
+        row["distance_unit"] = "px" if truth.meta.get("spacing_assumed") else "mm"
         rows.append(row)
     return rows
 
@@ -140,6 +144,8 @@ def read_mask(path: str | Path) -> Mask:
         except InputError as exc:
             log.warning("label names of %s not used: %s", path, exc)
     mask = read_label_map(path)
+    if Path(path).suffix.lower() in PICTURE_SUFFIXES:  # PNG/JPEG/TIFF carry no pixel spacing: distances in pixels
+        mask.meta["spacing_assumed"] = True
     if names:
         mask.labels = {**{v: n for v, n in mask.labels.items() if v not in names}, **names}
         mask.labels = dict(sorted(mask.labels.items()))
@@ -199,15 +205,34 @@ def summarise(df) -> dict[str, Any]:
     if df.empty:
         return {"n_rows": 0}
     out: dict[str, Any] = {"n_cases": int(df["case"].nunique()) if "case" in df else 1, "n_rows": int(len(df))}
-    present = df[df["volume_truth_ml"] > 0]
+    truth_size, pred_size = _size_column(df, "truth"), _size_column(df, "pred")
+    present = df[truth_size > 0]
     out["missed_share"] = float(present["missed"].mean()) if len(present) else float("nan")
-    out["n_both_empty"] = int(((df["volume_truth_ml"] == 0) & (df["volume_pred_ml"] == 0)).sum())
+    out["n_both_empty"] = int(((truth_size == 0) & (pred_size == 0)).sum())
     for col in SUMMARY_COLUMNS:
         if col in df:
             s = _column_summary(df[col])
             out[f"{col}_mean"], out[f"{col}_median"] = s["mean"], s["median"]
             out[f"{col}_n_finite"], out[f"{col}_n_infinite"], out[f"{col}_n_undefined"] = s["n_finite"], s["n_infinite"], s["n_undefined"]
+    out["distance_unit"] = distance_unit(df)
     return out
+
+
+def _size_column(df, side: str):
+    """The structure's size on one side (``truth``/``pred``) per row: its volume (3D rows) or area (2D rows)."""
+    import pandas as pd
+
+    size = pd.Series(np.nan, index=df.index)
+    for col in (f"volume_{side}_ml", f"area_{side}_mm2"):
+        if col in df:
+            size = size.fillna(df[col])
+    return size
+
+
+def distance_unit(df) -> str:
+    """The unit of the distance columns of these rows: mm, px (no pixel spacing) or mixed."""
+    units = set(df["distance_unit"]) if "distance_unit" in df else {"mm"}
+    return units.pop() if len(units) == 1 else "mixed mm/px (see distance_unit)"
 
 
 def summary_table(df):
@@ -225,6 +250,8 @@ def summary_table(df):
             if col not in grp:
                 continue
             s = _column_summary(grp[col])
+            if col in DISTANCE_COLUMNS:
+                unit = distance_unit(grp)
             rows.append({"structure": name, "metric": col, "unit": unit, "n_rows": int(len(grp)),
                          "n_finite": s["n_finite"], "n_infinite": s["n_infinite"], "n_undefined": s["n_undefined"],
                          "mean_of_finite": s["mean"], "median_of_finite": s["median"]})
@@ -279,11 +306,19 @@ def is_case_table(path: str | Path) -> bool:
 
 
 def _row_keys(row: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """How rows of two tables find each other: the series UID when both know it, else patient + modality + time point."""
+    """How rows of two tables find each other, strongest first: the series UID, the image file, the case id, then
+    patient + modality + time point (which two images of one patient share when neither has a time point: such a key
+    is only used when it names one row)."""
     keys: list[tuple[str, ...]] = []
     series = str(row.get("series_uid") or "").strip()
     if series:
         keys.append(("series", series))
+    image = str(row.get("image") or "").strip()
+    if image:
+        keys.append(("image", str(Path(image).resolve())))
+    case = str(row.get("case_id") or "").strip()
+    if case:
+        keys.append(("case", case))
     keys.append(("patient", str(row.get("patient_id") or ""), str(row.get("modality") or "").upper(),
                  str(row.get("time_point") or "")))
     return keys
@@ -303,14 +338,17 @@ def mask_of_ref(ref: Any) -> Mask:
         layer = mask.binary()
         default = ",".join(mask.labels.values()) or "foreground"
     name = ref.structure or default
-    return MaskType.like(mask, layer.astype(np.uint8), labels={1: name})
+    out = MaskType.like(mask, layer.astype(np.uint8), labels={1: name})
+    if mask.meta.get("spacing_assumed"):
+        out.meta["spacing_assumed"] = True
+    return out
 
 
 def pair_case_tables(pred: str | Path, truth: str | Path, pred_roi: str | None = None,
                      truth_roi: str | None = None) -> list[tuple[str, Any, Any]]:
     """Pairs ``(case, pred MaskRef, truth MaskRef)`` from two case tables (``nmkit.dataset``).
 
-    Rows match by series UID, else by patient, modality and time point. Within a row pair, the truth's masks
+    Rows match by series UID, else image file, else case id, else patient, modality and time point (when unique). Within a row pair, the truth's masks
     (``truth_roi`` selects structures by number, glob or name) meet the prediction's masks of the same structure
     name; when each side has a single mask (after selection), those two meet whatever their names."""
     from ..dataset import read_dataset
@@ -319,10 +357,11 @@ def pair_case_tables(pred: str | Path, truth: str | Path, pred_roi: str | None =
     tables = {}
     for option, path in (("--pred", pred), ("--truth", truth)):
         tables[option] = read_dataset(path, need_masks=True)
-    preds: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    by_key: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for row in tables["--pred"].to_dict(orient="records"):
         for key in _row_keys(row):
-            preds.setdefault(key, row)
+            by_key.setdefault(key, []).append(row)
+    preds = {k: rows[0] for k, rows in by_key.items() if len(rows) == 1}  # a key naming two rows identifies neither
 
     def chosen(refs: list, selector: str | None, where: Any) -> list:
         if not selector:
@@ -331,10 +370,12 @@ def pair_case_tables(pred: str | Path, truth: str | Path, pred_roi: str | None =
         return [refs[i - 1] for i in select_rois(names, selector, where)]
 
     pairs: list[tuple[str, Any, Any]] = []
+    unmatched: list[str] = []
     for row in tables["--truth"].to_dict(orient="records"):
         other = next((preds[k] for k in _row_keys(row) if k in preds), None)
         if other is None:
-            log.warning("no prediction row for truth case %s (%s)", row["case_id"], row["image"])
+            log.info("no prediction row for truth case %s (%s)", row["case_id"], row["image"])
+            unmatched.append(str(row["case_id"]))
             continue
         truth_refs = chosen(row["masks"], truth_roi, truth)
         pred_refs = chosen(other["masks"], pred_roi, pred)
@@ -349,8 +390,11 @@ def pair_case_tables(pred: str | Path, truth: str | Path, pred_roi: str | None =
                 continue
             pairs.append((f"{row['case_id']}:{ref.structure}", match, ref))
     if not pairs:
-        raise InputError(truth, f"no case of {truth} pairs with a case of {pred} (rows match by series UID, else "
-                                "patient, modality and time point; structures by name: use --truth-roi/--pred-roi)")
+        raise InputError(truth, f"no case of {truth} pairs with a case of {pred} (rows match by series UID, else image "
+                                "file, case id, or patient, modality and time point; structures by name: use --truth-roi/--pred-roi)")
+    if unmatched:  # e.g. the truth table holds every split and the predictions only its test split: one line, not one per case
+        log.warning("%d truth case(s) have no prediction row and are not evaluated (%s%s; -v lists them)", len(unmatched),
+                    ", ".join(unmatched[:3]), ", ..." if len(unmatched) > 3 else "")
     return pairs
 
 

@@ -63,15 +63,18 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, labels: Sequence[int]) -
 
 
 def overlap_metrics(pred: Any, truth: Any, spacing: Sequence[float]) -> dict[str, float]:
-    """Dice, IoU, sensitivity, precision and volumes (ml) with their absolute/relative difference.
+    """Dice, IoU, sensitivity, precision and sizes with their absolute/relative difference: volumes in ml for 3D
+    masks (``volume_*_ml``), areas in mm^2 for 2D (planar, radiograph) masks (``area_*_mm2``).
 
-    ``spacing`` is ``(x, y[, z])`` mm (any order works: only the voxel volume is used).
+    ``spacing`` is ``(x, y[, z])`` mm (any order works: only the voxel size is used).
     """
     c = confusion_counts(pred, truth)
-    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    planar = len(spacing) == 2
+    voxel = float(np.prod([float(s) for s in spacing])) / (1.0 if planar else 1000.0)
+    kind, unit = ("area", "mm2") if planar else ("volume", "ml")
     total = c["n_pred"] + c["n_truth"]
     union = total - c["tp"]
-    v_pred, v_truth = c["n_pred"] * voxel_ml, c["n_truth"] * voxel_ml
+    v_pred, v_truth = c["n_pred"] * voxel, c["n_truth"] * voxel
     if c["n_truth"]:
         rel = (v_pred - v_truth) / v_truth
     else:
@@ -81,11 +84,11 @@ def overlap_metrics(pred: Any, truth: Any, spacing: Sequence[float]) -> dict[str
         "iou": 1.0 if union == 0 else c["tp"] / union,
         "sensitivity": c["tp"] / c["n_truth"] if c["n_truth"] else float("nan"),
         "precision": c["tp"] / c["n_pred"] if c["n_pred"] else float("nan"),
-        "volume_pred_ml": v_pred,
-        "volume_truth_ml": v_truth,
-        "volume_difference_ml": v_pred - v_truth,
-        "abs_volume_difference_ml": abs(v_pred - v_truth),
-        "relative_volume_difference": rel,
+        f"{kind}_pred_{unit}": v_pred,
+        f"{kind}_truth_{unit}": v_truth,
+        f"{kind}_difference_{unit}": v_pred - v_truth,
+        f"abs_{kind}_difference_{unit}": abs(v_pred - v_truth),
+        f"relative_{kind}_difference": rel,
         "tp_voxels": c["tp"],
         "fp_voxels": c["fp"],
         "fn_voxels": c["fn"],

@@ -183,7 +183,8 @@ def plot_compare(results: pd.DataFrame, path: Path) -> None:
 
 #: metrics compared by ``compare_evaluations`` when present in the tables, with their units
 EVALUATION_METRICS = {"dice": "1", "hd95_mm": "mm", "assd_mm": "mm", "nsd": "1", "lesion_f1": "1", "lesion_recall": "1",
-                      "lesion_precision": "1", "abs_volume_difference_ml": "ml"}
+                      "lesion_precision": "1", "abs_volume_difference_ml": "ml",
+                      "abs_area_difference_mm2": "mm2"}
 
 
 def compare_evaluations(tables: dict[str, pd.DataFrame], metrics: Sequence[str] | None = None,
