@@ -76,9 +76,10 @@ static Py_ssize_t checked_size(const Py_ssize_t *dims, int nd, Py_ssize_t lo, co
 
 /* moran_rows(image, mask, shape, box, rows, n2) -> (n, mean, ss)
    image float64 / mask uint8 of shape (Z, Y, X); box = (z0, y0, x0, nz, ny, nx) within it. Fills rows
-   (3, nz, ny, n2) float64 with the mask m, the deviations d = m (x - mean) and d^2 of the box, each row
-   zero-padded from nx to n2, and returns the voxel count, mean and sum of d^2 over the mask. Sums are taken per
-   row and then over rows (error ~ (row length + rows) eps, like NumPy's pairwise sums). */
+   (n2, 3, nz, ny) float64 (x outermost, so that the real transform along x gives the x-frequencies outermost)
+   with the mask m, the deviations d = m (x - mean) and d^2 of the box, zero for x >= nx, and returns the voxel
+   count, mean and sum of d^2 over the mask. Sums are taken per row and then over rows (error ~ (row length +
+   rows) eps, like NumPy's pairwise sums). */
 static PyObject *moran_rows(PyObject *self, PyObject *args) {
     PyObject *o_img, *o_mask, *o_rows;
     Py_ssize_t sh[3], bx[6], n2;
@@ -101,7 +102,7 @@ static PyObject *moran_rows(PyObject *self, PyObject *args) {
     const double *x = (const double *)img.buf;
     const uint8_t *m = (const uint8_t *)msk.buf;
     double *r = (double *)rows.buf;
-    Py_ssize_t plane = nz * ny * n2, sy = sh[2], sz = sh[1] * sh[2];
+    Py_ssize_t plane = nz * ny, sy = sh[2], sz = sh[1] * sh[2];
     Py_ssize_t count = 0;
     double sum = 0.0, ss = 0.0;
     for (Py_ssize_t z = 0; z < nz; z++)
@@ -116,33 +117,34 @@ static PyObject *moran_rows(PyObject *self, PyObject *args) {
     for (Py_ssize_t z = 0; z < nz; z++)
         for (Py_ssize_t y = 0; y < ny; y++) {
             Py_ssize_t src = (bx[0] + z) * sz + (bx[1] + y) * sy + bx[2];
-            double *r0 = r + (z * ny + y) * n2, *r1 = r0 + plane, *r2 = r1 + plane;
+            double *r0 = r + z * ny + y;
             double rs = 0.0;
             for (Py_ssize_t i = 0; i < nx; i++) {
                 double in = m[src + i] ? 1.0 : 0.0;
                 double d = m[src + i] ? x[src + i] - mu : 0.0;
                 double d2 = d * d;
-                r0[i] = in; r1[i] = d; r2[i] = d2;
+                double *ri = r0 + i * 3 * plane;
+                ri[0] = in; ri[plane] = d; ri[2 * plane] = d2;
                 rs += d2;
             }
-            for (Py_ssize_t i = nx; i < n2; i++) r0[i] = r1[i] = r2[i] = 0.0;
             ss += rs;
         }
+    memset(r + nx * 3 * plane, 0, sizeof(double) * (size_t)((n2 - nx) * 3 * plane));
     PyBuffer_Release(&img); PyBuffer_Release(&msk); PyBuffer_Release(&rows);
     return Py_BuildValue("ndd", count, mu, ss);
 }
 
-/* fill_slab(f, slab, k0, (p, nz, ny, nh), (n0, n1)): slab (kb, p, n0, n1) complex128 gets
-   slab[k, q, z, y] = f[q, z, y, k0 + k] for z < nz, y < ny and 0 for z < nz, y >= ny (rows z >= nz are left as
-   they are: split_slab writes them); f is (p, nz, ny, nh) complex128 (the real transform of the rows along x).
-   kb = len(slab) / (p n0 n1) and k0 + kb <= nh. */
+/* fill_slab(f, slab, k0, (nh, p, nz, ny), (n0, n1)): slab (kb, p, n0, n1) complex128 gets
+   slab[k, q, z, y] = f[k0 + k, q, z, y] for z < nz, y < ny and 0 for z < nz, y >= ny (rows z >= nz are left as
+   they are: split_slab writes them); f is (nh, p, nz, ny) complex128 (the real transform of the rows along x,
+   x-frequencies outermost). kb = len(slab) / (p n0 n1) and k0 + kb <= nh. */
 static PyObject *fill_slab(PyObject *self, PyObject *args) {
     PyObject *o_f, *o_s;
     Py_ssize_t k0, d[4], n0, n1;
     if (!PyArg_ParseTuple(args, "OOn(nnnn)(nn)", &o_f, &o_s, &k0, &d[0], &d[1], &d[2], &d[3], &n0, &n1)) return NULL;
     Py_ssize_t nf = checked_size(d, 4, 1, "spectrum shape");
     if (nf < 0) return NULL;
-    Py_ssize_t p = d[0], nz = d[1], ny = d[2], nh = d[3];
+    Py_ssize_t nh = d[0], p = d[1], nz = d[2], ny = d[3];
     if (n0 < nz || n1 < ny || n1 > (1 << 24) || n0 > (1 << 24))
         return PyErr_Format(PyExc_ValueError, "slab plane %zd x %zd smaller than the data %zd x %zd", n0, n1, nz, ny);
     Py_buffer f, s;
@@ -159,13 +161,10 @@ static PyObject *fill_slab(PyObject *self, PyObject *args) {
     for (Py_ssize_t k = 0; k < kb; k++)
         for (Py_ssize_t q = 0; q < p; q++) {
             double *blk = dst + 2 * ((k * p + q) * n0 * n1);
+            const double *in = src + 2 * (((k0 + k) * p + q) * nz * ny);
             for (Py_ssize_t z = 0; z < nz; z++) {
                 double *row = blk + 2 * z * n1;
-                const double *in = src + 2 * (((q * nz + z) * ny) * nh + k0 + k);
-                for (Py_ssize_t y = 0; y < ny; y++) {
-                    row[2 * y] = in[2 * y * nh];
-                    row[2 * y + 1] = in[2 * y * nh + 1];
-                }
+                memcpy(row, in + 2 * z * ny, (size_t)ny * 16);
                 memset(row + 2 * ny, 0, (size_t)(n1 - ny) * 16);
             }
         }
@@ -642,28 +641,19 @@ static Py_ssize_t hull2d(const HPoint *pts, Py_ssize_t n, HPoint *out, const HPo
     return k;
 }
 
-/* hull_points(mask, shape, spacing_zyx, out) -> number of points written to out (float64, (cap, 3))
-   The candidates of morphology._hull_points (the outermost marching-cubes vertices of each grid line, half a
-   voxel beyond its first and last inside voxel, less those lying between both neighbouring lines' points), in mm
-   relative to the mask's bounding box; then, plane by plane along z, y and x in turn, only the vertices of each
-   plane's 2D convex hull are kept (a point inside the hull of other points of its plane is no corner of the 3D
-   hull, so the hull is unchanged). */
-static PyObject *hull_points(PyObject *self, PyObject *args) {
-    PyObject *o_m, *o_out;
-    Py_ssize_t sh[3];
-    double sp[3];
-    if (!PyArg_ParseTuple(args, "O(nnn)(ddd)O", &o_m, &sh[0], &sh[1], &sh[2], &sp[0], &sp[1], &sp[2], &o_out))
-        return NULL;
-    Py_ssize_t total = checked_size(sh, 3, 1, "shape");
-    if (total < 0) return NULL;
-    Py_buffer bm, bo;
-    if (get_buf(o_m, &bm, U8, total, 0, "mask") < 0) return NULL;
-    if (get_buf(o_out, &bo, F64, -1, 1, "out") < 0) { PyBuffer_Release(&bm); return NULL; }
-    PyObject *result = NULL;
+/* The candidates of morphology._hull_points for a uint8 mask of shape sh (the outermost marching-cubes vertices
+   of each grid line, half a voxel beyond its first and last inside voxel, less those lying between both
+   neighbouring lines' points), in doubled (z, y, x) indices relative to the mask's bounding box; then, plane by
+   plane along z, y and x in turn, only the vertices of each plane's 2D convex hull are kept (a point inside the
+   hull of other points of its plane is no corner of the 3D hull, so the hull is unchanged). Returns a PyMem
+   array (*out, *count; NULL count 0 for an empty mask) or -1 with an exception set. */
+static int hull_candidates(const uint8_t *m, const Py_ssize_t *sh, HPoint **out, Py_ssize_t *count) {
     HPoint *pts = NULL, *kept = NULL;
     const HPoint **st = NULL;
     int64_t *first = NULL, *last = NULL;
-    const uint8_t *m = bm.buf;
+    int rc = -1;
+    *out = NULL;
+    *count = 0;
     Py_ssize_t lo[3] = {sh[0], sh[1], sh[2]}, hi[3] = {-1, -1, -1};
     for (Py_ssize_t z = 0; z < sh[0]; z++)
         for (Py_ssize_t y = 0; y < sh[1]; y++) {
@@ -678,13 +668,9 @@ static PyObject *hull_points(PyObject *self, PyObject *args) {
                     if (i > hi[2]) hi[2] = i;
                 }
         }
-    if (hi[0] < 0) { result = PyLong_FromLong(0); goto done; }
+    if (hi[0] < 0) return 0;
     Py_ssize_t n[3] = {hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1};
     Py_ssize_t cap = 2 * (n[1] * n[2] + n[0] * n[2] + n[0] * n[1]);
-    if (bo.len < cap * 3 * 8) {
-        PyErr_Format(PyExc_ValueError, "out holds %zd points, need %zd", bo.len / 24, cap);
-        goto done;
-    }
     Py_ssize_t maxline = n[1] * n[2];
     if (n[0] * n[2] > maxline) maxline = n[0] * n[2];
     if (n[0] * n[1] > maxline) maxline = n[0] * n[1];
@@ -735,7 +721,6 @@ static PyObject *hull_points(PyObject *self, PyObject *args) {
                 }
             }
     }
-    /* plane by plane along z, then y, then x: only the vertices of each plane's 2D hull stay */
     Py_ssize_t nk = np_;
     for (int w = 0; w < 3; w++) {
         ax_w = w; ax_u = w == 0 ? 1 : 0; ax_v = w == 2 ? 1 : 2;
@@ -750,14 +735,256 @@ static PyObject *hull_points(PyObject *self, PyObject *args) {
         HPoint *t = pts; pts = kept; kept = t;
         nk = nn;
     }
-    HPoint *res = pts;
+    *out = pts;
+    *count = nk;
+    pts = NULL;
+    rc = 0;
+done:
+    PyMem_Free(pts); PyMem_Free(kept); PyMem_Free(st); PyMem_Free(first); PyMem_Free(last);
+    return rc;
+}
+
+/* hull_points(mask, shape, spacing_zyx, out) -> number of points written to out (float64, (cap, 3) with cap at
+   least 2 (ny nx + nz nx + nz ny) of the mask's bounding box): hull_candidates in mm relative to the box. */
+static PyObject *hull_points(PyObject *self, PyObject *args) {
+    PyObject *o_m, *o_out;
+    Py_ssize_t sh[3];
+    double sp[3];
+    if (!PyArg_ParseTuple(args, "O(nnn)(ddd)O", &o_m, &sh[0], &sh[1], &sh[2], &sp[0], &sp[1], &sp[2], &o_out))
+        return NULL;
+    Py_ssize_t total = checked_size(sh, 3, 1, "shape");
+    if (total < 0) return NULL;
+    Py_buffer bm, bo;
+    if (get_buf(o_m, &bm, U8, total, 0, "mask") < 0) return NULL;
+    if (get_buf(o_out, &bo, F64, -1, 1, "out") < 0) { PyBuffer_Release(&bm); return NULL; }
+    PyObject *result = NULL;
+    HPoint *res = NULL;
+    Py_ssize_t nk = 0;
+    if (hull_candidates(bm.buf, sh, &res, &nk) < 0) goto done;
+    if (bo.len < nk * 3 * 8) {
+        PyErr_Format(PyExc_ValueError, "out holds %zd points, need %zd", bo.len / 24, nk);
+        goto done;
+    }
     double *o = bo.buf;
     for (Py_ssize_t i = 0; i < nk; i++)
         for (int k = 0; k < 3; k++) o[3 * i + k] = ((double)res[i].c[k] * 0.5) * sp[k];
     result = PyLong_FromSsize_t(nk);
 done:
-    PyMem_Free(pts); PyMem_Free(kept); PyMem_Free(st); PyMem_Free(first); PyMem_Free(last);
+    PyMem_Free(res);
     PyBuffer_Release(&bm); PyBuffer_Release(&bo);
+    return result;
+}
+
+/* ----- morphology: convex hull ----------------------------------------------------------------------------- */
+
+typedef struct {
+    int v[3]; /* outward: (v1 - v0) x (v2 - v0) points away from the hull */
+} Face;
+
+/* ((b - a) x (c - a)) . (p - a): > 0 when p lies on the outer side of face (a, b, c); exact for coordinates below
+   2**16 in magnitude */
+static int64_t orient3(const HPoint *a, const HPoint *b, const HPoint *c, const HPoint *p) {
+    int64_t bx = b->c[0] - a->c[0], by = b->c[1] - a->c[1], bz = b->c[2] - a->c[2];
+    int64_t cx = c->c[0] - a->c[0], cy = c->c[1] - a->c[1], cz = c->c[2] - a->c[2];
+    int64_t px = p->c[0] - a->c[0], py = p->c[1] - a->c[1], pz = p->c[2] - a->c[2];
+    return (by * cz - bz * cy) * px + (bz * cx - bx * cz) * py + (bx * cy - by * cx) * pz;
+}
+
+#define HULL_MAX_COORD (1 << 16)
+
+/* Convex hull of pts[0..n) (distinct, doubled integer coordinates), incremental with exact orientation tests
+   (a point sees a face when strictly outside it, so coplanar points never make degenerate faces). Returns the
+   number of faces written to *faces (PyMem array), 0 when the points span no volume, -1 with an exception. */
+static Py_ssize_t hull3d(const HPoint *pts, Py_ssize_t n, Face **faces_out) {
+    *faces_out = NULL;
+    if (n < 4) return 0;
+    /* initial tetrahedron: p0, the point farthest from it, the one farthest from that line, the one farthest
+       from that plane */
+    Py_ssize_t i0 = 0, i1 = -1, i2 = -1, i3 = -1;
+    double best = 0.0;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        double d = 0.0;
+        for (int k = 0; k < 3; k++) d += (double)(pts[i].c[k] - pts[i0].c[k]) * (double)(pts[i].c[k] - pts[i0].c[k]);
+        if (d > best) { best = d; i1 = i; }
+    }
+    if (i1 < 0) return 0;
+    best = 0.0;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        int64_t u[3], v[3];
+        for (int k = 0; k < 3; k++) { u[k] = pts[i1].c[k] - pts[i0].c[k]; v[k] = pts[i].c[k] - pts[i0].c[k]; }
+        int64_t x = u[1] * v[2] - u[2] * v[1], y = u[2] * v[0] - u[0] * v[2], z = u[0] * v[1] - u[1] * v[0];
+        double d = (double)x * (double)x + (double)y * (double)y + (double)z * (double)z;
+        if ((x || y || z) && d > best) { best = d; i2 = i; }
+    }
+    if (i2 < 0) return 0;
+    int64_t vbest = 0;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        int64_t o = orient3(&pts[i0], &pts[i1], &pts[i2], &pts[i]);
+        if ((o < 0 ? -o : o) > vbest) { vbest = o < 0 ? -o : o; i3 = i; }
+    }
+    if (i3 < 0) return 0;
+    /* faces never move (ids index the outside sets); each point not yet on the hull belongs to the outside set
+       of one face it sees, or is dropped as inside (Barber et al.'s quickhull: a point that saw a face removed
+       by an insertion and sees none of the new faces lies inside the new hull) */
+    Py_ssize_t cap = 64, nf = 0, ecap = 64;
+    Face *F = PyMem_Malloc(sizeof(Face) * cap);
+    Py_ssize_t *head = PyMem_Malloc(sizeof(Py_ssize_t) * cap);
+    int *alive = PyMem_Malloc(sizeof(int) * cap);
+    int (*edges)[2] = PyMem_Malloc(sizeof(int[2]) * ecap);
+    Py_ssize_t *next = PyMem_Malloc(sizeof(Py_ssize_t) * n), *freed = PyMem_Malloc(sizeof(Py_ssize_t) * n);
+    if (!F || !head || !alive || !edges || !next || !freed) goto nomem;
+    int tet[4] = {(int)i0, (int)i1, (int)i2, (int)i3};
+    for (int f = 0; f < 4; f++) {
+        int a = tet[f == 3 ? 1 : 0], b = tet[f >= 2 ? 2 : 1], c = tet[f >= 1 ? 3 : 2];
+        int other = tet[3 - f];
+        if (orient3(&pts[a], &pts[b], &pts[c], &pts[other]) > 0) { int t = b; b = c; c = t; }
+        F[nf].v[0] = a; F[nf].v[1] = b; F[nf].v[2] = c; alive[nf] = 1; head[nf] = -1; nf++;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        next[i] = -1;
+        if (i == i0 || i == i1 || i == i2 || i == i3) continue;
+        for (Py_ssize_t f = 0; f < 4; f++)
+            if (orient3(&pts[F[f].v[0]], &pts[F[f].v[1]], &pts[F[f].v[2]], &pts[i]) > 0) {
+                next[i] = head[f]; head[f] = i; break;
+            }
+    }
+    for (Py_ssize_t f0 = 0; f0 < nf; f0++) {
+        if (!alive[f0] || head[f0] < 0) continue;
+        /* the farthest point of this face's outside set */
+        Py_ssize_t pi = -1;
+        int64_t far = 0;
+        for (Py_ssize_t q = head[f0]; q >= 0; q = next[q]) {
+            int64_t o = orient3(&pts[F[f0].v[0]], &pts[F[f0].v[1]], &pts[F[f0].v[2]], &pts[q]);
+            if (o > far) { far = o; pi = q; }
+        }
+        const HPoint *p = &pts[pi];
+        /* visible faces: removed, their outside sets collected, their directed edges listed */
+        Py_ssize_t ne = 0, nfree = 0, first_new = nf;
+        for (Py_ssize_t f = 0; f < first_new; f++) {
+            if (!alive[f] || orient3(&pts[F[f].v[0]], &pts[F[f].v[1]], &pts[F[f].v[2]], p) <= 0) continue;
+            alive[f] = 0;
+            for (Py_ssize_t q = head[f]; q >= 0; q = next[q])
+                if (q != pi) freed[nfree++] = q;
+            head[f] = -1;
+            if (ne + 3 > ecap) {
+                ecap *= 2;
+                void *t = PyMem_Realloc(edges, sizeof(int[2]) * ecap);
+                if (!t) goto nomem;
+                edges = t;
+            }
+            for (int e = 0; e < 3; e++) { edges[ne][0] = F[f].v[e]; edges[ne][1] = F[f].v[(e + 1) % 3]; ne++; }
+        }
+        /* the horizon: visible-face edges whose reverse is no visible-face edge; one new face on each */
+        for (Py_ssize_t e = 0; e < ne; e++) {
+            int u = edges[e][0], v = edges[e][1], shared = 0;
+            for (Py_ssize_t g = 0; g < ne; g++)
+                if (edges[g][0] == v && edges[g][1] == u) { shared = 1; break; }
+            if (shared) continue;
+            if (nf == cap) {
+                cap *= 2;
+                void *t1 = PyMem_Realloc(F, sizeof(Face) * cap);
+                if (!t1) goto nomem;
+                F = t1;
+                void *t2 = PyMem_Realloc(alive, sizeof(int) * cap);
+                if (!t2) goto nomem;
+                alive = t2;
+                void *t3 = PyMem_Realloc(head, sizeof(Py_ssize_t) * cap);
+                if (!t3) goto nomem;
+                head = t3;
+            }
+            F[nf].v[0] = u; F[nf].v[1] = v; F[nf].v[2] = (int)pi; alive[nf] = 1; head[nf] = -1; nf++;
+        }
+        /* the freed points go to a new face they see, or are inside */
+        for (Py_ssize_t k = 0; k < nfree; k++) {
+            Py_ssize_t q = freed[k];
+            next[q] = -1;
+            for (Py_ssize_t f = first_new; f < nf; f++)
+                if (orient3(&pts[F[f].v[0]], &pts[F[f].v[1]], &pts[F[f].v[2]], &pts[q]) > 0) {
+                    next[q] = head[f]; head[f] = q; break;
+                }
+        }
+        f0 = -1; /* start over: earlier faces may still have outside points (new ones are appended) */
+    }
+    Py_ssize_t w = 0;
+    for (Py_ssize_t f = 0; f < nf; f++)
+        if (alive[f]) F[w++] = F[f];
+    PyMem_Free(alive); PyMem_Free(edges); PyMem_Free(head); PyMem_Free(next); PyMem_Free(freed);
+    *faces_out = F;
+    return w;
+nomem:
+    PyMem_Free(F); PyMem_Free(alive); PyMem_Free(edges); PyMem_Free(head); PyMem_Free(next); PyMem_Free(freed);
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* hull_measures(mask, shape, spacing_zyx, max_points) -> (volume, area, diameter, n_vertices) or None
+   The convex hull of the marching-cubes vertices of a uint8 mask (from hull_candidates): volume (mm^3, exact
+   integer sum of signed tetrahedra, scaled), area (mm^2) and the largest distance between hull vertices (mm, as
+   scipy's pdist computes it from the coordinates hull_points gives). None when the candidates span no volume,
+   exceed max_points or the box is too large for exact 64-bit orientation tests: the caller then uses qhull. */
+static PyObject *hull_measures(PyObject *self, PyObject *args) {
+    PyObject *o_m;
+    Py_ssize_t sh[3], max_points;
+    double sp[3];
+    if (!PyArg_ParseTuple(args, "O(nnn)(ddd)n", &o_m, &sh[0], &sh[1], &sh[2], &sp[0], &sp[1], &sp[2], &max_points))
+        return NULL;
+    Py_ssize_t total = checked_size(sh, 3, 1, "shape");
+    if (total < 0) return NULL;
+    Py_buffer bm;
+    if (get_buf(o_m, &bm, U8, total, 0, "mask") < 0) return NULL;
+    PyObject *result = NULL;
+    HPoint *pts = NULL;
+    Face *F = NULL;
+    Py_ssize_t n = 0, nf = 0;
+    int *used = NULL;
+    if (hull_candidates(bm.buf, sh, &pts, &n) < 0) goto done;
+    int ok = n >= 4 && n <= max_points && n < (1 << 30);
+    for (Py_ssize_t i = 0; ok && i < n; i++)
+        for (int k = 0; k < 3; k++)
+            if (pts[i].c[k] <= -HULL_MAX_COORD || pts[i].c[k] >= HULL_MAX_COORD) ok = 0;
+    if (!ok) { result = Py_None; Py_INCREF(result); goto done; }
+    nf = hull3d(pts, n, &F);
+    if (nf < 0) goto done;
+    if (nf == 0) { result = Py_None; Py_INCREF(result); goto done; }
+    int64_t six = 0;
+    double area = 0.0;
+    const HPoint *o = &pts[F[0].v[0]];
+    used = PyMem_Calloc((size_t)n, sizeof(int));
+    if (!used) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t f = 0; f < nf; f++) {
+        const HPoint *a = &pts[F[f].v[0]], *b = &pts[F[f].v[1]], *c = &pts[F[f].v[2]];
+        six += orient3(o, a, b, c);
+        double u[3], v[3];
+        for (int k = 0; k < 3; k++) {
+            u[k] = (double)(b->c[k] - a->c[k]) * 0.5 * sp[k];
+            v[k] = (double)(c->c[k] - a->c[k]) * 0.5 * sp[k];
+        }
+        double x = u[1] * v[2] - u[2] * v[1], y = u[2] * v[0] - u[0] * v[2], z = u[0] * v[1] - u[1] * v[0];
+        area += 0.5 * sqrt(x * x + y * y + z * z);
+        used[F[f].v[0]] = used[F[f].v[1]] = used[F[f].v[2]] = 1;
+    }
+    /* six = 6 V in doubled index units: V (mm^3) = six / 6 / 8 * sz sy sx */
+    double volume = (double)(six < 0 ? -six : six) / 48.0 * sp[0] * sp[1] * sp[2];
+    Py_ssize_t nv = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (used[i]) pts[nv++] = pts[i];
+    double d2max = 0.0;
+    for (Py_ssize_t i = 0; i < nv; i++) {
+        double xi[3];
+        for (int k = 0; k < 3; k++) xi[k] = ((double)pts[i].c[k] * 0.5) * sp[k];
+        for (Py_ssize_t j = i + 1; j < nv; j++) {
+            double d = 0.0;
+            for (int k = 0; k < 3; k++) {
+                double t = xi[k] - ((double)pts[j].c[k] * 0.5) * sp[k];
+                d += t * t;
+            }
+            if (d > d2max) d2max = d;
+        }
+    }
+    result = Py_BuildValue("dddn", volume, area, sqrt(d2max), nv);
+done:
+    PyMem_Free(pts); PyMem_Free(F); PyMem_Free(used);
+    PyBuffer_Release(&bm);
     return result;
 }
 
@@ -815,6 +1042,7 @@ static PyMethodDef methods[] = {
     {"slab_sums", slab_sums, METH_VARARGS, "kernel-weighted cross-spectrum sums over a slab"},
     {"morph_scan", morph_scan, METH_VARARGS, "moments, intensity sums and corner-pattern counts of a mask"},
     {"hull_points", hull_points, METH_VARARGS, "convex hull candidate points of a mask's marching-cubes mesh"},
+    {"hull_measures", hull_measures, METH_VARARGS, "volume, area and diameter of that convex hull"},
     {"linear_along", linear_along, METH_VARARGS, "linear interpolation along one axis (a separable pass)"},
     {"sphere_means", sphere_means, METH_VARARGS, "means over a sphere (kernel) around the voxels of a mask"},
     {NULL, NULL, 0, NULL}};

@@ -126,6 +126,34 @@ def slab_weights(kernel_octant: np.ndarray, size: tuple[int, int, int]) -> np.nd
     return np.ascontiguousarray(np.concatenate([w[:, 0::2], w[:, 1::2]], axis=1))
 
 
+def native_pair_sums(cm, rows_t: np.ndarray, pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
+                     size: tuple[int, int, int], weights: np.ndarray | None = None) -> list[float]:
+    """:func:`kernel_pair_sums` with the compiled module ``cm``, of arrays laid out as ``rows_t`` (size[2], p, n_z,
+    n_y): x outermost and zero beyond the data. The real transform along x then gives the x-frequencies
+    outermost, and each block of them is one small slab (within the L2 cache) copied out, transformed along y
+    and z (a radix-2 split and two half-length transforms: half the z input is zero) and summed by C loops.
+    ``weights``: ``slab_weights(kernel_octant, size)`` when the caller keeps it."""
+    from scipy import fft
+
+    n0, n1, n2 = size
+    _, p, nz, ny = rows_t.shape
+    f = fft.rfft(rows_t, axis=0)  # (n2 // 2 + 1, p, n_z, n_y)
+    n_last = f.shape[0]
+    wt = weights if weights is not None and weights.shape == (n_last, n0, n1) else slab_weights(kernel_octant, size)
+    kb = max(1, min(n_last, SLAB_BYTES // (16 * p * n0 * n1)))
+    slab = scratch("kps_slab", (kb, p, n0, n1), np.complex128)
+    out = np.zeros(len(pairs))
+    tpairs = tuple((int(a), int(b)) for a, b in pairs)
+    for k0 in range(0, n_last, kb):
+        s = slab[:min(kb, n_last - k0)]
+        cm.fill_slab(f, s, k0, f.shape, (n0, n1))
+        fft.fft(s[:, :, :nz], axis=3, overwrite_x=True)  # along y, on the rows that hold data
+        cm.split_slab(s, (p, n0, n1), nz)  # along z: a radix-2 step (half the input is zero) and ..
+        fft.fft(s.reshape(len(s), p, 2, n0 // 2, n1), axis=3, overwrite_x=True)  # .. two half-length transforms
+        cm.slab_sums(s, wt, k0, (p, n_last, n0, n1), tpairs, out)
+    return [float(v) for v in out]
+
+
 def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
                      size: tuple[int, int, int], block_bytes: int = 32 << 20,
                      weights: np.ndarray | None = None) -> list[float]:
@@ -137,50 +165,29 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
     along the last axis runs on the unpadded rows, the one along the middle axis only on the planes that hold
     data. The last two run in place in a zero-padded work buffer, on blocks of the real transform's frequencies
     (``block_bytes`` of buffer), and each block is summed right away; work arrays are reused between calls
-    (:func:`scratch`). ``weights``: ``unfolded_weights(kernel_octant, size)`` when the caller keeps it.
+    (:func:`scratch`). ``weights``: ``unfolded_weights(kernel_octant, size)`` when the caller keeps it
+    (``slab_weights`` when the compiled module is used: :func:`native_pair_sums`).
     """
-    n0, n1, n2 = size
-    p = len(arrays)
-    nz, ny, nx = np.shape(arrays[0])
-    rows = scratch("kps_rows", (p, nz, ny, n2), np.float64)  # each row zero-padded to the transform length
-    rows[..., nx:] = 0.0
-    for k, a in enumerate(arrays):
-        rows[k, :, :, :nx] = a
-    return rows_pair_sums(rows, pairs, kernel_octant, size, block_bytes, weights)
-
-
-def rows_pair_sums(rows: np.ndarray, pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
-                   size: tuple[int, int, int], block_bytes: int = 32 << 20,
-                   weights: np.ndarray | None = None) -> list[float]:
-    """:func:`kernel_pair_sums` of arrays already laid out as ``rows`` (p, n_z, n_y, size[2]): each array's rows
-    zero-padded along x to the transform length. With the compiled module the blocks of x-frequencies are
-    small slabs (fx outermost, so each slab's transforms and sums stay in cache) and the copies and sums are C
-    loops; without it, the NumPy path below."""
     from scipy import fft
 
     from ._native import native
 
     n0, n1, n2 = size
-    p, nz, ny, _ = rows.shape
-    f = fft.rfft(rows, axis=3)  # (p, n_z, n_y, n2 // 2 + 1)
-    n_last = f.shape[3]
+    p = len(arrays)
+    nz, ny, nx = np.shape(arrays[0])
     cm = native("_cmorph")
     if cm is not None:
-        wt = slab_weights(kernel_octant, size) if weights is None else weights
-        if wt.shape != (n_last, n0, n1):
-            wt = slab_weights(kernel_octant, size)
-        kb = max(1, min(n_last, SLAB_BYTES // (16 * p * n0 * n1)))
-        slab = scratch("kps_slab", (kb, p, n0, n1), np.complex128)
-        out = np.zeros(len(pairs))
-        tpairs = tuple((int(a), int(b)) for a, b in pairs)
-        for k0 in range(0, n_last, kb):
-            s = slab[:min(kb, n_last - k0)]
-            cm.fill_slab(f, s, k0, f.shape, (n0, n1))
-            fft.fft(s[:, :, :nz], axis=3, overwrite_x=True)  # along y, on the rows that hold data
-            cm.split_slab(s, (p, n0, n1), nz)  # along z: a radix-2 step (half the input is zero) and ..
-            fft.fft(s.reshape(len(s), p, 2, n0 // 2, n1), axis=3, overwrite_x=True)  # .. two half-length transforms
-            cm.slab_sums(s, wt, k0, (p, n_last, n0, n1), tpairs, out)
-        return [float(v) for v in out]
+        rows_t = scratch("kps_rows", (n2, p, nz, ny), np.float64)  # x outermost, zero-padded along x
+        rows_t[nx:] = 0.0
+        for k, a in enumerate(arrays):
+            rows_t[:nx, k] = np.moveaxis(np.asarray(a, dtype=np.float64), 2, 0)
+        return native_pair_sums(cm, rows_t, pairs, kernel_octant, size, weights)
+    rows = scratch("kps_rows", (p, nz, ny, n2), np.float64)  # each row zero-padded to the transform length
+    rows[..., nx:] = 0.0
+    for k, a in enumerate(arrays):
+        rows[k, :, :, :nx] = a
+    f = fft.rfft(rows, axis=3)  # (p, n_z, n_y, n2 // 2 + 1)
+    n_last = f.shape[3]
     if weights is None or weights.shape != (n0, n1, 2 * n_last):
         weights = unfolded_weights(kernel_octant, size)
     step = min(n_last, max(1, block_bytes // (16 * p * n0 * n1)))

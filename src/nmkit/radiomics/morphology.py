@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-from ._fft import ArrayCache, even_fast_len, kernel_pair_sums, rows_pair_sums, scratch, slab_weights, unfolded_weights
+from ._fft import (ArrayCache, even_fast_len, kernel_pair_sums, native_pair_sums, scratch, slab_weights,
+                   unfolded_weights)
 from ._native import native
 from .preprocess import ProcessedROI
 
@@ -210,11 +211,11 @@ def _moran_geary_native(cm, image: np.ndarray, mask: np.ndarray, spacing_zyx) ->
     img = np.ascontiguousarray(image, dtype=np.float64)
     msk = np.ascontiguousarray(mask, dtype=bool)
     k, size, weights = _inverse_distance_weights(box[3:], spacing_zyx, compiled=True)
-    rows = scratch("kps_rows", (3,) + box[3:5] + (size[2],), np.float64)
-    n, _mu, ss = cm.moran_rows(img, msk, img.shape, box, rows, size[2])
+    rows_t = scratch("kps_rows", (size[2], 3) + box[3:5], np.float64)
+    n, _mu, ss = cm.moran_rows(img, msk, img.shape, box, rows_t, size[2])
     if n < 2 or ss == 0:
         return float("nan"), float("nan")
-    w_sum, cross, dev2_m = rows_pair_sums(rows, [(0, 0), (1, 1), (0, 2)], k, size, weights=weights)
+    w_sum, cross, dev2_m = native_pair_sums(cm, rows_t, [(0, 0), (1, 1), (0, 2)], k, size, weights=weights)
     return _moran_geary_from_sums(float(n), ss, w_sum, cross, dev2_m)
 
 
@@ -304,24 +305,37 @@ def _scan_native(cm, roi: ProcessedROI, sp_zyx: np.ndarray):
     second[1, 2] = second[2, 1] = mom[9]
     com_int = wsum[1:] / wsum[0] * sp_zyx if wsum[0] != 0 else np.full(3, np.nan)
     ext = (bbox[3:] - bbox[:3]).astype(float) * sp_zyx
-    nb = bbox[3:] - bbox[:3]
-    out = np.empty((2 * int(nb[1] * nb[2] + nb[0] * nb[2] + nb[0] * nb[1]), 3))
-    k = cm.hull_points(morph, morph.shape, sp, out)
-    return volume, area, (n, mom[1:4].copy(), second), com_int, ext, out[:k]
+    hull = cm.hull_measures(morph, morph.shape, sp, HULL_MAX_POINTS)
+    if hull is None:  # no volume, or too many candidates for the simple incremental hull: qhull
+        nb = bbox[3:] - bbox[:3]
+        out = np.empty((2 * int(nb[1] * nb[2] + nb[0] * nb[2] + nb[0] * nb[1]), 3))
+        hull = _qhull_measures(out[:cm.hull_points(morph, morph.shape, sp, out)])
+    return volume, area, (n, mom[1:4].copy(), second), com_int, ext, hull[:3]
+
+
+HULL_MAX_POINTS = 4000  # hull candidates beyond which qhull (n log n) beats the compiled O(n h) hull
+
+
+def _qhull_measures(points: np.ndarray) -> tuple[float, float, float]:
+    """Volume, area and diameter (largest distance between hull vertices) of the convex hull of ``points``
+    (scipy's qhull)."""
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
+
+    hull = ConvexHull(points)
+    hv = hull.points[hull.vertices]  # the diameter is attained between hull corners
+    return float(hull.volume), float(hull.area), float(pdist(hv).max()) if len(hv) > 1 else 0.0
 
 
 def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> dict[str, float]:
     """All IBSI morphological features (mirp tags: ``morph_*``); ``values``: ``roi.values`` when the caller has it."""
-    from scipy.spatial import ConvexHull
-    from scipy.spatial.distance import pdist
-
     sp = roi.spacing
     sp_zyx = np.asarray([sp[2], sp[1], sp[0]], dtype=float)
     morph = roi.morph_mask
     w = roi.values if values is None else values
     cm = native("_cmorph")
     if cm is not None:
-        volume, area, (n_m, first_m, second_m), com_int, ext, points = _scan_native(cm, roi, sp_zyx)
+        volume, area, (n_m, first_m, second_m), com_int, ext, hull = _scan_native(cm, roi, sp_zyx)
     else:
         volume, area = mask_volume_area(morph, sp)
         n_m, first_m, second_m = _index_moments(morph)
@@ -336,7 +350,8 @@ def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> 
             com_int = np.full(3, np.nan)
         # mesh extent: half a voxel beyond the outermost voxel centres on each side
         ext = np.array([sl.stop - sl.start for sl in _bbox_slices(morph)], dtype=float) * sp_zyx
-        points = _hull_points(morph, sp_zyx)
+        hull = _qhull_measures(_hull_points(morph, sp_zyx))  # the hull of the mesh vertices, from fewer points
+    hull_volume, hull_area, diameter = hull
     n_vox = n_m
     vol_approx = n_vox * float(np.prod(sp))
     f: dict[str, float] = {}
@@ -352,9 +367,7 @@ def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> 
     # centre of mass shift: geometric (morphological mask) vs intensity-weighted (intensity mask)
     com_geo = first_m / n_m * sp_zyx
     f["morph_com"] = float(np.linalg.norm(com_geo - com_int))
-    hull = ConvexHull(points)  # the hull of the mesh vertices, from far fewer points
-    hv = hull.points[hull.vertices]  # the diameter is attained between hull corners
-    f["morph_diam"] = float(pdist(hv).max()) if len(hv) > 1 else 0.0
+    f["morph_diam"] = diameter
     # PCA on voxel centre positions of the morphological mask: covariance from exact integer index moments
     cov = ((n_m * second_m.astype(np.float64) - np.outer(first_m, first_m).astype(np.float64)) / (n_m * (n_m - 1.0))
            * np.outer(sp_zyx, sp_zyx)) if n_vox > 1 else np.zeros((3, 3))
@@ -370,8 +383,8 @@ def morphology_features(roi: ProcessedROI, values: np.ndarray | None = None) -> 
     a, b, c = 2.0 * math.sqrt(l1), 2.0 * math.sqrt(l2), 2.0 * math.sqrt(l3)
     f["morph_vol_dens_aee"] = 3.0 * volume / (4.0 * math.pi * a * b * c) if a * b * c > 0 else float("nan")
     f["morph_area_dens_aee"] = area / _ellipsoid_area(a, b, c) if a * b * c > 0 else float("nan")
-    f["morph_vol_dens_conv_hull"] = volume / float(hull.volume)
-    f["morph_area_dens_conv_hull"] = area / float(hull.area)
+    f["morph_vol_dens_conv_hull"] = volume / hull_volume
+    f["morph_area_dens_conv_hull"] = area / hull_area
     f["morph_integ_int"] = float(w.mean()) * volume
     f["morph_moran_i"], f["morph_geary_c"] = moran_geary(roi.image, roi.int_mask, sp)
     return f
