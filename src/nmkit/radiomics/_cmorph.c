@@ -256,6 +256,30 @@ static PyObject *slab_sums(PyObject *self, PyObject *args) {
     Py_ssize_t plane = n0 * n1;
     for (Py_ssize_t k = 0; k < kb; k++) {
         const double *wk = wd + (k0 + k) * plane, *blk = sd + 2 * k * per;
+        if (np_ == 3) { /* the usual case (Moran / Geary): all three sums in one pass over the slab */
+            const double *A0 = blk + 2 * pa[0] * plane, *B0 = blk + 2 * pb[0] * plane;
+            const double *A1 = blk + 2 * pa[1] * plane, *B1 = blk + 2 * pb[1] * plane;
+            const double *A2 = blk + 2 * pa[2] * plane, *B2 = blk + 2 * pb[2] * plane;
+            double t0 = 0.0, t1 = 0.0, t2 = 0.0;
+            for (Py_ssize_t z = 0; z < n0; z++) {
+                Py_ssize_t o = z * n1;
+                const double *wr = wk + o;
+                double r[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0}; /* (re, im) lanes of the three sums */
+                for (Py_ssize_t y = 0; y < n1; y++) {
+                    Py_ssize_t e = 2 * (o + y);
+                    double wy = wr[y];
+                    r[0] += wy * (A0[e] * B0[e]);
+                    r[1] += wy * (A0[e + 1] * B0[e + 1]);
+                    r[2] += wy * (A1[e] * B1[e]);
+                    r[3] += wy * (A1[e + 1] * B1[e + 1]);
+                    r[4] += wy * (A2[e] * B2[e]);
+                    r[5] += wy * (A2[e + 1] * B2[e + 1]);
+                }
+                t0 += r[0] + r[1]; t1 += r[2] + r[3]; t2 += r[4] + r[5];
+            }
+            acc[0] += t0; acc[1] += t1; acc[2] += t2;
+            continue;
+        }
         for (int j = 0; j < np_; j++) {
             const double *A = blk + 2 * pa[j] * plane, *B = blk + 2 * pb[j] * plane;
             double total = 0.0;

@@ -7,6 +7,7 @@ axis at a time on the unpadded data ("pruned" transform) skips those and gives t
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -135,6 +136,7 @@ def native_pair_sums(cm, rows_t: np.ndarray, pairs: list[tuple[int, int]], kerne
     ``weights``: ``slab_weights(kernel_octant, size)`` when the caller keeps it."""
     from scipy import fft
 
+    c2c = _inplace_fft()
     n0, n1, n2 = size
     _, p, nz, ny = rows_t.shape
     f = fft.rfft(rows_t, axis=0)  # (n2 // 2 + 1, p, n_z, n_y)
@@ -147,11 +149,37 @@ def native_pair_sums(cm, rows_t: np.ndarray, pairs: list[tuple[int, int]], kerne
     for k0 in range(0, n_last, kb):
         s = slab[:min(kb, n_last - k0)]
         cm.fill_slab(f, s, k0, f.shape, (n0, n1))
-        fft.fft(s[:, :, :nz], axis=3, overwrite_x=True)  # along y, on the rows that hold data
+        c2c(s[:, :, :nz], 3)  # along y, on the rows that hold data
         cm.split_slab(s, (p, n0, n1), nz)  # along z: a radix-2 step (half the input is zero) and ..
-        fft.fft(s.reshape(len(s), p, 2, n0 // 2, n1), axis=3, overwrite_x=True)  # .. two half-length transforms
+        c2c(s.reshape(len(s), p, 2, n0 // 2, n1), 3)  # .. two half-length transforms
         cm.slab_sums(s, wt, k0, (p, n_last, n0, n1), tpairs, out)
     return [float(v) for v in out]
+
+
+@functools.lru_cache(maxsize=1)
+def _inplace_fft():
+    """``f(a, axis)``: forward complex FFT of ``a`` along ``axis``, in place. scipy's pocketfft binding called
+    directly (the public ``scipy.fft.fft`` adds ~25 us of dispatch per call; the slab loop makes ~20 calls), or
+    ``scipy.fft.fft(overwrite_x=True)`` when that private binding is not there."""
+    from scipy import fft
+
+    def public(a: np.ndarray, axis: int) -> None:
+        fft.fft(a, axis=axis, overwrite_x=True)
+
+    try:
+        from scipy.fft._pocketfft import pypocketfft as pfft
+        probe = np.arange(6, dtype=np.complex128).reshape(2, 3)
+        ref = fft.fft(probe, axis=1)
+        pfft.c2c(probe, (1,), True, 0, probe, 1)
+        if not np.allclose(probe, ref, rtol=1e-14, atol=1e-14):
+            return public
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return public
+
+    def direct(a: np.ndarray, axis: int) -> None:
+        pfft.c2c(a, (axis,), True, 0, a, 1)
+
+    return direct
 
 
 def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
