@@ -212,5 +212,6 @@ def run_audit(args: argparse.Namespace) -> int:
     write_audit_report(result, synth_arrays, train_arrays, out / "audit.html", training_names=[t.name for t in training],
                        config={"checkpoint": str(args.checkpoint), "synthetic": str(args.synthetic)})
     print(f"{result.summary['n_memorised']} of {len(synthetic)} synthetic images flagged as copies; "
-          f"Fréchet distance {result.frechet:.3f}; report {out / 'audit.html'}")
+          f"Fréchet distance {result.frechet:.3f} (unitless, {result.feature_kind} features, synthetic vs training); "
+          f"report {out / 'audit.html'}")
     return 0
