@@ -136,9 +136,11 @@ def upsampled_prediction(probabilities: np.ndarray, shape: tuple[int, int]) -> n
 
 
 def evaluate(model, test: Sequence[LabelledImage], size: int, labels: dict[int, str] = LUNG_LABELS) -> list[dict[str, Any]]:
-    """Per test image and class: Dice at the original resolution, HD95 in model-grid pixels."""
+    """Per test image and class: Dice at the original resolution, HD95 in model-grid pixels; ``dice_pp_*``: the same
+    Dice after ``nmkit predict --largest --fill-holes`` (largest component of each lung, holes filled)."""
     from ..metrics.overlap import dice
     from ..metrics.surface import surface_metrics
+    from ..segment.infer import fill_holes, largest_component
     from .pretrain import predict_probabilities
 
     probs = predict_probabilities(model, [t.image for t in test], size, "percentile")
@@ -151,7 +153,11 @@ def evaluate(model, test: Sequence[LabelledImage], size: int, labels: dict[int, 
             row[f"dice_{name}"] = dice(full == value, item.label_full == value)
             hd = float(surface_metrics(small == value, item.label == value, spacing=(1.0, 1.0), tolerance_mm=None)["hd95"])
             row[f"hd95_px{size}_{name}"] = hd if np.isfinite(hd) else float(np.hypot(*small.shape))  # empty: the diagonal
+        post = fill_holes(largest_component(full, list(labels)), list(labels))
+        for value, name in labels.items():
+            row[f"dice_pp_{name}"] = dice(post == value, item.label_full == value)
         row["dice_mean"] = float(np.mean([row[f"dice_{n}"] for n in labels.values()]))
+        row["dice_pp_mean"] = float(np.mean([row[f"dice_pp_{n}"] for n in labels.values()]))
         row[f"hd95_px{size}_mean"] = float(np.mean([row[f"hd95_px{size}_{n}"] for n in labels.values()]))
         rows.append(row)
     return rows
