@@ -1057,6 +1057,86 @@ done:
     return result;
 }
 
+/* ----- intensity statistics: NumPy's pairwise sums of derived terms --------------------------------------- */
+
+/* The terms summed: the value, or with d = x - c: d d, (d d) d, (d d) (d d), |d| (as the NumPy expressions
+   dev * dev, dev2 * dev, dev2 * dev2, abs(dev) compute them). */
+enum term { T_X, T_D2, T_D3, T_D4, T_ABS };
+
+static inline double term_of(double x, double c, enum term t) {
+    double d = x - c, d2 = d * d;
+    switch (t) {
+    case T_X: return x;
+    case T_D2: return d2;
+    case T_D3: return d2 * d;
+    case T_D4: return d2 * d2;
+    case T_ABS: return fabs(d);
+    }
+    return 0.0;
+}
+
+/* NumPy's pairwise summation (numpy/_core/src/umath/loops_utils.h: blocks of at most 128 summed with eight
+   accumulators, halves split at multiples of 8), so sum(terms) equals numpy's np.sum of the term array. */
+static double pw_sum(const double *a, Py_ssize_t n, double c, enum term t) {
+    if (n < 8) {
+        double res = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) res += term_of(a[i], c, t);
+        return res;
+    }
+    if (n <= 128) {
+        double r[8];
+        Py_ssize_t i;
+        for (int j = 0; j < 8; j++) r[j] = term_of(a[j], c, t);
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++) r[j] += term_of(a[i + j], c, t);
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += term_of(a[i], c, t);
+        return res;
+    }
+    Py_ssize_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pw_sum(a, n2, c, t) + pw_sum(a + n2, n - n2, c, t);
+}
+
+/* term_sums(x, lo, hi, center, terms) -> tuple of sums over x[lo:hi], one per character of terms:
+   'x' the values, '2' / '3' / '4' the powers of d = x - center, 'a' |d|; each as NumPy sums the term array. */
+static PyObject *term_sums(PyObject *self, PyObject *args) {
+    PyObject *o_x;
+    Py_ssize_t lo, hi;
+    double c;
+    const char *terms;
+    if (!PyArg_ParseTuple(args, "Onnds", &o_x, &lo, &hi, &c, &terms)) return NULL;
+    Py_buffer bx;
+    if (get_buf(o_x, &bx, F64, -1, 0, "x") < 0) return NULL;
+    Py_ssize_t n = bx.len / 8;
+    if (lo < 0 || hi < lo || hi > n) {
+        PyBuffer_Release(&bx);
+        return PyErr_Format(PyExc_ValueError, "range %zd:%zd outside the %zd values", lo, hi, n);
+    }
+    Py_ssize_t nt = (Py_ssize_t)strlen(terms);
+    PyObject *out = PyTuple_New(nt);
+    if (!out) { PyBuffer_Release(&bx); return NULL; }
+    const double *x = (const double *)bx.buf + lo;
+    for (Py_ssize_t k = 0; k < nt; k++) {
+        enum term t;
+        switch (terms[k]) {
+        case 'x': t = T_X; break;
+        case '2': t = T_D2; break;
+        case '3': t = T_D3; break;
+        case '4': t = T_D4; break;
+        case 'a': t = T_ABS; break;
+        default:
+            Py_DECREF(out); PyBuffer_Release(&bx);
+            return PyErr_Format(PyExc_ValueError, "unknown term '%c' (use x, 2, 3, 4, a)", terms[k]);
+        }
+        PyObject *v = PyFloat_FromDouble(pw_sum(x, hi - lo, c, t));
+        if (!v) { Py_DECREF(out); PyBuffer_Release(&bx); return NULL; }
+        PyTuple_SET_ITEM(out, k, v);
+    }
+    PyBuffer_Release(&bx);
+    return out;
+}
+
 /* ----- module ----------------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1067,6 +1147,7 @@ static PyMethodDef methods[] = {
     {"morph_scan", morph_scan, METH_VARARGS, "moments, intensity sums and corner-pattern counts of a mask"},
     {"hull_points", hull_points, METH_VARARGS, "convex hull candidate points of a mask's marching-cubes mesh"},
     {"hull_measures", hull_measures, METH_VARARGS, "volume, area and diameter of that convex hull"},
+    {"term_sums", term_sums, METH_VARARGS, "NumPy-identical pairwise sums of powers / absolute deviations"},
     {"linear_along", linear_along, METH_VARARGS, "linear interpolation along one axis (a separable pass)"},
     {"sphere_means", sphere_means, METH_VARARGS, "means over a sphere (kernel) around the voxels of a mask"},
     {NULL, NULL, 0, NULL}};
