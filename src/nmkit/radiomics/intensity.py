@@ -41,8 +41,11 @@ def _moments(x: np.ndarray, prefix: str, xs: np.ndarray | None = None) -> dict[s
         mean = cm.term_sums(x, 0, n, 0.0, "x")[0] / n
         s2, s3, s4, sa = cm.term_sums(x, 0, n, mean, "234a")
         m2, m3, m4, mad = s2 / n, s3 / n, s4 / n, sa / n
-        r_mean = cm.term_sums(xs, r0, r1, 0.0, "x")[0] / (r1 - r0)
-        rmad = cm.term_sums(xs, r0, r1, r_mean, "a")[0] / (r1 - r0)
+        if r1 > r0:
+            r_mean = cm.term_sums(xs, r0, r1, 0.0, "x")[0] / (r1 - r0)
+            rmad = cm.term_sums(xs, r0, r1, r_mean, "a")[0] / (r1 - r0)
+        else:  # no value between p10 and p90 (two distinct values): NumPy's mean of nothing
+            rmad = float("nan")
         medad = cm.term_sums(x, 0, n, p50, "a")[0] / n
     else:
         mean = float(x.mean())
