@@ -33,7 +33,7 @@ def test_module_is_built_when_a_compiler_exists(monkeypatch):
     monkeypatch.delenv("NMKIT_NO_NATIVE", raising=False)
     mod = native("_ctexture")
     assert mod is not None, "a C compiler exists but nmkit.radiomics._ctexture was not built"
-    for name in ("pairs", "zones", "neighbours", "glcm_features", "runlike_features"):
+    for name in ("bbox", "pairs", "zones", "neighbours", "glcm_features", "runlike_features"):
         assert callable(getattr(mod, name))
     monkeypatch.setenv("NMKIT_NO_NATIVE", "1")
     assert native("_ctexture") is None
@@ -144,22 +144,28 @@ def test_kernels_reject_bad_buffers(ctexture):
     grid = np.zeros((3, 4, 5), dtype=np.uint16)
     grid[1, 1:3, 1:4] = 2
     flat = grid.ravel()
-    lv, nr = 3, 5
-    cm = np.empty(13 * lv * lv, dtype=np.int32)
-    rl = np.empty(13 * lv * nr, dtype=np.int32)
-    assert ctexture.pairs(flat, 3, 4, 5, 13, False, lv, nr, cm, rl) == 3
+    lv, ext = 3, 3
+    cm = np.empty(13 * 2 * 2, dtype=np.int64)
+    rl = np.empty(13 * 2 * ext, dtype=np.int64)
+    nvs = np.empty(1, dtype=np.int64)
+    assert ctexture.pairs(flat, 3, 4, 5, 13, False, lv, cm, rl, nvs) == 3
+    assert nvs[0] == 6 and rl.reshape(13, 2, ext)[0, 1].tolist() == [0, 0, 2]  # two x-runs of length 3
     with pytest.raises(TypeError, match="grid"):
-        ctexture.pairs(flat.astype(np.int32), 3, 4, 5, 13, False, lv, nr, cm, rl)
+        ctexture.pairs(flat.astype(np.int32), 3, 4, 5, 13, False, lv, cm, rl, nvs)
     with pytest.raises(ValueError, match="items"):
-        ctexture.pairs(flat[:-1], 3, 4, 5, 13, False, lv, nr, cm, rl)
+        ctexture.pairs(flat[:-1], 3, 4, 5, 13, False, lv, cm, rl, nvs)
     with pytest.raises(ValueError, match="items"):
-        ctexture.pairs(flat, 3, 4, 5, 13, False, lv, nr, cm[:-1], rl)
+        ctexture.pairs(flat, 3, 4, 5, 13, False, lv, cm[:-1], rl, nvs)
+    with pytest.raises(TypeError, match="cm"):
+        ctexture.pairs(flat, 3, 4, 5, 13, False, lv, cm.astype(np.int32), rl, nvs)
     with pytest.raises(ValueError, match="level"):
-        ctexture.pairs(flat, 3, 4, 5, 13, False, 2, nr, cm[: 13 * 4], rl[: 13 * 2 * nr])
+        ctexture.pairs(flat, 3, 4, 5, 13, False, 2, cm[:13], rl[: 13 * ext], nvs)
     framed = grid.copy()
     framed[0, 0, 0] = 1
     with pytest.raises(ValueError, match="frame"):
-        ctexture.pairs(framed.ravel(), 3, 4, 5, 13, False, lv, nr, cm, rl)
+        ctexture.pairs(framed.ravel(), 3, 4, 5, 13, False, lv, cm, rl, nvs)
+    with pytest.raises(ValueError, match="shape"):
+        ctexture.pairs(flat, 1, 12, 5, 13, False, lv, cm, rl, nvs)
     with pytest.raises(TypeError, match="morph"):
         ctexture.zones(flat, flat, 3, 4, 5, True, *np.empty((4, 6), dtype=np.int64))
     with pytest.raises(ValueError, match="zone outputs"):
@@ -167,8 +173,15 @@ def test_kernels_reject_bad_buffers(ctexture):
     with pytest.raises(TypeError):
         ctexture.neighbours(flat, 3, 4, 5, True, lv, np.zeros((1, lv), np.float32), np.zeros((1, lv), np.int64),
                             np.zeros((1, lv, 28), np.int64))
-    with pytest.raises(ValueError, match="shape"):
-        ctexture.pairs(flat, 1, 12, 5, 13, False, lv, nr, cm, rl)
+    with pytest.raises(ValueError, match="items"):
+        ctexture.glcm_features(cm[:-1], 13, 2, np.empty((25, 13)))
+    with pytest.raises(ValueError, match="items"):
+        ctexture.runlike_features(rl, 13, 2, ext, np.ones(12), np.arange(1.0, ext + 1), np.empty((17, 13)))
+    levels = grid.astype(np.int32)
+    assert ctexture.bbox(levels, np.zeros(grid.shape, np.uint8), *grid.shape) == (1, 2, 1, 3, 1, 4)
+    assert ctexture.bbox(np.zeros_like(levels), np.zeros(grid.shape, np.uint8), *grid.shape) is None
+    with pytest.raises(TypeError, match="levels"):
+        ctexture.bbox(grid, np.zeros(grid.shape, np.uint8), *grid.shape)
 
 
 # ----- IBSI CT phantom, configurations A-E -----------------------------------------------------------------

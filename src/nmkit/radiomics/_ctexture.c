@@ -78,28 +78,33 @@ static int parse_shape(Py_ssize_t nz, Py_ssize_t ny, Py_ssize_t nx, Grid *g) {
     return 0;
 }
 
-/* The frame is zero and every level is below lv: neighbour walks then stay in the buffer and bins in range. */
+/* The frame is zero and every level is below lv: neighbour walks then stay in the buffer and bins in range.
+   (Reductions without early exit, so that they vectorise.) */
 static int check_grid(const uint16_t *a, const Grid *g, Py_ssize_t lv) {
+    unsigned frame = 0, top = 0;
     for (Py_ssize_t z = 0; z < g->nz; z++)
         for (Py_ssize_t y = 0; y < g->ny; y++) {
             const uint16_t *row = a + z * g->sz + y * g->sy;
-            int frame = (z == 0 || z == g->nz - 1 || y == 0 || y == g->ny - 1);
-            if (frame) {
-                for (Py_ssize_t x = 0; x < g->nx; x++)
-                    if (row[x]) goto bad_frame;
+            if (z == 0 || z == g->nz - 1 || y == 0 || y == g->ny - 1) {
+                unsigned any = 0;
+                for (Py_ssize_t x = 0; x < g->nx; x++) any |= row[x];
+                frame |= any;
             } else {
-                if (row[0] || row[g->nx - 1]) goto bad_frame;
-                for (Py_ssize_t x = 1; x < g->nx - 1; x++)
-                    if (row[x] >= lv) {
-                        PyErr_Format(PyExc_ValueError, "grey level %d >= lv = %zd", (int)row[x], lv);
-                        return -1;
-                    }
+                unsigned mx = 0;
+                for (Py_ssize_t x = 1; x < g->nx - 1; x++) mx = row[x] > mx ? row[x] : mx;
+                frame |= (unsigned)row[0] | row[g->nx - 1];
+                top = mx > top ? mx : top;
             }
         }
+    if (frame) {
+        PyErr_SetString(PyExc_ValueError, "the grid's one-voxel frame must be zero");
+        return -1;
+    }
+    if ((Py_ssize_t)top >= lv) {
+        PyErr_Format(PyExc_ValueError, "grey level %u >= lv = %zd", top, lv);
+        return -1;
+    }
     return 0;
-bad_frame:
-    PyErr_SetString(PyExc_ValueError, "the grid's one-voxel frame must be zero");
-    return -1;
 }
 
 static Py_ssize_t offset_of(const Grid *g, int d) { return DIRS[d][0] * g->sz + DIRS[d][1] * g->sy + DIRS[d][2]; }
@@ -152,78 +157,148 @@ static void pairs_scan(const uint16_t *restrict a, const Grid *g, const Py_ssize
 }
 
 static const char pairs_doc[] =
-    "pairs(grid, nz, ny, nx, ndir, per_slice, lv, nr, cm, rl) -> longest run\n\n"
-    "Co-occurrence and run-length counts along the first ndir (4 or 13) directions, both int32 and\n"
-    "overwritten. cm: (4, S, lv, lv) for the in-plane directions (S = nz - 2 when per_slice else 1), then\n"
-    "(ndir - 4, lv, lv); cm[d, ..., c, p] counts voxels of level c whose predecessor along d has level p (0\n"
-    "outside the ROI): the transpose of the forward pair counts, equal once symmetrised. rl: (4, S, lv, nr) then\n"
-    "(ndir - 4, lv, nr), column = run length; nr must exceed the longest interior extent.";
+    "pairs(grid, nz, ny, nx, ndir, per_slice, lv, cm, rl, nvs) -> longest run\n\n"
+    "GLCMs and GLRLMs along the first ndir (4 or 13) directions, both int64 without grey level 0 (ng = lv - 1),\n"
+    "overwritten. Matrices: the 4 in-plane directions x S slices (S = nz - 2 when per_slice else 1: summed),\n"
+    "direction-major, then directions 4..ndir-1. cm: (nmat, ng, ng) symmetric co-occurrence counts; rl:\n"
+    "(nmat, ng, nz|ny|nx largest - 2) counts of run lengths 1, 2, ... nvs (int64, nz - 2): ROI voxels per slice.";
 
 /* One raster pass, no branch per voxel and direction: every ROI voxel counts its pair with the predecessor
    along d, and knows its position L in its run along d (1 + the predecessor's when that has the same level);
    it counts one run of length >= L, and runs of length exactly L are (>= L) - (>= L + 1). Positions live in a
    ring buffer of the last R voxels (R > the largest offset). */
 static PyObject *pairs(PyObject *self, PyObject *args) {
-    PyObject *go, *co, *ro;
-    Py_ssize_t nz, ny, nx, ndir, lv, nr;
+    PyObject *go, *co, *ro, *vo;
+    Py_ssize_t nz, ny, nx, ndir, lv;
     int per_slice;
     Grid g;
-    Py_buffer gb, cb, rb;
-    if (!PyArg_ParseTuple(args, "OnnnnpnnOO", &go, &nz, &ny, &nx, &ndir, &per_slice, &lv, &nr, &co, &ro))
+    Py_buffer gb, cb, rb, vb;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "OnnnnpnOOO", &go, &nz, &ny, &nx, &ndir, &per_slice, &lv, &co, &ro, &vo))
         return NULL;
     if (parse_shape(nz, ny, nx, &g) < 0) return NULL;
-    Py_ssize_t longest_axis = nz > ny ? (nz > nx ? nz : nx) : (ny > nx ? ny : nx);
-    if ((ndir != 4 && ndir != 13) || lv < 1 || lv > 65536 || nr < longest_axis - 1 || nr > 65535) {
-        PyErr_SetString(PyExc_ValueError,
-                        "ndir must be 4 or 13, 1 <= lv <= 65536 and the longest extent < nr < 65536");
+    if ((ndir != 4 && ndir != 13) || lv < 2 || lv > 65536) {
+        PyErr_SetString(PyExc_ValueError, "ndir must be 4 or 13 and 2 <= lv <= 65536");
         return NULL;
     }
+    Py_ssize_t ext = (nz > ny ? (nz > nx ? nz : nx) : (ny > nx ? ny : nx)) - 2; /* longest possible run */
+    Py_ssize_t nr = ext + 1, ng = lv - 1;
     Py_ssize_t ns = per_slice ? nz - 2 : 1, nmat = N2D * ns + (ndir - N2D), l2 = lv * lv, ln = lv * nr;
     if (get_buf(go, &gb, U16, g.n, 0, "grid") < 0) return NULL;
-    if (get_buf(co, &cb, I32, nmat * l2, 1, "cm") < 0) {
-        PyBuffer_Release(&gb);
-        return NULL;
-    }
-    if (get_buf(ro, &rb, I32, nmat * ln, 1, "rl") < 0) {
-        PyBuffer_Release(&cb);
-        PyBuffer_Release(&gb);
-        return NULL;
-    }
+    if (get_buf(co, &cb, I64, nmat * ng * ng, 1, "cm") < 0) goto r1;
+    if (get_buf(ro, &rb, I64, nmat * ng * ext, 1, "rl") < 0) goto r2;
+    if (get_buf(vo, &vb, I64, nz - 2, 1, "nvs") < 0) goto r3;
     const uint16_t *a = gb.buf;
-    int32_t *cm = cb.buf, *rl = rb.buf;
-    PyObject *result = NULL;
+    int64_t *cmo = cb.buf, *rlo = rb.buf, *nvs = vb.buf;
+    uint16_t *pos = NULL;
+    int32_t *cm = NULL, *rl = NULL;
+    if (check_grid(a, &g, lv) < 0) goto done;
     Py_ssize_t ring = 1;
     while (ring <= g.sz + g.sy + 1) ring <<= 1;
-    uint16_t *pos = NULL;
-    if (check_grid(a, &g, lv) < 0) goto done;
     pos = PyMem_Calloc((size_t)ring * 16, sizeof *pos);
-    if (!pos) {
+    cm = PyMem_Calloc((size_t)(nmat * l2), sizeof *cm);
+    rl = PyMem_Calloc((size_t)(nmat * ln), sizeof *rl);
+    if (!pos || !cm || !rl) {
         PyErr_NoMemory();
         goto done;
     }
-    memset(cm, 0, (size_t)(nmat * l2) * sizeof *cm);
-    memset(rl, 0, (size_t)(nmat * ln) * sizeof *rl);
     Py_ssize_t off[13], longest = 0;
     for (int d = 0; d < ndir; d++) off[d] = offset_of(&g, d);
     Py_BEGIN_ALLOW_THREADS
     pairs_scan(a, &g, off, ndir, per_slice, lv, nr, ring - 1, pos, cm, rl);
-    /* (>= L) to (== L), and the longest run */
-    for (Py_ssize_t m = 0; m < nmat * lv; m++) {
-        int32_t *row = rl + m * nr;
-        for (Py_ssize_t L = 1; L < nr; L++) {
-            int32_t next = L + 1 < nr ? row[L + 1] : 0;
-            row[L] -= next;
-            if (row[L] && L > longest) longest = L;
+    for (Py_ssize_t m = 0; m < nmat; m++) {
+        /* symmetric GLCM without level 0 */
+        const int32_t *raw = cm + m * l2;
+        int64_t *out = cmo + m * ng * ng;
+        for (Py_ssize_t i = 1; i < lv; i++)
+            for (Py_ssize_t j = 1; j < lv; j++) out[(i - 1) * ng + (j - 1)] = (int64_t)raw[i * lv + j] + raw[j * lv + i];
+        /* runs: (>= L) to (== L), lengths 1..ext, and the longest run */
+        for (Py_ssize_t i = 1; i < lv; i++) {
+            const int32_t *row = rl + m * ln + i * nr;
+            int64_t *o = rlo + (m * ng + (i - 1)) * ext;
+            for (Py_ssize_t L = 1; L <= ext; L++) {
+                int64_t v = (int64_t)row[L] - (L + 1 < nr ? row[L + 1] : 0);
+                o[L - 1] = v;
+                if (v && L > longest) longest = L;
+            }
         }
+    }
+    for (Py_ssize_t z = 1; z < nz - 1; z++) {
+        int64_t n = 0;
+        for (Py_ssize_t y = 1; y < ny - 1; y++) {
+            const uint16_t *row = a + z * g.sz + y * g.sy;
+            for (Py_ssize_t x = 1; x < nx - 1; x++) n += row[x] != 0;
+        }
+        nvs[z - 1] = n;
     }
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(longest);
 done:
     PyMem_Free(pos);
+    PyMem_Free(cm);
+    PyMem_Free(rl);
+    PyBuffer_Release(&vb);
+r3:
     PyBuffer_Release(&rb);
+r2:
     PyBuffer_Release(&cb);
+r1:
     PyBuffer_Release(&gb);
     return result;
+}
+
+static const char bbox_doc[] =
+    "bbox(levels, morph, nz, ny, nx) -> (z0, z1, y0, y1, x0, x1)\n\n"
+    "The bounding box (half-open) of the voxels with a non-zero level (int32) or in the morphological mask\n"
+    "(uint8/bool), both (nz, ny, nx); None when there is none.";
+
+static PyObject *bbox(PyObject *self, PyObject *args) {
+    PyObject *lo, *mo;
+    Py_ssize_t nz, ny, nx;
+    Py_buffer lb, mb;
+    if (!PyArg_ParseTuple(args, "OOnnn", &lo, &mo, &nz, &ny, &nx)) return NULL;
+    if (nz < 0 || ny < 0 || nx < 0 || (nz && ny && (ny > PY_SSIZE_T_MAX / nz || nx > PY_SSIZE_T_MAX / (nz * ny)))) {
+        PyErr_SetString(PyExc_ValueError, "bad shape");
+        return NULL;
+    }
+    Py_ssize_t n = nz * ny * nx;
+    if (get_buf(lo, &lb, I32, n, 0, "levels") < 0) return NULL;
+    if (get_buf(mo, &mb, U8, n, 0, "morph") < 0) {
+        PyBuffer_Release(&lb);
+        return NULL;
+    }
+    const int32_t *l = lb.buf;
+    const uint8_t *m = mb.buf;
+    Py_ssize_t z0 = nz, z1 = -1, y0 = ny, y1 = -1, x0 = nx, x1 = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t z = 0; z < nz; z++)
+        for (Py_ssize_t y = 0; y < ny; y++) {
+            const int32_t *lr = l + (z * ny + y) * nx;
+            const uint8_t *mr = m + (z * ny + y) * nx;
+            Py_ssize_t first = -1, last = -1;
+            for (Py_ssize_t x = 0; x < nx; x++)
+                if (lr[x] != 0 || mr[x]) {
+                    first = x;
+                    break;
+                }
+            if (first < 0) continue;
+            for (Py_ssize_t x = nx - 1; x >= first; x--)
+                if (lr[x] != 0 || mr[x]) {
+                    last = x;
+                    break;
+                }
+            if (z < z0) z0 = z;
+            z1 = z;
+            if (y < y0) y0 = y;
+            if (y > y1) y1 = y;
+            if (first < x0) x0 = first;
+            if (last > x1) x1 = last;
+        }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&mb);
+    PyBuffer_Release(&lb);
+    if (z1 < 0) Py_RETURN_NONE;
+    return Py_BuildValue("nnnnnn", z0, z1 + 1, y0, y1 + 1, x0, x1 + 1);
 }
 
 /* ----- NGTDM and NGLDM ---------------------------------------------------------------------------------------- */
@@ -272,19 +347,26 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
         int64_t *nn = n + sl * lv, *dd = dep + sl * lv * nn1;
         for (Py_ssize_t y = 1; y < ny - 1; y++) {
             const uint16_t *row = a + z * g.sz + y * g.sy + 1;
-            /* neighbour sums, ROI neighbour counts and equal neighbours of the whole row, one offset at a time */
-            for (Py_ssize_t x = 0; x < w; x++) tot[x] = cnt[x] = same[x] = 0;
+            /* only the span of the row between its first and last ROI voxel */
+            Py_ssize_t x0 = 0, x1 = w;
+            while (x0 < w && !row[x0]) x0++;
+            if (x0 == w) continue;
+            while (!row[x1 - 1]) x1--;
+            const uint16_t *span = row + x0;
+            Py_ssize_t sw = x1 - x0;
+            /* neighbour sums, ROI neighbour counts and equal neighbours of the span, one offset at a time */
+            for (Py_ssize_t x = 0; x < sw; x++) tot[x] = cnt[x] = same[x] = 0;
             for (int m = 0; m < k; m++) {
-                const uint16_t *nbr = row + off[m];
-                for (Py_ssize_t x = 0; x < w; x++) {
+                const uint16_t *nbr = span + off[m];
+                for (Py_ssize_t x = 0; x < sw; x++) {
                     int32_t v = nbr[x];
                     tot[x] += v;
                     cnt[x] += v != 0;
-                    same[x] += v == (int32_t)row[x];
+                    same[x] += v == (int32_t)span[x];
                 }
             }
-            for (Py_ssize_t x = 0; x < w; x++) {
-                unsigned c = row[x];
+            for (Py_ssize_t x = 0; x < sw; x++) {
+                unsigned c = span[x];
                 if (!c) continue;
                 if (cnt[x]) {
                     ss[c] += fabs((double)c - (double)tot[x] / (double)cnt[x]);
@@ -749,6 +831,7 @@ e1:
 
 static PyMethodDef methods[] = {
     {"pairs", pairs, METH_VARARGS, pairs_doc},
+    {"bbox", bbox, METH_VARARGS, bbox_doc},
     {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
     {"zones", zones, METH_VARARGS, zones_doc},
     {"glcm_features", glcm_feats, METH_VARARGS, glcm_features_doc},

@@ -367,7 +367,9 @@ def _numpy_matrices(levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d
 def _native_matrices(mod, levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d: bool,
                      slices: bool) -> _Matrices:
     """The same matrices from the compiled kernels (``_ctexture``): one pass over the zero-framed grid per family."""
-    sl = _crop_box(levels, morph_mask)
+    levels = np.ascontiguousarray(levels, dtype=np.int32)
+    box = mod.bbox(levels, np.ascontiguousarray(morph_mask).view(np.uint8), *levels.shape)
+    sl = (slice(box[0], box[1]), slice(box[2], box[3]), slice(box[4], box[5]))
     crop = levels[sl]
     nz, ny, nx = shape = tuple(n + 2 for n in crop.shape)
     grid = np.zeros(shape, dtype=np.uint16)
@@ -376,17 +378,20 @@ def _native_matrices(mod, levels: np.ndarray, morph_mask: np.ndarray, ng: int, t
     n_slices, lv = nz - 2, ng + 1
     ns = n_slices if slices else 1
     ndir = len(_DIRECTIONS) if three_d else _N2D
+    nmat = _N2D * ns + ndir - _N2D
+    ext = max(shape) - 2
+    cm = np.empty((nmat, ng, ng), dtype=np.int64)
+    rl = np.empty((nmat, ng, ext), dtype=np.int64)
+    nv_slice = np.empty(n_slices, dtype=np.intp)
+    longest = mod.pairs(flat, nz, ny, nx, ndir, slices, lv, cm, rl, nv_slice)
+    rl = rl[..., :longest]
     n2 = _N2D * ns
-    nr = max(shape) - 1
-    cm = np.empty((n2 + ndir - _N2D) * lv * lv, dtype=np.int32)
-    rl = np.empty((n2 + ndir - _N2D) * lv * nr, dtype=np.int32)
-    longest = mod.pairs(flat, nz, ny, nx, ndir, slices, lv, nr, cm, rl)
-    # backward pairs: the transposed forward counts, the same once symmetrised
-    m2, m3 = _glcm_finish(cm[:n2 * lv * lv].reshape(_N2D, ns, lv, lv),
-                          cm[n2 * lv * lv:].reshape(-1, lv, lv) if three_d else None)
-    r2, r3 = _glrlm_finish(rl[:n2 * lv * nr].reshape(_N2D, ns, lv, nr)[..., :longest + 1],
-                           rl[n2 * lv * nr:].reshape(-1, lv, nr)[..., :longest + 1] if three_d else None)
-    nv_slice = np.count_nonzero(crop.reshape(n_slices, -1), axis=1).astype(np.intp)
+    m2 = cm[:n2].reshape(_N2D, ns, ng, ng).swapaxes(0, 1)
+    r2 = rl[:n2].reshape(_N2D, ns, ng, longest).swapaxes(0, 1)
+    m3 = r3 = None
+    if three_d:
+        m3 = cm if ns == 1 else np.concatenate([m2.sum(0), cm[n2:]])
+        r3 = rl if ns == 1 else np.concatenate([r2.sum(0), rl[n2:]])
     nv = int(nv_slice.sum())
     morph = np.zeros(shape, dtype=np.uint8)
     morph[1:-1, 1:-1, 1:-1] = morph_mask[sl]
