@@ -629,16 +629,8 @@ typedef struct {
     int64_t c[3]; /* doubled (z, y, x) box index: one coordinate odd (the line's axis), two even */
 } HPoint;
 
-/* the plane axis and the two in-plane axes (u, v) of the current 2D filter pass (qsort takes no context) */
+/* the plane axis and the two in-plane axes (u, v) of the current 2D filter pass */
 static int ax_w = 0, ax_u = 1, ax_v = 2;
-
-static int cmp_plane(const void *a, const void *b) {
-    const HPoint *p = a, *q = b;
-    int order[3] = {ax_w, ax_u, ax_v};
-    for (int k = 0; k < 3; k++)
-        if (p->c[order[k]] != q->c[order[k]]) return p->c[order[k]] < q->c[order[k]] ? -1 : 1;
-    return 0;
-}
 
 static int64_t cross2(const HPoint *o, const HPoint *a, const HPoint *b) {
     return (a->c[ax_u] - o->c[ax_u]) * (b->c[ax_v] - o->c[ax_v]) - (a->c[ax_v] - o->c[ax_v]) * (b->c[ax_u] - o->c[ax_u]);
@@ -671,27 +663,33 @@ static Py_ssize_t hull2d(const HPoint *pts, Py_ssize_t n, HPoint *out, const HPo
    plane along z, y and x in turn, only the vertices of each plane's 2D convex hull are kept (a point inside the
    hull of other points of its plane is no corner of the 3D hull, so the hull is unchanged). Returns a PyMem
    array (*out, *count; NULL count 0 for an empty mask) or -1 with an exception set. */
-static int hull_candidates(const uint8_t *m, const Py_ssize_t *sh, HPoint **out, Py_ssize_t *count) {
+static int hull_candidates(const uint8_t *m, const Py_ssize_t *sh, const Py_ssize_t *box, HPoint **out,
+                           Py_ssize_t *count) {
     HPoint *pts = NULL, *kept = NULL;
     const HPoint **st = NULL;
     int64_t *first = NULL, *last = NULL;
+    Py_ssize_t *counts = NULL;
     int rc = -1;
     *out = NULL;
     *count = 0;
     Py_ssize_t lo[3] = {sh[0], sh[1], sh[2]}, hi[3] = {-1, -1, -1};
-    for (Py_ssize_t z = 0; z < sh[0]; z++)
-        for (Py_ssize_t y = 0; y < sh[1]; y++) {
-            const uint8_t *r = m + (z * sh[1] + y) * sh[2];
-            for (Py_ssize_t i = 0; i < sh[2]; i++)
-                if (r[i]) {
-                    if (z < lo[0]) lo[0] = z;
-                    if (z > hi[0]) hi[0] = z;
-                    if (y < lo[1]) lo[1] = y;
-                    if (y > hi[1]) hi[1] = y;
-                    if (i < lo[2]) lo[2] = i;
-                    if (i > hi[2]) hi[2] = i;
-                }
-        }
+    if (box) { /* the caller's bounding box (half-open): trusted only for its extent, the lines are still read */
+        for (int a = 0; a < 3; a++) { lo[a] = box[a]; hi[a] = box[3 + a] - 1; }
+    } else {
+        for (Py_ssize_t z = 0; z < sh[0]; z++)
+            for (Py_ssize_t y = 0; y < sh[1]; y++) {
+                const uint8_t *r = m + (z * sh[1] + y) * sh[2];
+                for (Py_ssize_t i = 0; i < sh[2]; i++)
+                    if (r[i]) {
+                        if (z < lo[0]) lo[0] = z;
+                        if (z > hi[0]) hi[0] = z;
+                        if (y < lo[1]) lo[1] = y;
+                        if (y > hi[1]) hi[1] = y;
+                        if (i < lo[2]) lo[2] = i;
+                        if (i > hi[2]) hi[2] = i;
+                    }
+            }
+    }
     if (hi[0] < 0) return 0;
     Py_ssize_t n[3] = {hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1};
     Py_ssize_t cap = 2 * (n[1] * n[2] + n[0] * n[2] + n[0] * n[1]);
@@ -746,9 +744,21 @@ static int hull_candidates(const uint8_t *m, const Py_ssize_t *sh, HPoint **out,
             }
     }
     Py_ssize_t nk = np_;
+    /* counting sorts (stable, least significant key first) on coordinates -1 .. 2 n[a] + 1 */
+    Py_ssize_t range = 2 * (n[0] > n[1] ? (n[0] > n[2] ? n[0] : n[2]) : (n[1] > n[2] ? n[1] : n[2])) + 3;
+    counts = PyMem_Calloc((size_t)range + 1, sizeof(Py_ssize_t));
+    if (!counts) { PyErr_NoMemory(); goto done; }
     for (int w = 0; w < 3; w++) {
         ax_w = w; ax_u = w == 0 ? 1 : 0; ax_v = w == 2 ? 1 : 2;
-        qsort(pts, (size_t)nk, sizeof(HPoint), cmp_plane);
+        int keys[3] = {ax_v, ax_u, ax_w};
+        for (int k = 0; k < 3; k++) {
+            int a = keys[k];
+            memset(counts, 0, sizeof(Py_ssize_t) * (size_t)(range + 1));
+            for (Py_ssize_t i = 0; i < nk; i++) counts[pts[i].c[a] + 2]++;
+            for (Py_ssize_t r = 1; r <= range; r++) counts[r] += counts[r - 1];
+            for (Py_ssize_t i = 0; i < nk; i++) kept[counts[pts[i].c[a] + 1]++] = pts[i];
+            HPoint *t = pts; pts = kept; kept = t;
+        }
         Py_ssize_t nn = 0;
         for (Py_ssize_t i = 0; i < nk;) {
             Py_ssize_t j = i;
@@ -764,7 +774,7 @@ static int hull_candidates(const uint8_t *m, const Py_ssize_t *sh, HPoint **out,
     pts = NULL;
     rc = 0;
 done:
-    PyMem_Free(pts); PyMem_Free(kept); PyMem_Free(st); PyMem_Free(first); PyMem_Free(last);
+    PyMem_Free(pts); PyMem_Free(kept); PyMem_Free(st); PyMem_Free(first); PyMem_Free(last); PyMem_Free(counts);
     return rc;
 }
 
@@ -784,7 +794,7 @@ static PyObject *hull_points(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     HPoint *res = NULL;
     Py_ssize_t nk = 0;
-    if (hull_candidates(bm.buf, sh, &res, &nk) < 0) goto done;
+    if (hull_candidates(bm.buf, sh, NULL, &res, &nk) < 0) goto done;
     if (bo.len < nk * 3 * 8) {
         PyErr_Format(PyExc_ValueError, "out holds %zd points, need %zd", bo.len / 24, nk);
         goto done;
@@ -847,33 +857,46 @@ static Py_ssize_t hull3d(const HPoint *pts, Py_ssize_t n, Face **faces_out) {
         if ((o < 0 ? -o : o) > vbest) { vbest = o < 0 ? -o : o; i3 = i; }
     }
     if (i3 < 0) return 0;
-    /* faces never move (ids index the outside sets); each point not yet on the hull belongs to the outside set
-       of one face it sees, or is dropped as inside (Barber et al.'s quickhull: a point that saw a face removed
-       by an insertion and sees none of the new faces lies inside the new hull) */
-    Py_ssize_t cap = 64, nf = 0, ecap = 64;
+    /* faces never move (ids index the outside sets and the neighbour links); each point not yet on the hull
+       belongs to the outside set of one face it sees, or is dropped as inside (Barber et al.'s quickhull: a point
+       that saw a face removed by an insertion and sees none of the new faces lies inside the new hull). The faces
+       an inserted point sees form a connected patch found by a walk over neighbours from the face it came from. */
+    Py_ssize_t cap = 64, nf = 0;
     Face *F = PyMem_Malloc(sizeof(Face) * cap);
-    Py_ssize_t *head = PyMem_Malloc(sizeof(Py_ssize_t) * cap);
+    Py_ssize_t *head = PyMem_Malloc(sizeof(Py_ssize_t) * cap), *nb = PyMem_Malloc(sizeof(Py_ssize_t) * 3 * cap);
+    Py_ssize_t *mark = PyMem_Malloc(sizeof(Py_ssize_t) * cap), *stack = PyMem_Malloc(sizeof(Py_ssize_t) * cap);
     int *alive = PyMem_Malloc(sizeof(int) * cap);
-    int (*edges)[2] = PyMem_Malloc(sizeof(int[2]) * ecap);
     Py_ssize_t *next = PyMem_Malloc(sizeof(Py_ssize_t) * n), *freed = PyMem_Malloc(sizeof(Py_ssize_t) * n);
-    if (!F || !head || !alive || !edges || !next || !freed) goto nomem;
+    Py_ssize_t *start_of = PyMem_Malloc(sizeof(Py_ssize_t) * n), *hz = PyMem_Malloc(sizeof(Py_ssize_t) * 3 * cap);
+    if (!F || !head || !nb || !mark || !stack || !alive || !next || !freed || !start_of || !hz) goto nomem;
     int tet[4] = {(int)i0, (int)i1, (int)i2, (int)i3};
     for (int f = 0; f < 4; f++) {
         int a = tet[f == 3 ? 1 : 0], b = tet[f >= 2 ? 2 : 1], c = tet[f >= 1 ? 3 : 2];
         int other = tet[3 - f];
         if (orient3(&pts[a], &pts[b], &pts[c], &pts[other]) > 0) { int t = b; b = c; c = t; }
-        F[nf].v[0] = a; F[nf].v[1] = b; F[nf].v[2] = c; alive[nf] = 1; head[nf] = -1; nf++;
+        F[nf].v[0] = a; F[nf].v[1] = b; F[nf].v[2] = c; alive[nf] = 1; head[nf] = -1; mark[nf] = -1; nf++;
     }
+    for (int f = 0; f < 4; f++) /* neighbours of the tetrahedron: the face holding the reversed edge */
+        for (int e = 0; e < 3; e++) {
+            int u = F[f].v[e], v = F[f].v[(e + 1) % 3];
+            nb[3 * f + e] = -1;
+            for (int g = 0; g < 4; g++)
+                for (int h = 0; h < 3; h++)
+                    if (g != f && F[g].v[h] == v && F[g].v[(h + 1) % 3] == u) nb[3 * f + e] = g;
+        }
     for (Py_ssize_t i = 0; i < n; i++) {
         next[i] = -1;
+        start_of[i] = -1;
         if (i == i0 || i == i1 || i == i2 || i == i3) continue;
         for (Py_ssize_t f = 0; f < 4; f++)
             if (orient3(&pts[F[f].v[0]], &pts[F[f].v[1]], &pts[F[f].v[2]], &pts[i]) > 0) {
                 next[i] = head[f]; head[f] = i; break;
             }
     }
+    Py_ssize_t stamp = 0;
     for (Py_ssize_t f0 = 0; f0 < nf; f0++) {
         if (!alive[f0] || head[f0] < 0) continue;
+        stamp++;
         /* the farthest point of this face's outside set */
         Py_ssize_t pi = -1;
         int64_t far = 0;
@@ -882,41 +905,62 @@ static Py_ssize_t hull3d(const HPoint *pts, Py_ssize_t n, Face **faces_out) {
             if (o > far) { far = o; pi = q; }
         }
         const HPoint *p = &pts[pi];
-        /* visible faces: removed, their outside sets collected, their directed edges listed */
-        Py_ssize_t ne = 0, nfree = 0, first_new = nf;
-        for (Py_ssize_t f = 0; f < first_new; f++) {
-            if (!alive[f] || orient3(&pts[F[f].v[0]], &pts[F[f].v[1]], &pts[F[f].v[2]], p) <= 0) continue;
+        /* walk the visible patch from f0: mark = 2 stamp (visible) or 2 stamp + 1 (not visible, tested);
+           horizon edges (face, edge) collected in hz */
+        Py_ssize_t top = 0, nh = 0, nfree = 0, first_new = nf;
+        stack[top++] = f0;
+        mark[f0] = 2 * stamp;
+        while (top) {
+            Py_ssize_t f = stack[--top];
             alive[f] = 0;
             for (Py_ssize_t q = head[f]; q >= 0; q = next[q])
                 if (q != pi) freed[nfree++] = q;
             head[f] = -1;
-            if (ne + 3 > ecap) {
-                ecap *= 2;
-                void *t = PyMem_Realloc(edges, sizeof(int[2]) * ecap);
-                if (!t) goto nomem;
-                edges = t;
+            for (int e = 0; e < 3; e++) {
+                Py_ssize_t g = nb[3 * f + e];
+                if (mark[g] == 2 * stamp) continue;
+                if (mark[g] != 2 * stamp + 1 &&
+                    orient3(&pts[F[g].v[0]], &pts[F[g].v[1]], &pts[F[g].v[2]], p) > 0) {
+                    mark[g] = 2 * stamp;
+                    stack[top++] = g;
+                } else {
+                    mark[g] = 2 * stamp + 1;
+                    hz[2 * nh] = f; hz[2 * nh + 1] = e; nh++;
+                }
             }
-            for (int e = 0; e < 3; e++) { edges[ne][0] = F[f].v[e]; edges[ne][1] = F[f].v[(e + 1) % 3]; ne++; }
         }
-        /* the horizon: visible-face edges whose reverse is no visible-face edge; one new face on each */
-        for (Py_ssize_t e = 0; e < ne; e++) {
-            int u = edges[e][0], v = edges[e][1], shared = 0;
-            for (Py_ssize_t g = 0; g < ne; g++)
-                if (edges[g][0] == v && edges[g][1] == u) { shared = 1; break; }
-            if (shared) continue;
-            if (nf == cap) {
-                cap *= 2;
-                void *t1 = PyMem_Realloc(F, sizeof(Face) * cap);
-                if (!t1) goto nomem;
-                F = t1;
-                void *t2 = PyMem_Realloc(alive, sizeof(int) * cap);
-                if (!t2) goto nomem;
-                alive = t2;
-                void *t3 = PyMem_Realloc(head, sizeof(Py_ssize_t) * cap);
-                if (!t3) goto nomem;
-                head = t3;
-            }
-            F[nf].v[0] = u; F[nf].v[1] = v; F[nf].v[2] = (int)pi; alive[nf] = 1; head[nf] = -1; nf++;
+        /* one new face (u, v, p) on each horizon edge (u, v) of a removed face, linked to the face g beyond it
+           and, around p, to the new faces on the neighbouring horizon edges */
+        if (nf + nh > cap) {
+            while (nf + nh > cap) cap *= 2;
+            void *t[7];
+            t[0] = PyMem_Realloc(F, sizeof(Face) * cap); if (t[0]) F = t[0];
+            t[1] = PyMem_Realloc(head, sizeof(Py_ssize_t) * cap); if (t[1]) head = t[1];
+            t[2] = PyMem_Realloc(nb, sizeof(Py_ssize_t) * 3 * cap); if (t[2]) nb = t[2];
+            t[3] = PyMem_Realloc(mark, sizeof(Py_ssize_t) * cap); if (t[3]) mark = t[3];
+            t[4] = PyMem_Realloc(stack, sizeof(Py_ssize_t) * cap); if (t[4]) stack = t[4];
+            t[5] = PyMem_Realloc(alive, sizeof(int) * cap); if (t[5]) alive = t[5];
+            t[6] = PyMem_Realloc(hz, sizeof(Py_ssize_t) * 3 * cap); if (t[6]) hz = t[6];
+            for (int k = 0; k < 7; k++)
+                if (!t[k]) goto nomem;
+        }
+        for (Py_ssize_t h = 0; h < nh; h++) {
+            Py_ssize_t f = hz[2 * h];
+            int e = (int)hz[2 * h + 1];
+            int u = F[f].v[e], v = F[f].v[(e + 1) % 3];
+            Py_ssize_t g = nb[3 * f + e], nfc = nf++;
+            F[nfc].v[0] = u; F[nfc].v[1] = v; F[nfc].v[2] = (int)pi;
+            alive[nfc] = 1; head[nfc] = -1; mark[nfc] = -1;
+            nb[3 * nfc] = g;
+            for (int k = 0; k < 3; k++)
+                if (F[g].v[k] == v && F[g].v[(k + 1) % 3] == u) nb[3 * g + k] = nfc;
+            start_of[u] = nfc;
+        }
+        for (Py_ssize_t c = first_new; c < nf; c++) {
+            /* edge 1 (v, p) borders the new face starting at v, whose edge 2 is (p, v) */
+            Py_ssize_t d = start_of[F[c].v[1]];
+            nb[3 * c + 1] = d;
+            nb[3 * d + 2] = c;
         }
         /* the freed points go to a new face they see, or are inside */
         for (Py_ssize_t k = 0; k < nfree; k++) {
@@ -932,28 +976,38 @@ static Py_ssize_t hull3d(const HPoint *pts, Py_ssize_t n, Face **faces_out) {
     Py_ssize_t w = 0;
     for (Py_ssize_t f = 0; f < nf; f++)
         if (alive[f]) F[w++] = F[f];
-    PyMem_Free(alive); PyMem_Free(edges); PyMem_Free(head); PyMem_Free(next); PyMem_Free(freed);
+    PyMem_Free(alive); PyMem_Free(head); PyMem_Free(next); PyMem_Free(freed);
+    PyMem_Free(nb); PyMem_Free(mark); PyMem_Free(stack); PyMem_Free(start_of); PyMem_Free(hz);
     *faces_out = F;
     return w;
 nomem:
-    PyMem_Free(F); PyMem_Free(alive); PyMem_Free(edges); PyMem_Free(head); PyMem_Free(next); PyMem_Free(freed);
+    PyMem_Free(F); PyMem_Free(alive); PyMem_Free(head); PyMem_Free(next); PyMem_Free(freed);
+    PyMem_Free(nb); PyMem_Free(mark); PyMem_Free(stack); PyMem_Free(start_of); PyMem_Free(hz);
     PyErr_NoMemory();
     return -1;
 }
 
-/* hull_measures(mask, shape, spacing_zyx, max_points) -> (volume, area, diameter, n_vertices) or None
+/* hull_measures(mask, shape, spacing_zyx, max_points[, bbox]) -> (volume, area, diameter, n_vertices) or None
+   (bbox: the mask's bounding box (z0, y0, x0, z1, y1, x1), half-open, when the caller has it)
    The convex hull of the marching-cubes vertices of a uint8 mask (from hull_candidates): volume (mm^3, exact
    integer sum of signed tetrahedra, scaled), area (mm^2) and the largest distance between hull vertices (mm, as
    scipy's pdist computes it from the coordinates hull_points gives). None when the candidates span no volume,
    exceed max_points or the box is too large for exact 64-bit orientation tests: the caller then uses qhull. */
 static PyObject *hull_measures(PyObject *self, PyObject *args) {
-    PyObject *o_m;
-    Py_ssize_t sh[3], max_points;
+    PyObject *o_m, *o_box = Py_None;
+    Py_ssize_t sh[3], max_points, box[6];
     double sp[3];
-    if (!PyArg_ParseTuple(args, "O(nnn)(ddd)n", &o_m, &sh[0], &sh[1], &sh[2], &sp[0], &sp[1], &sp[2], &max_points))
+    if (!PyArg_ParseTuple(args, "O(nnn)(ddd)n|O", &o_m, &sh[0], &sh[1], &sh[2], &sp[0], &sp[1], &sp[2], &max_points,
+                          &o_box))
         return NULL;
     Py_ssize_t total = checked_size(sh, 3, 1, "shape");
     if (total < 0) return NULL;
+    if (o_box != Py_None) {
+        if (!PyArg_ParseTuple(o_box, "nnnnnn", &box[0], &box[1], &box[2], &box[3], &box[4], &box[5])) return NULL;
+        for (int a = 0; a < 3; a++)
+            if (box[a] < 0 || box[3 + a] <= box[a] || box[3 + a] > sh[a])
+                return PyErr_Format(PyExc_ValueError, "bounding box does not fit the shape along axis %d", a);
+    }
     Py_buffer bm;
     if (get_buf(o_m, &bm, U8, total, 0, "mask") < 0) return NULL;
     PyObject *result = NULL;
@@ -961,7 +1015,7 @@ static PyObject *hull_measures(PyObject *self, PyObject *args) {
     Face *F = NULL;
     Py_ssize_t n = 0, nf = 0;
     int *used = NULL;
-    if (hull_candidates(bm.buf, sh, &pts, &n) < 0) goto done;
+    if (hull_candidates(bm.buf, sh, o_box != Py_None ? box : NULL, &pts, &n) < 0) goto done;
     int ok = n >= 4 && n <= max_points && n < (1 << 30);
     for (Py_ssize_t i = 0; ok && i < n; i++)
         for (int k = 0; k < 3; k++)

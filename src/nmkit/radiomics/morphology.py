@@ -305,7 +305,7 @@ def _scan_native(cm, roi: ProcessedROI, sp_zyx: np.ndarray):
     second[1, 2] = second[2, 1] = mom[9]
     com_int = wsum[1:] / wsum[0] * sp_zyx if wsum[0] != 0 else np.full(3, np.nan)
     ext = (bbox[3:] - bbox[:3]).astype(float) * sp_zyx
-    hull = cm.hull_measures(morph, morph.shape, sp, HULL_MAX_POINTS)
+    hull = cm.hull_measures(morph, morph.shape, sp, HULL_MAX_POINTS, tuple(int(v) for v in bbox)) if n else None
     if hull is None:  # no volume, or too many candidates for the simple incremental hull: qhull
         nb = bbox[3:] - bbox[:3]
         out = np.empty((2 * int(nb[1] * nb[2] + nb[0] * nb[2] + nb[0] * nb[1]), 3))
