@@ -452,8 +452,9 @@ static void edge_distance(const uint8_t *morph, const Grid *g, int three_d, int3
     }
 }
 
-/* A provisional zone: union-find parent (a root is the smallest label of its tree, so a zone's root is the
-   label of its first voxel in raster order) and, for roots, the zone's voxel count and minimum distance. */
+/* A provisional zone label: union-find parent (a root is the smallest label of its tree, so a zone's root is
+   the label of its first voxel in raster order), the grey level and slice of its zone, and the voxel count and
+   minimum distance of the voxels that received this label. */
 typedef struct {
     int32_t parent, dmin, level, slice;
     int64_t size;
@@ -467,45 +468,96 @@ static int32_t zone_root(Zone *z, int32_t x) {
     return x;
 }
 
-/* One raster pass: each ROI voxel joins the zones of its equal backward neighbours (13 in 3D, the 4 in-plane
-   ones per slice otherwise), merging them, or starts one. Labels of the last R voxels live in a ring buffer
-   (R > the largest offset; a slot is only read for a neighbour of the same level, written in this pass).
-   Writes the zones in order of their first voxel; returns their number. */
+/* Zones in one raster pass. Per row, a vector pass over the directions whose backward neighbour lies in an
+   earlier row (12 in 3D, 3 in-plane) finds each voxel's equal neighbours (bit mask) and the smallest and
+   largest label among them; labels of earlier rows live in a ring of ny + 2 rows (a row never wraps; a slot is
+   only used for a neighbour of the same non-zero level, which this pass labelled). Then voxel by voxel, with the
+   x-predecessor: no equal neighbour starts a label; one label among them is taken as it is (no search, the
+   common case); several are merged (union-find). Counts and minimum distances are kept per label and summed
+   into the roots at the end. Writes the zones in order of their first voxel; returns their number.
+   work: 3 (nx) int32; lab: (ny + 2) nx int32; acc: nroi + 2 labels. */
 static Py_ssize_t label_zones(const uint16_t *restrict a, const Grid *g, int three_d, const int32_t *restrict dist,
-                              Py_ssize_t rmask, int32_t *restrict lab, Zone *restrict acc, int64_t *zsize,
+                              int32_t *restrict lab, int32_t *restrict work, Zone *restrict acc, int64_t *zsize,
                               int64_t *zlevel, int64_t *zslice, int64_t *zdist) {
-    Py_ssize_t off[13];
     int nback = three_d ? 13 : N2D;
-    for (int d = 0; d < nback; d++) off[d] = offset_of(g, d);
+    Py_ssize_t nx = g->nx, nrow = g->ny + 2;
+    int32_t *restrict mn = work, *restrict mx = work + nx, *restrict msk = work + 2 * nx;
+    const int32_t *nlp[13]; /* per direction: the labels of the backward neighbours of the row, by x */
     int32_t next = 1;
     for (Py_ssize_t z = 1; z < g->nz - 1; z++)
-        for (Py_ssize_t y = 1; y < g->ny - 1; y++)
-            for (Py_ssize_t i = z * g->sz + y * g->sy + 1; i < z * g->sz + y * g->sy + g->nx - 1; i++) {
-                unsigned c = a[i];
-                if (!c) continue;
-                int32_t dj = dist[i] > 1 ? dist[i] : 1;
-                unsigned mask = 0;
-                for (int d = 0; d < nback; d++) mask |= (unsigned)(a[i - off[d]] == c) << d;
-                if (!mask) {
-                    acc[next] = (Zone){next, dj, (int32_t)c, (int32_t)(three_d ? 0 : z - 1), 1};
-                    lab[i & rmask] = next++;
-                    continue;
-                }
-                int32_t r = zone_root(acc, lab[(i - off[lowest_bit(mask)]) & rmask]);
-                for (mask &= mask - 1; mask; mask &= mask - 1) {
-                    int32_t r2 = zone_root(acc, lab[(i - off[lowest_bit(mask)]) & rmask]);
-                    if (r2 == r) continue;
-                    int32_t lo = r2 < r ? r2 : r, hi = r2 < r ? r : r2;
-                    acc[hi].parent = lo;
-                    acc[lo].size += acc[hi].size;
-                    if (acc[hi].dmin < acc[lo].dmin) acc[lo].dmin = acc[hi].dmin;
-                    r = lo;
-                }
-                acc[r].size++;
-                if (dj < acc[r].dmin) acc[r].dmin = dj;
-                lab[i & rmask] = r;
+        for (Py_ssize_t y = 1; y < g->ny - 1; y++) {
+            const uint16_t *row = a + z * g->sz + y * g->sy;
+            int32_t *restrict lr = lab + ((z * g->ny + y) % nrow) * nx;
+            Py_ssize_t x0 = 1, x1 = nx - 1; /* the span of the row's ROI voxels */
+            while (x0 < x1 && !row[x0]) x0++;
+            if (x0 == x1) continue;
+            while (!row[x1 - 1]) x1--;
+            for (Py_ssize_t x = x0; x < x1; x++) {
+                mn[x] = INT32_MAX;
+                mx[x] = 0;
+                msk[x] = 0;
             }
+            nlp[0] = lr - 1;
+            for (int d = 1; d < nback; d++) {
+                int dz = DIRS[d][0], dy = DIRS[d][1], dx = DIRS[d][2];
+                const uint16_t *restrict nb = row - (dz * g->sz + dy * g->sy + dx);
+                const int32_t *restrict nl = lab + (((z - dz) * g->ny + (y - dy)) % nrow) * nx - dx;
+                nlp[d] = nl;
+                for (Py_ssize_t x = x0; x < x1; x++) {
+                    int32_t eq = -(int32_t)(row[x] == nb[x]); /* all ones when equal */
+                    int32_t l = nl[x];
+                    msk[x] |= eq & (1 << d);
+                    int32_t lmn = (l & eq) | (INT32_MAX & ~eq), lmx = l & eq;
+                    mn[x] = lmn < mn[x] ? lmn : mn[x];
+                    mx[x] = lmx > mx[x] ? lmx : mx[x];
+                }
+            }
+            for (Py_ssize_t x = x0; x < x1; x++) {
+                unsigned c = row[x];
+                if (!c) continue;
+                Py_ssize_t i = z * g->sz + y * g->sy + x;
+                int32_t dj = dist[i] > 1 ? dist[i] : 1;
+                int32_t lo = mn[x], hi = mx[x];
+                unsigned mask = (unsigned)msk[x];
+                if (row[x - 1] == c) {
+                    int32_t l0 = lr[x - 1];
+                    mask |= 1u;
+                    lo = l0 < lo ? l0 : lo;
+                    hi = l0 > hi ? l0 : hi;
+                }
+                int32_t L;
+                if (!mask) {
+                    acc[next] = (Zone){next, INT32_MAX, (int32_t)c, (int32_t)(three_d ? 0 : z - 1), 0};
+                    L = next++;
+                } else if (lo == hi) {
+                    L = lo;
+                } else { /* merge the zones of all equal neighbours */
+                    int32_t r = zone_root(acc, lo);
+                    for (unsigned m = mask; m; m &= m - 1) {
+                        int32_t l = nlp[lowest_bit(m)][x];
+                        if (l == lo) continue;
+                        int32_t r2 = zone_root(acc, l);
+                        if (r2 < r) { acc[r].parent = r2; r = r2; }
+                        else if (r2 > r) acc[r2].parent = r;
+                    }
+                    L = r;
+                }
+                acc[L].size++;
+                acc[L].dmin = dj < acc[L].dmin ? dj : acc[L].dmin;
+                lr[x] = L;
+            }
+        }
+    /* labels into their roots (parent < label: one increasing sweep), roots in order */
     Py_ssize_t nzone = 0;
+    for (int32_t L = 1; L < next; L++) {
+        int32_t r = acc[L].parent;
+        if (r != L) {
+            r = acc[r].parent; /* already its root */
+            acc[L].parent = r;
+            acc[r].size += acc[L].size;
+            if (acc[L].dmin < acc[r].dmin) acc[r].dmin = acc[L].dmin;
+        }
+    }
     for (int32_t L = 1; L < next; L++)
         if (acc[L].parent == L) {
             zsize[nzone] = acc[L].size;
@@ -560,11 +612,9 @@ static PyObject *zones(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "grid too large for zone labelling");
         goto r6;
     }
-    Py_ssize_t ring = 1;
-    while (ring <= g.sz + g.sy + 1) ring <<= 1;
     dist = PyMem_Malloc(g.n * sizeof *dist);
-    lab = PyMem_Malloc(ring * sizeof *lab);
-    acc = PyMem_Malloc(((size_t)nroi + 1) * sizeof *acc);
+    lab = PyMem_Calloc((size_t)((ny + 5) * nx), sizeof *lab); /* label ring, then 3 rows of work */
+    acc = PyMem_Malloc(((size_t)nroi + 2) * sizeof *acc);
     if (!dist || !lab || !acc) {
         PyErr_NoMemory();
         goto r6;
@@ -572,7 +622,7 @@ static PyObject *zones(PyObject *self, PyObject *args) {
     Py_ssize_t nzone = 0;
     Py_BEGIN_ALLOW_THREADS
     edge_distance(morph, &g, three_d, dist);
-    nzone = label_zones(a, &g, three_d, dist, ring - 1, lab, acc, zsize, zlevel, zslice, zdist);
+    nzone = label_zones(a, &g, three_d, dist, lab, lab + (ny + 2) * nx, acc, zsize, zlevel, zslice, zdist);
     Py_END_ALLOW_THREADS
     result = PyLong_FromSsize_t(nzone);
 r6:
