@@ -879,6 +879,85 @@ e1:
     return NULL;
 }
 
+static const char ngtdm_features_doc[] =
+    "ngtdm_features(s, n, k, ng, out)\n\n"
+    "The 5 IBSI NGTDM features (coarseness, contrast, busyness, complexity, strength) of k non-empty NGTDMs:\n"
+    "s (float64, (k, ng)) summed absolute differences, n (int64, (k, ng)) counts; out: float64, (5, k).";
+
+static PyObject *ngtdm_feats(PyObject *self, PyObject *args) {
+    PyObject *so, *no, *oo;
+    Py_ssize_t k, ng;
+    Py_buffer sb, nb, ob;
+    if (!PyArg_ParseTuple(args, "OOnnO", &so, &no, &k, &ng, &oo)) return NULL;
+    if (k < 0 || ng < 1) {
+        PyErr_SetString(PyExc_ValueError, "k >= 0 and ng >= 1");
+        return NULL;
+    }
+    if (get_buf(so, &sb, F64, k * ng, 0, "s") < 0) return NULL;
+    if (get_buf(no, &nb, I64, k * ng, 0, "n") < 0) goto e1;
+    if (get_buf(oo, &ob, F64, 5 * k, 1, "out") < 0) goto e2;
+    double *work = PyMem_Malloc((size_t)(4 * ng) * sizeof *work);
+    Py_ssize_t *idx = PyMem_Malloc((size_t)ng * sizeof *idx);
+    if (!work || !idx) {
+        PyMem_Free(work);
+        PyMem_Free(idx);
+        PyErr_NoMemory();
+        goto e3;
+    }
+    const double *sv = sb.buf;
+    const int64_t *nv = nb.buf;
+    double *out = ob.buf;
+    Py_BEGIN_ALLOW_THREADS
+    double *p = work, *ip = p + ng, *pss = ip + ng;
+    for (Py_ssize_t m = 0; m < k; m++) {
+        const double *sm = sv + m * ng;
+        const int64_t *nm = nv + m * ng;
+        int64_t tot = 0;
+        for (Py_ssize_t i = 0; i < ng; i++) tot += nm[i];
+        double nvc = (double)tot;
+        Py_ssize_t ngp = 0;
+        KSum ps = {0, 0}, ssum = {0, 0};
+        for (Py_ssize_t i = 0; i < ng; i++) {
+            p[i] = (double)nm[i] / nvc;
+            ip[i] = p[i] * (double)(i + 1);
+            pss[i] = p[i] * sm[i];
+            if (p[i] > 0) idx[ngp++] = i;
+            kadd(&ps, p[i] * sm[i]);
+            kadd(&ssum, sm[i]);
+        }
+        KSum con = {0, 0}, busy = {0, 0}, cplx = {0, 0}, strg = {0, 0};
+        for (Py_ssize_t a = 0; a < ngp; a++) /* pairs of present grey levels (the other terms are 0) */
+            for (Py_ssize_t b = 0; b < ngp; b++) {
+                Py_ssize_t i = idx[a], j = idx[b];
+                double dg = (double)(i - j), psum = p[i] + p[j];
+                kadd(&con, p[i] * p[j] * (dg * dg));
+                kadd(&busy, fabs(ip[i] - ip[j]));
+                kadd(&cplx, psum != 0 ? fabs(dg) * (pss[i] + pss[j]) / psum : 0.0);
+                kadd(&strg, psum * (dg * dg));
+            }
+        double pairs_n = (double)ngp * (double)(ngp - 1);
+        out[m] = ps.s > 0 ? 1.0 / ps.s : 1e6;
+        out[k + m] = (pairs_n != 0 ? con.s / pairs_n : 0.0) * (ssum.s / nvc);
+        out[2 * k + m] = ngp > 1 ? (busy.s != 0 ? ps.s / busy.s : 0.0) : 0.0;
+        out[3 * k + m] = cplx.s / nvc;
+        out[4 * k + m] = ssum.s != 0 ? strg.s / ssum.s : 0.0;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(work);
+    PyMem_Free(idx);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&nb);
+    PyBuffer_Release(&sb);
+    Py_RETURN_NONE;
+e3:
+    PyBuffer_Release(&ob);
+e2:
+    PyBuffer_Release(&nb);
+e1:
+    PyBuffer_Release(&sb);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"pairs", pairs, METH_VARARGS, pairs_doc},
     {"bbox", bbox, METH_VARARGS, bbox_doc},
@@ -886,6 +965,7 @@ static PyMethodDef methods[] = {
     {"zones", zones, METH_VARARGS, zones_doc},
     {"glcm_features", glcm_feats, METH_VARARGS, glcm_features_doc},
     {"runlike_features", runlike_feats, METH_VARARGS, runlike_features_doc},
+    {"ngtdm_features", ngtdm_feats, METH_VARARGS, ngtdm_features_doc},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ctexture",

@@ -22,13 +22,14 @@ NGLDM coarseness alpha 0, neighbours outside the intensity mask ignored.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
 from ..errors import InputError
-from .texture_features import glcm_features, ngtdm_features, runlike_features
+from .texture_features import glcm_table, ngtdm_table, runlike_table
 
 __all__ = ["compute_texture", "TEXTURE_DIMS"]
 
@@ -425,35 +426,47 @@ def _matrices(levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d: bool
 
 class _Stack:
     """Matrices of several aggregations stacked for one call of a feature function (every feature of a matrix
-    depends on that matrix alone), with the rows of each aggregation; empty matrices are dropped."""
+    depends on that matrix alone), with the rows of each aggregation; empty matrices are dropped (with the
+    same rows of ``extra``, e.g. NGTDM ``s`` next to ``n``)."""
 
     def __init__(self) -> None:
         self.parts: list[np.ndarray] = []
         self.nv: list[np.ndarray] = []
+        self.extra: list[np.ndarray] = []
         self.groups: list[tuple[str, int, int]] = []  # (suffix, first row, end row)
         self.rows = 0
 
-    def add(self, suffix: str, m: np.ndarray, nv: np.ndarray | None = None) -> None:
+    def add(self, suffix: str, m: np.ndarray, nv: np.ndarray | None = None, extra: np.ndarray | None = None
+            ) -> None:
         keep = m.reshape(m.shape[0], -1).any(1)
         if not keep.all():  # e.g. a one-voxel slice has no co-occurring pair
             m = m[keep]
             nv = None if nv is None else nv[keep]
+            extra = None if extra is None else extra[keep]
         self.parts.append(m)
         if nv is not None:
             self.nv.append(nv)
+        if extra is not None:
+            self.extra.append(extra)
         self.groups.append((suffix, self.rows, self.rows + m.shape[0]))
         self.rows += m.shape[0]
 
+    @staticmethod
+    def _join(parts: list[np.ndarray]) -> np.ndarray:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     def matrices(self) -> np.ndarray:
-        return self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+        return self._join(self.parts)
 
     def voxels(self) -> np.ndarray:
-        return self.nv[0] if len(self.nv) == 1 else np.concatenate(self.nv)
+        return self._join(self.nv)
 
-    def values(self, feats: dict[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+    def extras(self) -> np.ndarray:
+        return self._join(self.extra)
+
+    def values(self, table: tuple[tuple[str, ...], np.ndarray]) -> tuple[tuple[str, ...], list[np.ndarray]]:
         """Feature names and, per aggregation, their values averaged over its matrices (NaN if none)."""
-        names = list(feats)
-        vals = np.stack([np.asarray(feats[n], dtype=float) for n in names])
+        names, vals = table
         cols = []
         for _, a, b in self.groups:
             if b - a == 1:  # one matrix (merged aggregations): the value itself
@@ -464,18 +477,21 @@ class _Stack:
                 cols.append(np.full(len(names), np.nan))
         return names, cols
 
-    def emit_values(self, out: dict[str, float], prefix: str, values: tuple[list[str], list[np.ndarray]],
+    def emit_values(self, out: dict[str, float], prefix: str, values: tuple[tuple[str, ...], list[np.ndarray]],
                     group: int) -> None:
-        suffix = self.groups[group][0]
         names, cols = values
-        for name, v in zip(names, cols[group].tolist()):
-            out[f"{prefix}_{name}_{suffix}"] = v
+        out.update(zip(_keys(prefix, names, self.groups[group][0]), cols[group].tolist()))
 
-    def emit(self, out: dict[str, float], prefix: str, feats: dict[str, np.ndarray]) -> None:
+    def emit(self, out: dict[str, float], prefix: str, table: tuple[tuple[str, ...], np.ndarray]) -> None:
         """``out[prefix_name_suffix]`` = the feature averaged over each aggregation's matrices."""
-        values = self.values(feats)
+        values = self.values(table)
         for group in range(len(self.groups)):
             self.emit_values(out, prefix, values, group)
+
+
+@functools.lru_cache(maxsize=256)
+def _keys(prefix: str, names: tuple[str, ...], suffix: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}_{name}_{suffix}" for name in names)
 
 
 def _glcm(out: dict[str, float], m2: np.ndarray, m3: np.ndarray | None, dims: tuple[str, ...]) -> None:
@@ -490,11 +506,11 @@ def _glcm(out: dict[str, float], m2: np.ndarray, m3: np.ndarray | None, dims: tu
     if m3 is not None:
         st.add("3D_avg", m3)
         st.add("3D_comb", m3.sum(0)[None])
-    st.emit(out, "cm", glcm_features(st.matrices()))
+    st.emit(out, "cm", glcm_table(st.matrices()))
 
 
 def _runlike(out: dict[str, float], family: str, st: _Stack, j_values: np.ndarray | None = None) -> None:
-    st.emit(out, family, runlike_features(st.matrices(), st.voxels(), family, j_values))
+    st.emit(out, family, runlike_table(st.matrices(), st.voxels(), family, j_values))
 
 
 def _glrlm(out: dict[str, float], m2: np.ndarray, m3: np.ndarray | None, nv_slice: np.ndarray,
@@ -572,16 +588,13 @@ def _features(mats: _Matrices, dims: tuple[str, ...]) -> dict[str, float]:
             for suffix, agg, nv in parts:
                 st.add(suffix, agg(m), nv)
             _runlike(out, family, st, cols)
-        # NGTDM s and n side by side, so that both drop the same empty rows
         sn = _Stack()
         dp = _Stack()
         for suffix, agg, nv in parts:
-            sn.add(suffix, np.concatenate([agg(s_ng), agg(n_ng)], axis=1))
+            sn.add(suffix, agg(n_ng), extra=agg(s_ng))
             dp.add(suffix, agg(dep), nv)
-        ngt = sn.matrices()
-        k = s_ng.shape[1]
-        ngt_vals = sn.values(ngtdm_features(ngt[:, :k], ngt[:, k:]))
-        ngl_vals = dp.values(runlike_features(dp.matrices(), dp.voxels(), "ngl"))
+        ngt_vals = sn.values(ngtdm_table(sn.extras(), sn.matrices()))
+        ngl_vals = dp.values(runlike_table(dp.matrices(), dp.voxels(), "ngl"))
         for i in range(len(parts)):  # the order of the keys: ngt, ngl per aggregation
             sn.emit_values(out, "ngt", ngt_vals, i)
             dp.emit_values(out, "ngl", ngl_vals, i)

@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["glcm_features", "runlike_features", "ngtdm_features"]
+__all__ = ["glcm_features", "runlike_features", "ngtdm_features", "glcm_table", "runlike_table", "ngtdm_table"]
 
 GLCM_NAMES = ("joint_max", "joint_avg", "joint_var", "joint_entr", "diff_avg", "diff_var", "diff_entr", "sum_avg",
               "sum_var", "sum_entr", "energy", "contrast", "dissimilarity", "inv_diff", "inv_diff_norm",
@@ -82,19 +82,27 @@ def _group_sum(flat: np.ndarray, ng: int, by_sum: bool) -> np.ndarray:
     return out
 
 
-def glcm_features(counts: np.ndarray) -> dict[str, np.ndarray]:
+def glcm_table(counts: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """``glcm_features`` as (names, values ``(25, K)``)."""
+    mod = _compiled(counts)
+    if mod is not None:
+        c = np.ascontiguousarray(counts, dtype=np.int64)
+        out = np.empty((len(GLCM_NAMES), c.shape[0]))
+        mod.glcm_features(c, c.shape[0], c.shape[1], out)
+        return GLCM_NAMES, out
+    feats = glcm_features(counts, compiled=False)
+    return tuple(feats), np.stack(list(feats.values()))
+
+
+def glcm_features(counts: np.ndarray, compiled: bool = True) -> dict[str, np.ndarray]:
     """The 25 IBSI GLCM features of a stack of symmetric co-occurrence matrices ``(K, Ng, Ng)``.
 
     Matrices must be non-empty (the caller drops empty ones before averaging). Symmetry is used: the marginal
     entropies HXY1 and HXY2 of the information correlations both equal 2 HX, and the cluster features depend
     on ``i + j`` only, so they are evaluated on the sum distribution.
     """
-    mod = _compiled(counts)
-    if mod is not None:
-        c = np.ascontiguousarray(counts, dtype=np.int64)
-        out = np.empty((len(GLCM_NAMES), c.shape[0]))
-        mod.glcm_features(c, c.shape[0], c.shape[1], out)
-        return dict(zip(GLCM_NAMES, out))
+    if compiled and _compiled(counts) is not None:
+        return dict(zip(*glcm_table(counts)))
     counts = np.asarray(counts, dtype=float)
     k, ng, _ = counts.shape
     flat = counts.reshape(k, ng * ng)
@@ -168,25 +176,35 @@ RUNLIKE_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+def runlike_table(counts: np.ndarray, n_voxels: np.ndarray, family: str, j_values: np.ndarray | None = None
+                  ) -> tuple[tuple[str, ...], np.ndarray]:
+    """``runlike_features`` as (names, values ``(16 or 17, K)``)."""
+    mod = _compiled(counts)
+    if mod is not None:
+        c = np.ascontiguousarray(counts, dtype=np.int64)
+        k, ng, nj = c.shape
+        jv = np.arange(1.0, nj + 1) if j_values is None else np.asarray(j_values, dtype=float).reshape(nj)
+        out = np.empty((17, k))
+        mod.runlike_features(c, k, ng, nj, np.asarray(n_voxels, dtype=float).reshape(k), jv, out)
+        if family == "ngl":
+            return RUNLIKE_NAMES[family] + ("dc_energy",), out
+        return RUNLIKE_NAMES[family], out[:16]
+    feats = runlike_features(counts, n_voxels, family, j_values, compiled=False)
+    return tuple(feats), np.stack(list(feats.values()))
+
+
 def runlike_features(counts: np.ndarray, n_voxels: np.ndarray, family: str,
-                     j_values: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                     j_values: np.ndarray | None = None, compiled: bool = True) -> dict[str, np.ndarray]:
     """The 16 GLRLM-style features shared by GLRLM, GLSZM, GLDZM and NGLDM (plus NGLDM's energy).
 
     ``counts``: ``(K, Ng, Nj)`` with column ``c`` holding run length / zone size / distance / dependence
     ``j_values[c]`` (default ``c + 1``). ``n_voxels``: ``(K,)`` voxel counts N_v of the (merged) matrices.
     """
     counts = np.asarray(counts)
+    if compiled and _compiled(counts) is not None:
+        return dict(zip(*runlike_table(counts, n_voxels, family, j_values)))
     if j_values is None:
         j_values = np.arange(1, counts.shape[2] + 1)
-    mod = _compiled(counts)
-    if mod is not None:
-        c = np.ascontiguousarray(counts, dtype=np.int64)
-        k, ng, nj = c.shape
-        out = np.empty((17, k))
-        mod.runlike_features(c, k, ng, nj, np.asarray(n_voxels, dtype=float).reshape(k),
-                             np.asarray(j_values, dtype=float).reshape(nj), out)
-        names = RUNLIKE_NAMES[family] + (("dc_energy",) if family == "ngl" else ())
-        return dict(zip(names, out))
     used = np.flatnonzero(counts.any(axis=(0, 1)))  # keep only occurring columns
     counts = counts[:, :, used].astype(float)
     k, ng, _ = counts.shape
@@ -233,13 +251,28 @@ def runlike_features(counts: np.ndarray, n_voxels: np.ndarray, family: str,
 NGTDM_NAMES = ("coarseness", "contrast", "busyness", "complexity", "strength")
 
 
-def ngtdm_features(s: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
+def ngtdm_table(s: np.ndarray, n: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """``ngtdm_features`` as (names, values ``(5, K)``)."""
+    mod = _compiled(n)
+    if mod is not None:
+        sv = np.ascontiguousarray(s, dtype=float)
+        nv = np.ascontiguousarray(n, dtype=np.int64)
+        out = np.empty((len(NGTDM_NAMES), sv.shape[0]))
+        mod.ngtdm_features(sv, nv, sv.shape[0], sv.shape[1], out)
+        return NGTDM_NAMES, out
+    feats = ngtdm_features(s, n, compiled=False)
+    return tuple(feats), np.stack(list(feats.values()))
+
+
+def ngtdm_features(s: np.ndarray, n: np.ndarray, compiled: bool = True) -> dict[str, np.ndarray]:
     """The 5 IBSI NGTDM features of a stack of NGTDMs.
 
     ``s``: ``(K, Ng)`` summed absolute grey tone differences; ``n``: ``(K, Ng)`` voxel counts with a valid
     neighbourhood. Degenerate cases follow IBSI: coarseness capped at 1e6, busyness 0 when a single grey level
     is present, strength 0 when all differences are 0; contrast is 0 for a single grey level.
     """
+    if compiled and _compiled(n) is not None:
+        return dict(zip(*ngtdm_table(s, n)))
     s = np.asarray(s, dtype=float)
     n = np.asarray(n, dtype=float)
     k, ng = s.shape
