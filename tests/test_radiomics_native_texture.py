@@ -33,7 +33,8 @@ def test_module_is_built_when_a_compiler_exists(monkeypatch):
     monkeypatch.delenv("NMKIT_NO_NATIVE", raising=False)
     mod = native("_ctexture")
     assert mod is not None, "a C compiler exists but nmkit.radiomics._ctexture was not built"
-    for name in ("bbox", "pairs", "zones", "neighbours", "glcm_features", "runlike_features"):
+    for name in ("bbox", "pairs", "zones", "zone_columns", "zone_counts", "neighbours", "glcm_features",
+                 "runlike_features", "ngtdm_features"):
         assert callable(getattr(mod, name))
     monkeypatch.setenv("NMKIT_NO_NATIVE", "1")
     assert native("_ctexture") is None
@@ -177,6 +178,13 @@ def test_kernels_reject_bad_buffers(ctexture):
         ctexture.glcm_features(cm[:-1], 13, 2, np.empty((25, 13)))
     with pytest.raises(ValueError, match="items"):
         ctexture.runlike_features(rl, 13, 2, ext, np.ones(12), np.arange(1.0, ext + 1), np.empty((17, 13)))
+    with pytest.raises(ValueError, match="items"):
+        ctexture.ngtdm_features(np.zeros(5), np.zeros(6, np.int64), 2, 3, np.empty((5, 2)))
+    cols = np.empty(4, dtype=np.int64)
+    values = np.array([7, 2, 7, 3])
+    assert ctexture.zone_columns(values, cols) == 3 and cols[:3].tolist() == [2, 3, 7]
+    with pytest.raises(ValueError, match="out of range"):
+        ctexture.zone_counts(np.array([0, 1, 0, 5]), values, cols[:3].copy(), 2, np.zeros((2, 3), np.int64))
     levels = grid.astype(np.int32)
     assert ctexture.bbox(levels, np.zeros(grid.shape, np.uint8), *grid.shape) == (1, 2, 1, 3, 1, 4)
     assert ctexture.bbox(np.zeros_like(levels), np.zeros(grid.shape, np.uint8), *grid.shape) is None

@@ -958,11 +958,121 @@ e1:
     return NULL;
 }
 
+static const char zone_columns_doc[] =
+    "zone_columns(values, cols) -> number of columns\n\n"
+    "The distinct values (int64, >= 0) in increasing order, written to cols (int64, at least as long as values).";
+
+static PyObject *zone_columns(PyObject *self, PyObject *args) {
+    PyObject *vo, *co;
+    Py_buffer vb, cb;
+    if (!PyArg_ParseTuple(args, "OO", &vo, &co)) return NULL;
+    if (PyObject_GetBuffer(vo, &vb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    Py_ssize_t n = vb.itemsize ? vb.len / vb.itemsize : 0;
+    PyBuffer_Release(&vb);
+    if (get_buf(vo, &vb, I64, n, 0, "values") < 0) return NULL;
+    if (PyObject_GetBuffer(co, &cb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) goto e1;
+    Py_ssize_t ncap = cb.itemsize ? cb.len / cb.itemsize : 0;
+    PyBuffer_Release(&cb);
+    if (ncap < n) {
+        PyErr_SetString(PyExc_ValueError, "cols is shorter than values");
+        goto e1;
+    }
+    if (get_buf(co, &cb, I64, ncap, 1, "cols") < 0) goto e1;
+    const int64_t *v = vb.buf;
+    int64_t *cols = cb.buf, top = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (v[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "values must be >= 0");
+            goto e2;
+        }
+        if (v[i] > top) top = v[i];
+    }
+    uint8_t *seen = PyMem_Calloc((size_t)top + 2, 1);
+    if (!seen) {
+        PyErr_NoMemory();
+        goto e2;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) seen[v[i]] = 1;
+    Py_ssize_t u = 0;
+    for (int64_t x = 0; x <= top; x++)
+        if (seen[x]) cols[u++] = x;
+    PyMem_Free(seen);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&vb);
+    return PyLong_FromSsize_t(u);
+e2:
+    PyBuffer_Release(&cb);
+e1:
+    PyBuffer_Release(&vb);
+    return NULL;
+}
+
+static const char zone_counts_doc[] =
+    "zone_counts(rows, values, cols, nrows, out)\n\n"
+    "out[row, column of value] += 1 for each zone (int64 rows in 0..nrows-1, values among cols, which are\n"
+    "increasing); out: int64, (nrows, len(cols)).";
+
+static int64_t *lower_bound(int64_t *lo, int64_t *hi, int64_t x) {
+    while (lo < hi) {
+        int64_t *mid = lo + (hi - lo) / 2;
+        if (*mid < x) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+static PyObject *zone_counts(PyObject *self, PyObject *args) {
+    PyObject *ro, *vo, *co, *oo;
+    Py_ssize_t nrows;
+    Py_buffer rb, vb, cb, ob;
+    if (!PyArg_ParseTuple(args, "OOOnO", &ro, &vo, &co, &nrows, &oo)) return NULL;
+    if (PyObject_GetBuffer(vo, &vb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    Py_ssize_t n = vb.itemsize ? vb.len / vb.itemsize : 0;
+    PyBuffer_Release(&vb);
+    if (PyObject_GetBuffer(co, &cb, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    Py_ssize_t u = cb.itemsize ? cb.len / cb.itemsize : 0;
+    PyBuffer_Release(&cb);
+    if (nrows < 0) {
+        PyErr_SetString(PyExc_ValueError, "nrows < 0");
+        return NULL;
+    }
+    if (get_buf(ro, &rb, I64, n, 0, "rows") < 0) return NULL;
+    if (get_buf(vo, &vb, I64, n, 0, "values") < 0) goto e1;
+    if (get_buf(co, &cb, I64, u, 0, "cols") < 0) goto e2;
+    if (get_buf(oo, &ob, I64, nrows * u, 1, "out") < 0) goto e3;
+    const int64_t *row = rb.buf, *v = vb.buf;
+    int64_t *cols = cb.buf, *out = ob.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t *at = lower_bound(cols, cols + u, v[i]);
+        if (row[i] < 0 || row[i] >= nrows || at == cols + u || *at != v[i]) {
+            PyErr_SetString(PyExc_ValueError, "a zone's row or value is out of range");
+            goto e4;
+        }
+        out[row[i] * u + (at - cols)]++;
+    }
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&rb);
+    Py_RETURN_NONE;
+e4:
+    PyBuffer_Release(&ob);
+e3:
+    PyBuffer_Release(&cb);
+e2:
+    PyBuffer_Release(&vb);
+e1:
+    PyBuffer_Release(&rb);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"pairs", pairs, METH_VARARGS, pairs_doc},
     {"bbox", bbox, METH_VARARGS, bbox_doc},
     {"neighbours", neighbours, METH_VARARGS, neighbours_doc},
     {"zones", zones, METH_VARARGS, zones_doc},
+    {"zone_columns", zone_columns, METH_VARARGS, zone_columns_doc},
+    {"zone_counts", zone_counts, METH_VARARGS, zone_counts_doc},
     {"glcm_features", glcm_feats, METH_VARARGS, glcm_features_doc},
     {"runlike_features", runlike_feats, METH_VARARGS, runlike_features_doc},
     {"ngtdm_features", ngtdm_feats, METH_VARARGS, ngtdm_features_doc},

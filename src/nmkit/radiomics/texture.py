@@ -407,9 +407,20 @@ def _native_matrices(mod, levels: np.ndarray, morph_mask: np.ndarray, ng: int, t
         n_ng = np.zeros((nsz, lv), dtype=np.int64)
         dep = np.zeros((nsz, lv, 28 if is3d else 10), dtype=np.int64)
         mod.neighbours(flat, nz, ny, nx, is3d, lv, s_ng, n_ng, dep)
-        zone[is3d] = (_zone_matrix(row, nsz, lv, size), _zone_matrix(row, nsz, lv, zdist),
+        zone[is3d] = (_native_zone_matrix(mod, row, nsz, lv, size), _native_zone_matrix(mod, row, nsz, lv, zdist),
                       s_ng[:, 1:], n_ng[:, 1:], dep[:, 1:, 1:])
     return _Matrices(m2, m3, r2, r3, nv_slice, zone)
+
+
+def _native_zone_matrix(mod, row: np.ndarray, ns: int, lv: int, values: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``_zone_matrix`` by the compiled kernels."""
+    row, values = np.ascontiguousarray(row), np.ascontiguousarray(values)
+    cols = np.empty(values.size, dtype=np.int64)
+    cols = cols[:mod.zone_columns(values, cols)]
+    m = np.zeros((ns, lv, cols.size), dtype=np.int64)
+    mod.zone_counts(row, values, cols, ns * lv, m)
+    return m[:, 1:], cols
 
 
 def _matrices(levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d: bool, slices: bool) -> _Matrices:
