@@ -219,3 +219,11 @@ def test_intensity_statistics_are_identical_to_the_numpy_path(cm, monkeypatch): 
     assert cm.term_sums(np.arange(10.0), 2, 5, 0.0, "x2") == (9.0, 29.0)
     with pytest.raises(ValueError):
         cm.term_sums(np.arange(10.0), 5, 11, 0.0, "x")
+
+
+def test_stored_cube_table_equals_scikit_image_marching_cubes():
+    from nmkit.radiomics.morphology import _cube_tables, _cube_tables_from_skimage
+
+    for sp in ((2.0, 2.0, 2.0), (3.0, 0.977, 0.977), (0.7, 1.3, 2.9)):
+        for new, ref in zip(_cube_tables(sp), _cube_tables_from_skimage(sp)):
+            np.testing.assert_allclose(new, ref, rtol=1e-14, atol=1e-14 * np.abs(ref).max())

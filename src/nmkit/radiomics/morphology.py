@@ -73,8 +73,28 @@ def _cube_tables(spacing_zyx: tuple[float, float, float]) -> tuple[np.ndarray, n
     pattern (bit ``4 dz + 2 dy + dx`` set when that corner is inside): triangle area ``(256,)``; ``a.(b x c)``
     summed over its triangles with the cell corner at the origin ``(256,)``; and ``a x b + b x c + c x a``
     summed ``(256, 3)``, so that a cell at ``p`` adds ``t0 + p.s`` to the divergence-theorem volume sum
-    (``6 V``). Built once per spacing with scikit-image's ``marching_cubes`` on each pattern (read-only arrays).
+    (``6 V``). The triangles are scikit-image's ``marching_cubes`` ones for each pattern, stored in
+    ``_cube_table`` (half-voxel coordinates, scaled here by the spacing); read-only arrays.
     """
+    from ._cube_table import COUNTS, TRIANGLES
+
+    counts = np.frombuffer(COUNTS.encode(), dtype=np.uint8).astype(np.intp) - 48
+    half = np.frombuffer(TRIANGLES.encode(), dtype=np.uint8).astype(np.float64) - 48.0
+    tri = (half * 0.5).reshape(-1, 3, 3) * np.asarray(spacing_zyx, dtype=np.float64)
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    area, t0, s = np.zeros(256), np.zeros(256), np.zeros((256, 3))
+    area[1:255] = 0.5 * np.add.reduceat(np.linalg.norm(np.cross(b - a, c - a), axis=1), starts)
+    t0[1:255] = np.add.reduceat(np.einsum("ij,ij->i", a, np.cross(b, c)), starts)
+    s[1:255] = np.add.reduceat(np.cross(a, b) + np.cross(b, c) + np.cross(c, a), starts, axis=0)
+    for t in (area, t0, s):
+        t.flags.writeable = False
+    return area, t0, s
+
+
+def _cube_tables_from_skimage(spacing_zyx: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_cube_tables`` computed by running scikit-image's ``marching_cubes`` on every pattern (what the stored
+    table was made from; the tests compare the two)."""
     from skimage.measure import marching_cubes
 
     area, t0, s = np.zeros(256), np.zeros(256), np.zeros((256, 3))
@@ -85,8 +105,6 @@ def _cube_tables(spacing_zyx: tuple[float, float, float]) -> tuple[np.ndarray, n
         area[code] = 0.5 * float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
         t0[code] = float(np.einsum("ij,ij->", a, np.cross(b, c)))
         s[code] = (np.cross(a, b) + np.cross(b, c) + np.cross(c, a)).sum(0)
-    for t in (area, t0, s):
-        t.flags.writeable = False
     return area, t0, s
 
 
