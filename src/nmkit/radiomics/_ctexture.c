@@ -121,14 +121,15 @@ static int neighbour_offsets(const Grid *g, int three_d, Py_ssize_t *off) {
 
 /* ----- GLCM and GLRLM ---------------------------------------------------------------------------------------- */
 
-/* The scan of pairs(): restrict pointers let the compiler keep loads ahead of the counter stores. */
+/* The scan of pairs(). Counters are level-major, (level, matrix, neighbour level or run length) with the
+   matrices of a slice side by side (in-plane: slice * 4 + direction, then the cross-plane directions), so that
+   the 26 counters one voxel touches lie within a few kilobytes. */
 static void pairs_scan(const uint16_t *restrict a, const Grid *g, const Py_ssize_t *off, Py_ssize_t ndir,
                        int per_slice, Py_ssize_t lv, Py_ssize_t nr, Py_ssize_t rmask, uint16_t *restrict pos,
                        int32_t *restrict cm, int32_t *restrict rl) {
-    Py_ssize_t ns = per_slice ? g->nz - 2 : 1, l2 = lv * lv, ln = lv * nr;
-    int32_t *cm3 = cm + N2D * ns * l2, *rl3 = rl + N2D * ns * ln;
+    Py_ssize_t ns = per_slice ? g->nz - 2 : 1, nmat = N2D * ns + (ndir - N2D);
     for (Py_ssize_t z = 1; z < g->nz - 1; z++) {
-        int32_t *cm2 = cm + (per_slice ? (z - 1) * l2 : 0), *rl2 = rl + (per_slice ? (z - 1) * ln : 0);
+        Py_ssize_t m2 = per_slice ? (z - 1) * N2D : 0; /* the slice's first in-plane matrix */
         for (Py_ssize_t y = 1; y < g->ny - 1; y++) {
             Py_ssize_t i0 = z * g->sz + y * g->sy;
             for (Py_ssize_t i = i0 + 1; i < i0 + g->nx - 1; i++) {
@@ -143,13 +144,14 @@ static void pairs_scan(const uint16_t *restrict a, const Grid *g, const Py_ssize
                     len[d] = 1u + (pos[((i - o) & rmask) * 16 + d] & -(unsigned)(prev[d] == c));
                 }
                 for (int d = 0; d < ndir; d++) p[d] = (uint16_t)len[d];
+                int32_t *cmc = cm + c * nmat * lv, *rlc = rl + c * nmat * nr;
                 for (int d = 0; d < N2D; d++) {
-                    cm2[d * ns * l2 + c * lv + prev[d]]++;
-                    rl2[d * ns * ln + c * nr + len[d]]++;
+                    cmc[(m2 + d) * lv + prev[d]]++;
+                    rlc[(m2 + d) * nr + len[d]]++;
                 }
                 for (int d = N2D; d < ndir; d++) {
-                    cm3[(d - N2D) * l2 + c * lv + prev[d]]++;
-                    rl3[(d - N2D) * ln + c * nr + len[d]]++;
+                    cmc[(N2D * ns + d - N2D) * lv + prev[d]]++;
+                    rlc[(N2D * ns + d - N2D) * nr + len[d]]++;
                 }
             }
         }
@@ -207,14 +209,16 @@ static PyObject *pairs(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     pairs_scan(a, &g, off, ndir, per_slice, lv, nr, ring - 1, pos, cm, rl);
     for (Py_ssize_t m = 0; m < nmat; m++) {
+        /* output matrix m: in-plane direction-major (d * S + slice), then cross-plane; counters level-major */
+        Py_ssize_t mi = m < N2D * ns ? (m % ns) * N2D + m / ns : m;
         /* symmetric GLCM without level 0 */
-        const int32_t *raw = cm + m * l2;
         int64_t *out = cmo + m * ng * ng;
         for (Py_ssize_t i = 1; i < lv; i++)
-            for (Py_ssize_t j = 1; j < lv; j++) out[(i - 1) * ng + (j - 1)] = (int64_t)raw[i * lv + j] + raw[j * lv + i];
+            for (Py_ssize_t j = 1; j < lv; j++)
+                out[(i - 1) * ng + (j - 1)] = (int64_t)cm[(i * nmat + mi) * lv + j] + cm[(j * nmat + mi) * lv + i];
         /* runs: (>= L) to (== L), lengths 1..ext, and the longest run */
         for (Py_ssize_t i = 1; i < lv; i++) {
-            const int32_t *row = rl + m * ln + i * nr;
+            const int32_t *row = rl + (i * nmat + mi) * nr;
             int64_t *o = rlo + (m * ng + (i - 1)) * ext;
             for (Py_ssize_t L = 1; L <= ext; L++) {
                 int64_t v = (int64_t)row[L] - (L + 1 < nr ? row[L + 1] : 0);
