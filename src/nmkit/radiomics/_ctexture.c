@@ -415,21 +415,21 @@ static int lowest_bit(unsigned mask) {
    without z every slice is on its own. Equal to scipy's chamfer distance_transform_cdt with the 6- or
    in-plane 4-connected structure. */
 static void edge_distance(const uint8_t *morph, const Grid *g, int three_d, int32_t *dist) {
-    const int32_t far = INT32_MAX / 4;
     for (Py_ssize_t i = 0; i < g->n; i++) dist[i] = 0;
     for (Py_ssize_t z = 1; z < g->nz - 1; z++)
         for (Py_ssize_t y = 1; y < g->ny - 1; y++) {
             int32_t *d = dist + z * g->sz + y * g->sy;
             const uint8_t *m = morph + z * g->sz + y * g->sy;
-            for (Py_ssize_t x = 1; x < g->nx - 1; x++) d[x] = m[x] ? far : 0;
-            /* along x: the row's frame voxels are outside, so every distance becomes finite */
+            /* along x, as running counts since the last outside voxel (the row's frame voxels are outside) */
+            int32_t run = 0;
             for (Py_ssize_t x = 1; x < g->nx - 1; x++) {
-                int32_t v = d[x - 1] + 1;
-                if (v < d[x]) d[x] = v;
+                run = m[x] ? run + 1 : 0;
+                d[x] = run;
             }
+            run = 0;
             for (Py_ssize_t x = g->nx - 2; x >= 1; x--) {
-                int32_t v = d[x + 1] + 1;
-                if (v < d[x]) d[x] = v;
+                run = m[x] ? run + 1 : 0;
+                d[x] = run < d[x] ? run : d[x];
             }
         }
     Py_ssize_t nx = g->nx;
@@ -1016,15 +1016,6 @@ static const char zone_counts_doc[] =
     "out[row, column of value] += 1 for each zone (int64 rows in 0..nrows-1, values among cols, which are\n"
     "increasing); out: int64, (nrows, len(cols)).";
 
-static int64_t *lower_bound(int64_t *lo, int64_t *hi, int64_t x) {
-    while (lo < hi) {
-        int64_t *mid = lo + (hi - lo) / 2;
-        if (*mid < x) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
-
 static PyObject *zone_counts(PyObject *self, PyObject *args) {
     PyObject *ro, *vo, *co, *oo;
     Py_ssize_t nrows;
@@ -1044,16 +1035,31 @@ static PyObject *zone_counts(PyObject *self, PyObject *args) {
     if (get_buf(vo, &vb, I64, n, 0, "values") < 0) goto e1;
     if (get_buf(co, &cb, I64, u, 0, "cols") < 0) goto e2;
     if (get_buf(oo, &ob, I64, nrows * u, 1, "out") < 0) goto e3;
-    const int64_t *row = rb.buf, *v = vb.buf;
-    int64_t *cols = cb.buf, *out = ob.buf;
+    const int64_t *row = rb.buf, *v = vb.buf, *cols = cb.buf;
+    int64_t *out = ob.buf;
+    int64_t top = -1;
+    for (Py_ssize_t c = 0; c < u; c++)
+        if (cols[c] < 0 || cols[c] <= top) {
+            PyErr_SetString(PyExc_ValueError, "cols must be increasing and >= 0");
+            goto e4;
+        } else top = cols[c];
+    int32_t *lut = PyMem_Malloc(((size_t)top + 2) * sizeof *lut); /* value -> column, -1 when absent */
+    if (!lut) {
+        PyErr_NoMemory();
+        goto e4;
+    }
+    for (int64_t x = 0; x <= top; x++) lut[x] = -1;
+    for (Py_ssize_t c = 0; c < u; c++) lut[cols[c]] = (int32_t)c;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int64_t *at = lower_bound(cols, cols + u, v[i]);
-        if (row[i] < 0 || row[i] >= nrows || at == cols + u || *at != v[i]) {
+        int32_t col = v[i] >= 0 && v[i] <= top ? lut[v[i]] : -1;
+        if (row[i] < 0 || row[i] >= nrows || col < 0) {
+            PyMem_Free(lut);
             PyErr_SetString(PyExc_ValueError, "a zone's row or value is out of range");
             goto e4;
         }
-        out[row[i] * u + (at - cols)]++;
+        out[row[i] * u + col]++;
     }
+    PyMem_Free(lut);
     PyBuffer_Release(&ob);
     PyBuffer_Release(&cb);
     PyBuffer_Release(&vb);
