@@ -114,21 +114,24 @@ static PyObject *moran_rows(PyObject *self, PyObject *args) {
             sum += rs;
         }
     double mu = count ? sum / (double)count : 0.0;
-    for (Py_ssize_t z = 0; z < nz; z++)
-        for (Py_ssize_t y = 0; y < ny; y++) {
-            Py_ssize_t src = (bx[0] + z) * sz + (bx[1] + y) * sy + bx[2];
-            double *r0 = r + z * ny + y;
+    /* plane by plane: the (y, x) plane of the box is read across its rows (it stays in cache) so that the
+       rows of the output, along y, are written contiguously */
+    for (Py_ssize_t z = 0; z < nz; z++) {
+        Py_ssize_t src0 = (bx[0] + z) * sz + bx[1] * sy + bx[2];
+        for (Py_ssize_t i = 0; i < nx; i++) {
+            double *r0 = r + i * 3 * plane + z * ny, *r1 = r0 + plane, *r2 = r1 + plane;
             double rs = 0.0;
-            for (Py_ssize_t i = 0; i < nx; i++) {
-                double in = m[src + i] ? 1.0 : 0.0;
-                double d = m[src + i] ? x[src + i] - mu : 0.0;
+            for (Py_ssize_t y = 0; y < ny; y++) {
+                Py_ssize_t k = src0 + y * sy + i;
+                double in = m[k] ? 1.0 : 0.0;
+                double d = m[k] ? x[k] - mu : 0.0;
                 double d2 = d * d;
-                double *ri = r0 + i * 3 * plane;
-                ri[0] = in; ri[plane] = d; ri[2 * plane] = d2;
+                r0[y] = in; r1[y] = d; r2[y] = d2;
                 rs += d2;
             }
             ss += rs;
         }
+    }
     memset(r + nx * 3 * plane, 0, sizeof(double) * (size_t)((n2 - nx) * 3 * plane));
     PyBuffer_Release(&img); PyBuffer_Release(&msk); PyBuffer_Release(&rows);
     return Py_BuildValue("ndd", count, mu, ss);
