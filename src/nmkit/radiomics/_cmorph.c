@@ -76,8 +76,9 @@ static Py_ssize_t checked_size(const Py_ssize_t *dims, int nd, Py_ssize_t lo, co
 
 /* moran_rows(image, mask, shape, box, rows, n2) -> (n, mean, ss)
    image float64 / mask uint8 of shape (Z, Y, X); box = (z0, y0, x0, nz, ny, nx) within it. Fills rows
-   (n2, 3, nz, ny) float64 (x outermost, so that the real transform along x gives the x-frequencies outermost)
-   with the mask m, the deviations d = m (x - mean) and d^2 of the box, zero for x >= nx, and returns the voxel
+   (nz, n2, 3, ny) float64 (x before the array index and y, so that the real transform along x gives blocks of
+   x-frequencies of contiguous y-rows, and an x-line spans only n2 * 3 * ny values) with the mask m, the
+   deviations d = m (x - mean) and d^2 of the box, zero for x >= nx, and returns the voxel
    count, mean and sum of d^2 over the mask. Sums are taken per row and then over rows (error ~ (row length +
    rows) eps, like NumPy's pairwise sums). */
 static PyObject *moran_rows(PyObject *self, PyObject *args) {
@@ -102,7 +103,7 @@ static PyObject *moran_rows(PyObject *self, PyObject *args) {
     const double *x = (const double *)img.buf;
     const uint8_t *m = (const uint8_t *)msk.buf;
     double *r = (double *)rows.buf;
-    Py_ssize_t plane = nz * ny, sy = sh[2], sz = sh[1] * sh[2];
+    Py_ssize_t sy = sh[2], sz = sh[1] * sh[2];
     Py_ssize_t count = 0;
     double sum = 0.0, ss = 0.0;
     for (Py_ssize_t z = 0; z < nz; z++)
@@ -118,8 +119,9 @@ static PyObject *moran_rows(PyObject *self, PyObject *args) {
        rows of the output, along y, are written contiguously */
     for (Py_ssize_t z = 0; z < nz; z++) {
         Py_ssize_t src0 = (bx[0] + z) * sz + bx[1] * sy + bx[2];
+        double *rz = r + z * n2 * 3 * ny;
         for (Py_ssize_t i = 0; i < nx; i++) {
-            double *r0 = r + i * 3 * plane + z * ny, *r1 = r0 + plane, *r2 = r1 + plane;
+            double *r0 = rz + i * 3 * ny, *r1 = r0 + ny, *r2 = r1 + ny;
             double rs = 0.0;
             for (Py_ssize_t y = 0; y < ny; y++) {
                 Py_ssize_t k = src0 + y * sy + i;
@@ -131,23 +133,23 @@ static PyObject *moran_rows(PyObject *self, PyObject *args) {
             }
             ss += rs;
         }
+        memset(rz + nx * 3 * ny, 0, sizeof(double) * (size_t)((n2 - nx) * 3 * ny));
     }
-    memset(r + nx * 3 * plane, 0, sizeof(double) * (size_t)((n2 - nx) * 3 * plane));
     PyBuffer_Release(&img); PyBuffer_Release(&msk); PyBuffer_Release(&rows);
     return Py_BuildValue("ndd", count, mu, ss);
 }
 
-/* fill_slab(f, slab, k0, (nh, p, nz, ny), (n0, n1)): slab (kb, p, n0, n1) complex128 gets
-   slab[k, q, z, y] = f[k0 + k, q, z, y] for z < nz, y < ny and 0 for z < nz, y >= ny (rows z >= nz are left as
-   they are: split_slab writes them); f is (nh, p, nz, ny) complex128 (the real transform of the rows along x,
-   x-frequencies outermost). kb = len(slab) / (p n0 n1) and k0 + kb <= nh. */
+/* fill_slab(f, slab, k0, (nz, nh, p, ny), (n0, n1)): slab (kb, p, n0, n1) complex128 gets
+   slab[k, q, z, y] = f[z, k0 + k, q, y] for z < nz, y < ny and 0 for z < nz, y >= ny (rows z >= nz are left as
+   they are: split_slab writes them); f is (nz, nh, p, ny) complex128 (the real transform of moran_rows' rows
+   along x). kb = len(slab) / (p n0 n1) and k0 + kb <= nh. */
 static PyObject *fill_slab(PyObject *self, PyObject *args) {
     PyObject *o_f, *o_s;
     Py_ssize_t k0, d[4], n0, n1;
     if (!PyArg_ParseTuple(args, "OOn(nnnn)(nn)", &o_f, &o_s, &k0, &d[0], &d[1], &d[2], &d[3], &n0, &n1)) return NULL;
     Py_ssize_t nf = checked_size(d, 4, 1, "spectrum shape");
     if (nf < 0) return NULL;
-    Py_ssize_t nh = d[0], p = d[1], nz = d[2], ny = d[3];
+    Py_ssize_t nz = d[0], nh = d[1], p = d[2], ny = d[3];
     if (n0 < nz || n1 < ny || n1 > (1 << 24) || n0 > (1 << 24))
         return PyErr_Format(PyExc_ValueError, "slab plane %zd x %zd smaller than the data %zd x %zd", n0, n1, nz, ny);
     Py_buffer f, s;
@@ -164,10 +166,10 @@ static PyObject *fill_slab(PyObject *self, PyObject *args) {
     for (Py_ssize_t k = 0; k < kb; k++)
         for (Py_ssize_t q = 0; q < p; q++) {
             double *blk = dst + 2 * ((k * p + q) * n0 * n1);
-            const double *in = src + 2 * (((k0 + k) * p + q) * nz * ny);
+            const double *in = src + 2 * (((k0 + k) * p + q) * ny);
             for (Py_ssize_t z = 0; z < nz; z++) {
                 double *row = blk + 2 * z * n1;
-                memcpy(row, in + 2 * z * ny, (size_t)ny * 16);
+                memcpy(row, in + 2 * z * nh * p * ny, (size_t)ny * 16);
                 memset(row + 2 * ny, 0, (size_t)(n1 - ny) * 16);
             }
         }

@@ -129,18 +129,18 @@ def slab_weights(kernel_octant: np.ndarray, size: tuple[int, int, int]) -> np.nd
 
 def native_pair_sums(cm, rows_t: np.ndarray, pairs: list[tuple[int, int]], kernel_octant: np.ndarray,
                      size: tuple[int, int, int], weights: np.ndarray | None = None) -> list[float]:
-    """:func:`kernel_pair_sums` with the compiled module ``cm``, of arrays laid out as ``rows_t`` (size[2], p, n_z,
-    n_y): x outermost and zero beyond the data. The real transform along x then gives the x-frequencies
-    outermost, and each block of them is one small slab (within the L2 cache) copied out, transformed along y
-    and z (a radix-2 split and two half-length transforms: half the z input is zero) and summed by C loops.
-    ``weights``: ``slab_weights(kernel_octant, size)`` when the caller keeps it."""
+    """:func:`kernel_pair_sums` with the compiled module ``cm``, of arrays laid out as ``rows_t`` (n_z, size[2],
+    p, n_y): zero beyond the data along x. The real transform along x then gives, per plane, blocks of
+    x-frequencies of contiguous y-rows; each block of x-frequencies is one small slab (within the L2 cache)
+    copied out, transformed along y and z (a radix-2 split and two half-length transforms: half the z input is
+    zero) and summed by C loops. ``weights``: ``slab_weights(kernel_octant, size)`` when the caller keeps it."""
     from scipy import fft
 
     c2c = _inplace_fft()
     n0, n1, n2 = size
-    _, p, nz, ny = rows_t.shape
-    f = fft.rfft(rows_t, axis=0)  # (n2 // 2 + 1, p, n_z, n_y)
-    n_last = f.shape[0]
+    nz, _, p, ny = rows_t.shape
+    f = fft.rfft(rows_t, axis=1)  # (n_z, n2 // 2 + 1, p, n_y)
+    n_last = f.shape[1]
     wt = weights if weights is not None and weights.shape == (n_last, n0, n1) else slab_weights(kernel_octant, size)
     kb = max(1, min(n_last, SLAB_BYTES // (16 * p * n0 * n1)))
     slab = scratch("kps_slab", (kb, p, n0, n1), np.complex128)
@@ -205,10 +205,10 @@ def kernel_pair_sums(arrays: list[np.ndarray], pairs: list[tuple[int, int]], ker
     nz, ny, nx = np.shape(arrays[0])
     cm = native("_cmorph")
     if cm is not None:
-        rows_t = scratch("kps_rows", (n2, p, nz, ny), np.float64)  # x outermost, zero-padded along x
-        rows_t[nx:] = 0.0
+        rows_t = scratch("kps_rows", (nz, n2, p, ny), np.float64)  # x before y, zero-padded along x
+        rows_t[:, nx:] = 0.0
         for k, a in enumerate(arrays):
-            rows_t[:nx, k] = np.moveaxis(np.asarray(a, dtype=np.float64), 2, 0)
+            rows_t[:, :nx, k] = np.moveaxis(np.asarray(a, dtype=np.float64), 2, 1)
         return native_pair_sums(cm, rows_t, pairs, kernel_octant, size, weights)
     rows = scratch("kps_rows", (p, nz, ny, n2), np.float64)  # each row zero-padded to the transform length
     rows[..., nx:] = 0.0

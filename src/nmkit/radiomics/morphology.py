@@ -229,7 +229,7 @@ def _moran_geary_native(cm, image: np.ndarray, mask: np.ndarray, spacing_zyx) ->
     img = np.ascontiguousarray(image, dtype=np.float64)
     msk = np.ascontiguousarray(mask, dtype=bool)
     k, size, weights = _inverse_distance_weights(box[3:], spacing_zyx, compiled=True)
-    rows_t = scratch("kps_rows", (size[2], 3) + box[3:5], np.float64)
+    rows_t = scratch("kps_rows", (box[3], size[2], 3, box[4]), np.float64)
     n, _mu, ss = cm.moran_rows(img, msk, img.shape, box, rows_t, size[2])
     if n < 2 or ss == 0:
         return float("nan"), float("nan")
