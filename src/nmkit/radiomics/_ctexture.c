@@ -121,15 +121,19 @@ static int neighbour_offsets(const Grid *g, int three_d, Py_ssize_t *off) {
 
 /* ----- GLCM and GLRLM ---------------------------------------------------------------------------------------- */
 
-/* The scan of pairs(). Counters are level-major, (level, matrix, neighbour level or run length) with the
-   matrices of a slice side by side (in-plane: slice * 4 + direction, then the cross-plane directions), so that
-   the 26 counters one voxel touches lie within a few kilobytes. */
+/* The scan of pairs(). Counters of a slice's in-plane matrices are (slice, level, direction, value) and those
+   of the cross-plane directions (level, direction, value), so that the counters one voxel touches lie within a
+   few kilobytes. W: values per counter row (lv for co-occurrences, nr for run lengths). */
+static Py_ssize_t counter_row(Py_ssize_t lv, Py_ssize_t ns, Py_ssize_t sl, Py_ssize_t c, int d) {
+    return d < N2D ? (sl * lv + c) * N2D + d : N2D * ns * lv + c * (13 - N2D) + (d - N2D);
+}
+
 static void pairs_scan(const uint16_t *restrict a, const Grid *g, const Py_ssize_t *off, Py_ssize_t ndir,
                        int per_slice, Py_ssize_t lv, Py_ssize_t nr, Py_ssize_t rmask, uint16_t *restrict pos,
                        int32_t *restrict cm, int32_t *restrict rl) {
-    Py_ssize_t ns = per_slice ? g->nz - 2 : 1, nmat = N2D * ns + (ndir - N2D);
+    Py_ssize_t ns = per_slice ? g->nz - 2 : 1, ncross = N2D * ns * lv;
     for (Py_ssize_t z = 1; z < g->nz - 1; z++) {
-        Py_ssize_t m2 = per_slice ? (z - 1) * N2D : 0; /* the slice's first in-plane matrix */
+        Py_ssize_t sl = per_slice ? z - 1 : 0;
         for (Py_ssize_t y = 1; y < g->ny - 1; y++) {
             Py_ssize_t i0 = z * g->sz + y * g->sy;
             for (Py_ssize_t i = i0 + 1; i < i0 + g->nx - 1; i++) {
@@ -144,14 +148,14 @@ static void pairs_scan(const uint16_t *restrict a, const Grid *g, const Py_ssize
                     len[d] = 1u + (pos[((i - o) & rmask) * 16 + d] & -(unsigned)(prev[d] == c));
                 }
                 for (int d = 0; d < ndir; d++) p[d] = (uint16_t)len[d];
-                int32_t *cmc = cm + c * nmat * lv, *rlc = rl + c * nmat * nr;
+                Py_ssize_t r2 = (sl * lv + c) * N2D, r3 = ncross + c * (13 - N2D) - N2D;
                 for (int d = 0; d < N2D; d++) {
-                    cmc[(m2 + d) * lv + prev[d]]++;
-                    rlc[(m2 + d) * nr + len[d]]++;
+                    cm[(r2 + d) * lv + prev[d]]++;
+                    rl[(r2 + d) * nr + len[d]]++;
                 }
                 for (int d = N2D; d < ndir; d++) {
-                    cmc[(N2D * ns + d - N2D) * lv + prev[d]]++;
-                    rlc[(N2D * ns + d - N2D) * nr + len[d]]++;
+                    cm[(r3 + d) * lv + prev[d]]++;
+                    rl[(r3 + d) * nr + len[d]]++;
                 }
             }
         }
@@ -162,8 +166,9 @@ static const char pairs_doc[] =
     "pairs(grid, nz, ny, nx, ndir, per_slice, lv, cm, rl, nvs) -> longest run\n\n"
     "GLCMs and GLRLMs along the first ndir (4 or 13) directions, both int64 without grey level 0 (ng = lv - 1),\n"
     "overwritten. Matrices: the 4 in-plane directions x S slices (S = nz - 2 when per_slice else 1: summed),\n"
-    "direction-major, then directions 4..ndir-1. cm: (nmat, ng, ng) symmetric co-occurrence counts; rl:\n"
-    "(nmat, ng, nz|ny|nx largest - 2) counts of run lengths 1, 2, ... nvs (int64, nz - 2): ROI voxels per slice.";
+    "direction-major, then directions 4..ndir-1. cm: (nmat, ng, ng) symmetric co-occurrence counts; rl: room\n"
+    "for (nmat, ng, nz|ny|nx largest - 2), of which the first nmat * ng * longest hold (nmat, ng, longest)\n"
+    "counts of run lengths 1..longest. nvs (int64, nz - 2): ROI voxels per slice.";
 
 /* One raster pass, no branch per voxel and direction: every ROI voxel counts its pair with the predecessor
    along d, and knows its position L in its run along d (1 + the predecessor's when that has the same level);
@@ -198,8 +203,8 @@ static PyObject *pairs(PyObject *self, PyObject *args) {
     Py_ssize_t ring = 1;
     while (ring <= g.sz + g.sy + 1) ring <<= 1;
     pos = PyMem_Calloc((size_t)ring * 16, sizeof *pos);
-    cm = PyMem_Calloc((size_t)(nmat * l2), sizeof *cm);
-    rl = PyMem_Calloc((size_t)(nmat * ln), sizeof *rl);
+    cm = PyMem_Calloc((size_t)((N2D * ns + 13 - N2D) * l2), sizeof *cm);
+    rl = PyMem_Calloc((size_t)((N2D * ns + 13 - N2D) * ln), sizeof *rl);
     if (!pos || !cm || !rl) {
         PyErr_NoMemory();
         goto done;
@@ -208,23 +213,29 @@ static PyObject *pairs(PyObject *self, PyObject *args) {
     for (int d = 0; d < ndir; d++) off[d] = offset_of(&g, d);
     Py_BEGIN_ALLOW_THREADS
     pairs_scan(a, &g, off, ndir, per_slice, lv, nr, ring - 1, pos, cm, rl);
+    /* the longest run: the largest length with a (>= L) count */
+    for (Py_ssize_t r = 0; r < (N2D * ns + 13 - N2D) * lv; r++)
+        for (Py_ssize_t L = nr - 1; L > longest; L--)
+            if (rl[r * nr + L]) {
+                longest = L;
+                break;
+            }
     for (Py_ssize_t m = 0; m < nmat; m++) {
-        /* output matrix m: in-plane direction-major (d * S + slice), then cross-plane; counters level-major */
-        Py_ssize_t mi = m < N2D * ns ? (m % ns) * N2D + m / ns : m;
+        /* output matrix m: in-plane direction-major (d * S + slice), then cross-plane */
+        int d = m < N2D * ns ? (int)(m / ns) : (int)(m - N2D * ns + N2D);
+        Py_ssize_t sl = m < N2D * ns ? m % ns : 0;
         /* symmetric GLCM without level 0 */
         int64_t *out = cmo + m * ng * ng;
-        for (Py_ssize_t i = 1; i < lv; i++)
-            for (Py_ssize_t j = 1; j < lv; j++)
-                out[(i - 1) * ng + (j - 1)] = (int64_t)cm[(i * nmat + mi) * lv + j] + cm[(j * nmat + mi) * lv + i];
-        /* runs: (>= L) to (== L), lengths 1..ext, and the longest run */
         for (Py_ssize_t i = 1; i < lv; i++) {
-            const int32_t *row = rl + (i * nmat + mi) * nr;
-            int64_t *o = rlo + (m * ng + (i - 1)) * ext;
-            for (Py_ssize_t L = 1; L <= ext; L++) {
-                int64_t v = (int64_t)row[L] - (L + 1 < nr ? row[L + 1] : 0);
-                o[L - 1] = v;
-                if (v && L > longest) longest = L;
-            }
+            const int32_t *ri = cm + counter_row(lv, ns, sl, i, d) * lv;
+            for (Py_ssize_t j = 1; j < lv; j++)
+                out[(i - 1) * ng + (j - 1)] = (int64_t)ri[j] + cm[counter_row(lv, ns, sl, j, d) * lv + i];
+        }
+        /* runs: (>= L) to (== L), lengths 1..longest, written compactly (ng x longest per matrix) */
+        for (Py_ssize_t i = 1; i < lv; i++) {
+            const int32_t *row = rl + counter_row(lv, ns, sl, i, d) * nr;
+            int64_t *o = rlo + (m * ng + (i - 1)) * longest;
+            for (Py_ssize_t L = 1; L <= longest; L++) o[L - 1] = (int64_t)row[L] - (L + 1 < nr ? row[L + 1] : 0);
         }
     }
     for (Py_ssize_t z = 1; z < nz - 1; z++) {

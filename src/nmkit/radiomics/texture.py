@@ -385,7 +385,7 @@ def _native_matrices(mod, levels: np.ndarray, morph_mask: np.ndarray, ng: int, t
     rl = np.empty((nmat, ng, ext), dtype=np.int64)
     nv_slice = np.empty(n_slices, dtype=np.intp)
     longest = mod.pairs(flat, nz, ny, nx, ndir, slices, lv, cm, rl, nv_slice)
-    rl = rl[..., :longest]
+    rl = rl.reshape(-1)[:nmat * ng * longest].reshape(nmat, ng, longest)  # written compactly
     n2 = _N2D * ns
     m2 = cm[:n2].reshape(_N2D, ns, ng, ng).swapaxes(0, 1)
     r2 = rl[:n2].reshape(_N2D, ns, ng, longest).swapaxes(0, 1)
