@@ -228,17 +228,3 @@ def test_stored_cube_table_equals_scikit_image_marching_cubes():
         for new, ref in zip(_cube_tables(sp), _cube_tables_from_skimage(sp)):
             np.testing.assert_allclose(new, ref, rtol=1e-14, atol=1e-14 * np.abs(ref).max())
 
-
-def test_crop_float_equals_numpy_round_and_conversion(cm):
-    rng = np.random.default_rng(9)
-    for dtype in (np.float32, np.float64):
-        a = (rng.integers(-2000, 2000, size=(6, 7, 8)) / 2.0).astype(dtype)  # many exact .5 ties
-        a[0, 0, 0] = 2.0 ** 24 + 2  # beyond float32's integers
-        box = (1, 2, 0, 5, 7, 6)
-        for rnd in (True, False):
-            out = np.empty((4, 5, 6))
-            cm.crop_float(a, a.shape, box, rnd, out)
-            sub = a[1:5, 2:7, 0:6]
-            assert np.array_equal(out, np.asarray(np.round(sub) if rnd else sub, dtype=np.float64))
-    with pytest.raises(ValueError):
-        cm.crop_float(a, a.shape, (0, 0, 0, 7, 7, 8), True, np.empty(7 * 7 * 8))

@@ -17,7 +17,7 @@ path's up to floating-point round-off (sums are accumulated in another order), i
 
 /* ----- buffers ---------------------------------------------------------------------------------------------- */
 
-enum kind { U8, I64, F64, C128, F32 };
+enum kind { U8, I64, F64, C128 };
 
 static int format_is(const Py_buffer *v, enum kind k) {
     const char *f = v->format ? v->format : "B";
@@ -27,13 +27,12 @@ static int format_is(const Py_buffer *v, enum kind k) {
     case I64: return v->itemsize == 8 && (!strcmp(f, "l") || !strcmp(f, "q"));
     case F64: return v->itemsize == 8 && !strcmp(f, "d");
     case C128: return v->itemsize == 16 && !strcmp(f, "Zd");
-    case F32: return v->itemsize == 4 && !strcmp(f, "f");
     }
     return 0;
 }
 
 static const char *kind_name(enum kind k) {
-    static const char *names[] = {"uint8/bool", "int64", "float64", "complex128", "float32"};
+    static const char *names[] = {"uint8/bool", "int64", "float64", "complex128"};
     return names[k];
 }
 
@@ -1208,54 +1207,6 @@ static PyObject *term_sums(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* crop_float(image, shape, box, round, out): out (float64, C order) = image[z0:z1, y0:y1, x0:x1], rounded to the
-   nearest integer (ties to even, as np.round) when `round` is true; image float32 or float64 of shape (Z, Y, X),
-   box = (z0, y0, x0, z1, y1, x1). One pass instead of NumPy's round of the strided crop and conversion (the same
-   values: a float32 rounded in float32 or in float64 is the same integer). */
-static PyObject *crop_float(PyObject *self, PyObject *args) {
-    PyObject *o_img, *o_out;
-    Py_ssize_t sh[3], b[6];
-    int rnd;
-    if (!PyArg_ParseTuple(args, "O(nnn)(nnnnnn)pO", &o_img, &sh[0], &sh[1], &sh[2], &b[0], &b[1], &b[2], &b[3], &b[4],
-                          &b[5], &rnd, &o_out))
-        return NULL;
-    Py_ssize_t total = checked_size(sh, 3, 1, "shape");
-    if (total < 0) return NULL;
-    for (int a = 0; a < 3; a++)
-        if (b[a] < 0 || b[3 + a] <= b[a] || b[3 + a] > sh[a])
-            return PyErr_Format(PyExc_ValueError, "box does not fit the shape along axis %d", a);
-    Py_ssize_t nz = b[3] - b[0], ny = b[4] - b[1], nx = b[5] - b[2];
-    Py_buffer bi, bo;
-    int f32 = 0;
-    if (get_buf(o_img, &bi, F64, total, 0, "image") < 0) {
-        PyErr_Clear();
-        if (get_buf(o_img, &bi, F32, total, 0, "image") < 0) return NULL;
-        f32 = 1;
-    }
-    if (get_buf(o_out, &bo, F64, nz * ny * nx, 1, "out") < 0) { PyBuffer_Release(&bi); return NULL; }
-    double *o = bo.buf;
-    for (Py_ssize_t z = 0; z < nz; z++)
-        for (Py_ssize_t y = 0; y < ny; y++) {
-            Py_ssize_t src = ((b[0] + z) * sh[1] + b[1] + y) * sh[2] + b[2];
-            double *r = o + (z * ny + y) * nx;
-            if (f32) {
-                const float *in = (const float *)bi.buf + src;
-                if (rnd)
-                    for (Py_ssize_t i = 0; i < nx; i++) r[i] = rint((double)in[i]);
-                else
-                    for (Py_ssize_t i = 0; i < nx; i++) r[i] = (double)in[i];
-            } else {
-                const double *in = (const double *)bi.buf + src;
-                if (rnd)
-                    for (Py_ssize_t i = 0; i < nx; i++) r[i] = rint(in[i]);
-                else
-                    memcpy(r, in, sizeof(double) * (size_t)nx);
-            }
-        }
-    PyBuffer_Release(&bi); PyBuffer_Release(&bo);
-    Py_RETURN_NONE;
-}
-
 /* ----- module ----------------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1267,7 +1218,6 @@ static PyMethodDef methods[] = {
     {"hull_points", hull_points, METH_VARARGS, "convex hull candidate points of a mask's marching-cubes mesh"},
     {"hull_measures", hull_measures, METH_VARARGS, "volume, area and diameter of that convex hull"},
     {"term_sums", term_sums, METH_VARARGS, "NumPy-identical pairwise sums of powers / absolute deviations"},
-    {"crop_float", crop_float, METH_VARARGS, "a box of a float32/float64 image as float64, optionally rounded"},
     {"linear_along", linear_along, METH_VARARGS, "linear interpolation along one axis (a separable pass)"},
     {"sphere_means", sphere_means, METH_VARARGS, "means over a sphere (kernel) around the voxels of a mask"},
     {NULL, NULL, 0, NULL}};

@@ -264,12 +264,7 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
         lo_old = [max(0, int(math.floor(c[0])) - pad) for c in coords]
         hi_old = [min(arr.shape[ax], int(math.ceil(c[-1])) + pad + 1) for ax, c in enumerate(coords)]
         box = tuple(slice(lo_old[a], hi_old[a]) for a in range(3))
-        cm = native("_cmorph")
-        if cm is not None and arr.dtype in (np.float32, np.float64) and arr.flags.c_contiguous:
-            sub = np.empty(tuple(hi_old[a] - lo_old[a] for a in range(3)))  # the same values in one C pass
-            cm.crop_float(arr, arr.shape, tuple(lo_old) + tuple(hi_old), bool(config.round_input), sub)
-        else:
-            sub = as_float(arr[box])
+        sub = as_float(arr[box])
         local = [c - lo_old[a] for a, c in enumerate(coords)]
         if config.image_interpolation == "cubic":
             img = _tricubic(sub, local)
