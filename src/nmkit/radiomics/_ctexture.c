@@ -1,10 +1,13 @@
-/* nmkit.radiomics._ctexture: IBSI texture matrices in one pass per family over a zero-framed grey level grid.
+/* nmkit.radiomics._ctexture: IBSI texture matrices and feature formulas (texture.py's compiled path).
 
-Every function takes the cropped grey levels with a one-voxel zero frame, flattened in C order (uint16, levels
-1..lv-1 inside the intensity mask, 0 outside) and its padded shape (nz, ny, nx), and fills NumPy arrays allocated
-by the caller (nmkit.radiomics.texture._native_matrices), which keeps the shapes of the NumPy path. Only interior
-voxels are visited and the frame must be zero, so every neighbour read stays inside the buffer. The counts are the
-NumPy path's exactly; the NGTDM sums add the same doubles in the same (ascending voxel) order.
+Matrix kernels (bbox, pairs, zones, zone_columns, zone_counts, neighbours) take the cropped grey levels with a
+one-voxel zero frame, flattened in C order (uint16, levels 1..lv-1 inside the intensity mask, 0 outside) and its
+padded shape (nz, ny, nx), and fill NumPy arrays allocated by the caller (texture._native_matrices), which keeps
+the NumPy path's shapes. Only interior voxels are visited and the frame must be zero (checked), so every
+neighbour read stays inside the buffer; every buffer's format, contiguity and length is checked. Integer
+counts equal the NumPy path's exactly; NGTDM sums add the same doubles in the same (ascending voxel) order.
+Feature kernels (glcm_features, runlike_features, ngtdm_features) evaluate texture_features' formulas matrix by
+matrix with compensated sums (agreement with NumPy's pairwise sums ~1e-15 relative).
 
 Directions (dz, dy, dx) are those of texture._DIRECTIONS, in that order: the first four lie in the axial plane. */
 #define PY_SSIZE_T_CLEAN
