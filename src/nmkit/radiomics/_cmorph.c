@@ -446,23 +446,24 @@ static PyObject *sphere_means(PyObject *self, PyObject *args) {
     for (Py_ssize_t z = lo[0]; z <= hi[0]; z++)
         for (Py_ssize_t y = lo[1]; y <= hi[1]; y++) {
             const uint8_t *wr = w + (z * sh[1] + y) * sh[2] + lo[2];
-            Py_ssize_t any = 0;
-            for (Py_ssize_t i = 0; i < nq; i++) any |= wr[i];
-            if (!any) continue;
-            /* the kernel rows that lie inside the image, each one W row; summed over the whole query row */
+            Py_ssize_t q0 = 0, q1 = nq; /* the row's first and last voxel of `where`, + 1 */
+            while (q0 < nq && !wr[q0]) q0++;
+            if (q0 == nq) continue;
+            while (!wr[q1 - 1]) q1--;
+            /* the kernel rows that lie inside the image, each one W row; summed over that part of the row */
             Py_ssize_t nr = 0;
             for (Py_ssize_t r = 0; r < nrows; r++) {
                 Py_ssize_t zz = z + rdz[r], yy = y + rdy[r];
                 if (zz < 0 || zz >= sh[0] || yy < 0 || yy >= sh[1]) continue;
                 ptr[nr++] = W + rh[r] * bsize + ((zz - b0[0]) * bn[1] + (yy - b0[1])) * bn[2] + (lo[2] - b0[2]);
             }
-            for (Py_ssize_t i = 0; i < nq; i++) acc[i] = 0.0;
+            for (Py_ssize_t i = q0; i < q1; i++) acc[i] = 0.0;
             for (Py_ssize_t r = 0; r < nr; r++) {
                 const double *pr = ptr[r];
-                for (Py_ssize_t i = 0; i < nq; i++) acc[i] += pr[i];
+                for (Py_ssize_t i = q0; i < q1; i++) acc[i] += pr[i];
             }
             int rows_inside = z - cz >= 0 && z + cz < sh[0] && y - cy >= 0 && y + cy < sh[1];
-            for (Py_ssize_t i = 0; i < nq; i++) {
+            for (Py_ssize_t i = q0; i < q1; i++) {
                 if (!wr[i]) continue;
                 Py_ssize_t g = lo[2] + i;
                 double den = full;
