@@ -143,7 +143,8 @@ def _interpolated_mask(roi: np.ndarray, bb: list[tuple[int, int]], coords: list[
     sub_coords = [c[p] for c, p in zip(coords, part)]
     lo_old = [max(0, int(math.floor(c[0])) - 1) for c in sub_coords]
     hi_old = [min(roi.shape[a], int(math.ceil(c[-1])) + 2) for a, c in enumerate(sub_coords)]
-    sub = roi[tuple(slice(a, b) for a, b in zip(lo_old, hi_old))].astype(np.float64)
+    sub = roi[tuple(slice(a, b) for a, b in zip(lo_old, hi_old))]
+    sub = (sub if sub.dtype == bool else sub != 0).astype(np.float64)
     values = _trilinear(sub, [c - lo for c, lo in zip(sub_coords, lo_old)])
     # weights like 1/2 + 1/2 come out as 0.49999999999: compare with a tolerance so that a voxel exactly at
     # the partial-volume threshold is kept, as IBSI's reference implementations do
@@ -223,7 +224,10 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
     src = image.meta.get("source_files", [None])[0] if isinstance(image.meta, dict) else None
     if image.ndim_spatial != 3 or image.array.ndim != 3:
         raise InputError(src, f"radiomics needs a single 3D image, got array shape {image.array.shape}")
-    roi = mask.binary(label) if isinstance(mask, Mask) else np.asarray(mask).astype(bool)
+    if isinstance(mask, Mask) and label is None and not mask.overlapping and mask.array.dtype.kind in "biu":
+        roi = mask.array  # any foreground: binarised only where read (its crop), not the whole label map
+    else:
+        roi = mask.binary(label) if isinstance(mask, Mask) else np.asarray(mask).astype(bool)
     if isinstance(mask, Mask) and not image.same_grid(mask):
         raise InputError(src, "mask and image grids differ (resample the mask onto the image first)")
     if roi.shape != image.array.shape:
@@ -257,7 +261,7 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
     if not resampled:
         sl = tuple(slice(int(c[0]), int(c[-1]) + 1) for c in coords)
         img = as_float(arr[sl]).copy()
-        morph = roi[sl].copy()
+        morph = roi[sl] != 0
     else:
         # old-grid crop big enough for the spline support / prefilter, coordinates shifted into it
         pad = 12 if config.image_interpolation == "cubic" else 2
@@ -280,7 +284,7 @@ def process(image: Image, mask: Mask | np.ndarray, config: RadiomicsConfig, labe
     int_mask = resegment(img, morph, config.reseg_range, config.outlier_sigma)
     if not int_mask.any():
         raise InputError(src, "no ROI voxel is left after re-segmentation")
-    diag = {"int_mask_vox_count": int(int_mask.sum()), "morph_mask_vox_count": int(morph.sum()),
+    diag = {"int_mask_vox_count": int(np.count_nonzero(int_mask)), "morph_mask_vox_count": int(np.count_nonzero(morph)),
             "interp_grid_shape_zyx": [len(g) for g in grids]}
     return ProcessedROI(image=img, morph_mask=morph, int_mask=int_mask, spacing=out_spacing, origin=origin,
                         direction=tuple(image.direction), diagnostics=diag)
