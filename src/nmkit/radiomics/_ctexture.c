@@ -674,6 +674,22 @@ typedef struct {
     double s, c;
 } KSum;
 
+/* p log2 p for p = n / total, cached for small counts n of one matrix (the same value, fewer log2 calls). */
+#define XLOG_CACHE 512
+typedef struct {
+    double value[XLOG_CACHE];
+    int64_t stamp[XLOG_CACHE]; /* the matrix the value belongs to, plus one */
+} XlogCache;
+
+static double xlog_count(XlogCache *cache, int64_t stamp, int64_t n, double p) {
+    if (n >= XLOG_CACHE) return p * log2(p);
+    if (cache->stamp[n] != stamp) {
+        cache->value[n] = p * log2(p);
+        cache->stamp[n] = stamp;
+    }
+    return cache->value[n];
+}
+
 static void kadd(KSum *k, double x) {
     double y = x - k->c, t = k->s + y;
     k->c = (t - k->s) - y;
@@ -701,9 +717,11 @@ static PyObject *glcm_feats(PyObject *self, PyObject *args) {
     }
     KSum *work = PyMem_Malloc((size_t)(4 * ng + 1) * sizeof *work);
     double *pv = PyMem_Malloc((size_t)(4 * ng + 1) * sizeof *pv);
-    if (!work || !pv) {
+    XlogCache *cache = PyMem_Calloc(1, sizeof *cache);
+    if (!work || !pv || !cache) {
         PyMem_Free(work);
         PyMem_Free(pv);
+        PyMem_Free(cache);
         PyBuffer_Release(&ob);
         PyBuffer_Release(&cb);
         return PyErr_NoMemory();
@@ -728,7 +746,7 @@ static PyObject *glcm_feats(PyObject *self, PyObject *args) {
                 kadd(&kpi[i], p);
                 kadd(&kpd[i > j ? i - j : j - i], p);
                 kadd(&kps[i + j + 2], p);
-                kadd(&hxy, p * log2(p));
+                kadd(&hxy, xlog_count(cache, m + 1, c[i * ng + j], p));
                 kadd(&energy, p * p);
                 if (p > pmax) pmax = p;
                 kadd(&autoc, p * (gi * (double)(j + 1)));
@@ -781,6 +799,7 @@ static PyObject *glcm_feats(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     PyMem_Free(work);
     PyMem_Free(pv);
+    PyMem_Free(cache);
     PyBuffer_Release(&ob);
     PyBuffer_Release(&cb);
     Py_RETURN_NONE;
@@ -807,9 +826,11 @@ static PyObject *runlike_feats(PyObject *self, PyObject *args) {
     if (get_buf(oo, &ob, F64, 17 * k, 1, "out") < 0) goto e3;
     double *work = PyMem_Malloc((size_t)(ng + 3 * nj) * sizeof *work);
     KSum *krj = PyMem_Malloc((size_t)nj * sizeof *krj);
-    if (!work || !krj) {
+    XlogCache *cache = PyMem_Calloc(1, sizeof *cache);
+    if (!work || !krj || !cache) {
         PyMem_Free(work);
         PyMem_Free(krj);
+        PyMem_Free(cache);
         PyErr_NoMemory();
         goto e4;
     }
@@ -840,7 +861,7 @@ static PyObject *runlike_feats(PyObject *self, PyObject *args) {
                 kadd(&krj[c], x);
                 kadd(&lo, x * inv_j2[c]);
                 kadd(&hi, x * j2[c]);
-                kadd(&entr, p * log2(p));
+                kadd(&entr, xlog_count(cache, m + 1, v, p));
                 kadd(&energy, p * p);
             }
             ri[i] = r.s;
@@ -881,6 +902,7 @@ static PyObject *runlike_feats(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     PyMem_Free(work);
     PyMem_Free(krj);
+    PyMem_Free(cache);
     PyBuffer_Release(&ob);
     PyBuffer_Release(&jb);
     PyBuffer_Release(&vb);
