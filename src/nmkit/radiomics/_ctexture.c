@@ -288,31 +288,37 @@ static PyObject *bbox(PyObject *self, PyObject *args) {
     const int32_t *l = lb.buf;
     const uint8_t *m = mb.buf;
     Py_ssize_t z0 = nz, z1 = -1, y0 = ny, y1 = -1, x0 = nx, x1 = -1;
+    uint8_t *col = PyMem_Calloc((size_t)(nx ? nx : 1), 1); /* columns with a voxel in any row */
+    if (!col) {
+        PyBuffer_Release(&mb);
+        PyBuffer_Release(&lb);
+        return PyErr_NoMemory();
+    }
     Py_BEGIN_ALLOW_THREADS
+    const Py_ssize_t w = nx; /* a copy the uint8 stores cannot alias */
     for (Py_ssize_t z = 0; z < nz; z++)
         for (Py_ssize_t y = 0; y < ny; y++) {
-            const int32_t *lr = l + (z * ny + y) * nx;
-            const uint8_t *mr = m + (z * ny + y) * nx;
-            Py_ssize_t first = -1, last = -1;
-            for (Py_ssize_t x = 0; x < nx; x++)
-                if (lr[x] != 0 || mr[x]) {
-                    first = x;
-                    break;
-                }
-            if (first < 0) continue;
-            for (Py_ssize_t x = nx - 1; x >= first; x--)
-                if (lr[x] != 0 || mr[x]) {
-                    last = x;
-                    break;
-                }
+            const int32_t *lr = l + (z * ny + y) * w;
+            const uint8_t *mr = m + (z * ny + y) * w;
+            uint8_t any = 0;
+            for (Py_ssize_t x = 0; x < w; x++) { /* no early exit: vectorised */
+                uint8_t v = (uint8_t)((lr[x] != 0) | (mr[x] != 0));
+                col[x] |= v;
+                any |= v;
+            }
+            if (!any) continue;
             if (z < z0) z0 = z;
             z1 = z;
             if (y < y0) y0 = y;
             if (y > y1) y1 = y;
-            if (first < x0) x0 = first;
-            if (last > x1) x1 = last;
+        }
+    for (Py_ssize_t x = 0; x < nx; x++)
+        if (col[x]) {
+            if (x < x0) x0 = x;
+            x1 = x;
         }
     Py_END_ALLOW_THREADS
+    PyMem_Free(col);
     PyBuffer_Release(&mb);
     PyBuffer_Release(&lb);
     if (z1 < 0) Py_RETURN_NONE;
