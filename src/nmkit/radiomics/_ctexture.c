@@ -493,47 +493,51 @@ static int32_t zone_root(Zone *z, int32_t x) {
 }
 
 /* Zones in one raster pass. Per row, a vector pass over the directions whose backward neighbour lies in an
-   earlier row (12 in 3D, 3 in-plane) finds each voxel's equal neighbours (bit mask) and the smallest and
-   largest label among them; labels of earlier rows live in a ring of ny + 2 rows (a row never wraps; a slot is
-   only used for a neighbour of the same non-zero level, which this pass labelled). Then voxel by voxel, with the
-   x-predecessor: no equal neighbour starts a label; one label among them is taken as it is (no search, the
-   common case); several are merged (union-find). Counts and minimum distances are kept per label and summed
-   into the roots at the end. Writes the zones in order of their first voxel; returns their number.
+   earlier row (12 in 3D, 3 in-plane) finds each voxel's equal neighbours (bit mask) and the AND and the OR of
+   their labels (equal exactly when they all carry the same label, which they then are); labels of earlier rows
+   live in a ring of ny + 2 rows (a row never wraps; a slot is only used for a neighbour of the same non-zero
+   level, which this pass labelled). Then voxel by voxel, with the x-predecessor: no equal neighbour starts a
+   label; one label among them is taken as it is (no search, the common case); several are merged
+   (union-find). Counts and minimum distances are kept per label and summed into the roots at the end. Writes
+   the zones in order of their first voxel; returns their number.
    work: 3 (nx) int32; lab: (ny + 2) nx int32; acc: nroi + 2 labels. */
 static Py_ssize_t label_zones(const uint16_t *restrict a, const Grid *g, int three_d, const int32_t *restrict dist,
                               int32_t *restrict lab, int32_t *restrict work, Zone *restrict acc, int64_t *zsize,
                               int64_t *zlevel, int64_t *zslice, int64_t *zdist) {
     int nback = three_d ? 13 : N2D;
-    Py_ssize_t nx = g->nx, nrow = g->ny + 2;
-    int32_t *restrict mn = work, *restrict mx = work + nx, *restrict msk = work + 2 * nx;
+    const Py_ssize_t nx = g->nx, nrow = g->ny + 2;
+    int32_t *restrict land = work, *restrict lor = work + nx, *restrict msk = work + 2 * nx;
     const int32_t *nlp[13]; /* per direction: the labels of the backward neighbours of the row, by x */
     int32_t next = 1;
     for (Py_ssize_t z = 1; z < g->nz - 1; z++)
         for (Py_ssize_t y = 1; y < g->ny - 1; y++) {
             const uint16_t *row = a + z * g->sz + y * g->sy;
-            int32_t *restrict lr = lab + ((z * g->ny + y) % nrow) * nx;
+            Py_ssize_t r0 = (z * g->ny + y) % nrow; /* this row's place in the ring */
+            int32_t *restrict lr = lab + r0 * nx;
             Py_ssize_t x0 = 1, x1 = nx - 1; /* the span of the row's ROI voxels */
             while (x0 < x1 && !row[x0]) x0++;
             if (x0 == x1) continue;
             while (!row[x1 - 1]) x1--;
             for (Py_ssize_t x = x0; x < x1; x++) {
-                mn[x] = INT32_MAX;
-                mx[x] = 0;
+                land[x] = -1;
+                lor[x] = 0;
                 msk[x] = 0;
             }
             nlp[0] = lr - 1;
             for (int d = 1; d < nback; d++) {
                 int dz = DIRS[d][0], dy = DIRS[d][1], dx = DIRS[d][2];
+                Py_ssize_t rn = r0 - (dz * g->ny + dy); /* 0 < dz * ny + dy < nrow */
+                rn += rn < 0 ? nrow : 0;
                 const uint16_t *restrict nb = row - (dz * g->sz + dy * g->sy + dx);
-                const int32_t *restrict nl = lab + (((z - dz) * g->ny + (y - dy)) % nrow) * nx - dx;
+                const int32_t *restrict nl = lab + rn * nx - dx;
                 nlp[d] = nl;
+                const int32_t bit = 1 << d;
                 for (Py_ssize_t x = x0; x < x1; x++) {
                     int32_t eq = -(int32_t)(row[x] == nb[x]); /* all ones when equal */
                     int32_t l = nl[x];
-                    msk[x] |= eq & (1 << d);
-                    int32_t lmn = (l & eq) | (INT32_MAX & ~eq), lmx = l & eq;
-                    mn[x] = lmn < mn[x] ? lmn : mn[x];
-                    mx[x] = lmx > mx[x] ? lmx : mx[x];
+                    msk[x] |= eq & bit;
+                    land[x] &= l | ~eq;
+                    lor[x] |= l & eq;
                 }
             }
             for (Py_ssize_t x = x0; x < x1; x++) {
@@ -541,13 +545,13 @@ static Py_ssize_t label_zones(const uint16_t *restrict a, const Grid *g, int thr
                 if (!c) continue;
                 Py_ssize_t i = z * g->sz + y * g->sy + x;
                 int32_t dj = dist[i] > 1 ? dist[i] : 1;
-                int32_t lo = mn[x], hi = mx[x];
+                int32_t lo = land[x], hi = lor[x];
                 unsigned mask = (unsigned)msk[x];
                 if (row[x - 1] == c) {
                     int32_t l0 = lr[x - 1];
                     mask |= 1u;
-                    lo = l0 < lo ? l0 : lo;
-                    hi = l0 > hi ? l0 : hi;
+                    lo &= l0;
+                    hi |= l0;
                 }
                 int32_t L;
                 if (!mask) {
@@ -556,10 +560,11 @@ static Py_ssize_t label_zones(const uint16_t *restrict a, const Grid *g, int thr
                 } else if (lo == hi) {
                     L = lo;
                 } else { /* merge the zones of all equal neighbours */
-                    int32_t r = zone_root(acc, lo);
-                    for (unsigned m = mask; m; m &= m - 1) {
+                    int32_t first = nlp[lowest_bit(mask)][x];
+                    int32_t r = zone_root(acc, first);
+                    for (unsigned m = mask & (mask - 1); m; m &= m - 1) {
                         int32_t l = nlp[lowest_bit(m)][x];
-                        if (l == lo) continue;
+                        if (l == first) continue;
                         int32_t r2 = zone_root(acc, l);
                         if (r2 < r) { acc[r].parent = r2; r = r2; }
                         else if (r2 > r) acc[r2].parent = r;
