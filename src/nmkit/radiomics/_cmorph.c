@@ -243,7 +243,8 @@ static PyObject *slab_sums(PyObject *self, PyObject *args) {
     for (int j = 0; j < np_; j++) {
         int a, b;
         if (!PyArg_ParseTuple(PyTuple_GET_ITEM(o_pairs, j), "ii", &a, &b)) return NULL;
-        if (a < 0 || b < 0 || a >= p || b >= p) return PyErr_Format(PyExc_ValueError, "pair (%d, %d) out of range", a, b);
+        if (a < 0 || b < 0 || a >= p || b >= p)
+            return PyErr_Format(PyExc_ValueError, "pair (%d, %d) out of range", a, b);
         pa[j] = a; pb[j] = b;
     }
     Py_buffer s, w, out;
@@ -417,7 +418,11 @@ static PyObject *sphere_means(PyObject *self, PyObject *args) {
         bn[a] = e - b0[a];
     }
     Py_ssize_t bsize = bn[0] * bn[1] * bn[2];
-    if ((double)(hmax + 1) * (double)bsize * 8.0 > (double)max_bytes) { result = Py_None; Py_INCREF(result); goto done; }
+    if ((double)(hmax + 1) * (double)bsize * 8.0 > (double)max_bytes) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
     W = work_get(sizeof(double) * (size_t)((hmax + 1) * bsize + sh[2] + 2 * hmax + (hi[2] - lo[2] + 1)));
     ptr = PyMem_Malloc(sizeof(double *) * nrows);
     if (!W || !ptr) { PyErr_NoMemory(); goto done; }
@@ -639,7 +644,8 @@ typedef struct {
 static int ax_w = 0, ax_u = 1, ax_v = 2;
 
 static int64_t cross2(const HPoint *o, const HPoint *a, const HPoint *b) {
-    return (a->c[ax_u] - o->c[ax_u]) * (b->c[ax_v] - o->c[ax_v]) - (a->c[ax_v] - o->c[ax_v]) * (b->c[ax_u] - o->c[ax_u]);
+    return (a->c[ax_u] - o->c[ax_u]) * (b->c[ax_v] - o->c[ax_v]) -
+           (a->c[ax_v] - o->c[ax_v]) * (b->c[ax_u] - o->c[ax_u]);
 }
 
 /* Vertices of the 2D convex hull (u, v) of pts[0..n) (sorted by u then v, distinct), collinear points dropped
