@@ -1,10 +1,13 @@
-/* nmkit.radiomics._cmorph: compiled kernels of the non-texture radiomics families (morphology, Moran's I /
-Geary's C, local intensity peak, interpolation).
+/* nmkit.radiomics._cmorph: compiled kernels of the non-texture radiomics families: Moran's I / Geary's C pair sums
+(rows, slab copies, radix-2 split, weighted spectrum sums around scipy's FFTs), morphology (mesh pattern counts,
+moments, convex hull of the mesh vertices), local intensity peak (sphere means), trilinear interpolation passes and
+the intensity statistics' sums.
 
 Plain C99 against the CPython API; arrays come in through the buffer protocol (C-contiguous, format and length
-checked here) and are allocated by the Python callers (morphology.py, _fft.py, local_intensity.py,
-preprocess.py), which keep an equivalent NumPy path used when this module is not built. Results equal the NumPy
-path's up to floating-point round-off (sums are accumulated in another order), integer results exactly. */
+checked here) and are allocated by the Python callers (morphology.py, _fft.py, local_intensity.py, preprocess.py,
+intensity.py), which keep an equivalent NumPy path used when this module is not built. Results equal the NumPy
+path's up to floating-point round-off (sums are accumulated in another order), integer results exactly; the
+interpolation passes and the statistics' pairwise sums give the very same numbers. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>

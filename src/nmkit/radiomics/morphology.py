@@ -9,6 +9,9 @@ sums are correlations with the kernel 1/|d| (0 at d = 0) summed over all shifts,
 frequencies of kernel spectrum x cross-spectrum of zero-padded arrays (``_fft.kernel_pair_sums``: forward
 transforms only, kernel spectrum as a DCT-I of one octant). That is mathematically identical to the O(N^2) double
 sum (tests compare the two) but takes milliseconds for ROIs of 10^5 voxels.
+With the compiled module (``_native.native("_cmorph")``) the mask scans, the hull (exact integer quickhull on the
+same candidate points) and the Moran rows and sums are C loops; the NumPy code below stays the fallback and the
+reference (tests/test_radiomics_native_morph.py compares both).
 """
 
 from __future__ import annotations
