@@ -15,6 +15,9 @@ Directions (dz, dy, dx) are those of texture._DIRECTIONS, in that order: the fir
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 static const int DIRS[13][3] = {{0, 0, 1},  {0, 1, 1},  {0, 1, 0},   {0, 1, -1}, {1, 0, 0},
                                 {1, 0, 1},  {1, 0, -1}, {1, 1, 0},   {1, -1, 0}, {1, 1, 1},
@@ -378,11 +381,37 @@ static PyObject *neighbours(PyObject *self, PyObject *args) {
             while (!row[x1 - 1]) x1--;
             const uint16_t *span = row + x0;
             Py_ssize_t sw = x1 - x0;
-            /* neighbour sums, ROI neighbour counts and equal neighbours of the span, one offset at a time */
-            for (Py_ssize_t x = 0; x < sw; x++) tot[x] = cnt[x] = same[x] = 0;
+            /* neighbour sums, ROI neighbour counts and equal neighbours of the span */
+            Py_ssize_t xb = 0;
+#ifdef __SSE2__
+            /* blocks of 8 voxels whose sums stay in registers over the k offsets */
+            const __m128i zero = _mm_setzero_si128();
+            for (; xb + 8 <= sw; xb += 8) {
+                const uint16_t *ctr = span + xb;
+                __m128i c = _mm_loadu_si128((const __m128i *)ctr);
+                __m128i lo = zero, hi = zero, zeros = zero, eqs = zero;
+                for (int m = 0; m < k; m++) {
+                    __m128i v = _mm_loadu_si128((const __m128i *)(ctr + off[m]));
+                    lo = _mm_add_epi32(lo, _mm_unpacklo_epi16(v, zero));
+                    hi = _mm_add_epi32(hi, _mm_unpackhi_epi16(v, zero));
+                    zeros = _mm_sub_epi16(zeros, _mm_cmpeq_epi16(v, zero)); /* +1 per neighbour outside */
+                    eqs = _mm_sub_epi16(eqs, _mm_cmpeq_epi16(v, c));        /* +1 per equal neighbour */
+                }
+                _mm_storeu_si128((__m128i *)(tot + xb), lo);
+                _mm_storeu_si128((__m128i *)(tot + xb + 4), hi);
+                uint16_t z16[8], e16[8];
+                _mm_storeu_si128((__m128i *)z16, zeros);
+                _mm_storeu_si128((__m128i *)e16, eqs);
+                for (int j = 0; j < 8; j++) {
+                    cnt[xb + j] = k - z16[j];
+                    same[xb + j] = e16[j];
+                }
+            }
+#endif
+            for (Py_ssize_t x = xb; x < sw; x++) tot[x] = cnt[x] = same[x] = 0;
             for (int m = 0; m < k; m++) {
                 const uint16_t *nbr = span + off[m];
-                for (Py_ssize_t x = 0; x < sw; x++) {
+                for (Py_ssize_t x = xb; x < sw; x++) {
                     int32_t v = nbr[x];
                     tot[x] += v;
                     cnt[x] += v != 0;
