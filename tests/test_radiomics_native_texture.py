@@ -127,6 +127,37 @@ def test_features_match_numpy(ctexture, monkeypatch, case):
     _assert_close_features(ref, got)
 
 
+@pytest.mark.parametrize("dims", [("2D",), ("2.5D",), ("3D",), ("2D", "3D")])
+def test_features_match_numpy_for_each_aggregation(ctexture, monkeypatch, dims):
+    levels, morph = _grid(5, (6, 9, 7), 8, False, True, True)
+    ref, got = _both_paths(monkeypatch, levels, morph, 8, (1.0, 1.0, 1.0), dims=dims)
+    assert ref and all(k.endswith(tuple(f"_{d.replace('.', '_')}" for d in dims) + tuple(
+        f"_{d.replace('.', '_')}_{a}" for d in dims for a in ("avg", "comb"))) for k in ref)
+    _assert_close_features(ref, got)
+
+
+def test_inputs_of_any_integer_type_and_layout(ctexture, monkeypatch):
+    levels, morph = _grid(9, (5, 8, 6), 5, True, True, True)
+    ref = tx.compute_texture(levels, morph, 5, (1.0, 1.0, 1.0))
+    # uint8 levels, a transposed (non-contiguous) view and an integer morphological mask give the same values
+    same = tx.compute_texture(levels.astype(np.uint8), morph.astype(np.uint8), 5, (1.0, 1.0, 1.0))
+    assert same == ref
+    t = tx.compute_texture(np.ascontiguousarray(levels.transpose(0, 2, 1)).transpose(0, 2, 1),
+                           np.asfortranarray(morph), 5, (1.0, 1.0, 1.0))
+    assert t == ref
+
+
+def test_more_than_65535_levels_use_the_numpy_path(ctexture, monkeypatch):
+    # (the grid is uint16; matrices that large are not computed here, only the choice of path is checked)
+    monkeypatch.setattr(tx, "_numpy_matrices", lambda *a: "numpy")
+    monkeypatch.setattr(tx, "_native_matrices", lambda mod, *a: "compiled")
+    levels, morph = _grid(2, (2, 3, 3), 3, False, False, False)
+    assert tx._matrices(levels, morph, 65536, True, False) == "numpy"
+    assert tx._matrices(levels, morph, 65535, True, False) == "compiled"
+    monkeypatch.setenv("NMKIT_NO_NATIVE", "1")
+    assert tx._matrices(levels, morph, 3, True, False) == "numpy"
+
+
 def test_one_voxel_roi_gives_nan_glcm_and_finite_runs(ctexture, monkeypatch):
     levels = np.zeros((3, 3, 3), dtype=np.int32)
     levels[1, 1, 1] = 2
