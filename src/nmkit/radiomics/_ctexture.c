@@ -142,18 +142,21 @@ static void pairs_scan(const uint16_t *restrict a, const Grid *g, const Py_ssize
         Py_ssize_t sl = per_slice ? z - 1 : 0;
         for (Py_ssize_t y = 1; y < g->ny - 1; y++) {
             Py_ssize_t i0 = z * g->sz + y * g->sy;
+            unsigned run = 0; /* along x the predecessor is the previous voxel: its position stays in a register */
             for (Py_ssize_t i = i0 + 1; i < i0 + g->nx - 1; i++) {
                 unsigned c = a[i];
                 if (!c) continue;
                 uint16_t *p = pos + (i & rmask) * 16;
                 unsigned prev[13], len[13];
+                prev[0] = a[i - 1];
+                run = len[0] = 1u + (run & -(unsigned)(prev[0] == c)); /* equal: i - 1 was the last ROI voxel */
                 /* the predecessor's slot is only used when it has level c, i.e. was written in this call */
-                for (int d = 0; d < ndir; d++) {
+                for (int d = 1; d < ndir; d++) {
                     Py_ssize_t o = off[d];
                     prev[d] = a[i - o];
                     len[d] = 1u + (pos[((i - o) & rmask) * 16 + d] & -(unsigned)(prev[d] == c));
                 }
-                for (int d = 0; d < ndir; d++) p[d] = (uint16_t)len[d];
+                for (int d = 1; d < ndir; d++) p[d] = (uint16_t)len[d];
                 Py_ssize_t r2 = (sl * lv + c) * N2D, r3 = ncross + c * (13 - N2D) - N2D;
                 for (int d = 0; d < N2D; d++) {
                     cm[(r2 + d) * lv + prev[d]]++;
