@@ -134,12 +134,10 @@ def native_pair_sums(cm, rows_t: np.ndarray, pairs: list[tuple[int, int]], kerne
     x-frequencies of contiguous y-rows; each block of x-frequencies is one small slab (within the L2 cache)
     copied out, transformed along y and z (a radix-2 split and two half-length transforms: half the z input is
     zero) and summed by C loops. ``weights``: ``slab_weights(kernel_octant, size)`` when the caller keeps it."""
-    from scipy import fft
-
-    c2c = _inplace_fft()
+    c2c, r2c = _inplace_fft(), _scratch_rfft()
     n0, n1, n2 = size
     nz, _, p, ny = rows_t.shape
-    f = fft.rfft(rows_t, axis=1)  # (n_z, n2 // 2 + 1, p, n_y)
+    f = r2c(rows_t, 1)  # (n_z, n2 // 2 + 1, p, n_y)
     n_last = f.shape[1]
     wt = weights if weights is not None and weights.shape == (n_last, n0, n1) else slab_weights(kernel_octant, size)
     kb = max(1, min(n_last, SLAB_BYTES // (16 * p * n0 * n1)))
@@ -154,6 +152,33 @@ def native_pair_sums(cm, rows_t: np.ndarray, pairs: list[tuple[int, int]], kerne
         c2c(s.reshape(len(s), p, 2, n0 // 2, n1), 3)  # .. two half-length transforms
         cm.slab_sums(s, wt, k0, (p, n_last, n0, n1), tpairs, out)
     return [float(v) for v in out]
+
+
+@functools.lru_cache(maxsize=1)
+def _scratch_rfft():
+    """``f(a, axis)``: ``scipy.fft.rfft(a, axis=axis)`` written into a reused :func:`scratch` array (a fresh 5 MB
+    result per call costs allocator work), through scipy's pocketfft binding; plain ``rfft`` without it. The
+    result is only valid until the next call."""
+    from scipy import fft
+
+    def public(a: np.ndarray, axis: int) -> np.ndarray:
+        return fft.rfft(a, axis=axis)
+
+    try:
+        from scipy.fft._pocketfft import pypocketfft as pfft
+        probe = np.arange(12, dtype=np.float64).reshape(3, 4)
+        out = np.empty((3, 3), dtype=np.complex128)
+        pfft.r2c(probe, (1,), True, 0, out, 1)
+        if not np.allclose(out, fft.rfft(probe, axis=1), rtol=1e-14, atol=1e-14):
+            return public
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return public
+
+    def direct(a: np.ndarray, axis: int) -> np.ndarray:
+        shape = a.shape[:axis] + (a.shape[axis] // 2 + 1,) + a.shape[axis + 1:]
+        return pfft.r2c(a, (axis,), True, 0, scratch("kps_rfft", shape, np.complex128), 1)
+
+    return direct
 
 
 @functools.lru_cache(maxsize=1)
