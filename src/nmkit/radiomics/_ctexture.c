@@ -198,6 +198,10 @@ static PyObject *pairs(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t ext = (nz > ny ? (nz > nx ? nz : nx) : (ny > nx ? ny : nx)) - 2; /* longest possible run */
+    if (ext > 65534) { /* run positions are uint16 */
+        PyErr_SetString(PyExc_ValueError, "pairs: an axis longer than 65534 voxels");
+        return NULL;
+    }
     Py_ssize_t nr = ext + 1, ng = lv - 1;
     Py_ssize_t ns = per_slice ? nz - 2 : 1, nmat = N2D * ns + (ndir - N2D), l2 = lv * lv, ln = lv * nr;
     if (get_buf(go, &gb, U16, g.n, 0, "grid") < 0) return NULL;

@@ -431,11 +431,12 @@ def _native_zone_matrix(mod, row: np.ndarray, ns: int, lv: int, values: np.ndarr
 
 
 def _matrices(levels: np.ndarray, morph_mask: np.ndarray, ng: int, three_d: bool, slices: bool) -> _Matrices:
-    """All matrices, from the compiled kernels when they are built (and the levels fit uint16), else NumPy."""
+    """All matrices, from the compiled kernels when they are built (and levels and runs fit uint16), else NumPy."""
     from ._native import native
 
     mod = native("_ctexture")
-    if mod is not None and ng <= 65535:
+    # (the compiled kernels hold levels and run positions in uint16)
+    if mod is not None and ng <= 65535 and max(levels.shape) <= 65534:
         return _native_matrices(mod, levels, morph_mask, ng, three_d, slices)
     return _numpy_matrices(levels, morph_mask, ng, three_d, slices)
 
