@@ -198,6 +198,9 @@ def test_kernels_reject_bad_buffers(ctexture):
         ctexture.pairs(framed.ravel(), 3, 4, 5, 13, False, lv, cm, rl, nvs)
     with pytest.raises(ValueError, match="shape"):
         ctexture.pairs(flat, 1, 12, 5, 13, False, lv, cm, rl, nvs)
+    long_row = np.zeros((3, 3, 65537), dtype=np.uint16)  # run positions are uint16
+    with pytest.raises(ValueError, match="65534"):
+        ctexture.pairs(long_row.ravel(), 3, 3, 65537, 4, False, lv, cm, rl, nvs)
     with pytest.raises(TypeError, match="morph"):
         ctexture.zones(flat, flat, 3, 4, 5, True, *np.empty((4, 6), dtype=np.int64))
     with pytest.raises(ValueError, match="zone outputs"):
