@@ -145,3 +145,16 @@ def test_pixel_spacing_order_and_fallthrough():
     ds.PixelSpacing = [0.2, 0.3]
     assert pixel_spacing(ds) == ((0.3, 0.2), "PixelSpacing")
     assert pixel_spacing(pydicom.Dataset()) == ((1.0, 1.0), "none")
+
+
+def test_predict_on_radiograph_files_names_outputs_by_stem(tmp_path, external_data):
+    """`nmkit predict BUNDLE x.png` writes x.nii.gz (not x.png.nii.gz) on the radiograph's own grid."""
+    from nmkit.cli import main
+    from nmkit.io.volume_files import read_label_map
+    from nmkit.segment.bundle import shipped_bundle
+
+    src = external_data / "cxr_lungs" / "images" / "gb_001.png"
+    assert main(["predict", str(shipped_bundle("thyroid-unet2d")), str(src), "--out", str(tmp_path / "pred")]) == 0
+    out = tmp_path / "pred" / "gb_001.nii.gz"
+    assert out.exists() and not list((tmp_path / "pred").glob("*.png.*"))
+    assert read_label_map(out).array.squeeze().shape == read_radiograph(src).array.shape

@@ -85,7 +85,7 @@ def _window(args: argparse.Namespace):
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in _VOLUME_SUFFIXES + (".dcm",):
+    for suffix in _VOLUME_SUFFIXES + (".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff"):  # radiographs: gb_036.png -> gb_036
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
