@@ -75,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
         case, reason = next(iter(skipped.items()))
         raise InputError(None, f"no case could be evaluated ({len(skipped)} skipped, reasons in {out}.json); "
                                f"case {case}: {reason}")
-    print(f"{n_ok} case(s) evaluated, {len(df.attrs.get('skipped', {}))} skipped -> {out} (summary: {summary_path.name})")
+    # case-table rows of several structures are labelled "<case>:<structure>": count the cases themselves
+    cases = {c[: -len(st) - 1] if c.endswith(f":{st}") else c for c, st in zip(df["case"].astype(str), df["structure"].astype(str))} if len(df) else set()
+    print(f"{len(cases)} case(s) evaluated ({len(df)} case x structure row(s)), {len(df.attrs.get('skipped', {}))} skipped "
+          f"-> {out} (summary: {summary_path.name})")
     if summary.get("dice_mean") is not None:
         print(summary_line(summary))
     return 0 if n_ok else 1
