@@ -66,6 +66,12 @@ def summarise(cases: pd.DataFrame, size: int) -> tuple[pd.DataFrame, str]:
 
 
 def model_card(out: Path, args: argparse.Namespace, table: str, summary: dict, n_images: int, n_patients: int, seconds: float) -> str:
+    pretraining = ""
+    if args.pretrained:
+        source = json.loads((Path(args.pretrained) / "diffusion.json").read_text()).get("training_source") or {}
+        pretraining = (f"- Encoder pre-training (unlabelled, no patient of cxr_lungs): the DDPM {args.pretrained} trained on "
+                       f"{source.get('path', 'cxr_unlabelled')} - chest radiographs of the COVID-19 image data collection "
+                       "(Cohen et al.), each image under its own licence (Apache 2.0, CC BY 4.0, mostly CC BY-NC-SA 4.0).\n")
     return f"""# Lung segmentation model (chest radiographs, right/left lung) - nmkit issue 18
 
 **Not a medical device. Research use only, non-commercial (see licence).**
@@ -82,7 +88,7 @@ def model_card(out: Path, args: argparse.Namespace, table: str, summary: dict, n
 - `cxr_lungs`: {n_images} PA chest radiographs of {n_patients} patients with radiologist-drawn lung masks, from the
   COVID-19 Chest X-ray Segmentations Dataset (General Blockchain, masks CC BY 4.0) on images of the COVID-19 Image Data
   Collection (Cohen et al., arXiv:2003.11597). Findings: COVID-19, ARDS, pneumonias and others (see the manifest).
-
+{pretraining}
 ## Licence
 Most training images are **CC BY-NC-SA** (39 of 42 of the source subset; see the `licence` column of the dataset's
 manifest.csv). These weights are an adaptation trained on them and **inherit the NonCommercial-ShareAlike terms**:
