@@ -99,6 +99,19 @@ def summarise(runs: pd.DataFrame, out: Path) -> str:
     return table
 
 
+def append_row(path: Path, rec: dict) -> None:
+    """Add one finished run to ``path``; the table is rewritten when the run brings new columns (a later metric), so
+    earlier rows keep their place and the CSV stays rectangular."""
+    row = pd.DataFrame([rec])
+    if path.exists():
+        old = pd.read_csv(path)
+        if set(row.columns) - set(old.columns):
+            pd.concat([old, row], ignore_index=True).to_csv(path, index=False)
+            return
+        row = row.reindex(columns=old.columns)
+    row.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
 def main() -> int:
     args = parse()
     out = Path(args.out)
@@ -137,7 +150,7 @@ def main() -> int:
                         rows = pd.DataFrame(evaluate(model, test, args.size))
                         rec = {"n_labelled": n, "fold": k, "seed": seed, "init": init, "n_test": len(test), "train_seconds": seconds,
                                **rows.drop(columns=["case", "patient"]).mean().to_dict()}
-                        pd.DataFrame([rec]).to_csv(path, mode="a", header=not path.exists(), index=False)
+                        append_row(path, rec)
                         print(f"seed={seed} fold={k} n={n} {init:9s} Dice {rec['dice_mean']:.3f} ({seconds:.0f} s)", flush=True)
     runs = pd.read_csv(path)
     table = summarise(runs, out)

@@ -165,6 +165,18 @@ def summarise(runs: pd.DataFrame, out: Path) -> str:
     return table
 
 
+def append_row(path: Path, rec: dict) -> None:
+    """Add one finished run to ``path`` (rewritten when the run brings new columns: the CSV stays rectangular)."""
+    row = pd.DataFrame([rec])
+    if path.exists():
+        old = pd.read_csv(path)
+        if set(row.columns) - set(old.columns):
+            pd.concat([old, row], ignore_index=True).to_csv(path, index=False)
+            return
+        row = row.reindex(columns=old.columns)
+    row.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
 def main() -> int:
     args = parse()
     out = Path(args.out)
@@ -213,7 +225,7 @@ def main() -> int:
                            "sample_seconds": sample_seconds,
                            "mask_fidelity_dice": mask_fidelity(model, synthetic, masks, args.size) if arm == "real" else float("nan"),
                            **rows.drop(columns=["case", "patient"]).mean().to_dict()}
-                    pd.DataFrame([rec]).to_csv(path, mode="a", header=not path.exists(), index=False)
+                    append_row(path, rec)
                     print(f"seed={seed} fold={k} {arm:15s} Dice {rec['dice_mean']:.3f} (train {seconds:.0f} s, generator {gen_seconds:.0f} s)",
                           flush=True)
     runs = pd.read_csv(path)
