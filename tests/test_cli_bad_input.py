@@ -391,3 +391,16 @@ def test_unreadable_dicom_through_the_readers_gives_no_pydicom_advice(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert "not a readable DICOM file" in err and str(text) in err and len(err.splitlines()) == 1
     assert "force=True" not in err
+
+
+def test_every_help_page_renders(capsys):
+    """`nmkit --help` and every sub-command's `--help` print their page and exit 0: argparse formats help strings
+    with %-interpolation, so a bare '%' in any of them (e.g. '% SUVmax') made the top-level help a traceback."""
+    from nmkit.cli import main
+
+    pages = [()] + sorted({c.words[:i] for c in COMMANDS for i in range(1, len(c.words) + 1)})
+    for words in pages:
+        with pytest.raises(SystemExit) as done:
+            main([*words, "--help"])
+        assert done.value.code == 0, words
+        assert "usage: nmkit" in capsys.readouterr().out, words

@@ -19,7 +19,7 @@ def _method(text: str) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     from ._args import positive_float
 
-    p = sub.add_parser("delineate", help="delineate PET lesions (SUV thresholds, % SUVmax, PERCIST, adaptive, region growing)",
+    p = sub.add_parser("delineate", help="delineate PET lesions (SUV thresholds, %% SUVmax, PERCIST, adaptive, region growing)",
                        description="Writes OUT_DIR/<method>/lesions.nii.gz (one label per lesion, numbered by decreasing "
                                    "SUVmax, with lesions.labels.json), lesions_seg.dcm (DICOM SEG, when the PET is DICOM), "
                                    "OUT_DIR/lesions.csv (one row per method x lesion: volume_ml, suv_max, threshold_suv, "
