@@ -7,7 +7,7 @@ PYTEST_ARGS ?= -m "not slow" -n 2 --dist loadgroup
 
 .PHONY: install demo test test-slow clean
 
-$(STAMP): pyproject.toml setup.py Makefile $(wildcard src/nmkit/*/*.c)
+$(STAMP): pyproject.toml setup.py Makefile $(wildcard src/nmkit/*/*.c src/nmkit/*/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# Exactly this torch: a looser range pulls a multi-GB CUDA build.

@@ -12,6 +12,7 @@ _FLAGS = ["-O3", "-std=c99", "-ffp-contract=off"]  # no fused multiply-add: the 
 
 def _ext(name: str) -> Extension:
     return Extension(f"nmkit.radiomics.{name}", [f"src/nmkit/radiomics/{name}.c"], extra_compile_args=_FLAGS,
+                     depends=["src/nmkit/radiomics/_cbuffers.h"],
                      optional=True)
 
 

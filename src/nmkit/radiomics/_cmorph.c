@@ -18,44 +18,19 @@ interpolation passes and the statistics' pairwise sums give the very same number
 #define M_PI 3.14159265358979323846
 #endif
 
-/* ----- buffers ---------------------------------------------------------------------------------------------- */
+/* ----- buffers: format_is, get_buf, get_buf_any (shared with the other kernel module) ----------------------- */
 
-enum kind { U8, I64, F64, C128 };
+#include "_cbuffers.h"
 
-static int format_is(const Py_buffer *v, enum kind k) {
-    const char *f = v->format ? v->format : "B";
-    if (*f == '@' || *f == '=' || *f == '<') f++;
-    switch (k) {
-    case U8: return v->itemsize == 1 && (!strcmp(f, "B") || !strcmp(f, "?"));
-    case I64: return v->itemsize == 8 && (!strcmp(f, "l") || !strcmp(f, "q"));
-    case F64: return v->itemsize == 8 && !strcmp(f, "d");
-    case C128: return v->itemsize == 16 && !strcmp(f, "Zd");
-    }
-    return 0;
-}
-
-static const char *kind_name(enum kind k) {
-    static const char *names[] = {"uint8/bool", "int64", "float64", "complex128"};
-    return names[k];
-}
-
-/* A C-contiguous buffer of kind `k` with `n` items (any count >= 0 when n < 0), writable when asked; 0 on
-   success, -1 with an exception set. */
-static int get_buf(PyObject *obj, Py_buffer *view, enum kind k, Py_ssize_t n, int writable, const char *what) {
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
-    if (!format_is(view, k)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a contiguous %s array (format '%s', itemsize %zd)", what,
-                     kind_name(k), view->format ? view->format : "?", view->itemsize);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    if (n >= 0 && view->len != n * view->itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd items, expected %zd", what, view->len / view->itemsize, n);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
+/* Widen the inclusive box [lo, hi] (per axis z, y, x) to hold row (z, y) from x0 to x1. */
+static inline void grow_box(Py_ssize_t lo[3], Py_ssize_t hi[3], Py_ssize_t z, Py_ssize_t y, Py_ssize_t x0,
+                            Py_ssize_t x1) {
+    if (z < lo[0]) lo[0] = z;
+    if (z > hi[0]) hi[0] = z;
+    if (y < lo[1]) lo[1] = y;
+    if (y > hi[1]) hi[1] = y;
+    if (x0 < lo[2]) lo[2] = x0;
+    if (x1 > hi[2]) hi[2] = x1;
 }
 
 /* n0 * n1 * ... with every factor in [lo, 2**24] and the product below 2**40; -1 with an exception otherwise. */
@@ -157,7 +132,7 @@ static PyObject *fill_slab(PyObject *self, PyObject *args) {
         return PyErr_Format(PyExc_ValueError, "slab plane %zd x %zd smaller than the data %zd x %zd", n0, n1, nz, ny);
     Py_buffer f, s;
     if (get_buf(o_f, &f, C128, nf, 0, "spectrum") < 0) return NULL;
-    if (get_buf(o_s, &s, C128, -1, 1, "slab") < 0) { PyBuffer_Release(&f); return NULL; }
+    if (get_buf_any(o_s, &s, C128, 1, "slab") < 0) { PyBuffer_Release(&f); return NULL; }
     Py_ssize_t per = p * n0 * n1, kb = (s.len / 16) / per;
     if (kb < 1 || kb * per * 16 != s.len || k0 < 0 || k0 + kb > nh) {
         PyBuffer_Release(&f); PyBuffer_Release(&s);
@@ -194,7 +169,7 @@ static PyObject *split_slab(PyObject *self, PyObject *args) {
     Py_ssize_t M = n0 / 2;
     if (n0 % 2 || nz < 1 || nz > M + 1) return PyErr_Format(PyExc_ValueError, "need even n0 and nz <= n0 / 2 + 1");
     Py_buffer s;
-    if (get_buf(o_s, &s, C128, -1, 1, "slab") < 0) return NULL;
+    if (get_buf_any(o_s, &s, C128, 1, "slab") < 0) return NULL;
     Py_ssize_t kb = (s.len / 16) / per;
     if (kb < 1 || kb * per * 16 != s.len) {
         PyBuffer_Release(&s);
@@ -251,7 +226,7 @@ static PyObject *slab_sums(PyObject *self, PyObject *args) {
         pa[j] = a; pb[j] = b;
     }
     Py_buffer s, w, out;
-    if (get_buf(o_s, &s, C128, -1, 0, "slab") < 0) return NULL;
+    if (get_buf_any(o_s, &s, C128, 0, "slab") < 0) return NULL;
     if (get_buf(o_w, &w, F64, nw, 0, "weights") < 0) { PyBuffer_Release(&s); return NULL; }
     if (get_buf(o_out, &out, F64, np_, 1, "out") < 0) { PyBuffer_Release(&s); PyBuffer_Release(&w); return NULL; }
     Py_ssize_t per = p * n0 * n1, kb = (s.len / 16) / per;
@@ -362,7 +337,7 @@ static PyObject *sphere_means(PyObject *self, PyObject *args) {
     if (get_buf(o_img, &img, F64, total, 0, "image") < 0) return NULL;
     if (get_buf(o_where, &wh, U8, total, 0, "where") < 0) { PyBuffer_Release(&img); return NULL; }
     if (get_buf(o_k, &kb, U8, ktotal, 0, "kernel") < 0) { PyBuffer_Release(&img); PyBuffer_Release(&wh); return NULL; }
-    if (get_buf(o_out, &out, F64, -1, 1, "out") < 0) {
+    if (get_buf_any(o_out, &out, F64, 1, "out") < 0) {
         PyBuffer_Release(&img); PyBuffer_Release(&wh); PyBuffer_Release(&kb); return NULL;
     }
     PyObject *result = NULL;
@@ -402,12 +377,7 @@ static PyObject *sphere_means(PyObject *self, PyObject *args) {
                 if (r[i]) { if (c0 < 0) c0 = i; c1 = i; cnt++; }
             if (!cnt) continue;
             count += cnt;
-            if (z < lo[0]) lo[0] = z;
-            if (z > hi[0]) hi[0] = z;
-            if (y < lo[1]) lo[1] = y;
-            if (y > hi[1]) hi[1] = y;
-            if (c0 < lo[2]) lo[2] = c0;
-            if (c1 > hi[2]) hi[2] = c1;
+            grow_box(lo, hi, z, y, c0, c1);
         }
     if (out.len != count * 8) {
         PyErr_Format(PyExc_ValueError, "out has %zd items, `where` has %zd voxels", out.len / 8, count);
@@ -538,7 +508,7 @@ static PyObject *morph_scan(PyObject *self, PyObject *args) {
     const double *x = bx.buf;
     int64_t *bb = bbb.buf, *mom = bmom.buf, *cnt = bcnt.buf, *is = bis.buf;
     double *ws = bws.buf;
-    int64_t lo[3] = {sh[0], sh[1], sh[2]}, hi[3] = {-1, -1, -1};
+    Py_ssize_t lo[3] = {sh[0], sh[1], sh[2]}, hi[3] = {-1, -1, -1};
     int64_t n = 0, s1[3] = {0, 0, 0}, s2[6] = {0, 0, 0, 0, 0, 0};
     double w = 0.0, wz = 0.0, wy = 0.0, wx = 0.0;
     for (Py_ssize_t z = 0; z < sh[0]; z++)
@@ -562,12 +532,7 @@ static PyObject *morph_scan(PyObject *self, PyObject *args) {
             s1[0] += rn * z; s1[1] += rn * y; s1[2] += rx;
             s2[0] += rn * z * z; s2[1] += rn * y * y; s2[2] += rxx;
             s2[3] += rn * z * y; s2[4] += rx * z; s2[5] += rx * y;
-            if (z < lo[0]) lo[0] = z;
-            if (z > hi[0]) hi[0] = z;
-            if (y < lo[1]) lo[1] = y;
-            if (y > hi[1]) hi[1] = y;
-            if (c0 < lo[2]) lo[2] = c0;
-            if (c1 > hi[2]) hi[2] = c1;
+            grow_box(lo, hi, z, y, c0, c1);
         }
     mom[0] = n;
     for (int a = 0; a < 3; a++) mom[1 + a] = s1[a];
@@ -696,12 +661,7 @@ static int hull_candidates(const uint8_t *m, const Py_ssize_t *sh, const Py_ssiz
                 const uint8_t *r = m + (z * sh[1] + y) * sh[2];
                 for (Py_ssize_t i = 0; i < sh[2]; i++)
                     if (r[i]) {
-                        if (z < lo[0]) lo[0] = z;
-                        if (z > hi[0]) hi[0] = z;
-                        if (y < lo[1]) lo[1] = y;
-                        if (y > hi[1]) hi[1] = y;
-                        if (i < lo[2]) lo[2] = i;
-                        if (i > hi[2]) hi[2] = i;
+                        grow_box(lo, hi, z, y, i, i);
                     }
             }
     }
@@ -805,7 +765,7 @@ static PyObject *hull_points(PyObject *self, PyObject *args) {
     if (total < 0) return NULL;
     Py_buffer bm, bo;
     if (get_buf(o_m, &bm, U8, total, 0, "mask") < 0) return NULL;
-    if (get_buf(o_out, &bo, F64, -1, 1, "out") < 0) { PyBuffer_Release(&bm); return NULL; }
+    if (get_buf_any(o_out, &bo, F64, 1, "out") < 0) { PyBuffer_Release(&bm); return NULL; }
     PyObject *result = NULL;
     HPoint *res = NULL;
     Py_ssize_t nk = 0;
@@ -1093,7 +1053,7 @@ static PyObject *linear_along(PyObject *self, PyObject *args) {
     Py_ssize_t total = checked_size(d, 3, 1, "shape");
     if (total < 0) return NULL;
     Py_buffer ba, b0, b1, bw, bo;
-    if (get_buf(o_w, &bw, F64, -1, 0, "w") < 0) return NULL;
+    if (get_buf_any(o_w, &bw, F64, 0, "w") < 0) return NULL;
     Py_ssize_t m = bw.len / 8;
     if (get_buf(o_a, &ba, F64, total, 0, "a") < 0) { PyBuffer_Release(&bw); return NULL; }
     if (get_buf(o_i0, &b0, I64, m, 0, "i0") < 0) { PyBuffer_Release(&bw); PyBuffer_Release(&ba); return NULL; }
@@ -1187,7 +1147,7 @@ static PyObject *term_sums(PyObject *self, PyObject *args) {
     const char *terms;
     if (!PyArg_ParseTuple(args, "Onnds", &o_x, &lo, &hi, &c, &terms)) return NULL;
     Py_buffer bx;
-    if (get_buf(o_x, &bx, F64, -1, 0, "x") < 0) return NULL;
+    if (get_buf_any(o_x, &bx, F64, 0, "x") < 0) return NULL;
     Py_ssize_t n = bx.len / 8;
     if (lo < 0 || hi < lo || hi > n) {
         PyBuffer_Release(&bx);

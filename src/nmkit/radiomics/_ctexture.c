@@ -24,47 +24,9 @@ static const int DIRS[13][3] = {{0, 0, 1},  {0, 1, 1},  {0, 1, 0},   {0, 1, -1},
                                 {1, 1, -1}, {1, -1, 1}, {1, -1, -1}};
 #define N2D 4
 
-/* ----- buffers ---------------------------------------------------------------------------------------------- */
+/* ----- buffers: format_is, get_buf, get_buf_any (shared with the other kernel module) ----------------------- */
 
-/* element kinds of the buffers */
-enum kind { U8, U16, I32, I64, F64 };
-
-static int format_is(const Py_buffer *v, enum kind k) {
-    const char *f = v->format ? v->format : "B";
-    if (*f == '@' || *f == '=' || *f == '<') f++;
-    if (f[0] == '\0' || f[1] != '\0') return 0;
-    switch (k) {
-    case U8: return v->itemsize == 1 && (f[0] == 'B' || f[0] == '?');
-    case U16: return v->itemsize == 2 && f[0] == 'H';
-    case I32: return v->itemsize == 4 && f[0] == 'i';
-    case I64: return v->itemsize == 8 && (f[0] == 'l' || f[0] == 'q');
-    case F64: return v->itemsize == 8 && f[0] == 'd';
-    }
-    return 0;
-}
-
-static const char *kind_name(enum kind k) {
-    static const char *names[] = {"uint8", "uint16", "int32", "int64", "float64"};
-    return names[k];
-}
-
-/* A C-contiguous buffer of `n` items of kind `k` (writable when asked); 0 on success, -1 with an exception. */
-static int get_buf(PyObject *obj, Py_buffer *view, enum kind k, Py_ssize_t n, int writable, const char *what) {
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
-    if (!format_is(view, k)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a contiguous %s array (format '%s', itemsize %zd)", what,
-                     kind_name(k), view->format ? view->format : "?", view->itemsize);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    if (view->len != n * view->itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd items, expected %zd", what, view->len / view->itemsize, n);
-        PyBuffer_Release(view);
-        return -1;
-    }
-    return 0;
-}
+#include "_cbuffers.h"
 
 typedef struct {
     Py_ssize_t nz, ny, nx, sy, sz, n;
