@@ -22,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr_lungs"
@@ -99,19 +98,6 @@ def summarise(runs: pd.DataFrame, out: Path) -> str:
     return table
 
 
-def append_row(path: Path, rec: dict) -> None:
-    """Add one finished run to ``path``; the table is rewritten when the run brings new columns (a later metric), so
-    earlier rows keep their place and the CSV stays rectangular."""
-    row = pd.DataFrame([rec])
-    if path.exists():
-        old = pd.read_csv(path)
-        if set(row.columns) - set(old.columns):
-            pd.concat([old, row], ignore_index=True).to_csv(path, index=False)
-            return
-        row = row.reindex(columns=old.columns)
-    row.to_csv(path, mode="a", header=not path.exists(), index=False)
-
-
 def main() -> int:
     args = parse()
     out = Path(args.out)
@@ -120,7 +106,7 @@ def main() -> int:
     if not args.summary_only:
         import torch
 
-        from nmkit.generate.fewlabel import LUNG_LABELS, evaluate, load_pairs, patient_folds, train_one
+        from nmkit.generate.fewlabel import LUNG_LABELS, append_run, evaluate, fold_unit, load_pairs, patient_folds, train_one
         from nmkit.generate.pretrain import segnet_options
 
         torch.set_num_threads(args.threads)
@@ -134,14 +120,12 @@ def main() -> int:
         # seed outermost: an interrupted run still holds every n for the (seed, fold) units it finished
         for seed in args.seeds:
             for k in range(args.folds):
-                pool = [i for i, f in zip(items, folds) if f != k]
-                test = [i for i, f in zip(items, folds) if f == k]
-                order = np.random.default_rng((seed, k)).permutation(len(pool))
+                pool, test = fold_unit(items, folds, k, seed)
                 for n in args.sizes:
                     if n > len(pool):
                         print(f"skip n={n}: fold {k} has {len(pool)} training images", flush=True)
                         continue
-                    labelled = [pool[j] for j in order[:n]]
+                    labelled = pool[:n]
                     for init in ("scratch", "diffusion"):
                         if (n, k, seed, init) in done:
                             continue
@@ -150,7 +134,7 @@ def main() -> int:
                         rows = pd.DataFrame(evaluate(model, test, args.size))
                         rec = {"n_labelled": n, "fold": k, "seed": seed, "init": init, "n_test": len(test), "train_seconds": seconds,
                                **rows.drop(columns=["case", "patient"]).mean().to_dict()}
-                        append_row(path, rec)
+                        append_run(path, rec)
                         print(f"seed={seed} fold={k} n={n} {init:9s} Dice {rec['dice_mean']:.3f} ({seconds:.0f} s)", flush=True)
     runs = pd.read_csv(path)
     table = summarise(runs, out)

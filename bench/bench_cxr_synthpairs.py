@@ -165,18 +165,6 @@ def summarise(runs: pd.DataFrame, out: Path) -> str:
     return table
 
 
-def append_row(path: Path, rec: dict) -> None:
-    """Add one finished run to ``path`` (rewritten when the run brings new columns: the CSV stays rectangular)."""
-    row = pd.DataFrame([rec])
-    if path.exists():
-        old = pd.read_csv(path)
-        if set(row.columns) - set(old.columns):
-            pd.concat([old, row], ignore_index=True).to_csv(path, index=False)
-            return
-        row = row.reindex(columns=old.columns)
-    row.to_csv(path, mode="a", header=not path.exists(), index=False)
-
-
 def main() -> int:
     args = parse()
     out = Path(args.out)
@@ -185,11 +173,12 @@ def main() -> int:
     if not args.summary_only:
         import torch
 
-        from nmkit.generate.fewlabel import LUNG_LABELS, evaluate, load_pairs, patient_folds, train_one
+        from nmkit.generate.fewlabel import LUNG_LABELS, append_run, evaluate, fold_unit, load_pairs, patient_folds, train_one
         from nmkit.generate.model import sample, to_physical
+        from nmkit.generate.pretrain import segnet_options
 
         torch.set_num_threads(args.threads)
-        channels = tuple(json.loads((Path(args.pretrained) / "diffusion.json").read_text())["config"]["channels"])
+        channels = segnet_options(args.pretrained)["channels"]
         items = load_pairs(args.data, args.size)
         folds = patient_folds([i.patient for i in items], args.folds, 0)
         done = set()
@@ -199,10 +188,8 @@ def main() -> int:
             for k in range(args.folds):
                 if {(k, seed, "real"), (k, seed, "real+synthetic")} <= done:
                     continue
-                pool = [i for i, f in zip(items, folds) if f != k]
-                test = [i for i, f in zip(items, folds) if f == k]
-                order = np.random.default_rng((seed, k)).permutation(len(pool))  # as bench_cxr_fewlabel.py
-                labelled = [pool[j] for j in order[:args.n]]
+                pool, test = fold_unit(items, folds, k, seed)  # the units of bench_cxr_fewlabel.py
+                labelled = pool[:args.n]
                 unit = out / f"seed{seed}_fold{k}"
                 gen, config, gen_seconds = train_generator(labelled, args, unit / "generator")
                 masks = new_masks([p.label for p in labelled], args.synthetic, np.random.default_rng((seed, k, 7)))
@@ -225,7 +212,7 @@ def main() -> int:
                            "sample_seconds": sample_seconds,
                            "mask_fidelity_dice": mask_fidelity(model, synthetic, masks, args.size) if arm == "real" else float("nan"),
                            **rows.drop(columns=["case", "patient"]).mean().to_dict()}
-                    append_row(path, rec)
+                    append_run(path, rec)
                     print(f"seed={seed} fold={k} {arm:15s} Dice {rec['dice_mean']:.3f} (train {seconds:.0f} s, generator {gen_seconds:.0f} s)",
                           flush=True)
     runs = pd.read_csv(path)

@@ -258,3 +258,25 @@ def test_synthetic_pairs_join_the_train_split_as_a_case_table(chest_folder, tmp_
     assert main(["manifest", "--dataset", str(tmp_path / "real.csv"), "--add-train", str(tmp_path / "real.csv"),
                  "--out", str(tmp_path / "clash.csv")]) == 2
     assert "already in the case table" in capsys.readouterr().err and not (tmp_path / "clash.csv").exists()
+
+
+def test_fold_units_and_run_tables(chest_folder, tmp_path):
+    """A few-label unit: test patients never in its pool, the pool in a seeded order that every bench shares; a run
+    table stays rectangular when a later run brings a new metric column."""
+    import pandas as pd
+
+    from nmkit.generate.fewlabel import append_run, fold_unit, load_pairs, patient_folds
+
+    items = load_pairs(chest_folder, size=16)
+    folds = patient_folds([i.patient for i in items], 2, 0)
+    pool, test = fold_unit(items, folds, 0, seed=1)
+    assert {i.patient for i in pool}.isdisjoint({i.patient for i in test}) and len(pool) + len(test) == len(items)
+    assert [i.name for i in fold_unit(items, folds, 0, seed=1)[0]] == [i.name for i in pool]
+    assert [i.name for i in fold_unit(items, folds, 0, seed=2)[0]] != [i.name for i in pool]
+    path = tmp_path / "runs.csv"
+    append_run(path, {"seed": 1, "dice_mean": 0.8})
+    append_run(path, {"seed": 2, "dice_mean": 0.9, "dice_pp_mean": 0.91})
+    append_run(path, {"seed": 3, "dice_pp_mean": 0.7, "dice_mean": 0.6})
+    table = pd.read_csv(path)
+    assert list(table.seed) == [1, 2, 3] and list(table.dice_mean) == [0.8, 0.9, 0.6]
+    assert table.dice_pp_mean.isna().tolist() == [True, False, False] and table.dice_pp_mean.iloc[2] == 0.7

@@ -97,6 +97,33 @@ def patient_folds(patients: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
     return np.array([fold_of[p] for p in patients])
 
 
+def fold_unit(items: Sequence[LabelledImage], folds: np.ndarray, fold: int, seed: int
+              ) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """One (seed, patient fold) unit of the few-label studies: the fold's training pool in the unit's seeded order,
+    and its test images. The first n of the pool are the unit's n labelled images (nested: the 5 include the 2), so
+    every study that takes n images of a unit takes the same ones."""
+    pool = [i for i, f in zip(items, folds) if f != fold]
+    test = [i for i, f in zip(items, folds) if f == fold]
+    order = np.random.default_rng((seed, fold)).permutation(len(pool))
+    return [pool[j] for j in order], test
+
+
+def append_run(path: str | Path, record: dict[str, Any]) -> None:
+    """Add one finished run (a row) to the CSV at ``path``. When the run brings columns the table lacks (a metric
+    added later), the table is rewritten with them, so earlier rows keep their values and the CSV stays rectangular."""
+    import pandas as pd
+
+    path = Path(path)
+    row = pd.DataFrame([record])
+    if path.exists():
+        old = pd.read_csv(path)
+        if set(row.columns) - set(old.columns):
+            pd.concat([old, row], ignore_index=True).to_csv(path, index=False)
+            return
+        row = row.reindex(columns=old.columns)
+    row.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
 def build_net(channels: Sequence[int], n_classes: int, checkpoint: str | Path | None = None, seed: int = 1):
     """The ``diffusion-unet`` segmentation net; from a diffusion checkpoint's layout and encoder when one is given."""
     import torch
