@@ -398,14 +398,12 @@ def _own_labels(bundle, image: Image, flips: Sequence[int], window: SlidingWindo
 def _side_safe_flips(bundle, flips: tuple[int, ...], spatial_dims: int) -> tuple[int, ...]:
     """``flips`` without the left-right (last) axis when the bundle's labels name a body side: flipping a chest
     radiograph makes the right lung look like a left one to a model that learnt the sides."""
-    from .names import sided_names
+    from .names import side_safe_axes
 
-    lateral = {-1, spatial_dims - 1}
-    sided = sided_names(bundle.labels.values()) if lateral & set(flips) else []
-    if not sided:
-        return flips
-    log.warning("test-time left-right flip skipped: the labels %s name a body side", ", ".join(sided))
-    return tuple(a for a in flips if a not in lateral)
+    kept, sided = side_safe_axes(bundle.labels.values(), flips, spatial_dims)
+    if sided:
+        log.warning("test-time left-right flip skipped: the labels %s name a body side", ", ".join(sided))
+    return kept
 
 
 def predict_heads(bundle, image: Image, heads: Sequence[str | None] | None = None, flips: Sequence[int] | None = None,

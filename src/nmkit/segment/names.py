@@ -22,3 +22,15 @@ def sided_names(names) -> list[str]:
 
     pattern = re.compile(r"(^|[^a-z])(left|right)([^a-z]|$)")
     return [str(n) for n in names if pattern.search(str(n).lower())]
+
+
+def side_safe_axes(names, axes, spatial_dims: int) -> tuple[tuple[int, ...], list[str]]:
+    """``axes`` (flip axes, negative or not) without the left-right one - the last spatial axis - when a label of
+    ``names`` names a body side; returns the kept axes and the sided names that caused a drop (empty: unchanged)."""
+    axes = tuple(axes)
+    lateral = {-1, spatial_dims - 1}
+    sided = sided_names(names) if lateral & set(axes) else []
+    if not sided:
+        return axes, []
+    return tuple(a for a in axes if a not in lateral), sided
+

@@ -272,17 +272,16 @@ def without_side_flips(config: TrainConfig, spatial_dims: int, progress: bool = 
     a flipped right lung is still labelled right lung and would teach the network to mix the sides."""
     import dataclasses
 
-    from .names import sided_names
+    from .names import side_safe_axes
 
-    sided = sided_names(config.labels.values())
-    lateral = {-1, spatial_dims - 1}
-    if not sided or not lateral & set(config.flip_axes):
+    axes, sided = side_safe_axes(config.labels.values(), config.flip_axes, spatial_dims)
+    if not sided:
         return config
     message = f"left-right flips off: the labels {', '.join(sided)} name a body side"
     if progress:
         print(message, flush=True)
     log.info(message)
-    return dataclasses.replace(config, flip_axes=tuple(a for a in config.flip_axes if a not in lateral))
+    return dataclasses.replace(config, flip_axes=axes)
 
 
 def train(train_cases: list[Case], val_cases: list[Case], prep: Preprocessing, config: TrainConfig, out_dir: str | Path,
