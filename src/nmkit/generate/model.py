@@ -280,15 +280,12 @@ def warm_start(model: torch.nn.Module, config: DiffusionConfig, checkpoint_dir: 
     the new mask channels at zero, so at iteration 0 the conditioned model predicts exactly what the pre-trained
     one does and learns to use the masks from there. Returns ``{"checkpoint", "adapted"}``.
     """
-    from safetensors.torch import load_file
-
     source_model, source_config = load_diffusion(checkpoint_dir, device="cpu")
     for key in ("image_size", "channels", "num_res_blocks", "norm_num_groups", "attention_levels"):
         if getattr(source_config, key) != getattr(config, key):
             raise InputError(checkpoint_dir, f"cannot start from this checkpoint: its {key} is {getattr(source_config, key)!r}, "
                                              f"this model's is {getattr(config, key)!r}")
-    del source_model
-    state = load_file(str(Path(checkpoint_dir) / WEIGHTS))
+    state = source_model.state_dict()  # read and checked once by load_diffusion
     target = model.state_dict()
     adapted = []
     for key, value in target.items():
