@@ -69,3 +69,21 @@ def test_study_compare_takes_evaluated_models_of_any_engine(tmp_path, capsys):
     assert "needs a manifest" in capsys.readouterr().err
     assert main(["study", "compare", str(a), "--evaluations", f"own={a}", "--out", str(tmp_path / "x")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_units_follow_the_evaluate_tables_distance_unit():
+    """Radiograph evaluations (PNG masks, no pixel spacing) hold distances in px: the comparison says px, not mm."""
+    from nmkit.segment.study import compare_evaluations
+
+    def table(shift: float, unit: str) -> pd.DataFrame:
+        return pd.DataFrame({"case": ["a", "b", "c"], "structure": "lung", "dice": [0.9, 0.8, 0.85],
+                             "hd95_mm": np.array([3.0, 4.0, 5.0]) + shift, "abs_area_difference_mm2": [10.0, 20.0, 30.0],
+                             "distance_unit": unit})
+
+    units = lambda s: dict(zip(s.metric, s.unit))  # noqa: E731
+    px = compare_evaluations({"own": table(1, "px"), "ref": table(0, "px")})
+    assert units(px) == {"dice": "1", "hd95_mm": "px", "abs_area_difference_mm2": "px2"}
+    mm = compare_evaluations({"own": table(1, "mm"), "ref": table(0, "mm").drop(columns="distance_unit")})
+    assert units(mm) == {"dice": "1", "hd95_mm": "mm", "abs_area_difference_mm2": "mm2"}
+    mixed = compare_evaluations({"own": table(1, "px"), "ref": table(0, "mm")})
+    assert units(mixed)["hd95_mm"].startswith("mixed")

@@ -229,9 +229,10 @@ def _size_column(df, side: str):
     return size
 
 
-def distance_unit(df) -> str:
-    """The unit of the distance columns of these rows: mm, px (no pixel spacing) or mixed."""
-    units = set(df["distance_unit"]) if "distance_unit" in df else {"mm"}
+def distance_unit(*tables) -> str:
+    """The unit of the distance columns of these evaluation rows (one or several tables; a table without a
+    ``distance_unit`` column is in mm): mm, px (no pixel spacing) or mixed."""
+    units = set().union(*(set(df["distance_unit"]) if "distance_unit" in df else {"mm"} for df in tables))
     return units.pop() if len(units) == 1 else "mixed mm/px (see distance_unit)"
 
 

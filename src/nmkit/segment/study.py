@@ -213,13 +213,14 @@ def compare_evaluations(tables: dict[str, pd.DataFrame], metrics: Sequence[str] 
     missing = [m for m in chosen if not all(m in df.columns for df in tables.values())]
     if missing:
         raise InputError(None, f"metric(s) {missing} not in every table (run `nmkit evaluate --lesions` for lesion_f1)")
+    units = {m: _metric_unit(m, tables.values()) for m in chosen}
     rows = []
     for name in names:
         for metric in chosen:
             values = keyed[name][metric].to_numpy(float)
             finite = values[np.isfinite(values)]
             lo, hi = bootstrap_ci(finite, n_boot=n_boot) if len(finite) else (float("nan"), float("nan"))
-            rows.append({"model": name, "comparison": "", "metric": metric, "unit": EVALUATION_METRICS.get(metric, ""),
+            rows.append({"model": name, "comparison": "", "metric": metric, "unit": units[metric],
                          "mean": float(finite.mean()) if len(finite) else float("nan"), "ci_low": lo, "ci_high": hi,
                          "n_cases": int(len(finite)), "n_not_finite": int(len(values) - len(finite))})
     for name in names:
@@ -231,9 +232,22 @@ def compare_evaluations(tables: dict[str, pd.DataFrame], metrics: Sequence[str] 
             finite = diff[np.isfinite(diff)]
             lo, hi = bootstrap_ci(finite, n_boot=n_boot) if len(finite) else (float("nan"), float("nan"))
             rows.append({"model": name, "comparison": f"{name} - {reference}", "metric": metric,
-                         "unit": EVALUATION_METRICS.get(metric, ""), "mean": float(finite.mean()) if len(finite) else float("nan"),
+                         "unit": units[metric], "mean": float(finite.mean()) if len(finite) else float("nan"),
                          "ci_low": lo, "ci_high": hi, "n_cases": int(len(finite)), "n_not_finite": int(len(diff) - len(finite))})
     return pd.DataFrame(rows)
+
+
+def _metric_unit(metric: str, tables) -> str:
+    """The unit of ``metric`` in these evaluate tables: distances (and areas) follow their ``distance_unit`` column -
+    pixels for PNG masks without pixel spacing - the rest ``EVALUATION_METRICS``."""
+    from ..metrics.evaluate import DISTANCE_COLUMNS, distance_unit
+
+    unit = EVALUATION_METRICS.get(metric, "")
+    if metric in DISTANCE_COLUMNS or metric == "abs_area_difference_mm2":
+        length = distance_unit(*tables)
+        if length != "mm":
+            unit = length if metric in DISTANCE_COLUMNS else ("px2" if length == "px" else length)
+    return unit
 
 
 def plot_evaluations(summary: pd.DataFrame, path: Path) -> None:
