@@ -80,7 +80,7 @@ def _labels(items: list[str] | None) -> dict[int, str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..generate.data import load_source
-    from ..generate.model import DiffusionConfig, train_diffusion
+    from ..generate.model import DiffusionConfig, read_description, train_diffusion
 
     if args.folder:
         source = {"kind": "folder", "path": str(args.folder)}
@@ -89,6 +89,8 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         source = {"kind": "thyroid_phantoms", "n": args.phantom_thyroid, "seed": args.seed, "matrix": args.matrix,
                   "pathologies": ["normal", "cold_nodules"]}
+    if args.init:  # a wrong --init is reported before the training images are read
+        read_description(args.init)
     images = load_source(source)
     config = DiffusionConfig(image_size=args.size, channels=tuple(args.channels),
                              num_train_timesteps=args.timesteps, normalisation=args.normalisation, iterations=args.iterations,
