@@ -8,7 +8,7 @@ function-level import hides a cycle rather than removing it - and checks:
 * no cycle between sub-packages except the documented back-edge ``segment -> generate`` (``segment.train``
   initialises a network from a diffusion checkpoint through ``generate.pretrain``, while ``generate`` builds
   on ``segment``'s preprocessing, losses and networks);
-* the layer rules: ``io``/``errors``/``provenance`` at the bottom; ``catalog`` below the analyses; ``serve`` and
+* the layer rules: ``io``/``errors``/``provenance``/``devices`` at the bottom; ``catalog`` below the analyses; ``serve`` and
   ``report`` may use the analyses but not the CLI; only ``cli``/``__main__``/``commands`` import ``commands``.
 """
 
@@ -28,6 +28,7 @@ FORBIDDEN = {
     "io": ANALYSES | {"catalog", "serve", "report", "commands", "cli", "demo"},
     "errors": ANALYSES | {"io", "catalog", "serve", "report", "commands", "cli", "demo", "provenance"},
     "provenance": ANALYSES | {"io", "catalog", "serve", "report", "commands", "cli", "demo"},
+    "devices": ANALYSES | {"io", "catalog", "serve", "report", "commands", "cli", "demo", "provenance"},
     "catalog": {"segment", "radiomics", "quality", "stats", "generate", "serve", "report", "commands", "cli", "demo"},
     "serve": {"commands", "cli"},
     "report": {"commands", "cli"},

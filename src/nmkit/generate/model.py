@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..devices import torch_device
 from ..errors import InputError
 from ..provenance import library_versions, provenance
 from .data import TrainingImage, one_hot, resize, resized_spacing
@@ -125,9 +126,8 @@ def build_scheduler(config: DiffusionConfig, method: str = "ddpm", steps: int | 
 
 
 def _device(config: DiffusionConfig) -> torch.device:
-    if config.device:
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The configured device, checked; CUDA when present if none is configured."""
+    return torch_device(config.device)
 
 
 def prepare(images: Sequence[TrainingImage], config: DiffusionConfig) -> tuple[list[np.ndarray], list[np.ndarray | None], list[float]]:

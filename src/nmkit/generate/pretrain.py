@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import torch_device
 from ..errors import InputError
 from ..segment.nets import DiffusionSegNet  # defined with the other networks; importable from here too
 
@@ -223,7 +224,7 @@ def learning_curve(checkpoint_dir: str | Path, train_images: Sequence[np.ndarray
     from .model import load_diffusion
 
     _, config = load_diffusion(checkpoint_dir, device="cpu")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch_device(device)
     rows = []
     for n in sizes:
         if n > len(train_images):

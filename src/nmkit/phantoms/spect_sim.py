@@ -47,6 +47,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..devices import device_name, torch_device
+
 #: linear attenuation coefficients at 140 keV (1/mm)
 MU_WATER_140 = 0.0154
 MU_LUNG_140 = 0.0050
@@ -90,9 +92,8 @@ class CameraModel:
 
 
 def default_device() -> "str":
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """CUDA when torch sees a GPU, else the CPU (``nmkit.devices``)."""
+    return device_name(None)
 
 
 def _banded(kernels: np.ndarray, size: int) -> np.ndarray:
@@ -136,7 +137,7 @@ class Projector:
         self.shape = mu.shape
         self.spacing = (sx, sy, sz)
         self.psf = psf
-        self.device = torch.device(device or default_device())
+        self.device = torch_device(device)
         self.batch = int(batch)
         self.angles = np.deg2rad(self.camera.angles_deg())
         self.scale = float(self.camera.counts_per_bq)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..devices import device_name
 from ..errors import InputError
 from ..provenance import library_versions, provenance
 from .nets import build_network
@@ -213,8 +214,7 @@ def load_bundle(path: str | Path, device: str | torch.device | None = None, **en
     if channels and len(channels) != int(net.get("in_channels", 1)):
         raise InputError(desc_path, f"channels {channels} do not match the network's {net.get('in_channels')} input channels")
     members = ensemble_members(description, path)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_name(device)
     models = [_load_member(net, weights, path) for weights in members]
     for model in models:
         model.to(device).eval()

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import torch_device
 from ..metrics.overlap import dice_per_class  # lives with the metrics; still importable from here
 from .data import Case
 from .losses import MultiHeadLoss, SegmentationLoss, WeightSchedule
@@ -93,9 +94,7 @@ class TrainConfig:
 
 def select_device(requested: str | None = None) -> torch.device:
     """The requested device, else CUDA when present, else CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch_device(requested)
 
 
 def seed_everything(seed: int) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...devices import device_name
 from ...errors import InputError
 from . import EngineModel, sha256
 
@@ -129,8 +130,7 @@ def load_monai_bundle(path: str | Path, device: str | None = None, checkpoint: s
             meta = json.loads(meta_file.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(meta_file, f"not readable JSON ({exc})") from exc
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_name(device)
     parser = ConfigParser()
     try:
         parser.read_config(str(config_file))

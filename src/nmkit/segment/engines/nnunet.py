@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...devices import device_name
 from ...errors import InputError
 from . import EngineModel, EnginePreprocessing, sha256
 
@@ -208,8 +209,7 @@ def load_nnunet(path: str | Path, folds: Sequence[int | str] | None = None, chec
         network.load_state_dict(params[0])
     except RuntimeError as exc:
         raise InputError(checkpoints[0], f"weights do not fit the network in plans.json: {str(exc).splitlines()[0]}") from exc
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_name(device)
     with _quiet():
         predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=True,
                                     perform_everything_on_device=str(device).startswith("cuda"), device=torch.device(device),

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...devices import device_name
 from ...errors import InputError
 
 log = logging.getLogger(__name__)
@@ -134,10 +135,7 @@ def train_nnunet(table, manifest: str | Path, out: str | Path, labels: dict[int,
     dataset_name = "".join(ch if ch.isalnum() else "_" for ch in (name or out.name))[:40] or "nmkit"
     folder_name, cases = write_raw_dataset(table, work / "raw", dataset_id, dataset_name, list(channels), labels, manifest)
     splits = make_splits(cases, list(folds), manifest)
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_name(device)
     mirroring = nnunet_mirroring(labels)
     spec = {"mirroring": mirroring, "raw": str(work / "raw"), "preprocessed": str(work / "preprocessed"), "results": str(work / "results"),
             "dataset_id": dataset_id, "dataset_name": folder_name, "configuration": configuration, "folds": list(folds),
