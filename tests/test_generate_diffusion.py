@@ -115,6 +115,33 @@ def test_ddpm_and_ddim_sampling(conditioned, nodule_masks):
         sample(model, config, 1)
 
 
+def test_sampling_progress_counts_every_image_and_changes_nothing(conditioned, nodule_masks, monkeypatch):
+    """progress=True: a bar advanced once per batch up to n images (shown on a terminal); the samples stay the same."""
+    import tqdm.auto
+
+    model, config, _, _ = conditioned
+    bars = []
+
+    class Recorder:
+        def __init__(self, total, disable, **kwargs):
+            self.total, self.disable, self.updates = total, disable, []
+            bars.append(self)
+
+        def update(self, k):
+            self.updates.append(k)
+
+        def close(self):
+            pass
+
+    plain = sample(model, config, 3, seed=5, method="ddim", steps=3, conditions=nodule_masks[:3], batch_size=2)
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    shown = sample(model, config, 3, seed=5, method="ddim", steps=3, conditions=nodule_masks[:3], batch_size=2, progress=True)
+    assert np.array_equal(plain, shown)
+    assert len(bars) == 1 and bars[0].total == 3 and bars[0].updates == [2, 1] and bars[0].disable is None
+    sample(model, config, 1, seed=5, method="ddim", steps=2, conditions=nodule_masks[:1])
+    assert bars[-1].disable is True  # quiet unless asked
+
+
 def test_checkpoint_round_trip(conditioned, nodule_masks, tmp_path):
     model, config, _, folder = conditioned
     loaded, loaded_config = load_diffusion(folder, device="cpu")

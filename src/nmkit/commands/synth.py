@@ -134,7 +134,7 @@ def run_sample(args: argparse.Namespace) -> int:
             condition_text = f"simulated thyroid with a {args.nodule_mm:g} mm cold nodule"
         else:
             raise InputError(args.checkpoint, "this model is mask-conditioned: pass --mask FILES or --nodule-mm D")
-    values = synthesise(model, config, args.number, args.seed, args.sampler, args.steps, conditions, args.counts)
+    values = synthesise(model, config, args.number, args.seed, args.sampler, args.steps, conditions, args.counts, progress=True)
     out = Path(args.out)
     info = {"model": Path(args.checkpoint).resolve().name, "seed": args.seed, "sampler": f"{args.sampler}-{args.steps or 'default'}",
             "config_hash": config_hash(config.to_dict()), "condition": condition_text,

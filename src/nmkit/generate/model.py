@@ -369,9 +369,13 @@ def load_diffusion(checkpoint_dir: str | Path, device: str | None = None) -> tup
 
 @torch.no_grad()
 def sample(model: torch.nn.Module, config: DiffusionConfig, n: int, seed: int = 0, method: str = "ddim", steps: int | None = None,
-           conditions: Sequence[np.ndarray] | np.ndarray | None = None, batch_size: int = 16) -> np.ndarray:
-    """Draw ``n`` samples (model space, shape (n, H, W)) with DDPM or DDIM; ``conditions``: one label map per sample."""
+           conditions: Sequence[np.ndarray] | np.ndarray | None = None, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    """Draw ``n`` samples (model space, shape (n, H, W)) with DDPM or DDIM; ``conditions``: one label map per sample.
+
+    ``progress`` shows a bar of images drawn on a terminal (a 128x128 batch takes minutes on a CPU).
+    """
     from monai.inferers import DiffusionInferer
+    from tqdm.auto import tqdm
 
     if config.n_condition and conditions is None:
         raise ValueError("this model is mask-conditioned: pass one label map per sample (conditions=...)")
@@ -383,6 +387,7 @@ def sample(model: torch.nn.Module, config: DiffusionConfig, n: int, seed: int = 
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(int(seed))
     out = []
+    bar = tqdm(total=n, desc=f"sampling ({method}, {config.image_size}x{config.image_size})", unit="image", disable=None if progress else True)
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         noise = torch.randn((count, 1, config.image_size, config.image_size), generator=generator).to(device)
@@ -397,6 +402,8 @@ def sample(model: torch.nn.Module, config: DiffusionConfig, n: int, seed: int = 
                                 mode="concat" if cond is not None else "crossattn",
                                 verbose=False)
         out.append(images[:, 0].float().cpu().numpy())
+        bar.update(count)
+    bar.close()
     return np.concatenate(out)
 
 
@@ -407,7 +414,7 @@ def to_physical(samples: np.ndarray, config: DiffusionConfig) -> np.ndarray:
 
 def synthesise(model: torch.nn.Module, config: DiffusionConfig, n: int, seed: int = 0, method: str = "ddim", steps: int | None = None,
                conditions: Sequence[np.ndarray] | None = None, total_counts: float | None = None,
-               smooth_px: float = 1.0) -> np.ndarray:
+               smooth_px: float = 1.0, progress: bool = False) -> np.ndarray:
     """Samples as images: count estimates (or intensities); with ``total_counts`` a Poisson acquisition of that many counts.
 
     Count-aware path: model space -> inverse Anscombe (expected-count estimate) -> ``poisson_resample`` at the
@@ -415,7 +422,7 @@ def synthesise(model: torch.nn.Module, config: DiffusionConfig, n: int, seed: in
     """
     from .transforms import poisson_resample
 
-    values = to_physical(sample(model, config, n, seed, method, steps, conditions), config)
+    values = to_physical(sample(model, config, n, seed, method, steps, conditions, progress=progress), config)
     if total_counts is None:
         return values
     if config.normalisation != "counts":
