@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ports import free_port
+
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = next((p for p in (Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
                                     Path("/usr/lib/orthanc/libOrthancDicomWeb.so")) if p.exists()), None)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class OrthancPacs:

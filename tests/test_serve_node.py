@@ -4,7 +4,6 @@ statuses, TLS, dcmtk interoperability and the public robustness corpus (the node
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -19,12 +18,7 @@ from nmkit.serve.config import Instance, ServerConfig
 from nmkit.serve.db import Store
 from nmkit.serve.demo import thyroid_study
 from nmkit.serve.node import DicomNode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port
 
 
 def make_node(tmp_path: Path, **kw) -> tuple[DicomNode, Store, ServerConfig]:
