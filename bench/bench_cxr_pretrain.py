@@ -19,6 +19,9 @@ the held-out images, with equal set sizes:
 * ``ddpm-encoder``: the pooled encoder activations of THIS diffusion model at t=0 (``audit.DiffusionFeatures``) -
   learnt on the training images only (it is the model under test: read it as a self-consistency score).
 Floor: the same distance for random subsets of the TRAINING images (real vs real, different patients).
+Each sampler in ``--samplers`` (``ddim-50``, ``ddpm-1000``...) gets its own samples, distances and audit: on this
+CPU-trained model DDIM leaves high-frequency noise that full ancestral DDPM sampling removes (bench/RESULTS.md);
+strided DDPM (``ddpm-250``) is worse than both (MONAI keeps the 1000-step variances).
 
     nice -n 19 .venv/bin/python bench/bench_cxr_pretrain.py --out /work/runs/h7/ddpm128 --iterations 600
 """
@@ -49,7 +52,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--holdout", type=float, default=0.15, help="fraction of patients held out")
     p.add_argument("--samples", type=int, default=0, help="number of samples (default: as many as held-out images)")
-    p.add_argument("--ddim-steps", type=int, default=50)
+    p.add_argument("--samplers", nargs="+", default=["ddim-50"],
+                   help="samplers to score, METHOD-STEPS each: ddim-50 (deterministic, fast) and/or ddpm-1000 (ancestral, all "
+                        "training timesteps; ddpm-N: N strided steps)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-train", action="store_true", help="only sample and score the existing checkpoint")
@@ -129,35 +134,44 @@ def main() -> int:
     model, config = load_diffusion(ckpt)
     history = read_description(ckpt)["history"]
     n = args.samples or len(test_images)
-    t0 = time.perf_counter()
-    samples = sample(model, config, n, seed=args.seed, method="ddim", steps=args.ddim_steps)
-    sample_seconds = time.perf_counter() - t0
-    paths = save_png(samples, out / "samples")
     size = config.image_size
     real_test = normalise_stack([i.image.array for i in test_images], size, "percentile")
     real_train = normalise_stack([i.image.array for i in train_images], size, "percentile")
     rng = np.random.default_rng(args.seed)
     subsets = {f"train_subset_{k}": real_train[rng.choice(len(real_train), len(real_test), replace=False)] for k in range(5)}
-    sets = {"ddpm_samples": np.clip(samples[: len(real_test)], -1, 1), **subsets}
-    results = {}
-    for name, extract in (("radiomics-like", image_features), ("ddpm-encoder", DiffusionFeatures(model, config))):
-        fd = frechet_table(real_test, sets, extract)
-        floor = [fd[k] for k in subsets]
-        results[name] = {"samples_vs_heldout": fd["ddpm_samples"], "train_vs_heldout_floor_mean": float(np.mean(floor)),
-                         "train_vs_heldout_floor_range": [float(min(floor)), float(max(floor))]}
-    results["radiomics-like"]["largest_gaps"] = feature_gaps(image_features(real_test), image_features(sets["ddpm_samples"]))
-    result = audit([s for s in samples], [i.image.array for i in train_images], size=64, normalisation="percentile",
-                   training_names=[i.name for i in train_images])
-    write_audit_report(result, [(s + 1) * 127.5 for s in samples], [i.image.array for i in train_images], out / "audit" / "audit.html",
-                       training_names=[i.name for i in train_images], config={"checkpoint": str(ckpt)})
+    extractors = (("radiomics-like", image_features), ("ddpm-encoder", DiffusionFeatures(model, config)))
+    floors = {}
+    for name, extract in extractors:
+        fd = frechet_table(real_test, subsets, extract)
+        floors[name] = {"train_vs_heldout_floor_mean": float(np.mean(list(fd.values()))),
+                        "train_vs_heldout_floor_range": [float(min(fd.values())), float(max(fd.values()))]}
     state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=True) if (ckpt / TRAINING_STATE).exists() else None
     done = int(state["iteration"]) if state is not None else (history[-1]["iteration"] if history else 0)
     summary = {"iterations": done, "train_seconds": float(state["seconds"]) if state is not None else (history[-1]["seconds"] if history else 0),
                "final_loss": history[-1]["loss"] if history else None, "n_train": len(train_images), "n_heldout": len(test_images),
-               "n_samples": n, "ddim_steps": args.ddim_steps, "sample_seconds": sample_seconds, "frechet": results,
-               "audit": {"n_flagged": int(result.summary["n_memorised"]), "threshold": result.threshold,
-                         "min_nn_distance": float(result.table.pixel_distance.min()), "train_nn_median": result.summary["train_nn_median"]},
-               "samples_png": str(paths[0].parent), "device": str(next(model.parameters()).device)}
+               "n_samples": n, "floors": floors, "samplers": {}, "device": str(next(model.parameters()).device)}
+    for spec in args.samplers:
+        method, _, steps = spec.partition("-")
+        t0 = time.perf_counter()
+        samples = sample(model, config, n, seed=args.seed, method=method, steps=int(steps) if steps else None)
+        seconds = time.perf_counter() - t0
+        paths = save_png(samples, out / f"samples_{spec}")
+        synthetic = np.clip(samples[: len(real_test)], -1, 1)
+        frechet = {name: {"samples_vs_heldout": frechet_table(real_test, {"s": synthetic}, extract)["s"], **floors[name]}
+                   for name, extract in extractors}
+        frechet["radiomics-like"]["largest_gaps"] = feature_gaps(image_features(real_test), image_features(synthetic))
+        result = audit([s for s in samples], [i.image.array for i in train_images], size=64, normalisation="percentile",
+                       training_names=[i.name for i in train_images])
+        write_audit_report(result, [(s + 1) * 127.5 for s in samples], [i.image.array for i in train_images],
+                           out / f"audit_{spec}" / "audit.html", training_names=[i.name for i in train_images],
+                           config={"checkpoint": str(ckpt), "sampler": spec})
+        summary["samplers"][spec] = {
+            "sample_seconds": seconds, "frechet": frechet, "samples_png": str(paths[0].parent),
+            "audit": {"n_flagged": int(result.summary["n_memorised"]), "threshold": result.threshold,
+                      "min_nn_distance": float(result.table.pixel_distance.min()), "train_nn_median": result.summary["train_nn_median"]}}
+        print(f"{spec}: {n} samples in {seconds:.0f} s; Frechet radiomics-like {frechet['radiomics-like']['samples_vs_heldout']:.1f} "
+              f"(floor {floors['radiomics-like']['train_vs_heldout_floor_mean']:.1f}), encoder {frechet['ddpm-encoder']['samples_vs_heldout']:.1f} "
+              f"(floor {floors['ddpm-encoder']['train_vs_heldout_floor_mean']:.1f})", flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2), flush=True)
     return 0
