@@ -72,7 +72,7 @@ def test_frechet_distance_ranks_plausible_samples_first(cohort):
     assert image_features(np.zeros((2, 16, 16))).shape == (2, 20)
 
 
-def test_synth_cli_chain(tmp_path, cohort):
+def test_synth_cli_chain(tmp_path, cohort, capsys):
     import torch
 
     from nmkit.cli import main
@@ -97,3 +97,8 @@ def test_synth_cli_chain(tmp_path, cohort):
     feats = DiffusionFeatures(model, config)(np.zeros((2, 64, 64), np.float32))
     assert feats.shape == (2, 2 * (8 + 16 + 16)) and np.isfinite(feats).all()
     assert main(["synth", "sample", str(ckpt), "--out", str(tmp_path / "x"), "-n", "1"]) == 2  # conditioned: needs a mask
+    capsys.readouterr()
+    assert main(["synth", "sample", str(ckpt), "--out", str(tmp_path / "y"), "-n", "1", "--sampler", "ddpm", "--steps", "7",
+                 "--nodule-mm", "15"]) == 2  # strided DDPM refused, before sampling
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--steps 7" in err[0] and "--sampler ddim" in err[0] and not (tmp_path / "y").exists()

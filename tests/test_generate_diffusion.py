@@ -178,8 +178,11 @@ def test_unconditional_model_and_folder_training(tmp_path, phantoms):
     model, config, _ = train_diffusion(images, config)
     assert config.spacing == pytest.approx((4.0625, 4.0625))  # 64 px at 2.03 mm resized to 32 px
     assert build_unet(config).conv_in.conv.in_channels == 1
-    out = sample(model, config, 2, seed=0, method="ddpm", steps=5)
+    out = sample(model, config, 2, seed=0, method="ddpm")  # all 20 timesteps
     assert out.shape == (2, 32, 32)
+    assert np.array_equal(sample(model, config, 2, seed=0, method="ddpm", steps=20), out)
+    with pytest.raises(ValueError, match="all 20 training timesteps"):  # strided DDPM would leave noise (MONAI steps t -> t-1)
+        sample(model, config, 2, seed=0, method="ddpm", steps=5)
     with pytest.raises(ValueError, match="not mask-conditioned"):
         sample(model, config, 1, conditions=[np.zeros((32, 32), int)])
     with pytest.raises(InputError, match="no readable 2D images"):

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out", required=True)
     m.add_argument("-n", "--number", type=at_least(1), default=16)
     m.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm"))
-    m.add_argument("--steps", type=at_least(1), default=None, help="sampling steps (DDIM default 50; DDPM default: all)")
+    m.add_argument("--steps", type=at_least(1), default=None, help="DDIM sampling steps (default 50); DDPM always runs all training timesteps (slower, often cleaner)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--counts", type=positive_float, default=None, help="Poisson-resample every sample at this total count level")
     m.add_argument("--mask", nargs="+", default=None, help="conditioning label maps (one per sample, cycled)")
@@ -120,6 +120,9 @@ def run_sample(args: argparse.Namespace) -> int:
     from ..provenance import config_hash, provenance
 
     model, config = load_diffusion(args.checkpoint, device=args.device)
+    if args.sampler == "ddpm" and args.steps not in (None, config.num_train_timesteps):
+        raise InputError(None, f"--steps {args.steps}: --sampler ddpm runs all {config.num_train_timesteps} training timesteps of "
+                               f"this model; leave --steps out, or use --sampler ddim for fewer steps")
     conditions, condition_text = None, ""
     if not config.n_condition and (args.mask or args.nodule_mm):
         raise InputError(args.checkpoint, f"{'--mask' if args.mask else '--nodule-mm'} needs a mask-conditioned model "

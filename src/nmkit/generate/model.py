@@ -108,16 +108,21 @@ def build_unet(config: DiffusionConfig):
 
 
 def build_scheduler(config: DiffusionConfig, method: str = "ddpm", steps: int | None = None):
-    """DDPM (all training timesteps) or DDIM (``steps`` evenly spaced timesteps, deterministic) scheduler."""
+    """DDPM (all training timesteps, ancestral) or DDIM (``steps`` evenly spaced timesteps, deterministic) scheduler.
+
+    DDPM takes no shorter schedule: MONAI's DDPM step always goes from t to t - 1, so with strided timesteps each
+    step removes only a fraction of the noise (on the 128x128 radiograph DDPM, 250 strided steps left Laplacian
+    variance 7.2 vs 0.07 with all 1000). Shorter sampling is DDIM's job.
+    """
     from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
     kwargs = dict(num_train_timesteps=config.num_train_timesteps, schedule=config.schedule, prediction_type=config.prediction_type,
                   clip_sample=True, clip_sample_min=-1.0, clip_sample_max=2.0)
     if method == "ddpm":
-        scheduler = DDPMScheduler(**kwargs)
         if steps and steps != config.num_train_timesteps:
-            scheduler.set_timesteps(steps)
-        return scheduler
+            raise ValueError(f"DDPM sampling runs all {config.num_train_timesteps} training timesteps of this model (got {steps} "
+                             "steps); use DDIM for a shorter sampler")
+        return DDPMScheduler(**kwargs)
     if method == "ddim":
         scheduler = DDIMScheduler(**kwargs)
         scheduler.set_timesteps(min(steps or 50, config.num_train_timesteps))
