@@ -21,7 +21,7 @@ the held-out images, with equal set sizes:
 Floor: the same distance for random subsets of the TRAINING images (real vs real, different patients).
 Each sampler in ``--samplers`` (``ddim-50``, ``ddpm-1000``...) gets its own samples, distances and audit: on this
 CPU-trained model DDIM leaves high-frequency noise that full ancestral DDPM sampling removes (bench/RESULTS.md);
-strided DDPM (``ddpm-250``) is worse than both (MONAI keeps the 1000-step variances).
+DDPM runs all training timesteps (``ddpm-1000``; strided DDPM is refused: MONAI's DDPM step goes t -> t-1).
 
     nice -n 19 .venv/bin/python bench/bench_cxr_pretrain.py --out /work/runs/h7/ddpm128 --iterations 600
 """
@@ -54,7 +54,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=0, help="number of samples (default: as many as held-out images)")
     p.add_argument("--samplers", nargs="+", default=["ddim-50"],
                    help="samplers to score, METHOD-STEPS each: ddim-50 (deterministic, fast) and/or ddpm-1000 (ancestral, all "
-                        "training timesteps; ddpm-N: N strided steps)")
+                        "training timesteps)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--skip-train", action="store_true", help="only sample and score the existing checkpoint")
