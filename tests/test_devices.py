@@ -3,6 +3,7 @@ refused in one line (library: DeviceError; CLI: argparse error naming --device, 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,10 @@ def test_missing_or_unknown_devices_are_refused(no_gpu, monkeypatch):
         torch_device("banana")
     with pytest.raises(DeviceError, match="not supported"):
         torch_device("meta")
+    from nmkit.phantoms.spect_sim import Projector
+
+    with pytest.raises(DeviceError, match="'cuda' is not available"):  # the SPECT simulator asks the same place
+        Projector(np.zeros((2, 4, 4), np.float32), (1.0, 1.0, 1.0), device="cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(DeviceError, match="1 CUDA GPU"):
@@ -47,15 +52,13 @@ def test_missing_or_unknown_devices_are_refused(no_gpu, monkeypatch):
 
 
 def test_every_network_asks_the_shared_choice(fake_gpu):
-    """Diffusion training/sampling, segmentation training and the SPECT simulator pick the GPU by themselves."""
+    """Diffusion training/sampling and segmentation training pick the GPU by themselves."""
     from nmkit.generate.model import DiffusionConfig, _device
-    from nmkit.phantoms.spect_sim import default_device
     from nmkit.segment.train import select_device
 
     assert _device(DiffusionConfig()).type == "cuda"
     assert _device(DiffusionConfig(device="cpu")).type == "cpu"
     assert select_device(None).type == "cuda"
-    assert default_device() == "cuda"
 
 
 @pytest.mark.parametrize("argv", [

@@ -15,8 +15,11 @@ from .errors import NmkitError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-#: what the default picks, in order (Apple's MPS is left out: MONAI's 3D ops and nnU-Net are not reliable there)
+#: requests that mean "choose for me": CUDA when torch sees a GPU, else the CPU (Apple's MPS is not chosen: MONAI's 3D
+#: ops and nnU-Net are not reliable there)
 AUTO = ("auto", "")
+#: the help text of every ``--device`` option
+DEVICE_HELP = "cpu | cuda | cuda:N (default: a CUDA GPU when torch sees one, else the CPU)"
 
 
 class DeviceError(NmkitError):

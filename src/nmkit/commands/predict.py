@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..devices import device_option
+from ..devices import DEVICE_HELP, device_option
 from ._args import at_least
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="read DICOM PET in SUV (body weight / lean body mass) or as stored; default: bw for a bundle trained "
                         "on SUV (normalisation suv), else as stored; a case table's suv column wins")
     p.add_argument("--seg", action="store_true", help="also write DICOM SEG referencing the source series (DICOM input)")
-    p.add_argument("--device", default=None, type=device_option, help="cpu | cuda | cuda:N (default: a CUDA GPU when torch sees one, else the CPU)")
+    p.add_argument("--device", default=None, type=device_option, help=DEVICE_HELP)
     p.add_argument("--folds", nargs="+", default=None, metavar="FOLD",
                    help="k-fold models (nnU-Net, nmkit ensembles): the folds to ensemble (e.g. 0 1 2 3 4, or all); default: all "
                         "folds present (softmax averaged)")

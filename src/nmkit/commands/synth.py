@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..devices import device_option
+from ..devices import DEVICE_HELP, device_option
 from ._args import at_least, positive_float
 
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=positive_float, default=2e-4)
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--matrix", type=at_least(16), default=64, help="phantom matrix size")
-    t.add_argument("--device", default=None, type=device_option, help="cpu | cuda | cuda:N (default: a CUDA GPU when torch sees one, else the CPU)")
+    t.add_argument("--device", default=None, type=device_option, help=DEVICE_HELP)
     t.add_argument("--checkpoint-every", type=at_least(1), default=None, metavar="N",
                    help="write the checkpoint and the training state every N iterations (so the run can be resumed)")
     t.add_argument("--init", default=None, metavar="CHECKPOINT",
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--mask", nargs="+", default=None, help="conditioning label maps (one per sample, cycled)")
     m.add_argument("--nodule-mm", type=positive_float, default=None, help="conditioned thyroid model: simulated glands with a cold nodule of this size")
     m.add_argument("--formats", nargs="+", default=["dcm", "nii.gz", "png"], choices=("dcm", "nii.gz", "png"))
-    m.add_argument("--device", default=None, type=device_option, help="cpu | cuda | cuda:N (default: a CUDA GPU when torch sees one, else the CPU)")
+    m.add_argument("--device", default=None, type=device_option, help=DEVICE_HELP)
     m.set_defaults(func=run_sample)
 
     a = s.add_parser("audit", help="nearest training image, memorised-copy flags and Fréchet distance, as an HTML report")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..devices import device_option
+from ..devices import DEVICE_HELP, device_option
 from ..segment.augment import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
 from ..segment.names import BOUNDARY_SCHEDULES, LOSS_NAMES, NETWORK_NAMES, NORMALISATIONS
 
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="label values and names, e.g. 1=thyroid 2=nodule (names travel to predictions and evaluate)")
     p.add_argument("--name", default=None, help="bundle name recorded in bundle.json (default: the last part of --out)")
     p.add_argument("--version", default="1.0.0", help="bundle version")
-    p.add_argument("--device", default=None, type=device_option, help="cpu | cuda | cuda:N (default: a CUDA GPU when torch sees one, else the CPU)")
+    p.add_argument("--device", default=None, type=device_option, help=DEVICE_HELP)
     p.add_argument("--heads", nargs="+", default=None, metavar="HEAD",
                    help="one output head per reader, e.g. R1 R2 R3 consensus: masks from the manifest columns mask_<HEAD>")
     p.add_argument("--default-head", default=None, help="head used when predict names none (default: consensus if present, else the first)")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import device_option
+from ..devices import DEVICE_HELP, device_option
 from ..io.image import Image, Mask
 from .spect_sim import MU_CORTICAL_BONE_140, MU_WATER_140, CameraModel
 
@@ -366,7 +366,7 @@ def register_phantom(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--views", type=int, default=120)
     p.add_argument("--time-per-view", type=float, default=15.0)
     p.add_argument("--no-bladder", action="store_true")
-    p.add_argument("--device", default=None, type=device_option, help="cpu | cuda | cuda:N (default: a CUDA GPU when torch sees one, else the CPU)")
+    p.add_argument("--device", default=None, type=device_option, help=DEVICE_HELP)
     p.set_defaults(func=run_bone_spect)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import device_option
+from ..devices import DEVICE_HELP, device_option
 from ..io.image import Image, Mask
 from .spect_sim import MU_LUNG_140, MU_PMMA_140, MU_WATER_140, CameraModel
 
@@ -325,7 +325,7 @@ def register_phantom(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=4, help="classic OSEM iterations")
     p.add_argument("--subsets", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, type=device_option, help="cpu | cuda | cuda:N (default: a CUDA GPU when torch sees one, else the CPU)")
+    p.add_argument("--device", default=None, type=device_option, help=DEVICE_HELP)
     p.set_defaults(func=run_nema)
 
 

@@ -47,7 +47,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..devices import device_name, torch_device
+from ..devices import torch_device
 
 #: linear attenuation coefficients at 140 keV (1/mm)
 MU_WATER_140 = 0.0154
@@ -89,11 +89,6 @@ class CameraModel:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def default_device() -> "str":
-    """CUDA when torch sees a GPU, else the CPU (``nmkit.devices``)."""
-    return device_name(None)
 
 
 def _banded(kernels: np.ndarray, size: int) -> np.ndarray:
